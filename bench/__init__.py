@@ -1,0 +1,1 @@
+"""Gradient-explosion benchmark harness: suite -> cells -> engine -> records -> reports."""

@@ -1,0 +1,245 @@
+"""The engine: all runs (seeds x learning rates x traced hyperparameters) of cells
+that share a static plan train in ONE compiled program.
+
+Per run, a carry of pure pytrees (params, batch statistics, optimiser state
+and the divergence/convergence status) goes through `lax.scan` over a chunk
+of steps, `vmap`ped over runs. The host only loops over chunks: for progress,
+timing and early stop. A run that diverges is frozen (its updates masked), so
+it neither poisons the others nor crashes the program.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bench import metrics, optim
+from models import FAMILIES
+from tasks import TASKS
+
+TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
+
+
+def seed_keys(seed):
+    """One root key per seed, split once by purpose: (init, data)."""
+    k_init, k_data = jax.random.split(jax.random.key(seed))
+    return k_init, k_data
+
+
+@functools.lru_cache(maxsize=None)
+def make_task(task_json: str):
+    """The task of a canonical task config (cached: data is made once)."""
+    cfg = json.loads(task_json)
+    module = TASKS[cfg.pop("name")]
+    return module.make(module.Config(**cfg))
+
+
+def make_model(model_cfg: dict, task, key):
+    """A fresh Flax model for a canonical model config."""
+    cfg = dict(model_cfg)
+    module = FAMILIES[cfg.pop("family")]
+    return module.Model(module.Config(**cfg), task.input_shape, task.output_dim, rngs=nnx.Rngs(params=key))
+
+
+class Program:
+    """The compiled init / chunk / evaluate functions of one static plan and run count."""
+
+    def __init__(self, plan: dict, n_runs: int, chunk_steps: int):
+        self.plan, self.n_runs, self.chunk_steps = plan, n_runs, chunk_steps
+        self.task = make_task(json.dumps(plan["task"], sort_keys=True))
+        abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
+        self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+        self.init = jax.jit(jax.vmap(self._init_one))
+        self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, None)))
+        self._chunk = jax.jit(jax.vmap(self._chunk_one, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
+        self.compiled = None
+        self.compile_s = 0.0
+        self.flops_per_step = None
+
+    # Pure per-run functions -------------------------------------------------
+    def _init_one(self, seed, hyper):
+        k_init, _ = seed_keys(seed)
+        model = make_model(self.plan["model"], self.task, k_init)
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        zero = jnp.zeros((), jnp.float32)
+        return {
+            "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper).init(params),
+            "loss_0": zero, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
+            "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
+            "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
+        }
+
+    def _loss(self, params, rest, x, y, train):
+        model = nnx.merge(self.graphdef, params, rest, copy=True)
+        pred = model(x, train=train)
+        return self.task.loss(pred, y), (pred, nnx.split(model, nnx.Param, ...)[2])
+
+    def _step(self, hyper, tx, data_key, data, c, t):
+        x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
+        (loss, (_, rest)), grads = jax.value_and_grad(self._loss, has_aux=True)(c["params"], c["rest"], x, y, True)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, c["opt_state"], c["params"])
+        params = optax.apply_updates(c["params"], updates)
+
+        active = ~c["diverged"] & (t < hyper["budget"])
+        loss_0 = jnp.where(t == 0, loss, c["loss_0"])
+        boom = active & metrics.exploded(loss, grad_norm, loss_0, hyper["factor"])
+        keep = active & ~boom
+        ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
+        n_updates = c["n_updates"] + keep
+        smoothed = metrics.debiased(ema, hyper["smoothing"], n_updates)
+        converged = keep & (c["converge_step"] < 0) & (smoothed <= self.task.target)
+        pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
+        safe_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, jnp.inf)
+        carry = {
+            "params": pick(params, c["params"]), "rest": pick(rest, c["rest"]),
+            "opt_state": pick(opt_state, c["opt_state"]),
+            "loss_0": loss_0, "ema": ema, "n_updates": n_updates,
+            "diverged": c["diverged"] | boom,
+            "divergence_step": jnp.where(boom, t, c["divergence_step"]),
+            "converge_step": jnp.where(converged, t, c["converge_step"]),
+            "max_grad_norm": jnp.where(active, jnp.maximum(c["max_grad_norm"], safe_norm), c["max_grad_norm"]),
+        }
+        return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan))
+
+    def _chunk_one(self, carry, hyper, seed, data, start):
+        TRACE_COUNT["chunk"] += 1
+        _, data_key = seed_keys(seed)
+        tx = optim.build(self.plan, hyper)
+        step = functools.partial(self._step, hyper, tx, data_key, data)
+        return jax.lax.scan(step, carry, start + jnp.arange(self.chunk_steps))
+
+    def _evaluate_one(self, carry, data):
+        out = {}
+        for split in ("train_eval", "heldout"):
+            x, y = data[split]
+            loss, (pred, _) = self._loss(carry["params"], carry["rest"], x, y, False)
+            out[split] = (loss, self.task.metric(pred, y))
+        return out
+
+    # Host side ----------------------------------------------------------------
+    def chunk(self, carry, hyper, seeds, data, start):
+        """Runs one chunk; compiles ahead of time on first use (timed apart, FLOPs read off XLA)."""
+        if self.compiled is None:
+            t0 = time.perf_counter()
+            self.compiled = self._chunk.lower(carry, hyper, seeds, data, jnp.int32(start)).compile()
+            self.compile_s = time.perf_counter() - t0
+            cost = self.compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            flops = (cost or {}).get("flops")
+            # XLA's cost analysis counts a while loop's body once: that is one step (all runs).
+            self.flops_per_step = float(flops) if flops and flops > 0 else None
+        return self.compiled(carry, hyper, seeds, data, jnp.int32(start))
+
+
+_PROGRAMS: dict = {}
+
+
+def program(plan: dict, n_runs: int, chunk_steps: int) -> Program:
+    """The Program of a static plan, shared by every group with the same structure."""
+    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)
+    return _PROGRAMS[key]
+
+
+@dataclasses.dataclass
+class Run:
+    """What one run contributes: a cell, a seed, traced hyperparameters."""
+
+    cell_index: int
+    seed: int
+    hyper: dict
+
+
+@dataclasses.dataclass
+class GroupResult:
+    """Per-run host arrays (first axis: runs) and the group's throughput."""
+
+    runs: list[Run]
+    arrays: dict[str, np.ndarray]
+    loss_trace: np.ndarray  # runs x steps run
+    grad_norm_trace: np.ndarray
+    throughput: dict
+
+
+def _shard(tree):
+    """Spreads the run axis over local devices when they divide it (same numbers as one device)."""
+    devices = jax.local_devices()
+    n = jax.tree.leaves(tree)[0].shape[0]
+    if len(devices) < 2 or n % len(devices):
+        return tree
+    sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
+    return jax.device_put(tree, sharding)
+
+
+def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int, early_stop: bool,
+                on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> GroupResult:
+    """Trains every run of one static plan together and returns their per-run results.
+
+    Args:
+      plan: the static plan (traced values blanked) the runs share.
+      runs: the runs; their hyperparameters hold lr, transform parameters,
+        budget, factor and smoothing.
+      steps: the largest budget among the runs.
+      chunk_steps: steps per compiled chunk (the host checks in between).
+      early_stop: stop once every run has converged or diverged.
+      on_chunk: called after every chunk with (steps done, diverged, converged) per run.
+    """
+    chunk_steps = min(chunk_steps, steps)
+    prog = program(plan, len(runs), chunk_steps)
+    hyper = {k: jnp.asarray([r.hyper[k] for r in runs], jnp.int32 if k == "budget" else jnp.float32)
+             for k in runs[0].hyper}
+    seeds = jnp.asarray([r.seed for r in runs], jnp.int32)
+    data = prog.task.data
+    hyper, seeds = _shard(hyper), _shard(seeds)
+    carry = prog.init(seeds, hyper)
+    losses, norms, chunk_times = [], [], []
+    done = 0
+    while done < steps:
+        t0 = time.perf_counter()
+        carry, (loss, norm) = prog.chunk(carry, hyper, seeds, data, done)
+        status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
+        chunk_times.append(time.perf_counter() - t0)
+        losses.append(np.asarray(loss))
+        norms.append(np.asarray(norm))
+        done += chunk_steps
+        if on_chunk:
+            on_chunk(min(done, steps), status["diverged"], status["converge_step"] >= 0)
+        if early_stop and np.all(status["diverged"] | (status["converge_step"] >= 0)):
+            break
+    evaluation = jax.device_get(prog.evaluate(carry, data))
+    # The first call of a compiled program pays one-off costs: time the rest when there is a rest.
+    timed = chunk_times[1:] or chunk_times
+    steps_per_s = chunk_steps * len(timed) / sum(timed)
+    batch = plan["task"].get("batch_size", 1)
+    arrays = {k: np.asarray(v) for k, v in jax.device_get(carry).items()
+              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm")}
+    arrays.update({
+        "final_train_loss": np.asarray(evaluation["train_eval"][0]),
+        "final_train_metric": np.asarray(evaluation["train_eval"][1]),
+        "final_heldout_loss": np.asarray(evaluation["heldout"][0]),
+        "final_heldout_metric": np.asarray(evaluation["heldout"][1]),
+    })
+    return GroupResult(
+        runs=runs, arrays=arrays,
+        loss_trace=np.concatenate(losses, 1)[:, :steps], grad_norm_trace=np.concatenate(norms, 1)[:, :steps],
+        throughput={
+            "steps_per_s": steps_per_s,
+            "examples_per_s": steps_per_s * batch * len(runs),
+            "runs_per_program": len(runs),
+            "compile_s": prog.compile_s,
+            "flops_per_step": prog.flops_per_step,
+            "achieved_flops_per_s": prog.flops_per_step * steps_per_s if prog.flops_per_step else None,
+            "chunk_steps": chunk_steps,
+        },
+    )

@@ -1,0 +1,142 @@
+"""Optimisers, gradient transformations and mitigations, each a registry by name.
+
+A *plan* is the effective training recipe of a cell, a plain dict:
+  {"task": {...}, "model": {...}, "optimizer": {"name", "lr", "warmup_steps", **kwargs},
+   "transforms": [{"name", **params}, ...], "skip_nonfinite": int}
+A mitigation is a documented edit of the baseline plan. The learning rate and
+every transform parameter are *traced*: they are inputs of the compiled
+program, so sweeping them never recompiles.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+from typing import Any, Callable
+
+import optax
+
+REQUIRED = ...  # marks a mitigation parameter the suite must give
+
+# name -> (optax factory, defaults that differ from optax's, description)
+OPTIMIZERS = {
+    "sgd": (optax.sgd, {}, "plain stochastic gradient descent"),
+    "momentum": (optax.sgd, {"momentum": 0.9}, "SGD with heavy-ball momentum (0.9)"),
+    "nesterov": (optax.sgd, {"momentum": 0.9, "nesterov": True}, "SGD with Nesterov momentum (0.9)"),
+    "adam": (optax.adam, {}, "Adam (Kingma and Ba 2015)"),
+    "adamw": (optax.adamw, {}, "Adam with decoupled weight decay"),
+    "adagrad": (optax.adagrad, {}, "Adagrad (Duchi et al. 2011)"),
+    "rmsprop": (optax.rmsprop, {}, "RMSProp (Tieleman and Hinton 2012)"),
+    "lion": (optax.lion, {}, "Lion (Chen et al. 2023)"),
+}
+
+# name -> (factory(**params), description); every parameter is traced.
+TRANSFORMS = {
+    "clip_by_global_norm": (lambda max_norm: optax.clip_by_global_norm(max_norm),
+                            "rescale the gradient so its global norm is at most max_norm"),
+    "clip_by_value": (lambda max_value: optax.clip(max_value),
+                      "clip every gradient entry to [-max_value, max_value]"),
+    "adaptive_grad_clip": (lambda clipping: optax.adaptive_grad_clip(clipping),
+                           "clip each unit's gradient to clipping x its weight norm (Brock et al. 2021)"),
+}
+
+
+def optimizer_defaults(name: str) -> dict:
+    """Every scalar keyword of the optimiser with its default (registry over optax)."""
+    factory, overrides, _ = OPTIMIZERS[name]
+    params = inspect.signature(factory).parameters
+    defaults = {k: p.default for k, p in params.items()
+                if k != "learning_rate" and isinstance(p.default, (bool, int, float)) and p.default is not None}
+    defaults.update(overrides)
+    return defaults
+
+
+def traced_values(plan: dict) -> dict[str, float]:
+    """The plan's traced hyperparameters, as a flat name -> value dict."""
+    values = {"lr": float(plan["optimizer"]["lr"])}
+    for i, t in enumerate(plan["transforms"]):
+        values.update({f"transforms.{i}.{k}": float(v) for k, v in t.items() if k != "name"})
+    return values
+
+
+def static_plan(plan: dict) -> dict:
+    """The plan with traced values blanked: equal static plans share a compiled program."""
+    plan = copy.deepcopy(plan)
+    plan["optimizer"]["lr"] = None
+    plan["transforms"] = [{k: (v if k == "name" else None) for k, v in t.items()} for t in plan["transforms"]]
+    return plan
+
+
+def build(plan: dict, hyper: dict) -> optax.GradientTransformation:
+    """The optax chain of a (static) plan with traced hyperparameters `hyper` filled in."""
+    opt = dict(plan["optimizer"])
+    name, warmup = opt.pop("name"), opt.pop("warmup_steps")
+    opt.pop("lr")
+    lr = hyper["lr"]
+    if warmup > 0:
+        lr = optax.linear_schedule(0.0, lr, warmup)
+    factory = OPTIMIZERS[name][0]
+    chain = [TRANSFORMS[t["name"]][0](**{k: hyper[f"transforms.{i}.{k}"] for k in t if k != "name"})
+             for i, t in enumerate(plan["transforms"])]
+    tx = optax.chain(*chain, factory(learning_rate=lr, **opt))
+    if plan["skip_nonfinite"] > 0:
+        tx = optax.apply_if_finite(tx, plan["skip_nonfinite"])
+    return tx
+
+
+@dataclasses.dataclass(frozen=True)
+class Mitigation:
+    """A named change to the baseline plan.
+
+    Attributes:
+      description: one line for `bench list` and reports.
+      params: parameter name -> default (REQUIRED: must be given; None: keep the baseline's).
+      apply: (plan, params) -> None, edits the plan in place.
+    """
+
+    description: str
+    params: dict[str, Any]
+    apply: Callable[[dict, dict], None]
+
+
+def _transform(name):
+    return lambda plan, p: plan["transforms"].append({"name": name, **p})
+
+
+def _model_keys(plan, params):
+    plan["model"].update({k: v for k, v in params.items() if v is not None})
+
+
+def _optimizer(plan, params):
+    name = params["optimizer"]
+    kept = {k: plan["optimizer"][k] for k in ("lr", "warmup_steps")}
+    if params.get("lr") is not None:
+        kept["lr"] = params["lr"]
+    plan["optimizer"] = {"name": name, **optimizer_defaults(name), **kept}
+
+
+MITIGATIONS = {
+    "none": Mitigation("the baseline, unchanged", {}, lambda plan, p: None),
+    "clip_by_global_norm": Mitigation("optax.clip_by_global_norm before the optimiser",
+                                      {"max_norm": 1.0}, _transform("clip_by_global_norm")),
+    "clip_by_value": Mitigation("optax.clip (element-wise) before the optimiser",
+                                {"max_value": 1.0}, _transform("clip_by_value")),
+    "adaptive_grad_clip": Mitigation("optax.adaptive_grad_clip before the optimiser",
+                                     {"clipping": 0.01}, _transform("adaptive_grad_clip")),
+    "skip_nonfinite": Mitigation(
+        "optax.apply_if_finite: skip updates with NaN/Inf gradients (a non-finite loss or gradient "
+        "still counts as divergence)", {"max_consecutive_errors": 5},
+        lambda plan, p: plan.update(skip_nonfinite=p["max_consecutive_errors"])),
+    "warmup": Mitigation("linear learning-rate warm-up from 0 over warmup_steps",
+                         {"warmup_steps": 100},
+                         lambda plan, p: plan["optimizer"].update(warmup_steps=p["warmup_steps"])),
+    "init": Mitigation("another weight initialiser (model key init, optional weight_var)",
+                       {"init": REQUIRED, "weight_var": None}, _model_keys),
+    "activation": Mitigation("another activation function", {"activation": REQUIRED}, _model_keys),
+    "norm": Mitigation("normalisation after each linear layer", {"norm": "batch"}, _model_keys),
+    "residual": Mitigation("residual connections around hidden layers", {"residual": True}, _model_keys),
+    "depth": Mitigation("another depth", {"depth": REQUIRED}, _model_keys),
+    "width": Mitigation("another width", {"width": REQUIRED}, _model_keys),
+    "optimizer": Mitigation("another optimiser (optax name; optional lr)",
+                            {"optimizer": REQUIRED, "lr": None}, _optimizer),
+}

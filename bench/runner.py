@@ -1,0 +1,62 @@
+"""Suite -> groups of cells that share a compiled program -> engine -> records in the store."""
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from bench import engine, optim, records
+from bench.store import ResultsStore, environment
+from bench.suite import Cell, Suite
+
+
+def shard_cells(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
+    """Cells of shard i of n (round-robin, so shards get similar work)."""
+    index, count = shard
+    return cells[index::count]
+
+
+def group_cells(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells with the same static plan (and early-stop rule) train in one program, in file order."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        key = json.dumps([optim.static_plan(cell.plan), cell.config["early_stop"]], sort_keys=True)
+        groups.setdefault(key, []).append(cell)
+    return list(groups.values())
+
+
+def _runs(group: list[Cell]) -> list[engine.Run]:
+    runs = []
+    for index, cell in enumerate(group):
+        hyper = {**optim.traced_values(cell.plan), "budget": cell.config["steps"],
+                 "factor": cell.config["divergence_factor"], "smoothing": cell.config["smoothing"]}
+        runs += [engine.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
+    return runs
+
+
+def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
+              progress: Callable | None = None) -> list[dict]:
+    """Trains every cell of the suite (this shard) not yet in `out_dir`; returns this shard's records.
+
+    Args:
+      progress: a factory (group label, total steps, runs) -> on_chunk callback, or None.
+    """
+    store = ResultsStore(out_dir)
+    cells = shard_cells(suite.cells, shard)
+    todo = [c for c in cells if c.cell_id not in store.done()]
+    for group in group_cells(todo):
+        runs = _runs(group)
+        steps = max(c.config["steps"] for c in group)
+        label = f"{group[0].experiment}: " + "; ".join(c.label for c in group)
+        on_chunk = progress(label, steps, runs) if progress else None
+        result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
+                                    chunk_steps=suite.settings["chunk_steps"],
+                                    early_stop=group[0].config["early_stop"], on_chunk=on_chunk)
+        target = engine.make_task(json.dumps(group[0].plan["task"], sort_keys=True)).target
+        env = environment()
+        store.add([
+            records.cell_record(cell, [i for i, r in enumerate(runs) if r.cell_index == index], result, env,
+                                suite.settings["trace_points"], target)
+            for index, cell in enumerate(group)
+        ])
+    by_id = {r["cell_id"]: r for r in store.records}
+    return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]

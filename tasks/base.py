@@ -1,0 +1,66 @@
+"""What every task returns: data as a pytree, and pure functions over it.
+
+The data pytree is an argument of the compiled program (not a constant baked
+into it), so large data sets do not slow compilation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A made task.
+
+    Attributes:
+      data: pytree of arrays; must hold `train_eval` and `heldout`, each (x, y).
+      sample: (data, key) -> (x, y), one training batch.
+      loss: (prediction, y) -> scalar mean loss.
+      metric: (prediction, y) -> scalar held-out metric.
+      metric_name: what `metric` measures, e.g. "accuracy".
+      input_shape: shape of one example.
+      output_dim: width of the model's output.
+      target: convergence target on the smoothed training loss.
+      trivial_loss: loss of the best input-independent predictor (for scale).
+    """
+
+    data: Any
+    sample: Callable
+    loss: Callable
+    metric: Callable
+    metric_name: str
+    input_shape: tuple
+    output_dim: int
+    target: float
+    trivial_loss: float
+
+
+def sample_rows(data, key, batch_size: int):
+    """A batch of rows drawn uniformly with replacement from data['train'].
+
+    Drawing batch_size integer indices is far cheaper than generating a fresh
+    batch of inputs with the PRNG at every step.
+    """
+    x, y = data["train"]
+    idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
+    return x[idx], y[idx]
+
+
+def mse(pred, y):
+    """Mean squared error over examples and outputs."""
+    return jnp.mean((pred - y) ** 2)
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy with integer labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def accuracy(logits, labels):
+    """Fraction of examples whose arg-max logit is the label."""
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
