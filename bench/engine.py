@@ -23,8 +23,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bench import metrics, optim
-from models import FAMILIES
-from tasks import TASKS
+from bench.build import make_model, make_task
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
 
@@ -35,27 +34,12 @@ def seed_keys(seed):
     return k_init, k_data
 
 
-@functools.lru_cache(maxsize=None)
-def make_task(task_json: str):
-    """The task of a canonical task config (cached: data is made once)."""
-    cfg = json.loads(task_json)
-    module = TASKS[cfg.pop("name")]
-    return module.make(module.Config(**cfg))
-
-
-def make_model(model_cfg: dict, task, key):
-    """A fresh Flax model for a canonical model config."""
-    cfg = dict(model_cfg)
-    module = FAMILIES[cfg.pop("family")]
-    return module.Model(module.Config(**cfg), task.input_shape, task.output_dim, rngs=nnx.Rngs(params=key))
-
-
 class Program:
     """The compiled init / chunk / evaluate functions of one static plan and run count."""
 
     def __init__(self, plan: dict, n_runs: int, chunk_steps: int):
         self.plan, self.n_runs, self.chunk_steps = plan, n_runs, chunk_steps
-        self.task = make_task(json.dumps(plan["task"], sort_keys=True))
+        self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
         self.init = jax.jit(jax.vmap(self._init_one))

@@ -5,6 +5,7 @@ import json
 from typing import Callable
 
 from bench import engine, optim, records
+from bench.build import make_task
 from bench.store import ResultsStore, environment
 from bench.suite import Cell, Suite
 
@@ -51,7 +52,7 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
         result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
                                     chunk_steps=suite.settings["chunk_steps"],
                                     early_stop=group[0].config["early_stop"], on_chunk=on_chunk)
-        target = engine.make_task(json.dumps(group[0].plan["task"], sort_keys=True)).target
+        target = make_task(group[0].plan["task"]).target
         env = environment()
         store.add([
             records.cell_record(cell, [i for i, r in enumerate(runs) if r.cell_index == index], result, env,

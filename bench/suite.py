@@ -18,7 +18,7 @@ import tomllib
 import typing
 from pathlib import Path
 
-from bench import optim
+from bench import build, optim
 from models import FAMILIES
 from tasks import TASKS
 
@@ -186,6 +186,11 @@ def _plan(path, key, config) -> dict:
                      **_make_config(path, key, family.Config, {k: v[0] for k, v in axes.items()})}
     if plan["optimizer"]["name"] not in optim.OPTIMIZERS:
         _choose(path, f"{key}.optimizer", plan["optimizer"]["name"], list(optim.OPTIMIZERS))
+    try:
+        build.check(plan["task"], plan["model"])
+    except (ValueError, OSError) as e:
+        raise SuiteError(path, f"task {plan['task']['name']!r} with family {plan['model']['family']!r}",
+                         str(e)) from None
     return plan
 
 

@@ -1,8 +1,14 @@
 """Model families by name. Each module exports DESCRIPTION, Config and Model.
 
-`Model(config, input_shape, output_dim, rngs=...)` is a Flax NNX module whose
-`__call__(x, train=...)` returns the prediction; `forward` additionally
-returns per-layer pre-activations and activations for gradient probes.
+`Model(config, input_shape, output_dim, sequence_output=False, rngs=...)` is a
+Flax NNX module whose `__call__(x, train=...)` returns the prediction. It
+raises ValueError when the task's shapes do not fit the family (the suite
+reports that as bad input). `forward(x, train=..., shifts=None)` returns
+(prediction, pre-activations, activations): lists with one array per layer
+(per time step for recurrent models), input side first; `shifts`, one array
+per entry shaped like it, is added to each pre-activation, so the loss
+gradient with respect to a zero shift is the gradient with respect to that
+pre-activation (gradient probes).
 """
 from models import mlp
 

@@ -54,7 +54,10 @@ NORMS = {
 class Model(nnx.Module):
     """The MLP; `forward` also exposes pre-activations for gradient probes."""
 
-    def __init__(self, config: Config, input_shape: tuple, output_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: Config, input_shape: tuple, output_dim: int, *, sequence_output: bool = False,
+                 rngs: nnx.Rngs):
+        if sequence_output:
+            raise ValueError("the mlp family predicts once per example; this task needs a sequence model (rnn)")
         self.config = config
         kernel = common.kernel_init(config.init, config.weight_var)
         bias = common.bias_init(config.bias_var)

@@ -27,6 +27,7 @@ class Task:
       output_dim: width of the model's output.
       target: convergence target on the smoothed training loss.
       trivial_loss: loss of the best input-independent predictor (for scale).
+      sequence_output: the model must predict at every time step, not once per example.
     """
 
     data: Any
@@ -38,6 +39,7 @@ class Task:
     output_dim: int
     target: float
     trivial_loss: float
+    sequence_output: bool = False
 
 
 def sample_rows(data, key, batch_size: int):
