@@ -70,11 +70,14 @@ class Program:
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
         (loss, (_, rest)), grads = jax.value_and_grad(self._loss, has_aux=True)(c["params"], c["rest"], x, y, True)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, c["opt_state"], c["params"])
         params = optax.apply_updates(c["params"], updates)
 
-        active = ~c["diverged"] & (t < hyper["budget"])
+        # A run is done once it diverged, ran its budget, or converged when it stops there: then
+        # its results do not depend on which other runs share the program.
+        done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
+        active = ~done & (t < hyper["budget"])
         loss_0 = jnp.where(t == 0, loss, c["loss_0"])
         boom = active & metrics.exploded(loss, grad_norm, loss_0, hyper["factor"])
         keep = active & ~boom
@@ -166,23 +169,24 @@ def _shard(tree):
     return jax.device_put(tree, sharding)
 
 
-def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int, early_stop: bool,
+def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
                 on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> GroupResult:
     """Trains every run of one static plan together and returns their per-run results.
 
     Args:
       plan: the static plan (traced values blanked) the runs share.
       runs: the runs; their hyperparameters hold lr, transform parameters,
-        budget, factor and smoothing.
+        budget, factor, smoothing and stop_at_convergence (1: a converged run
+        stops training, so its final numbers are those at convergence).
       steps: the largest budget among the runs.
-      chunk_steps: steps per compiled chunk (the host checks in between).
-      early_stop: stop once every run has converged or diverged.
+      chunk_steps: steps per compiled chunk (the host stops early once every run is done).
       on_chunk: called after every chunk with (steps done, diverged, converged) per run.
     """
     chunk_steps = min(chunk_steps, steps)
     prog = program(plan, len(runs), chunk_steps)
     hyper = {k: jnp.asarray([r.hyper[k] for r in runs], jnp.int32 if k == "budget" else jnp.float32)
              for k in runs[0].hyper}
+    stops = np.array([r.hyper["stop_at_convergence"] > 0 for r in runs])
     seeds = jnp.asarray([r.seed for r in runs], jnp.int32)
     data = prog.task.data
     hyper, seeds = _shard(hyper), _shard(seeds)
@@ -199,7 +203,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int, ea
         done += chunk_steps
         if on_chunk:
             on_chunk(min(done, steps), status["diverged"], status["converge_step"] >= 0)
-        if early_stop and np.all(status["diverged"] | (status["converge_step"] >= 0)):
+        if np.all(status["diverged"] | ((status["converge_step"] >= 0) & stops)):
             break
     evaluation = jax.device_get(prog.evaluate(carry, data))
     # The first call of a compiled program pays one-off costs: time the rest when there is a rest.

@@ -17,10 +17,10 @@ def shard_cells(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
 
 
 def group_cells(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells with the same static plan (and early-stop rule) train in one program, in file order."""
+    """Cells with the same static plan train in one program, in file order."""
     groups: dict[str, list[Cell]] = {}
     for cell in cells:
-        key = json.dumps([optim.static_plan(cell.plan), cell.config["early_stop"]], sort_keys=True)
+        key = json.dumps(optim.static_plan(cell.plan), sort_keys=True)
         groups.setdefault(key, []).append(cell)
     return list(groups.values())
 
@@ -29,7 +29,8 @@ def _runs(group: list[Cell]) -> list[engine.Run]:
     runs = []
     for index, cell in enumerate(group):
         hyper = {**optim.traced_values(cell.plan), "budget": cell.config["steps"],
-                 "factor": cell.config["divergence_factor"], "smoothing": cell.config["smoothing"]}
+                 "factor": cell.config["divergence_factor"], "smoothing": cell.config["smoothing"],
+                 "stop_at_convergence": float(cell.config["early_stop"])}
         runs += [engine.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
     return runs
 
@@ -50,8 +51,7 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
         label = f"{group[0].experiment}: " + "; ".join(c.label for c in group)
         on_chunk = progress(label, steps, runs) if progress else None
         result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
-                                    chunk_steps=suite.settings["chunk_steps"],
-                                    early_stop=group[0].config["early_stop"], on_chunk=on_chunk)
+                                    chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk)
         target = make_task(group[0].plan["task"]).target
         env = environment()
         store.add([

@@ -29,7 +29,7 @@ SETTINGS = {  # [suite] key -> (type, default)
     "steps": (int, None),  # None: the task's DEFAULT_STEPS
     "divergence_factor": (float, 10.0),
     "smoothing": (float, 0.9),
-    "early_stop": (bool, True),
+    "early_stop": (bool, True),  # a converged seed stops training (final numbers at convergence)
     "chunk_steps": (int, 100),
     "trace_points": (int, 100),
 }

@@ -1,0 +1,45 @@
+"""Shared helpers: tiny suite files written to a temporary directory."""
+import pytest
+
+TINY = """
+[suite]
+name = "tiny"
+seeds = {seeds}
+steps = {steps}
+chunk_steps = 20
+trace_points = 1000
+
+[task]
+name = "teacher_student"
+input_dim = 4
+teacher_width = 8
+n_train = 64
+n_heldout = 64
+batch_size = 8
+target = 0.4
+
+[model]
+family = "mlp"
+depth = 2
+width = 8
+activation = "tanh"
+
+[optimizer]
+name = "sgd"
+lr = {lr}
+
+{extra}
+"""
+
+
+def tiny_suite(tmp_path, name="suite.toml", seeds=4, steps=60, lr="[0.05, 1e4]", extra=""):
+    """Writes the tiny suite (optionally with extra TOML) and returns its path."""
+    path = tmp_path / name
+    path.write_text(TINY.format(seeds=seeds, steps=steps, lr=lr, extra=extra))
+    return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """A temporary directory shared by one test module."""
+    return tmp_path_factory.mktemp("m")

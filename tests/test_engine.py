@@ -1,0 +1,151 @@
+"""The engine end to end on a tiny MLP: divergence, convergence, seeds, determinism, compilation."""
+import json
+
+import numpy as np
+import pytest
+
+from bench import engine, metrics, runner, suite
+from bench.store import ResultsStore
+from tests.conftest import tiny_suite
+
+CLIP = """
+[[mitigation]]
+name = "none"
+
+[[mitigation]]
+name = "clip_by_global_norm"
+max_norm = [0.5, 2.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def first_run(module_tmp):
+    """Runs the tiny suite once: 2 lrs x (none + clip at 2 thresholds) x 4 seeds."""
+    path = tiny_suite(module_tmp, extra=CLIP)
+    before = engine.TRACE_COUNT["chunk"]
+    records = runner.run_suite(suite.load(path), module_tmp / "a")
+    return path, records, engine.TRACE_COUNT["chunk"] - before
+
+
+def by_label(records):
+    return {r["label"]: r for r in records}
+
+
+def test_every_cell_has_a_record_with_the_public_fields(first_run):
+    _, records, _ = first_run
+    assert len(records) == 6
+    for r in records:
+        for key in ("schema_version", "cell_id", "suite", "config", "divergence_rate", "divergence_rate_ci",
+                    "converged", "median_steps_to_converge", "steps_to_converge_ci", "per_seed", "throughput", "env"):
+            assert key in r
+        assert set(r["per_seed"]) >= {"diverged", "divergence_step", "steps_to_converge", "final_train_loss",
+                                     "final_heldout_loss", "max_grad_norm"}
+        assert all(len(v) == 4 for v in r["per_seed"].values())
+        assert r["config"]["task"]["batch_size"] == 8 and r["config"]["model"]["bias_var"] == 0.0
+        assert r["throughput"]["steps_per_s"] > 0 and r["throughput"]["compile_s"] > 0
+        assert r["env"]["versions"]["jax"] and r["env"]["backend"] == "cpu"
+
+
+def test_huge_learning_rate_diverges_every_seed_without_crashing(first_run):
+    r = by_label(first_run[1])["none lr=10000.0"]
+    assert r["divergence_rate"] == 1.0
+    assert r["divergence_rate_ci"][0] > 0.39  # Wilson lower bound for 4/4
+    assert all(s is not None and s >= 1 for s in r["per_seed"]["divergence_step"])
+    assert r["per_seed"]["final_train_loss"] == [None] * 4
+    assert r["converged"] == 0 and r["median_steps_to_converge"] is None
+
+
+def test_small_learning_rate_converges_with_steps(first_run):
+    r = by_label(first_run[1])["none lr=0.05"]
+    assert r["divergence_rate"] == 0.0 and r["converged"] == 4
+    steps = r["per_seed"]["steps_to_converge"]
+    assert all(0 < s < 60 for s in steps)
+    assert r["median_steps_to_converge"] == sorted(steps)[1]
+    assert all(0 < v < 2 for v in r["per_seed"]["final_train_loss"])
+
+
+def test_clipping_keeps_the_huge_learning_rate_finite(first_run):
+    # With clipping, the step is at most lr x max_norm: at lr 1e4 it still explodes, which the
+    # divergence rule must catch as a loss jump rather than a crash.
+    r = by_label(first_run[1])["clip_by_global_norm(max_norm=0.5) lr=10000.0"]
+    assert r["divergence_rate"] == 1.0
+    assert all(np.isfinite(v) for v in r["per_seed"]["max_grad_norm"] if v is not None)
+
+
+def test_engine_criteria_agree_with_the_trace_functions(first_run):
+    for r in first_run[1]:
+        for seed in range(4):
+            loss, norm = r["trace"]["loss"][seed], r["trace"]["grad_norm"][seed]
+            loss = [np.nan if v is None else v for v in loss]
+            norm = [np.nan if v is None else v for v in norm]
+            step = r["per_seed"]["divergence_step"][seed]
+            if step is None:
+                converged = r["per_seed"]["steps_to_converge"][seed]
+                if converged is not None:  # a converged seed stops: its trace ends there
+                    assert np.all(np.isnan(loss[converged + 1:]))
+                    loss, norm = loss[: converged + 1], norm[: converged + 1]
+                assert metrics.divergence_step(loss, norm, 10.0) is None
+                assert metrics.steps_to_converge(loss, 0.4, 0.9) == r["per_seed"]["steps_to_converge"][seed]
+            else:  # the trace stops (NaN) after the divergence step
+                assert np.all(np.isnan(loss[step + 1:]))
+
+
+def test_all_learning_rates_and_thresholds_share_one_compilation(first_run, module_tmp):
+    _, _, traced = first_run
+    assert traced == 2  # one program for `none`, one for clipping (both thresholds, both lrs)
+    before = engine.TRACE_COUNT["chunk"]
+    path = tiny_suite(module_tmp, name="other_lrs.toml", lr="[0.2, 3.0]", extra=CLIP)
+    runner.run_suite(suite.load(path), module_tmp / "b")
+    assert engine.TRACE_COUNT["chunk"] == before  # new values, same shapes: no retrace
+
+
+def test_one_seed_alone_equals_the_same_seed_in_a_batch(first_run, module_tmp):
+    path, records, _ = first_run
+    alone = by_label(runner.run_suite(suite.load(path, seeds=1), module_tmp / "alone"))
+    for label, r in by_label(records).items():
+        a = alone[label]["per_seed"]
+        b = r["per_seed"]
+        assert a["diverged"][0] == b["diverged"][0]
+        for key in ("divergence_step", "steps_to_converge"):
+            if b[key][0] is None:
+                assert a[key][0] is None
+            else:
+                assert abs(a[key][0] - b[key][0]) <= 2
+        if b["final_train_loss"][0] is not None:
+            assert a["final_train_loss"][0] == pytest.approx(b["final_train_loss"][0], rel=1e-3)
+
+
+def test_the_same_command_twice_gives_identical_numbers(first_run, module_tmp):
+    path, records, _ = first_run
+    again = runner.run_suite(suite.load(path), module_tmp / "again")
+    for a, b in zip(records, again):
+        assert a["cell_id"] == b["cell_id"]
+        assert a["per_seed"] == b["per_seed"]
+        assert a["trace"] == b["trace"]
+
+
+def test_rerun_resumes_and_trains_only_missing_cells(first_run, module_tmp):
+    path, records, _ = first_run
+    out = module_tmp / "resume"
+    runner.run_suite(suite.load(path), out)
+    store = ResultsStore(out)
+    # Simulate an interruption after 4 of 6 cells: drop two records from the file.
+    kept = store.records[:4]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    stamps = [r["env"]["timestamp"] for r in kept]
+    resumed = runner.run_suite(suite.load(path), out)
+    assert [r["cell_id"] for r in resumed] == [r["cell_id"] for r in records]
+    assert [r["env"]["timestamp"] for r in ResultsStore(out).records[:4]] == stamps
+    assert resumed[5]["per_seed"] == records[5]["per_seed"]
+
+
+def test_flops_per_step_matches_an_analytic_count(first_run):
+    r = first_run[1][0]
+    # 8 runs x batch 8 x (4*8 + 8*8 + 8*1) multiply-adds, x2 flops, x3 for forward + backward.
+    analytic = 8 * 8 * (4 * 8 + 8 * 8 + 8) * 2 * 3
+    assert analytic / 2 < r["throughput"]["flops_per_step"] < analytic * 3
+
+
+def test_results_file_is_strict_json(first_run, module_tmp):
+    for line in (module_tmp / "a" / "results.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
