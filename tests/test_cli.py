@@ -1,0 +1,90 @@
+"""The command line: bad input exits 2 naming file and key and writes nothing; list; run."""
+import json
+
+import pytest
+
+from bench.__main__ import main
+from tests.conftest import TINY, tiny_suite
+
+GOOD = dict(seeds=2, steps=20, lr="0.05", extra="# mitigations")
+
+
+def edit(text, old, new):
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+BAD = [  # (edit of the tiny suite, words the message must contain)
+    (("depth = 2", "detph = 2"), ["model.detph", "did you mean 'depth'"]),
+    (("activation = \"tanh\"", "activation = \"tanhh\""), ["model.activation", "'tanhh'", "did you mean 'tanh'"]),
+    (("family = \"mlp\"", "family = \"mpl\""), ["model.family", "mlp"]),
+    (("name = \"teacher_student\"", "name = \"teacher\""), ["task.name", "teacher_student"]),
+    (("name = \"sgd\"", "name = \"sdg\""), ["optimizer.name", "did you mean 'sgd'"]),
+    (("seeds = 2", "seeds = \"2\""), ["suite.seeds", "expected int"]),
+    (("depth = 2", "depth = 0"), ["model", "depth and width must be >= 1"]),
+    (("lr = 0.05", "lr = -1.0"), ["optimizer.lr", "> 0"]),
+    (("lr = 0.05", "lr = []"), ["optimizer.lr", "empty list"]),
+    (("lr = 0.05", "lr = 0.05\nmomentum = 0.9"), ["optimizer.momentum", "unknown key"]),
+    (("name = \"tiny\"", "title = \"tiny\""), ["suite.title", "unknown key"]),
+    (("[suite]", "[suite]\nwat = 1\n[suitee]"), ["suitee"]),
+    (("chunk_steps = 20", "chunk_steps = 20\ndivergence_factor = 0.5"), ["suite", "divergence_factor"]),
+    (("# mitigations", "[[mitigation]]\nname = \"clip_by_globalnorm\""), ["mitigation[0].name",
+                                                                     "did you mean 'clip_by_global_norm'"]),
+    (("# mitigations", "[[mitigation]]\nname = \"clip_by_global_norm\"\nmax_norm = -1"), ["mitigation[0].max_norm"]),
+    (("# mitigations", "[[mitigation]]\nname = \"activation\""), ["mitigation[0].activation", "required"]),
+    (("# mitigations", "[[mitigation]]\nname = \"activation\"\nactivation = \"swish\""),
+     ["mitigation[0] (activation).activation", "'swish'"]),
+    (("# mitigations", "[[mitigation]]\nname = \"init\"\ninit = \"identity\""), ["mitigation[0]", "'identity'"]),
+    (("[model]", "[model]\nfamily = 3\n[x]"), ["top level"]),
+    (("[task]", "task = [1,"), ["not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize("change, words", BAD, ids=[w[0] for _, w in BAD])
+def test_bad_suite_exits_2_naming_file_and_key_and_writes_nothing(tmp_path, capsys, change, words):
+    text = edit(TINY.format(**GOOD), *change)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(path) in err
+    for word in words:
+        assert word in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--shard", "3/2"], ["--shard", "0 <= i < n"]),
+    (["--shard", "x"], ["--shard", "i/n"]),
+])
+def test_bad_options_exit_2(tmp_path, capsys, args, words):
+    path = tiny_suite(tmp_path, **{k: v for k, v in GOOD.items()})
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and not (tmp_path / "o").exists()
+
+
+def test_missing_suite_file_exits_2(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml" in capsys.readouterr().err
+
+
+def test_list_names_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("teacher_student", "clusters", "mlp", "xavier", "leaky_relu", "adagrad", "clip_by_global_norm",
+                 "skip_nonfinite", "adaptive_grad_clip"):
+        assert word in out
+
+
+def test_run_prints_a_summary_and_shards_split_the_cells(tmp_path, capsys):
+    path = tiny_suite(tmp_path, seeds=2, steps=20, lr="[0.05, 0.1, 1e4]")
+    for shard in ("0/2", "1/2"):
+        assert main(["run", str(path), "--out", str(tmp_path / shard[0]), "--shard", shard, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "none" in out and "steps/s" in out
+    lrs = [[json.loads(line)["config"]["optimizer"]["lr"] for line in (tmp_path / d / "results.jsonl").open()]
+           for d in "01"]
+    assert lrs == [[0.05, 1e4], [0.1]]
