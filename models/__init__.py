@@ -11,7 +11,11 @@ gradient with respect to a zero shift is the gradient with respect to that
 pre-activation (gradient probes).
 """
 from models import mlp
+from models import resnet
+from models import rnn
 
 FAMILIES = {
     "mlp": mlp,
+    "resnet": resnet,
+    "rnn": rnn,
 }

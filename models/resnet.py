@@ -1,0 +1,141 @@
+"""Small CIFAR-style ResNet: a 3x3 conv stem, `stages` stages of `blocks_per_stage` basic blocks, a linear read-out.
+
+Stage s has `width * 2**s` channels; every stage after the first starts with
+a stride-2 block. A basic block is conv -> norm -> act -> conv -> norm, plus
+the skip (a 1x1 conv projection where the shape changes), then act. With
+`residual = false` the skip is dropped: a plain CNN of the same depth.
+Global average pooling feeds the read-out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import ClassVar
+
+import jax.numpy as jnp
+from flax import nnx
+
+from models import common
+
+DESCRIPTION = "ResNet/CNN for images: stages x blocks of 3x3 convs, norm, residual on/off, global pooling"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Suite `[model]` keys of the ResNet family."""
+
+    stages: int = 3
+    blocks_per_stage: int = 2
+    width: int = 16
+    activation: str = "relu"
+    init: str = "he"
+    weight_var: float = 2.0  # used by init "normal" (and orthogonal, constant): He scale for relu
+    bias_var: float = 0.0
+    norm: str = "batch"
+    residual: bool = True
+
+    CHOICES: ClassVar[dict] = {
+        "activation": tuple(common.ACTIVATIONS),
+        "init": tuple(n for n in common.INITIALISERS if n != "identity"),
+        "norm": ("none", "batch", "layer"),
+    }
+
+    def __post_init__(self):
+        if self.stages < 1 or self.blocks_per_stage < 1 or self.width < 1:
+            raise ValueError("stages, blocks_per_stage and width must be >= 1")
+        if self.weight_var <= 0 or self.bias_var < 0:
+            raise ValueError("weight_var must be > 0 and bias_var >= 0")
+
+
+def _make_norm(kind: str, channels: int, rngs: nnx.Rngs):
+    """A norm over channels-last feature maps, or None."""
+    if kind == "batch":
+        # Statistics over batch and space, per channel (the usual conv BatchNorm).
+        return nnx.BatchNorm(channels, momentum=0.9, rngs=rngs)
+    if kind == "layer":
+        # Statistics over one example's whole feature map (LayerNorm = GroupNorm with one group).
+        return nnx.LayerNorm(channels, reduction_axes=(-3, -2, -1), feature_axes=-1, rngs=rngs)
+    return None
+
+
+def _apply_norm(norm, x_BxHxWxC, train: bool):
+    """Applies `norm` (BatchNorm uses batch statistics when training, running averages otherwise)."""
+    if norm is None:
+        return x_BxHxWxC
+    if isinstance(norm, nnx.BatchNorm):
+        return norm(x_BxHxWxC, use_running_average=not train)
+    return norm(x_BxHxWxC)
+
+
+class Block(nnx.Module):
+    """A basic block; `__call__` returns its output before the final activation."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, config: Config, rngs: nnx.Rngs):
+        conv = dict(kernel_init=common.kernel_init(config.init, config.weight_var),
+                    bias_init=common.bias_init(config.bias_var), rngs=rngs)
+        self.act_name = config.activation
+        self.conv1 = nnx.Conv(c_in, c_out, (3, 3), stride, padding="SAME", **conv)
+        self.norm1 = _make_norm(config.norm, c_out, rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), 1, padding="SAME", **conv)
+        self.norm2 = _make_norm(config.norm, c_out, rngs)
+        self.residual = config.residual
+        # A projection only where the identity cannot be added (channels or resolution change).
+        needs_proj = config.residual and (stride != 1 or c_in != c_out)
+        self.proj = nnx.Conv(c_in, c_out, (1, 1), stride, padding="SAME", **conv) if needs_proj else None
+
+    def __call__(self, x_BxHxWxC, *, train: bool):
+        act = common.activation(self.act_name)
+        h_BxHxWxD = act(_apply_norm(self.norm1, self.conv1(x_BxHxWxC), train))
+        z_BxHxWxD = _apply_norm(self.norm2, self.conv2(h_BxHxWxD), train)
+        if self.residual:
+            z_BxHxWxD = z_BxHxWxD + (self.proj(x_BxHxWxC) if self.proj is not None else x_BxHxWxC)
+        return z_BxHxWxD
+
+
+class Model(nnx.Module):
+    """The ResNet; `forward` also exposes per-block pre-activations for gradient probes."""
+
+    def __init__(self, config: Config, input_shape: tuple, output_dim: int, *, sequence_output: bool = False,
+                 rngs: nnx.Rngs):
+        if sequence_output:
+            raise ValueError("the resnet family predicts once per example; this task needs a sequence model (rnn)")
+        if len(input_shape) != 3:
+            raise ValueError(f"the resnet family needs image inputs shaped (H, W, C); this task gives {input_shape}")
+        self.config = config
+        channels = [config.width * 2**s for s in range(config.stages)]
+        self.stem = nnx.Conv(input_shape[-1], channels[0], (3, 3), 1, padding="SAME",
+                             kernel_init=common.kernel_init(config.init, config.weight_var),
+                             bias_init=common.bias_init(config.bias_var), rngs=rngs)
+        self.stem_norm = _make_norm(config.norm, channels[0], rngs)
+        blocks, c_in = [], channels[0]
+        for s, c_out in enumerate(channels):
+            for b in range(config.blocks_per_stage):
+                blocks.append(Block(c_in, c_out, 2 if s > 0 and b == 0 else 1, config, rngs))
+                c_in = c_out
+        self.blocks = nnx.List(blocks)
+        self.readout = nnx.Linear(c_in, output_dim, kernel_init=common.kernel_init(config.init, config.weight_var),
+                                  bias_init=common.bias_init(config.bias_var), rngs=rngs)
+
+    def forward(self, x_BxHxWxC, *, train: bool = True, shifts=None):
+        """Returns (logits, pre-activations, activations): one entry for the stem, then one per block.
+
+        A block's pre-activation is its output before the final activation
+        (after the skip addition); `shifts[i]` is added there.
+        """
+        act = common.activation(self.config.activation)
+        layers = [lambda v: _apply_norm(self.stem_norm, self.stem(v), train)]
+        layers += [functools.partial(block, train=train) for block in self.blocks]
+        preacts, acts = [], []
+        h_BxHxWxD = x_BxHxWxC
+        for i, layer in enumerate(layers):
+            z_BxHxWxD = layer(h_BxHxWxD)
+            if shifts is not None:
+                z_BxHxWxD = z_BxHxWxD + shifts[i]
+            h_BxHxWxD = act(z_BxHxWxD)
+            preacts.append(z_BxHxWxD)
+            acts.append(h_BxHxWxD)
+        pooled_BxD = jnp.mean(h_BxHxWxD, axis=(-3, -2))
+        return self.readout(pooled_BxD), preacts, acts
+
+    def __call__(self, x_BxHxWxC, *, train: bool = True):
+        return self.forward(x_BxHxWxC, train=train)[0]
