@@ -70,6 +70,62 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _set_values(pairs: list[str]) -> dict:
+    """--set KEY=VALUE pairs, each VALUE read as a TOML value (a bare word is a string)."""
+    import tomllib
+
+    table = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set: expected KEY=VALUE, got {pair!r}")
+        try:
+            table[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            table[key] = value
+    return table
+
+
+def cmd_probe(args) -> int:
+    import json
+
+    from bench import plots, probe
+    from bench.suite import canonical_section
+
+    model = canonical_section("--set", "model", {"family": args.model, **_set_values(args.set)})
+    task_table = {"name": args.task or probe.DEFAULT_TASK[args.model]}
+    if args.batch:
+        task_table["batch_size"] = args.batch
+    task = canonical_section("--task", "task", task_table)
+    try:
+        from bench import build
+
+        build.check(task, model)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"--task {task['name']} with --model {model['family']}: {e}") from None
+    if args.seeds < 1:
+        raise UsageError("--seeds: must be >= 1")
+    result = probe.probe(task, model, args.seeds)
+    if args.plot:
+        plots.probe_profile({model["family"]: result}, args.plot)
+    if args.json:
+        print(json.dumps({"config": {"task": task, "model": model, "seeds": args.seeds},
+                          **{k: v for k, v in result.items() if k != "per_seed"}}, allow_nan=False))
+        return 0
+    from rich.table import Table
+
+    axis = result["axis"]
+    table = Table(title=f"gradients at initialisation ({args.seeds} seeds, batch {task['batch_size']}); "
+                        f"growth per {axis[:-1]}: {result['growth_per_layer']}")
+    columns = [axis[:-1], "preact_grad_norm", "weight_grad_norm", "activation_rms"]
+    for c in columns:
+        table.add_column(c, justify="right")
+    for row in result[axis]:
+        table.add_row(*(f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns))
+    Console().print(table)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
@@ -84,6 +140,15 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="list model families, tasks, initialisers, activations, optimizers, mitigations")
     lst.set_defaults(func=cmd_list)
+    prb = sub.add_parser("probe", help="gradient norms per layer (or time step) at initialisation")
+    prb.add_argument("--model", required=True, help="model family")
+    prb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [model] key (repeatable)")
+    prb.add_argument("--task", help="task (default: one that fits the family)")
+    prb.add_argument("--batch", type=int, help="batch size (default: the task's)")
+    prb.add_argument("--seeds", type=int, default=8, help="seeds (default 8)")
+    prb.add_argument("--json", action="store_true", help="print one JSON object")
+    prb.add_argument("--plot", help="save a PNG of the per-layer gradient norms")
+    prb.set_defaults(func=cmd_probe)
     return p
 
 

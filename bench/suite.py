@@ -32,6 +32,7 @@ SETTINGS = {  # [suite] key -> (type, default)
     "early_stop": (bool, True),  # a converged seed stops training (final numbers at convergence)
     "chunk_steps": (int, 100),
     "trace_points": (int, 100),
+    "probe": (bool, True),  # record gradient diagnostics at initialisation with every cell
 }
 EXPERIMENT_KEYS = ("name", "description", "claim", "seeds", "steps", "task", "model", "optimizer", "mitigation")
 
@@ -192,6 +193,19 @@ def _plan(path, key, config) -> dict:
         raise SuiteError(path, f"task {plan['task']['name']!r} with family {plan['model']['family']!r}",
                          str(e)) from None
     return plan
+
+
+def canonical_section(source, section: str, table: dict) -> dict:
+    """One validated `[task]` or `[model]` table (no grid axes) with every default filled in."""
+    name_key, registry = {"task": ("name", TASKS), "model": ("family", FAMILIES)}[section]
+    name = _named(source, section, table, name_key, registry)
+    cls = registry[name].Config
+    axes = _dataclass_axes(source, section, {k: v for k, v in table.items() if k != name_key}, cls,
+                           getattr(cls, "CHOICES", {}))
+    for key, values in axes.items():
+        if len(values) > 1:
+            raise SuiteError(source, f"{section}.{key}", "takes one value here")
+    return {name_key: name, **_make_config(source, section, cls, {k: v[0] for k, v in axes.items()})}
 
 
 def cell_id(config: dict) -> str:

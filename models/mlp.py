@@ -93,5 +93,9 @@ class Model(nnx.Module):
             acts.append(h_BxW)
         return self.readout(h_BxW), preacts, acts
 
+    def layer_kernels(self):
+        """The weight matrix of every hidden layer, input side first (for gradient probes)."""
+        return [layer.kernel.value for layer in self.layers]
+
     def __call__(self, x_BxI, *, train: bool = True):
         return self.forward(x_BxI, train=train)[0]
