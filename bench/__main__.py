@@ -39,6 +39,20 @@ def cmd_run(args) -> int:
         records = runner.run_suite(suite, out, shard, progress=None if args.quiet else progress.factory)
     out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / 'results.jsonl'}")
+    if not args.no_report:
+        from bench import report
+
+        out_console.print(f"report: {report.write(out)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from bench import report
+
+    directory = Path(args.dir)
+    if not (directory / "results.jsonl").exists() or not (directory / "suite.json").exists():
+        raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
+    print(report.write(directory, args.output))
     return 0
 
 
@@ -137,9 +151,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="override the step budget")
     run.add_argument("--shard", default="0/1", help="run shard i of n of the cells (e.g. 0/4)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
+    run.add_argument("--no-report", action="store_true", help="do not write DIR/REPORT.md at the end")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="list model families, tasks, initialisers, activations, optimizers, mitigations")
     lst.set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="write a Markdown report with plots and verdicts from a results directory")
+    rep.add_argument("dir", help="results directory (results.jsonl and suite.json)")
+    rep.add_argument("--output", help="report path (default: DIR/REPORT.md)")
+    rep.set_defaults(func=cmd_report)
     prb = sub.add_parser("probe", help="gradient norms per layer (or time step) at initialisation")
     prb.add_argument("--model", required=True, help="model family")
     prb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [model] key (repeatable)")

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Callable
 
 from bench import engine, optim, probe, records
 from bench.build import make_task
-from bench.store import ResultsStore, environment
+from bench.store import ResultsStore, atomic_write, environment
 from bench.suite import Cell, Suite
+
+
+SUITE_FILE = "suite.json"  # the validated suite beside its results: what reports and verdicts read
 
 
 def shard_cells(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
@@ -50,6 +54,9 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
       progress: a factory (group label, total steps, runs) -> on_chunk callback, or None.
     """
     store = ResultsStore(out_dir)
+    atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(
+        {"path": suite.path, "name": suite.name, "settings": suite.settings, "experiments": suite.experiments,
+         "claims": suite.claims, "cells": len(suite.cells)}, indent=1))
     cells = shard_cells(suite.cells, shard)
     todo = [c for c in cells if c.cell_id not in store.done()]
     for group in group_cells(todo):

@@ -34,7 +34,9 @@ SETTINGS = {  # [suite] key -> (type, default)
     "trace_points": (int, 100),
     "probe": (bool, True),  # record gradient diagnostics at initialisation with every cell
 }
-EXPERIMENT_KEYS = ("name", "description", "claim", "seeds", "steps", "task", "model", "optimizer", "mitigation")
+EXPERIMENT_KEYS = ("name", "description", "seeds", "steps", "early_stop", "task", "model", "optimizer", "mitigation")
+CLAIM_KEYS = ("id", "title", "text", "comparison")
+COMPARISON_KEYS = ("experiment", "regime", "baseline", "variant", "metric", "expect")
 
 
 class SuiteError(Exception):
@@ -65,6 +67,7 @@ class Suite:
     settings: dict
     experiments: list[dict]
     cells: list[Cell]
+    claims: list[dict]
 
 
 def _suggest(value, allowed) -> str:
@@ -260,7 +263,10 @@ def _expand(path, settings, exp, index) -> list[Cell]:
                 "mitigation": {"name": m_name, **mp},
                 "seeds": seeds,
                 "steps": steps,
-                **{k: settings[k] for k in ("divergence_factor", "smoothing", "early_stop")},
+                "divergence_factor": settings["divergence_factor"],
+                "smoothing": settings["smoothing"],
+                "early_stop": _check_type(path, f"{where}.early_stop", exp.get("early_stop", settings["early_stop"]),
+                                          bool),
             }
             plan = _plan(path, m_key, config)
             cells.append(Cell(cell_id(config), settings["name"], exp["name"], _label(config, varying), config, plan))
@@ -276,7 +282,7 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
         raise SuiteError(path, "-", "no such file") from None
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(path, "-", f"not valid TOML: {e}") from None
-    _check_keys(path, "top level", raw, ("suite", "task", "model", "optimizer", "mitigation", "experiment"))
+    _check_keys(path, "top level", raw, ("suite", "task", "model", "optimizer", "mitigation", "experiment", "claim"))
     table = raw.get("suite", {})
     _check_keys(path, "suite", table, SETTINGS)
     settings = {k: (_check_type(path, f"suite.{k}", table[k], t) if k in table else d)
@@ -308,4 +314,38 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise SuiteError(path, "experiment", "two cells have the same configuration")
-    return Suite(str(path), settings["name"], settings, resolved, cells)
+    claims = _claims(path, raw.get("claim", []), cells, settings)
+    return Suite(str(path), settings["name"], settings, resolved, cells, claims)
+
+
+def _claims(path, tables, cells, settings) -> list[dict]:
+    """Validates `[[claim]]` tables: every comparison names an experiment and selects cells in it."""
+    from bench.claims import METRICS
+
+    claims = []
+    for i, claim in enumerate(tables):
+        key = f"claim[{i}]"
+        _check_keys(path, key, claim, CLAIM_KEYS)
+        if "id" not in claim or not claim.get("comparison"):
+            raise SuiteError(path, key, "needs an id and at least one [[claim.comparison]]")
+        for j, comp in enumerate(claim["comparison"]):
+            ckey = f"{key}.comparison[{j}]"
+            _check_keys(path, ckey, comp, COMPARISON_KEYS)
+            for field in ("experiment", "baseline", "variant", "metric", "expect"):
+                if field not in comp:
+                    raise SuiteError(path, f"{ckey}.{field}", "missing")
+            in_exp = [c for c in cells if c.experiment == comp["experiment"]]
+            if not in_exp:
+                _choose(path, f"{ckey}.experiment", comp["experiment"], sorted({c.experiment for c in cells}))
+            _choose(path, f"{ckey}.metric", comp["metric"], list(METRICS))
+            _choose(path, f"{ckey}.expect", comp["expect"], ["higher", "lower"])
+            if comp["metric"] == "probe_growth" and not settings["probe"]:
+                raise SuiteError(path, f"{ckey}.metric", "probe_growth needs suite.probe = true")
+            for side in ("baseline", "variant"):
+                selector = comp[side]
+                if not isinstance(selector, dict) or not any(
+                        all(c.config["mitigation"].get(k) == v for k, v in selector.items()) for c in in_exp):
+                    raise SuiteError(path, f"{ckey}.{side}", f"{selector!r} selects no cell of experiment "
+                                     f"{comp['experiment']!r} (it is matched against the cells' mitigation)")
+        claims.append({**claim, "id": str(claim["id"])})
+    return claims

@@ -1,0 +1,131 @@
+"""Statistical verdicts on the suite's claims, computed from results records.
+
+A claim (a `[[claim]]` table of a suite) holds comparisons; each compares a
+baseline and a variant of one experiment (cells selected by their mitigation)
+on one metric, pooled over the experiment's other grid axes (the
+learning-rate grid). Tests: Fisher's exact test for divergence rates,
+Mann-Whitney U for per-seed values; p-values are Holm-corrected over every
+comparison of the suite. A comparison's verdict: `supported` when the
+corrected p < alpha and the effect goes the way the claim says,
+`contradicted` when it goes the other way, `no detectable effect` otherwise.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+SUPPORTED, CONTRADICTED, NO_EFFECT = "supported", "contradicted", "no detectable effect"
+
+
+def _per_seed(key, diverged_value=None):
+    """Per-seed values of `key`; a diverged seed counts as `diverged_value` (None: left out)."""
+    def values(record):
+        out = []
+        for v, d in zip(record["per_seed"][key], record["per_seed"]["diverged"]):
+            if d:
+                if diverged_value is not None:
+                    out.append(diverged_value)
+            elif v is not None:
+                out.append(v)
+            elif key == "steps_to_converge":
+                out.append(math.inf)  # never converged
+        return out
+    return values
+
+
+def _gap(record):
+    ps = record["per_seed"]
+    return [h - t for h, t in zip(ps["final_heldout_loss"], ps["final_train_loss"]) if h is not None and t is not None]
+
+
+def _growth(record):
+    return [g for g in (record.get("probe") or {}).get("growth_per_layer_per_seed", []) if g is not None]
+
+
+# metric -> (per-seed values of one record, whether per-seed values are pooled over all cells or read once
+# per model (probe values do not depend on the learning rate), description)
+METRICS = {
+    "divergence_rate": (_per_seed("diverged"), True, "fraction of seeds that diverged (Fisher's exact test)"),
+    "steps_to_converge": (_per_seed("steps_to_converge", math.inf), True,
+                          "steps to the convergence target, never = infinity (Mann-Whitney U)"),
+    "heldout_loss": (_per_seed("final_heldout_loss", math.inf), True,
+                     "final held-out loss, diverged = infinity (Mann-Whitney U)"),
+    "generalization_gap": (_gap, True, "held-out minus training loss, non-diverged seeds (Mann-Whitney U)"),
+    "probe_growth": (_growth, False, "growth per layer of the squared gradient norm at init (Mann-Whitney U)"),
+    "max_grad_norm": (_per_seed("max_grad_norm", math.inf), True,
+                      "largest gradient norm during training (Mann-Whitney U)"),
+}
+
+
+def matches(record: dict, selector: dict) -> bool:
+    """Whether a record's mitigation has every key/value of the selector."""
+    mitigation = record["config"]["mitigation"]
+    return all(mitigation.get(k) == v for k, v in selector.items())
+
+
+def sample(records: list[dict], metric: str) -> list:
+    """The pooled per-seed values of a metric over the selected records."""
+    values_fn, pooled, _ = METRICS[metric]
+    if not pooled:  # one value per seed and model: take the first record
+        records = records[:1]
+    return [v for r in records for v in values_fn(r)]
+
+
+def test(baseline: list, variant: list, metric: str) -> dict:
+    """The two-sided test of a metric: p-value and an effect with its direction (+1 variant higher)."""
+    if not baseline or not variant:
+        return {"p": 1.0, "direction": 0, "effect": "no data", "n": [len(baseline), len(variant)]}
+    if metric == "divergence_rate":
+        kb, kv = sum(baseline), sum(variant)
+        p = stats.fisher_exact([[kv, len(variant) - kv], [kb, len(baseline) - kb]]).pvalue
+        diff = kv / len(variant) - kb / len(baseline)
+        return {"p": float(p), "direction": int(np.sign(diff)), "n": [len(baseline), len(variant)],
+                "effect": f"rate {kb / len(baseline):.2f} -> {kv / len(variant):.2f} ({diff:+.2f})"}
+    b, v = np.asarray(baseline, float), np.asarray(variant, float)
+    if np.all(np.concatenate([b, v]) == b[0]):
+        p, superiority = 1.0, 0.5
+    else:
+        u = stats.mannwhitneyu(v, b, alternative="two-sided")
+        p, superiority = float(u.pvalue), float(u.statistic) / (len(v) * len(b))
+    median = lambda x: float(np.quantile(x, 0.5, method="lower"))  # noqa: E731  (defined with infinities)
+    return {"p": p, "direction": int(np.sign(round(superiority - 0.5, 12))), "n": [len(b), len(v)],
+            "effect": f"median {median(b):.3g} -> {median(v):.3g}; P(variant > baseline) = {superiority:.2f}"}
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control)."""
+    order = np.argsort(pvalues)
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdicts(claims: list[dict], records: list[dict], alpha: float = ALPHA) -> list[dict]:
+    """Every claim with its comparisons tested, corrected and judged."""
+    rows = []
+    for claim in claims:
+        for comp in claim["comparison"]:
+            cells = [r for r in records if r["experiment"] == comp["experiment"]]
+            base = [r for r in cells if matches(r, comp["baseline"])]
+            var = [r for r in cells if matches(r, comp["variant"])]
+            rows.append({"claim": claim["id"], **comp, **test(sample(base, comp["metric"]),
+                                                               sample(var, comp["metric"]), comp["metric"])})
+    for row, p_adj in zip(rows, holm([r["p"] for r in rows])):
+        expected = 1 if row["expect"] == "higher" else -1
+        row["p_adjusted"] = p_adj
+        row["verdict"] = (NO_EFFECT if p_adj >= alpha or row["direction"] == 0
+                          else SUPPORTED if row["direction"] == expected else CONTRADICTED)
+    out = []
+    for claim in claims:
+        comps = [r for r in rows if r["claim"] == claim["id"]]
+        kinds = sorted({c["verdict"] for c in comps})
+        verdict = kinds[0] if len(kinds) == 1 else "depends on regime: " + "; ".join(
+            f"{c['verdict']} for {c.get('regime') or c['experiment']}" for c in comps)
+        out.append({**{k: v for k, v in claim.items() if k != "comparison"}, "verdict": verdict,
+                    "comparisons": comps})
+    return out
