@@ -20,6 +20,11 @@ ALPHA = 0.05
 SUPPORTED, CONTRADICTED, NO_EFFECT = "supported", "contradicted", "no detectable effect"
 
 
+def _pooled(values_fn):
+    """A metric whose per-seed values are pooled over every selected cell (the learning-rate grid)."""
+    return lambda records: [v for r in records for v in values_fn(r)]
+
+
 def _per_seed(key, diverged_value=None):
     """Per-seed values of `key`; a diverged seed counts as `diverged_value` (None: left out)."""
     def values(record):
@@ -33,7 +38,7 @@ def _per_seed(key, diverged_value=None):
             elif key == "steps_to_converge":
                 out.append(math.inf)  # never converged
         return out
-    return values
+    return _pooled(values)
 
 
 def _gap(record):
@@ -41,22 +46,39 @@ def _gap(record):
     return [h - t for h, t in zip(ps["final_heldout_loss"], ps["final_train_loss"]) if h is not None and t is not None]
 
 
-def _growth(record):
-    return [g for g in (record.get("probe") or {}).get("growth_per_layer_per_seed", []) if g is not None]
+def _growth(records):
+    """Per-seed growth at initialisation (it does not depend on the learning rate: read once)."""
+    return [g for g in (records[0].get("probe") or {}).get("growth_per_layer_per_seed", []) if g is not None]
 
 
-# metric -> (per-seed values of one record, whether per-seed values are pooled over all cells or read once
-# per model (probe values do not depend on the learning rate), description)
+def _max_stable_lr(records):
+    """Per seed: the largest learning rate of the grid up to which that seed never diverged (0: none)."""
+    by_lr = sorted(records, key=lambda r: r["config"]["optimizer"]["lr"])
+    out = []
+    for seed in range(len(by_lr[0]["per_seed"]["diverged"])):
+        stable = 0.0
+        for r in by_lr:
+            if r["per_seed"]["diverged"][seed]:
+                break
+            stable = r["config"]["optimizer"]["lr"]
+        out.append(stable)
+    return out
+
+
+# metric -> (selected records -> per-seed values, description)
 METRICS = {
-    "divergence_rate": (_per_seed("diverged"), True, "fraction of seeds that diverged (Fisher's exact test)"),
-    "steps_to_converge": (_per_seed("steps_to_converge", math.inf), True,
+    "divergence_rate": (_pooled(lambda r: [int(d) for d in r["per_seed"]["diverged"]]),
+                        "fraction of seeds that diverged, pooled over the grid (Fisher's exact test)"),
+    "max_stable_lr": (_max_stable_lr, "per seed, the largest learning rate up to which it never diverged "
+                                      "(Mann-Whitney U)"),
+    "steps_to_converge": (_per_seed("steps_to_converge", math.inf),
                           "steps to the convergence target, never = infinity (Mann-Whitney U)"),
-    "heldout_loss": (_per_seed("final_heldout_loss", math.inf), True,
+    "heldout_loss": (_per_seed("final_heldout_loss", math.inf),
                      "final held-out loss, diverged = infinity (Mann-Whitney U)"),
-    "generalization_gap": (_gap, True, "held-out minus training loss, non-diverged seeds (Mann-Whitney U)"),
-    "probe_growth": (_growth, False, "growth per layer of the squared gradient norm at init (Mann-Whitney U)"),
-    "max_grad_norm": (_per_seed("max_grad_norm", math.inf), True,
-                      "largest gradient norm during training (Mann-Whitney U)"),
+    "generalization_gap": (_pooled(_gap), "held-out minus training loss, non-diverged seeds (Mann-Whitney U)"),
+    "probe_growth": (_growth, "growth per layer of the squared gradient norm at init (Mann-Whitney U)"),
+    "max_grad_norm": (_per_seed("max_grad_norm", math.inf),
+                      "largest gradient norm during training, diverged = infinity (Mann-Whitney U)"),
 }
 
 
@@ -67,11 +89,8 @@ def matches(record: dict, selector: dict) -> bool:
 
 
 def sample(records: list[dict], metric: str) -> list:
-    """The pooled per-seed values of a metric over the selected records."""
-    values_fn, pooled, _ = METRICS[metric]
-    if not pooled:  # one value per seed and model: take the first record
-        records = records[:1]
-    return [v for r in records for v in values_fn(r)]
+    """The per-seed values of a metric over the selected records."""
+    return METRICS[metric][0](records) if records else []
 
 
 def test(baseline: list, variant: list, metric: str) -> dict:

@@ -311,9 +311,13 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
         merged.setdefault("mitigation", base.get("mitigation", [{"name": "none"}]))
         resolved.append(merged)
         cells += _expand(path, settings, merged, index)
-    ids = [c.cell_id for c in cells]
-    if len(set(ids)) != len(ids):
-        raise SuiteError(path, "experiment", "two cells have the same configuration")
+    seen: dict[str, Cell] = {}
+    for c in cells:
+        if c.cell_id in seen:
+            raise SuiteError(path, "experiment", f"{c.label!r} of experiment {c.experiment!r} is the same cell as "
+                             f"{seen[c.cell_id].label!r} of {seen[c.cell_id].experiment!r}; compare within one "
+                             "experiment instead")
+        seen[c.cell_id] = c
     claims = _claims(path, raw.get("claim", []), cells, settings)
     return Suite(str(path), settings["name"], settings, resolved, cells, claims)
 

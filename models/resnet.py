@@ -12,8 +12,11 @@ import dataclasses
 import functools
 from typing import ClassVar
 
+import os
+
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from models import common
 
@@ -47,6 +50,21 @@ class Config:
             raise ValueError("weight_var must be > 0 and bias_var >= 0")
 
 
+def conv_as_matmul(x_BxHxWxC, kernel_KxKxCxD, strides, padding, **unused):
+    """A 'NHWC'/'HWIO' convolution as shifted slices and one matrix product (im2col)."""
+    kh, kw, c, d = kernel_KxKxCxD.shape
+    pads = lax.padtype_to_pads(x_BxHxWxC.shape[1:3], (kh, kw), strides, padding)
+    x_pad = jnp.pad(x_BxHxWxC, ((0, 0), *pads, (0, 0)))
+    ho, wo = (x_pad.shape[1] - kh) // strides[0] + 1, (x_pad.shape[2] - kw) // strides[1] + 1
+    cols = [x_pad[:, i:i + (ho - 1) * strides[0] + 1:strides[0], j:j + (wo - 1) * strides[1] + 1:strides[1]]
+            for i in range(kh) for j in range(kw)]
+    patches_BxHxWxKKC = jnp.concatenate(cols, -1)
+    return patches_BxHxWxKKC @ kernel_KxKxCxD.reshape(kh * kw * c, d)
+
+
+CONV = conv_as_matmul if os.environ.get("RESNET_CONV") == "matmul" else lax.conv_general_dilated
+
+
 def _make_norm(kind: str, channels: int, rngs: nnx.Rngs):
     """A norm over channels-last feature maps, or None."""
     if kind == "batch":
@@ -71,7 +89,7 @@ class Block(nnx.Module):
     """A basic block; `__call__` returns its output before the final activation."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, config: Config, rngs: nnx.Rngs):
-        conv = dict(kernel_init=common.kernel_init(config.init, config.weight_var),
+        conv = dict(conv_general_dilated=CONV, kernel_init=common.kernel_init(config.init, config.weight_var),
                     bias_init=common.bias_init(config.bias_var), rngs=rngs)
         self.act_name = config.activation
         self.conv1 = nnx.Conv(c_in, c_out, (3, 3), stride, padding="SAME", **conv)

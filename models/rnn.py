@@ -31,7 +31,9 @@ def _identity(scale):
     return init
 
 
-# name -> (factory(config) -> initializer of the H x H recurrent kernel, or None for Flax's own; description)
+# name -> (factory(config) -> initialiser of an H x H recurrent matrix (each gate's, for LSTM/GRU), or None
+# for Flax's own; description). The default, normal with variance 1, puts a random W_h's spectral radius
+# near 1 (circular law): the edge between vanishing and exploding for the Elman cell.
 RECURRENT_INITS = {
     "normal": (lambda c: jinit.variance_scaling(c.recurrent_weight_var, "fan_in", "normal"),
                "W_h ~ N(0, recurrent_weight_var / hidden)"),
@@ -126,7 +128,7 @@ class FlaxCell(nnx.Module):
         return jax.lax.scan(step, carry0, (x_TxBxF, shift_TxBxH))[1]
 
 
-# cell name -> (in_features, hidden, config, inits..., rngs) -> module with .scan
+# cell name -> (in_features, hidden, config, rngs, **initialisers) -> a module with .scan(x_TxBxF, shift_TxBxH)
 CELLS = {
     "tanh": lambda f, h, c, rngs, **inits: ElmanCell(f, h, activation=common.activation(c.activation),
                                                      rngs=rngs, **inits),
@@ -178,5 +180,6 @@ class Model(nnx.Module):
         return self._read(h_TxBxH), states, states
 
     def __call__(self, x_BxTxF, *, train: bool = True):
+        """The prediction only (the training path: no per-step lists)."""
         del train
         return self._read(self._top_states(x_BxTxF, None))
