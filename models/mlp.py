@@ -95,7 +95,7 @@ class Model(nnx.Module):
 
     def layer_kernels(self):
         """The weight matrix of every hidden layer, input side first (for gradient probes)."""
-        return [layer.kernel.value for layer in self.layers]
+        return [layer.kernel[...] for layer in self.layers]
 
     def __call__(self, x_BxI, *, train: bool = True):
         return self.forward(x_BxI, train=train)[0]

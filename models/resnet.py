@@ -14,6 +14,7 @@ from typing import ClassVar
 
 import os
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
@@ -62,7 +63,12 @@ def conv_as_matmul(x_BxHxWxC, kernel_KxKxCxD, strides, padding, **unused):
     return patches_BxHxWxKKC @ kernel_KxKxCxD.reshape(kh * kw * c, d)
 
 
-CONV = conv_as_matmul if os.environ.get("RESNET_CONV") == "matmul" else lax.conv_general_dilated
+def _conv_impl():
+    """im2col on CPU, where XLA's convolutions are slow (and slower still as vmapped grouped convs); XLA's elsewhere."""
+    forced = os.environ.get("RESNET_CONV")
+    if forced:
+        return conv_as_matmul if forced == "matmul" else lax.conv_general_dilated
+    return conv_as_matmul if jax.default_backend() == "cpu" else lax.conv_general_dilated
 
 
 def _make_norm(kind: str, channels: int, rngs: nnx.Rngs):
@@ -88,9 +94,7 @@ def _apply_norm(norm, x_BxHxWxC, train: bool):
 class Block(nnx.Module):
     """A basic block; `__call__` returns its output before the final activation."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, config: Config, rngs: nnx.Rngs):
-        conv = dict(conv_general_dilated=CONV, kernel_init=common.kernel_init(config.init, config.weight_var),
-                    bias_init=common.bias_init(config.bias_var), rngs=rngs)
+    def __init__(self, c_in: int, c_out: int, stride: int, config: Config, conv: dict, rngs: nnx.Rngs):
         self.act_name = config.activation
         self.conv1 = nnx.Conv(c_in, c_out, (3, 3), stride, padding="SAME", **conv)
         self.norm1 = _make_norm(config.norm, c_out, rngs)
@@ -121,18 +125,18 @@ class Model(nnx.Module):
             raise ValueError(f"the resnet family needs image inputs shaped (H, W, C); this task gives {input_shape}")
         self.config = config
         channels = [config.width * 2**s for s in range(config.stages)]
-        self.stem = nnx.Conv(input_shape[-1], channels[0], (3, 3), 1, padding="SAME",
-                             kernel_init=common.kernel_init(config.init, config.weight_var),
-                             bias_init=common.bias_init(config.bias_var), rngs=rngs)
+        conv = dict(conv_general_dilated=_conv_impl(), kernel_init=common.kernel_init(config.init, config.weight_var),
+                    bias_init=common.bias_init(config.bias_var), rngs=rngs)
+        self.stem = nnx.Conv(input_shape[-1], channels[0], (3, 3), 1, padding="SAME", **conv)
         self.stem_norm = _make_norm(config.norm, channels[0], rngs)
         blocks, c_in = [], channels[0]
         for s, c_out in enumerate(channels):
             for b in range(config.blocks_per_stage):
-                blocks.append(Block(c_in, c_out, 2 if s > 0 and b == 0 else 1, config, rngs))
+                blocks.append(Block(c_in, c_out, 2 if s > 0 and b == 0 else 1, config, conv, rngs))
                 c_in = c_out
         self.blocks = nnx.List(blocks)
-        self.readout = nnx.Linear(c_in, output_dim, kernel_init=common.kernel_init(config.init, config.weight_var),
-                                  bias_init=common.bias_init(config.bias_var), rngs=rngs)
+        self.readout = nnx.Linear(c_in, output_dim, kernel_init=conv["kernel_init"], bias_init=conv["bias_init"],
+                                  rngs=rngs)
 
     def forward(self, x_BxHxWxC, *, train: bool = True, shifts=None):
         """Returns (logits, pre-activations, activations): one entry for the stem, then one per block.
