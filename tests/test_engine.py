@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import engine, metrics, runner, suite
+from bench import engine, metrics, report, runner, suite
 from bench.store import ResultsStore
 from tests.conftest import tiny_suite
 
@@ -15,6 +15,16 @@ name = "none"
 [[mitigation]]
 name = "clip_by_global_norm"
 max_norm = [0.5, 2.0]
+
+[[claim]]
+id = 7
+title = "clipping cures explosion"
+[[claim.comparison]]
+experiment = "tiny"
+baseline = { name = "none" }
+variant = { name = "clip_by_global_norm" }
+metric = "max_stable_lr"
+expect = "higher"
 """
 
 
@@ -149,3 +159,15 @@ def test_flops_per_step_matches_an_analytic_count(first_run):
 def test_results_file_is_strict_json(first_run, module_tmp):
     for line in (module_tmp / "a" / "results.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
+    path = report.write(module_tmp / "a")
+    text = path.read_text()
+    assert text.index("## Verdicts") < text.index("## Claim 7")
+    assert "| 7. clipping cures explosion | tiny |" in text
+    assert "none lr=10000.0 | 1.00 [0.51, 1]" in text  # 4/4 diverged, Wilson interval
+    assert f"Reproduce: `python -m bench run {first_run[0]} --out .`" in text
+    for name in ("tiny-divergence.png", "tiny-loss.png", "tiny-gradients.png"):
+        png = module_tmp / "a" / "plots" / name
+        assert png.read_bytes()[:4] == b"\x89PNG" and f"(plots/{name})" in text
