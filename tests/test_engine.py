@@ -1,6 +1,7 @@
 """The engine end to end on a tiny MLP: divergence, convergence, seeds, determinism, compilation."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -53,7 +54,7 @@ def test_every_cell_has_a_record_with_the_public_fields(first_run):
         assert all(len(v) == 4 for v in r["per_seed"].values())
         assert r["config"]["task"]["batch_size"] == 8 and r["config"]["model"]["bias_var"] == 0.0
         assert r["throughput"]["steps_per_s"] > 0 and r["throughput"]["compile_s"] > 0
-        assert r["env"]["versions"]["jax"] and r["env"]["backend"] == "cpu"
+        assert r["env"]["versions"]["jax"] and r["env"]["backend"] == jax.default_backend()
 
 
 def test_huge_learning_rate_diverges_every_seed_without_crashing(first_run):
