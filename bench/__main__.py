@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-DEFAULT_SUITE = Path(__file__).parent / "suites" / "default.toml"
+DEFAULT_SUITE = Path(__file__).parent / "suites" / "claims.toml"
 
 
 class UsageError(Exception):
