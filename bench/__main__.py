@@ -6,6 +6,7 @@ is allowed; nothing is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def _shard(text: str) -> tuple[int, int]:
 def cmd_run(args) -> int:
     from bench import console, runner, suite as suite_lib
 
-    suite = suite_lib.load(args.suite, seeds=args.seeds, steps=args.steps)
+    path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
+    suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
     shard = _shard(args.shard)
     out = Path(args.out or Path("runs") / suite.name)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
