@@ -89,6 +89,14 @@ def test_losses_start_at_the_trivial_scale(records):
     assert all(0.0 <= v <= 1.0 for v in records[2]["per_seed"]["final_heldout_metric"])
 
 
+def test_gradient_probe_has_one_entry_per_time_step(records):
+    # adding: length 4; copy_memory: 2 n_remember + length + 1 = 7 steps.
+    for r, steps in zip(records, (4, 4, 7)):
+        if "probe" in r:  # the suite's probe setting may switch it off
+            assert r["probe"]["axis"] == "steps" and len(r["probe"]["steps"]) == steps
+            assert all(v is not None for v in r["probe"]["growth_per_layer_per_seed"])
+
+
 @pytest.mark.parametrize("radius", [0.5, 1.5])
 def test_linear_rnn_gradient_scales_as_radius_to_the_distance(radius):
     """For W_h = r Q (Q orthogonal), d<v, h_T>/d h_t = (W_h^T)^(T-t) v has norm exactly r^(T-t) |v|."""
