@@ -42,7 +42,7 @@ class Program:
         self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
-        self.init = jax.jit(jax.vmap(self._init_one))
+        self.init = jax.jit(jax.vmap(self._init_one, in_axes=(0, 0, None)))
         self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, None)))
         self._chunk = jax.jit(jax.vmap(self._chunk_one, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
         self.compiled = None
@@ -50,14 +50,17 @@ class Program:
         self.flops_per_step = None
 
     # Pure per-run functions -------------------------------------------------
-    def _init_one(self, seed, hyper):
+    def _init_one(self, seed, hyper, data):
         k_init, _ = seed_keys(seed)
         model = make_model(self.plan["model"], self.task, k_init)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         zero = jnp.zeros((), jnp.float32)
+        # loss_0 is the training loss before the first update on the whole training-evaluation set (in
+        # training mode), so one unlucky batch cannot set the divergence scale.
+        loss_0, _ = self._loss(params, rest, *data["train_eval"], True)
         return {
             "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper).init(params),
-            "loss_0": zero, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
+            "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
             "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
         }
@@ -78,8 +81,7 @@ class Program:
         # its results do not depend on which other runs share the program.
         done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
         active = ~done & (t < hyper["budget"])
-        loss_0 = jnp.where(t == 0, loss, c["loss_0"])
-        boom = active & metrics.exploded(loss, grad_norm, loss_0, hyper["factor"])
+        boom = active & metrics.exploded(loss, grad_norm, c["loss_0"], hyper["factor"])
         keep = active & ~boom
         ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
         n_updates = c["n_updates"] + keep
@@ -90,7 +92,7 @@ class Program:
         carry = {
             "params": pick(params, c["params"]), "rest": pick(rest, c["rest"]),
             "opt_state": pick(opt_state, c["opt_state"]),
-            "loss_0": loss_0, "ema": ema, "n_updates": n_updates,
+            "loss_0": c["loss_0"], "ema": ema, "n_updates": n_updates,
             "diverged": c["diverged"] | boom,
             "divergence_step": jnp.where(boom, t, c["divergence_step"]),
             "converge_step": jnp.where(converged, t, c["converge_step"]),
@@ -190,7 +192,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     seeds = jnp.asarray([r.seed for r in runs], jnp.int32)
     data = prog.task.data
     hyper, seeds = _shard(hyper), _shard(seeds)
-    carry = prog.init(seeds, hyper)
+    carry = prog.init(seeds, hyper, data)
     losses, norms, chunk_times = [], [], []
     done = 0
     while done < steps:

@@ -28,11 +28,15 @@ def debiased(ema, smoothing, n_updates):
     return ema / (1.0 - smoothing**n_updates)
 
 
-def divergence_step(losses, grad_norms, factor: float) -> int | None:
-    """First step whose loss or gradient norm is non-finite or whose loss exceeds factor x loss_0."""
+def divergence_step(losses, grad_norms, factor: float, loss_0: float | None = None) -> int | None:
+    """First step whose loss or gradient norm is non-finite or whose loss exceeds factor x loss_0.
+
+    loss_0 defaults to the first loss of the trace.
+    """
     losses, grad_norms = np.asarray(losses, np.float64), np.asarray(grad_norms, np.float64)
+    loss_0 = losses[0] if loss_0 is None else loss_0
     with np.errstate(invalid="ignore"):
-        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, losses[0], factor)))
+        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, loss_0, factor)))
     return int(hits[0]) if hits.size else None
 
 

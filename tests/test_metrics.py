@@ -20,6 +20,11 @@ def test_divergence_step(losses, norms, expected):
     assert metrics.divergence_step(losses, norms, factor=10.0) == expected
 
 
+def test_loss_0_can_come_from_elsewhere():
+    assert metrics.divergence_step([5.0, 30.0], [1, 1], factor=10.0, loss_0=2.0) == 1
+    assert metrics.divergence_step([5.0, 30.0], [1, 1], factor=10.0) is None
+
+
 def test_divergence_factor_is_a_parameter():
     assert metrics.divergence_step([1.0, 3.0], [1, 1], factor=2.0) == 1
     assert metrics.divergence_step([1.0, 3.0], [1, 1], factor=5.0) is None
