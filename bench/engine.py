@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bench import metrics, optim
+from bench import flops, metrics, optim
 from bench.build import make_model, make_task
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
@@ -120,13 +120,10 @@ class Program:
         """Runs one chunk; compiles ahead of time on first use (timed apart, FLOPs read off XLA)."""
         if self.compiled is None:
             t0 = time.perf_counter()
-            self.compiled = self._chunk.lower(carry, hyper, seeds, data, jnp.int32(start)).compile()
+            traced = self._chunk.trace(carry, hyper, seeds, data, jnp.int32(start))
+            self.compiled = traced.lower().compile()
             self.compile_s = time.perf_counter() - t0
-            cost = self.compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
-            flops = (cost or {}).get("flops")
-            # XLA's cost analysis counts a while loop's body once: that is one step (all runs).
-            self.flops_per_step = float(flops) if flops and flops > 0 else None
+            self.flops_per_step = flops.count(traced.jaxpr) / self.chunk_steps or None
         return self.compiled(carry, hyper, seeds, data, jnp.int32(start))
 
 
