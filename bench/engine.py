@@ -117,7 +117,7 @@ class Program:
 
     # Host side ----------------------------------------------------------------
     def chunk(self, carry, hyper, seeds, data, start):
-        """Runs one chunk; compiles ahead of time on first use (timed apart, FLOPs read off XLA)."""
+        """Runs one chunk; compiles ahead of time on first use (timed apart; FLOPs counted from the jaxpr)."""
         if self.compiled is None:
             t0 = time.perf_counter()
             traced = self._chunk.trace(carry, hyper, seeds, data, jnp.int32(start))
