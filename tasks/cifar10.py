@@ -108,8 +108,9 @@ def make(config: Config) -> base.Task:
         return jnp.asarray((x.astype(np.float32) / 255.0 - mean) / std)
 
     train = (standardise(x_train), jnp.asarray(y_train))
+    train_eval = tuple(a[: config.n_train_eval or None] for a in train)
     return base.Task(
-        data={"train": train, "train_eval": tuple(a[: config.n_train_eval or None] for a in train), "heldout": (standardise(x_heldout), jnp.asarray(y_heldout))},
+        data={"train": train, "train_eval": train_eval, "heldout": (standardise(x_heldout), jnp.asarray(y_heldout))},
         sample=functools.partial(base.sample_rows, batch_size=config.batch_size),
         loss=base.cross_entropy,
         metric=base.accuracy,

@@ -11,38 +11,40 @@ from flax import nnx
 
 from bench import probe, runner, suite
 from bench.__main__ import main
-from models import resnet
+from models import common, resnet
 from tasks import cifar10, digits
 
 ROWS = 20  # images per fixture batch file
 
 
-def write_cifar(root, rows=ROWS, skip=(), row_len=3072):
-    """A tiny CIFAR-10 directory in the real pickle format; returns (directory, data by file name)."""
+def write_cifar(root, skip=(), row_len=3072):
+    """A tiny CIFAR-10 directory in the real pickle format; returns (directory, {file: (data, labels)})."""
     root.mkdir(parents=True, exist_ok=True)
-    written = {}
-    rng = np.random.default_rng(0)
+    rng, written = np.random.default_rng(0), {}
     for i, name in enumerate(cifar10.TRAIN_FILES + (cifar10.HELDOUT_FILE,)):
-        data = rng.integers(0, 256, (rows, row_len), dtype=np.uint8)
-        labels = [(i + r) % 10 for r in range(rows)]
+        data, labels = rng.integers(0, 256, (ROWS, row_len), dtype=np.uint8), [(i + r) % 10 for r in range(ROWS)]
         written[name] = (data, labels)
         if name not in skip:
-            with open(root / name, "wb") as f:
-                pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data}, f)
+            (root / name).write_bytes(pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data}))
     return root, written
 
 
+def truncated(root):
+    """A fixture whose data_batch_3 stops half way."""
+    blob = (root / "data_batch_3").read_bytes()
+    (root / "data_batch_3").write_bytes(blob[: len(blob) // 2])
+    return root
+
+
 SUITE = """
+optimizer = {{ name = "sgd", lr = 0.01 }}
+
 [suite]
 name = "images"
 seeds = 2
 steps = 4
 chunk_steps = 2
 probe = false
-
-[optimizer]
-name = "sgd"
-lr = 0.01
 
 [[experiment]]
 name = "resnet-digits"
@@ -63,6 +65,7 @@ model = {{ family = "resnet", stages = 1, blocks_per_stage = 1, width = 4, norm 
 
 @pytest.fixture(scope="module")
 def cifar_dir(module_tmp):
+    """A good fixture directory shared by the module."""
     return write_cifar(module_tmp / "cifar")
 
 
@@ -77,10 +80,8 @@ def table(module_tmp, cifar_dir):
 @pytest.mark.parametrize("experiment", ["resnet-digits", "mlp-digits", "resnet-cifar10"])
 def test_family_task_table_trains_through_the_harness(table, experiment):
     r = table[experiment]
-    for key in ("cell_id", "config", "divergence_rate", "per_seed", "throughput", "trace"):
-        assert key in r
-    assert all(len(v) == 2 for v in r["per_seed"].values())
-    assert r["divergence_rate"] == 0.0
+    assert {"cell_id", "config", "divergence_rate", "per_seed", "throughput", "trace"} <= set(r)
+    assert all(len(v) == 2 for v in r["per_seed"].values()) and r["divergence_rate"] == 0.0
     for key in ("loss_0", "final_train_loss", "final_heldout_loss", "final_heldout_metric"):
         assert all(v is not None and math.isfinite(v) for v in r["per_seed"][key]), key
     # Untrained 10-class logits: the loss is near log(10), neither tiny nor blown up.
@@ -89,34 +90,31 @@ def test_family_task_table_trains_through_the_harness(table, experiment):
 
 
 def small(**overrides):
-    cfg = dict(stages=1, blocks_per_stage=1, width=4, norm="batch")
-    return resnet.Config(**{**cfg, **overrides})
+    """A tiny ResNet config."""
+    return resnet.Config(**{"stages": 1, "blocks_per_stage": 1, "width": 4, "norm": "batch", **overrides})
 
 
 def test_batchnorm_uses_batch_statistics_in_training_and_running_averages_held_out():
     model = resnet.Model(small(), (6, 6, 2), 10, rngs=nnx.Rngs(0))
     x = 5.0 + 3.0 * jax.random.normal(jax.random.key(1), (16, 6, 6, 2))  # far from the stored mean 0 / var 1
-    conv = np.asarray(model.stem(x))
-    eps = model.stem_norm.epsilon
-
+    conv, eps = np.asarray(model.stem(x)), model.stem_norm.epsilon
     _, pre_eval, _ = model.forward(x, train=False)  # held out: stored mean 0, var 1, no update
     np.testing.assert_allclose(pre_eval[0], conv / np.sqrt(1 + eps), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(model.stem_norm.mean.value, 0.0)
-    np.testing.assert_array_equal(model.stem_norm.var.value, 1.0)
-
+    np.testing.assert_array_equal(model.stem_norm.mean[...], 0.0)
+    np.testing.assert_array_equal(model.stem_norm.var[...], 1.0)
     _, pre_train, _ = model.forward(x, train=True)  # training: this batch's statistics, per channel
     np.testing.assert_allclose(np.mean(pre_train[0], (0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(np.var(pre_train[0], (0, 1, 2)), 1.0, rtol=1e-3)
     # ... and the running averages move towards them: ra = 0.9 ra + 0.1 batch.
-    np.testing.assert_allclose(model.stem_norm.mean.value, 0.1 * conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(model.stem_norm.var.value, 0.9 + 0.1 * conv.var((0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(model.stem_norm.mean[...], 0.1 * conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.stem_norm.var[...], 0.9 + 0.1 * conv.var((0, 1, 2)), rtol=1e-4)
     assert not np.allclose(pre_train[0], pre_eval[0])
 
 
 def _zero_second_convs(model):
     for block in model.blocks:
-        block.conv2.kernel.value = jnp.zeros_like(block.conv2.kernel.value)
-        block.conv2.bias.value = jnp.zeros_like(block.conv2.bias.value)
+        block.conv2.kernel[...] = jnp.zeros_like(block.conv2.kernel[...])
+        block.conv2.bias[...] = jnp.zeros_like(block.conv2.bias[...])
 
 
 def test_residual_false_removes_the_skips():
@@ -133,7 +131,7 @@ def test_residual_false_removes_the_skips():
     _zero_second_convs(plain)
     _, pre, _ = plain.forward(x)
     assert [p.shape for p in pre] == [(3, 8, 8, 4), (3, 8, 8, 4), (3, 4, 4, 8)]
-    np.testing.assert_array_equal(pre[1], 0.0)
+    np.testing.assert_array_equal(pre[1], 0.0)  # no skip: the zeroed conv is all there is
     np.testing.assert_array_equal(pre[2], 0.0)
 
 
@@ -146,24 +144,26 @@ def test_matmul_convolution_equals_xla_convolution(size, kernel, stride):
     np.testing.assert_allclose(resnet.conv_as_matmul(x, k, (stride, stride), "SAME"), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("init", [n for n in resnet.Config.CHOICES["init"] if n != "xavier"])
+def test_conv_kernels_drawn_flat_have_the_registered_initialisers_values(init):
+    key, shape = jax.random.key(4), (3, 3, 4, 6)
+    want = common.kernel_init(init, 2.0)(key, shape)
+    np.testing.assert_allclose(resnet._conv_kernel_init(init, 2.0)(key, shape), want, rtol=1e-6)
+
+
 def test_shapes_that_do_not_fit_are_rejected():
-    with pytest.raises(ValueError, match="image inputs"):
-        resnet.Model(small(), (16,), 4, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="sequence model"):
-        resnet.Model(small(), (8, 8, 1), 4, sequence_output=True, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError):
-        resnet.Config(stages=0)
+    for shape, seq, words in (((16,), False, "image inputs"), ((8, 8, 1), True, "sequence model")):
+        with pytest.raises(ValueError, match=words):
+            resnet.Model(small(), shape, 4, sequence_output=seq, rngs=nnx.Rngs(0))
 
 
 def test_probe_reports_one_entry_per_block():
-    task = {"name": "digits", "heldout_fraction": 0.25, "n_train": 64, "batch_size": 8, "target": 0.1,
-            "data_seed": 0}
+    task = {"name": "digits", **dataclasses.asdict(digits.Config(n_train=64, batch_size=8))}
     model = {"family": "resnet", **dataclasses.asdict(small(stages=2, norm="none"))}
     result = probe.probe(task, model, seeds=2)
     assert len(result["layers"]) == 3  # stem + 2 blocks
-    for row in result["layers"]:
-        assert all(math.isfinite(row[k]) and row[k] > 0 for k in ("preact_grad_norm", "weight_grad_norm",
-                                                                   "activation_rms"))
+    keys = ("preact_grad_norm", "weight_grad_norm", "activation_rms")
+    assert all(math.isfinite(row[k]) and row[k] > 0 for row in result["layers"] for k in keys)
 
 
 def test_digits_split_and_standardisation():
@@ -184,7 +184,6 @@ def test_cifar_reader_reads_the_pickle_format(cifar_dir):
     assert images.shape == (ROWS, 32, 32, 3) and labels.tolist() == want
     # Channel-major rows: value (c, h, w) of a row lands at pixel (h, w), channel c.
     assert images[3, 5, 7, 2] == data[3, 2 * 1024 + 5 * 32 + 7] and images[3, 5, 7, 0] == data[3, 5 * 32 + 7]
-
     task = cifar10.make(cifar10.Config(path=str(root)))
     x, y = task.data["train"]
     assert x.shape == (5 * ROWS, 32, 32, 3) and x.dtype == jnp.float32
@@ -192,7 +191,6 @@ def test_cifar_reader_reads_the_pickle_format(cifar_dir):
     assert y.tolist() == sum((written[n][1] for n in cifar10.TRAIN_FILES), [])
     np.testing.assert_allclose(x.mean((0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(x.std((0, 1, 2)), 1.0, atol=1e-4)
-
     capped = cifar10.make(cifar10.Config(path=str(root), n_train=30, n_heldout=5, n_train_eval=10))
     assert capped.data["train"][0].shape[0] == 30 and capped.data["heldout"][0].shape[0] == 5
     assert capped.data["train_eval"][0].shape[0] == 10
@@ -206,14 +204,9 @@ def test_cifar_directory_from_the_environment(cifar_dir, monkeypatch):
         cifar10.make(cifar10.Config())
 
 
-def _truncate(root):
-    blob = (root / "data_batch_3").read_bytes()
-    (root / "data_batch_3").write_bytes(blob[: len(blob) // 2])
-
-
 BROKEN = [  # (how the fixture is broken, words the error must contain)
     (lambda tmp: write_cifar(tmp / "c", skip=("test_batch",))[0], ["test_batch", "missing"]),
-    (lambda tmp: (_truncate(write_cifar(tmp / "c")[0]), tmp / "c")[1], ["data_batch_3", "not a readable pickle"]),
+    (lambda tmp: truncated(write_cifar(tmp / "c")[0]), ["data_batch_3", "not a readable pickle"]),
     (lambda tmp: write_cifar(tmp / "c", row_len=3000)[0], ["data_batch_1", "3072", "(20, 3000)"]),
     (lambda tmp: tmp / "nowhere", ["nowhere", "does not exist"]),
 ]
@@ -221,39 +214,26 @@ BROKEN = [  # (how the fixture is broken, words the error must contain)
 
 @pytest.mark.parametrize("broken,words", BROKEN)
 def test_broken_cifar_directory_gives_an_error_naming_the_path(tmp_path, broken, words):
-    root = broken(tmp_path)
     with pytest.raises(ValueError) as e:
-        cifar10.make(cifar10.Config(path=str(root)))
-    for word in words:
-        assert word in str(e.value)
-    assert str(tmp_path) in str(e.value)
+        cifar10.make(cifar10.Config(path=str(broken(tmp_path))))
+    assert all(word in str(e.value) for word in words + [str(tmp_path)]), str(e.value)
 
 
 def _run_cli(tmp_path, text, capsys):
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    out = tmp_path / "out"
-    status = main(["run", str(path), "--out", str(out), "--quiet"])
-    return status, capsys.readouterr().err, out
+    (tmp_path / "bad.toml").write_text(text)
+    status = main(["run", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "out"), "--quiet"])
+    return status, capsys.readouterr().err, tmp_path / "out"
 
 
 def test_cli_missing_cifar_directory_exits_2_and_writes_nothing(tmp_path, capsys):
-    text = SUITE.format(cifar=tmp_path / "missing")
-    status, err, out = _run_cli(tmp_path, text, capsys)
+    status, err, out = _run_cli(tmp_path, SUITE.format(cifar=tmp_path / "missing"), capsys)
     assert status == 2 and not out.exists()
     assert "cifar10" in err and str(tmp_path / "missing") in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_mitigation_that_does_not_apply_to_resnet_exits_2(tmp_path, capsys):
-    text = SUITE.format(cifar="x").split("[[experiment]]")[0] + """
-[task]
-name = "digits"
-[model]
-family = "resnet"
-[[mitigation]]
-name = "depth"
-depth = 8
-"""
+    top = 'task = { name = "digits" }\nmodel = { family = "resnet" }\nmitigation = [{ name = "depth", depth = 8 }]'
+    text = top + SUITE.format(cifar="x").split("[[experiment]]")[0]
     status, err, out = _run_cli(tmp_path, text, capsys)
     assert status == 2 and not out.exists()
     assert "does not apply to family 'resnet'" in err and "depth" in err
