@@ -34,6 +34,22 @@ def seed_keys(seed):
     return k_init, k_data
 
 
+def _over_runs(fn, in_axes, n_runs: int):
+    """`fn` mapped over the leading run axis of the arguments whose in_axes entry is 0.
+
+    A single run skips vmap: XLA:CPU runs a matrix product with a batch
+    dimension of one about 1.4x slower than the plain product.
+    """
+    if n_runs > 1:
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def single(*args):
+        args = [a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, in_axes)]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+    return single
+
+
 class Program:
     """The compiled init / chunk / evaluate functions of one static plan and run count."""
 
@@ -42,9 +58,9 @@ class Program:
         self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
-        self.init = jax.jit(jax.vmap(self._init_one, in_axes=(0, 0, None)))
-        self.evaluate = jax.jit(jax.vmap(self._evaluate_one, in_axes=(0, None)))
-        self._chunk = jax.jit(jax.vmap(self._chunk_one, in_axes=(0, 0, 0, None, None)), donate_argnums=0)
+        self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs))
+        self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs))
+        self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0)
         self.compiled = None
         self.compile_s = 0.0
         self.flops_per_step = None

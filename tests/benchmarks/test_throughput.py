@@ -1,6 +1,7 @@
 """Throughput benchmarks (pytest-benchmark; skipped in the normal test run).
 
     python -m pytest tests/benchmarks -m benchmark --benchmark-enable --benchmark-columns=median,ops
+    python -m tests.benchmarks.test_throughput    # the same pairs interleaved, printed as ratios
 
 Pairs to read side by side (same group, one process):
 - harness vs a bare jax.jit'ed lax.scan of the same training step (MLP depth 8,
@@ -47,7 +48,7 @@ def harness_chunk(p, seeds):
     hyper = {k: jnp.asarray([r.hyper[k] for r in runs]) for k in hyper}
     hyper["budget"] = hyper["budget"].astype(jnp.int32)
     seeds_arr = jnp.arange(seeds, dtype=jnp.int32)
-    state = {"carry": prog.init(seeds_arr, hyper), "start": 0}
+    state = {"carry": prog.init(seeds_arr, hyper, prog.task.data), "start": 0}
 
     def run():
         state["carry"], out = prog.chunk(state["carry"], hyper, seeds_arr, prog.task.data, state["start"])
@@ -125,3 +126,37 @@ def test_batch_generation(benchmark, batches):
     fn = {"indices_threefry": None, "gaussian_threefry": _fresh_gaussian("threefry2x32"),
           "gaussian_rbg": _fresh_gaussian("rbg")}[batches]
     benchmark.pedantic(bare_chunk(p, fn), rounds=10, warmup_rounds=2)
+
+
+def interleaved_ratios(rounds: int = 15) -> dict[str, float]:
+    """Each pair timed alternately in one process (robust on a shared machine): median time ratios."""
+    import time
+
+    import numpy as np
+
+    p_big, p_small = plan(8, 256, 128, CLIP), plan(4, 32, 64)
+    one = harness_chunk(p_small, 1)
+    pairs = {
+        "harness / bare scan (1 seed, d8 w256 b128)": (harness_chunk(p_big, 1), bare_chunk(p_big)),
+        "64 sequential runs / 64 seeds in one program (d4 w32 b64)": (lambda: [one() for _ in range(64)],
+                                                                     harness_chunk(p_small, 64)),
+        "fresh Gaussian batch (threefry) / index sampling": (bare_chunk(p_big, _fresh_gaussian("threefry2x32")),
+                                                             bare_chunk(p_big)),
+        "fresh Gaussian batch (rbg) / index sampling": (bare_chunk(p_big, _fresh_gaussian("rbg")), bare_chunk(p_big)),
+    }
+    ratios = {}
+    for name, (a, b) in pairs.items():
+        times = {"a": [], "b": []}
+        for _ in range(rounds if "64" not in name else 5):
+            for key, fn in (("a", a), ("b", b)):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - t0)
+        ratios[name] = float(np.median(times["a"]) / np.median(times["b"]))
+        print(f"{name}: {ratios[name]:.3f}  (medians {np.median(times['a']):.4f} s / {np.median(times['b']):.4f} s)")
+    return ratios
+
+
+if __name__ == "__main__":
+    print(jax.devices())
+    interleaved_ratios()
