@@ -3,7 +3,8 @@
 Validation happens here, before any compute; everything downstream trusts the
 cells. A suite holds one experiment (top-level [task], [model], [optimizer],
 [[mitigation]]) or several ([[experiment]] tables, whose sections override the
-top-level ones key by key). Any scalar key of task/model/optimizer/mitigation
+top-level ones key by key; a section that names another task, family or
+optimiser starts from that one's defaults). Any scalar key of task/model/optimizer/mitigation
 may be a list: a grid axis.
 """
 from __future__ import annotations
@@ -304,8 +305,11 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
         index = i if "experiment" in raw else None
         _check_keys(path, f"experiment[{i}]", exp, EXPERIMENT_KEYS)
         merged = {"name": exp.get("name", f"experiment{i}"), **{k: v for k, v in exp.items() if k != "name"}}
-        for section in ("task", "model", "optimizer"):
-            merged[section] = {**base.get(section, {}), **exp.get(section, {})}
+        for section, name_key in (("task", "name"), ("model", "family"), ("optimizer", "name")):
+            inherited, own = base.get(section, {}), exp.get(section, {})
+            if name_key in own and own[name_key] != inherited.get(name_key):
+                inherited = {}  # another task / family / optimiser: its own defaults, not the top level's keys
+            merged[section] = {**inherited, **own}
             if not merged[section]:
                 raise SuiteError(path, section, "missing section")
         merged.setdefault("mitigation", base.get("mitigation", [{"name": "none"}]))
