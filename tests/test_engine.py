@@ -148,7 +148,11 @@ def test_rerun_resumes_and_trains_only_missing_cells(first_run, module_tmp):
     resumed = runner.run_suite(suite.load(path), out)
     assert [r["cell_id"] for r in resumed] == [r["cell_id"] for r in records]
     assert [r["env"]["timestamp"] for r in ResultsStore(out).records[:4]] == stamps
-    assert resumed[5]["per_seed"] == records[5]["per_seed"]
+    # The resumed cells trained in a smaller program: same results up to floating-point reassociation.
+    for a, b in zip(resumed[4:], records[4:]):
+        assert a["per_seed"]["diverged"] == b["per_seed"]["diverged"]
+        for x, y in zip(a["per_seed"]["final_train_loss"], b["per_seed"]["final_train_loss"]):
+            assert x == y or x == pytest.approx(y, rel=1e-3)
 
 
 def test_flops_per_step_matches_an_analytic_count(first_run):

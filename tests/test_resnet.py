@@ -140,8 +140,11 @@ def test_matmul_convolution_equals_xla_convolution(size, kernel, stride):
     kx, kk = jax.random.split(jax.random.key(3))
     x = jax.random.normal(kx, (2, size, size, 3))
     k = jax.random.normal(kk, (kernel, kernel, 3, 5))
-    want = jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(resnet.conv_as_matmul(x, k, (stride, stride), "SAME"), want, rtol=1e-5, atol=1e-5)
+    with jax.default_matmul_precision("highest"):  # GPUs otherwise use TF32 for float32 products
+        want = jax.lax.conv_general_dilated(x, k, (stride, stride), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        got = resnet.conv_as_matmul(x, k, (stride, stride), "SAME")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("init", [n for n in resnet.Config.CHOICES["init"] if n != "xavier"])
