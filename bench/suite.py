@@ -168,7 +168,7 @@ def _mitigation_axes(path, key, table):
     return name, axes
 
 
-_TRACED_MITIGATIONS = ("clip_by_global_norm", "clip_by_value", "adaptive_grad_clip")
+_TRACED_MITIGATIONS = tuple(optim.TRANSFORMS)  # mitigations that add a gradient transform of that name
 
 
 def _plan(path, key, config) -> dict:
