@@ -6,6 +6,8 @@ into it), so large data sets do not slow compilation.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -66,3 +68,18 @@ def cross_entropy(logits, labels):
 def accuracy(logits, labels):
     """Fraction of examples whose arg-max logit is the label."""
     return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def classification(train, heldout, *, batch_size: int, n_classes: int, target: float, train_eval=None) -> Task:
+    """A classification task over stored (x, labels) arrays: cross-entropy, accuracy, rows drawn per batch."""
+    return Task(
+        data={"train": train, "train_eval": train if train_eval is None else train_eval, "heldout": heldout},
+        sample=functools.partial(sample_rows, batch_size=batch_size),
+        loss=cross_entropy,
+        metric=accuracy,
+        metric_name="accuracy",
+        input_shape=tuple(train[0].shape[1:]),
+        output_dim=n_classes,
+        target=target,
+        trivial_loss=math.log(n_classes),
+    )

@@ -14,8 +14,6 @@ smoothed training cross-entropy <= `target`.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import os
 import pickle
 from pathlib import Path
@@ -109,14 +107,5 @@ def make(config: Config) -> base.Task:
 
     train = (standardise(x_train), jnp.asarray(y_train))
     train_eval = tuple(a[: config.n_train_eval or None] for a in train)
-    return base.Task(
-        data={"train": train, "train_eval": train_eval, "heldout": (standardise(x_heldout), jnp.asarray(y_heldout))},
-        sample=functools.partial(base.sample_rows, batch_size=config.batch_size),
-        loss=base.cross_entropy,
-        metric=base.accuracy,
-        metric_name="accuracy",
-        input_shape=(32, 32, 3),
-        output_dim=10,
-        target=config.target,
-        trivial_loss=math.log(10),
-    )
+    return base.classification(train, (standardise(x_heldout), jnp.asarray(y_heldout)), train_eval=train_eval,
+                               batch_size=config.batch_size, n_classes=10, target=config.target)

@@ -10,7 +10,6 @@ log(n_classes). Converged: smoothed training cross-entropy <= `target`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -56,14 +55,5 @@ def make(config: Config) -> base.Task:
     noisy = jnp.where(flip, jax.random.randint(k_random, (config.n_train,), 0, config.n_classes),
                       labels[: config.n_train])
     train = (x[: config.n_train], noisy)
-    return base.Task(
-        data={"train": train, "train_eval": train, "heldout": (x[config.n_train:], labels[config.n_train:])},
-        sample=functools.partial(base.sample_rows, batch_size=config.batch_size),
-        loss=base.cross_entropy,
-        metric=base.accuracy,
-        metric_name="accuracy",
-        input_shape=(d,),
-        output_dim=config.n_classes,
-        target=config.target,
-        trivial_loss=math.log(config.n_classes),
-    )
+    return base.classification(train, (x[config.n_train:], labels[config.n_train:]), batch_size=config.batch_size,
+                               n_classes=config.n_classes, target=config.target)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -63,14 +62,5 @@ def make(config: Config) -> base.Task:
         return jnp.asarray(x), jnp.asarray(labels[idx], jnp.int32)
 
     train = split(train_idx)
-    return base.Task(
-        data={"train": train, "train_eval": train, "heldout": split(heldout_idx)},
-        sample=functools.partial(base.sample_rows, batch_size=config.batch_size),
-        loss=base.cross_entropy,
-        metric=base.accuracy,
-        metric_name="accuracy",
-        input_shape=(8, 8, 1),
-        output_dim=10,
-        target=config.target,
-        trivial_loss=math.log(10),
-    )
+    return base.classification(train, split(heldout_idx), batch_size=config.batch_size, n_classes=10,
+                               target=config.target)
