@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 RESULTS_FILE = "results.jsonl"
+CODE_PATHS = ("bench", "models", "tasks", "pyproject.toml")
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,7 +37,8 @@ def _static_env() -> dict:
         "device_count": len(devices),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "git_commit": git("rev-parse", "HEAD").strip() or None,
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no").strip()),
+        # Dirty: uncommitted changes to the code that produces the numbers (not to results or docs).
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS).strip()),
     }
 
 
