@@ -86,6 +86,17 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from bench import store
+
+    try:
+        count = store.merge(args.out, args.dirs)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"{count} records in {Path(args.out) / store.RESULTS_FILE}")
+    return 0
+
+
 def _set_values(pairs: list[str]) -> dict:
     """--set KEY=VALUE pairs, each VALUE read as a TOML value (a bare word is a string)."""
     import tomllib
@@ -161,6 +172,10 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", help="results directory (results.jsonl and suite.json)")
     rep.add_argument("--output", help="report path (default: DIR/REPORT.md)")
     rep.set_defaults(func=cmd_report)
+    mrg = sub.add_parser("merge", help="merge the results directories of --shard i/n jobs")
+    mrg.add_argument("out", help="output directory")
+    mrg.add_argument("dirs", nargs="+", help="the shards' results directories")
+    mrg.set_defaults(func=cmd_merge)
     prb = sub.add_parser("probe", help="gradient norms per layer (or time step) at initialisation")
     prb.add_argument("--model", required=True, help="model family")
     prb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [model] key (repeatable)")

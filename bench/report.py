@@ -11,8 +11,7 @@ from pathlib import Path
 
 from bench import claims as claims_lib
 from bench import metrics, plots
-from bench.runner import SUITE_FILE
-from bench.store import ResultsStore
+from bench.store import SUITE_FILE, ResultsStore
 
 
 def variant(record: dict) -> str:

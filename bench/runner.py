@@ -7,11 +7,8 @@ from typing import Callable
 
 from bench import engine, optim, probe, records
 from bench.build import make_task
-from bench.store import ResultsStore, atomic_write, environment
+from bench.store import SUITE_FILE, ResultsStore, atomic_write, environment
 from bench.suite import Cell, Suite
-
-
-SUITE_FILE = "suite.json"  # the validated suite beside its results: what reports and verdicts read
 
 
 def shard_cells(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:

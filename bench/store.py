@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 
 RESULTS_FILE = "results.jsonl"
+SUITE_FILE = "suite.json"  # the validated suite beside its results: what reports and verdicts read
 CODE_PATHS = ("bench", "models", "tasks", "pyproject.toml")
 
 
@@ -83,3 +84,22 @@ class ResultsStore:
         new = {r["cell_id"] for r in records}
         self.records = [r for r in self.records if r["cell_id"] not in new] + records
         atomic_write(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records))
+
+
+def merge(out_dir, shard_dirs) -> int:
+    """Merges the results of `--shard i/n` jobs of one suite into `out_dir`; returns the record count.
+
+    Raises ValueError when a directory holds no results or comes from another suite.
+    """
+    suites, records = [], []
+    for directory in map(Path, shard_dirs):
+        if not (directory / RESULTS_FILE).exists() or not (directory / SUITE_FILE).exists():
+            raise ValueError(f"{directory}: no {RESULTS_FILE} and {SUITE_FILE} here")
+        suites.append(json.loads((directory / SUITE_FILE).read_text()))
+        records += ResultsStore(directory).records
+    if any(s != suites[0] for s in suites[1:]):
+        raise ValueError(f"{', '.join(map(str, shard_dirs))}: not shards of one suite (their {SUITE_FILE} differ)")
+    atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(suites[0], indent=1))
+    store = ResultsStore(out_dir)
+    store.add(records)
+    return len(store.records)

@@ -88,3 +88,17 @@ def test_run_prints_a_summary_and_shards_split_the_cells(tmp_path, capsys):
     lrs = [[json.loads(line)["config"]["optimizer"]["lr"] for line in (tmp_path / d / "results.jsonl").open()]
            for d in "01"]
     assert lrs == [[0.05, 1e4], [0.1]]
+    assert main(["merge", str(tmp_path / "all"), str(tmp_path / "0"), str(tmp_path / "1")]) == 0
+    merged = [json.loads(line)["config"]["optimizer"]["lr"] for line in (tmp_path / "all" / "results.jsonl").open()]
+    assert sorted(merged) == [0.05, 0.1, 1e4]
+    assert main(["report", str(tmp_path / "all")]) == 0 and (tmp_path / "all" / "REPORT.md").exists()
+
+
+def test_merge_refuses_other_suites_and_empty_directories(tmp_path, capsys):
+    for name, lr in (("a", "0.05"), ("b", "0.1")):
+        path = tiny_suite(tmp_path, name=f"{name}.toml", seeds=1, steps=5, lr=lr)
+        assert main(["run", str(path), "--out", str(tmp_path / name), "--quiet", "--no-report"]) == 0
+    assert main(["merge", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert "not shards of one suite" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "m"), str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "m").exists()
