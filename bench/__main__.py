@@ -49,10 +49,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench import report
+    from bench import report, store
 
     directory = Path(args.dir)
-    if not (directory / "results.jsonl").exists() or not (directory / "suite.json").exists():
+    if not (directory / store.RESULTS_FILE).exists() or not (directory / store.SUITE_FILE).exists():
         raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
     print(report.write(directory, args.output))
     return 0

@@ -82,9 +82,9 @@ METRICS = {
 }
 
 
-def matches(record: dict, selector: dict) -> bool:
-    """Whether a record's mitigation has every key/value of the selector."""
-    mitigation = record["config"]["mitigation"]
+def matches(config: dict, selector: dict) -> bool:
+    """Whether a cell config's mitigation has every key/value of the selector."""
+    mitigation = config["mitigation"]
     return all(mitigation.get(k) == v for k, v in selector.items())
 
 
@@ -130,8 +130,8 @@ def verdicts(claims: list[dict], records: list[dict], alpha: float = ALPHA) -> l
     for claim in claims:
         for comp in claim["comparison"]:
             cells = [r for r in records if r["experiment"] == comp["experiment"]]
-            base = [r for r in cells if matches(r, comp["baseline"])]
-            var = [r for r in cells if matches(r, comp["variant"])]
+            base = [r for r in cells if matches(r["config"], comp["baseline"])]
+            var = [r for r in cells if matches(r["config"], comp["variant"])]
             rows.append({"claim": claim["id"], **comp, **test(sample(base, comp["metric"]),
                                                                sample(var, comp["metric"]), comp["metric"])})
     for row, p_adj in zip(rows, holm([r["p"] for r in rows])):

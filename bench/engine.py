@@ -54,7 +54,7 @@ class Program:
     """The compiled init / chunk / evaluate functions of one static plan and run count."""
 
     def __init__(self, plan: dict, n_runs: int, chunk_steps: int):
-        self.plan, self.n_runs, self.chunk_steps = plan, n_runs, chunk_steps
+        self.plan, self.chunk_steps = plan, chunk_steps
         self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]

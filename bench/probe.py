@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from bench import engine
+from bench.records import json_number
 from bench.build import make_model, make_task
 
 
@@ -83,19 +84,14 @@ def probe(task_cfg: dict, model_cfg: dict, seeds: int) -> dict:
         row = {"layer" if axis == "layers" else "step": i + 1}
         for key, values in per_seed.items():
             column = values[:, i]
-            row[key] = _num(np.mean(column))
-            row[f"{key}_std"] = _num(np.std(column))
+            row[key] = json_number(np.mean(column))
+            row[f"{key}_std"] = json_number(np.std(column))
         rows.append(row)
     finite = growth[np.isfinite(growth)]
     return {
         "axis": axis,
         axis: rows,
-        "growth_per_layer": _num(np.exp(np.mean(np.log(finite)))) if finite.size else None,
-        "growth_per_layer_per_seed": [_num(g) for g in growth],
-        "per_seed": {k: [[_num(x) for x in row] for row in v] for k, v in per_seed.items()},
+        "growth_per_layer": json_number(np.exp(np.mean(np.log(finite)))) if finite.size else None,
+        "growth_per_layer_per_seed": [json_number(g) for g in growth],
+        "per_seed": {k: [[json_number(x) for x in row] for row in v] for k, v in per_seed.items()},
     }
-
-
-def _num(x):
-    x = float(x)
-    return x if np.isfinite(x) else None

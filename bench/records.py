@@ -10,7 +10,7 @@ from bench import metrics
 SCHEMA_VERSION = 1
 
 
-def _num(x):
+def json_number(x):
     """A JSON-safe number: None for NaN/Inf."""
     x = float(x)
     return x if math.isfinite(x) else None
@@ -31,18 +31,18 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, target: 
     diverged = [bool(d) for d in a["diverged"]]
     divergence_step = [int(s) if d else None for s, d in zip(a["divergence_step"], diverged)]
     steps = [int(s) if s >= 0 and not d else None for s, d in zip(a["converge_step"], diverged)]
-    alive = lambda key: [None if d else _num(v) for v, d in zip(a[key], diverged)]  # noqa: E731
+    alive = lambda key: [None if d else json_number(v) for v, d in zip(a[key], diverged)]  # noqa: E731
     per_seed = {
         "seed": [group.runs[i].seed for i in run_indices],
         "diverged": diverged,
         "divergence_step": divergence_step,
         "steps_to_converge": steps,
-        "loss_0": [_num(v) for v in a["loss_0"]],
+        "loss_0": [json_number(v) for v in a["loss_0"]],
         "final_train_loss": alive("final_train_loss"),
         "final_heldout_loss": alive("final_heldout_loss"),
         "final_train_metric": alive("final_train_metric"),
         "final_heldout_metric": alive("final_heldout_metric"),
-        "max_grad_norm": [_num(v) for v in a["max_grad_norm"]],
+        "max_grad_norm": [json_number(v) for v in a["max_grad_norm"]],
     }
     gaps = [h - t if h is not None and t is not None else None
             for h, t in zip(per_seed["final_heldout_loss"], per_seed["final_train_loss"])]
@@ -76,8 +76,8 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, target: 
         "per_seed": per_seed,
         "trace": {
             "step": kept.tolist(),
-            "loss": [[_num(v) for v in group.loss_trace[i, kept]] for i in run_indices],
-            "grad_norm": [[_num(v) for v in group.grad_norm_trace[i, kept]] for i in run_indices],
+            "loss": [[json_number(v) for v in group.loss_trace[i, kept]] for i in run_indices],
+            "grad_norm": [[json_number(v) for v in group.grad_norm_trace[i, kept]] for i in run_indices],
         },
         "throughput": group.throughput,
         "env": env,

@@ -155,7 +155,7 @@ def render(results_dir, output) -> tuple[str, dict]:
             if claim:
                 selectors = [x[s] for x in claim["comparisons"] if x["experiment"] == experiment
                              for s in ("baseline", "variant")]
-                recs = [r for r in recs if any(claims_lib.matches(r, s) for s in selectors)]
+                recs = [r for r in recs if any(claims_lib.matches(r["config"], s) for s in selectors)]
             out += [f"### {experiment}", "", *cells_table(recs), "", *lr_view(recs), "", *figures[experiment], "",
                     f"Reproduce: `{command}`  ", f"Environment: {environment_line(recs)}", ""]
     return "\n".join(out), jobs

@@ -328,7 +328,7 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
 
 def _claims(path, tables, cells, settings) -> list[dict]:
     """Validates `[[claim]]` tables: every comparison names an experiment and selects cells in it."""
-    from bench.claims import METRICS
+    from bench.claims import METRICS, matches
 
     claims = []
     for i, claim in enumerate(tables):
@@ -351,8 +351,7 @@ def _claims(path, tables, cells, settings) -> list[dict]:
                 raise SuiteError(path, f"{ckey}.metric", "probe_growth needs suite.probe = true")
             for side in ("baseline", "variant"):
                 selector = comp[side]
-                if not isinstance(selector, dict) or not any(
-                        all(c.config["mitigation"].get(k) == v for k, v in selector.items()) for c in in_exp):
+                if not isinstance(selector, dict) or not any(matches(c.config, selector) for c in in_exp):
                     raise SuiteError(path, f"{ckey}.{side}", f"{selector!r} selects no cell of experiment "
                                      f"{comp['experiment']!r} (it is matched against the cells' mitigation)")
         claims.append({**claim, "id": str(claim["id"])})

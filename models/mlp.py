@@ -10,7 +10,6 @@ import dataclasses
 import math
 from typing import ClassVar
 
-import jax.numpy as jnp
 from flax import nnx
 
 from models import common
