@@ -17,6 +17,8 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+EXPECT = ("worse", "better")  # what the claim says the variant does to explosion and trainability
+QUESTIONS = ("init", "training", "trainability")  # the three questions every claim is judged on
 SUPPORTED, CONTRADICTED, NO_EFFECT = "supported", "contradicted", "no detectable effect"
 
 

@@ -12,6 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+# Fractions of the step budget at which explosion is measured during training (docs/METHODS.md).
+SNAPSHOT_FRACTIONS = (0.0, 0.1, 0.5, 1.0)
+
 
 def exploded(loss, grad_norm, loss_0, factor):
     """True where a step counts as divergence: non-finite loss or gradient norm, or loss > factor x loss_0."""
