@@ -1,4 +1,4 @@
-"""Command line: python -m bench {run,list} ...
+"""Command line: python -m bench {run,list,report,merge,probe,compare} ...
 
 Bad input exits with status 2 and one line naming the file, the key and what
 is allowed; nothing is written.
@@ -6,6 +6,7 @@ is allowed; nothing is written.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -97,6 +98,41 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import json
+
+    from bench import compare, store
+
+    try:
+        result = compare.compare(store.read_results(args.baseline), store.read_results(args.current),
+                                 alpha=args.alpha, throughput_threshold=args.throughput_threshold)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=1, allow_nan=False))
+    elif args.markdown:
+        print(compare.markdown(result, args.all), end="")
+    else:
+        out = Console(width=None if sys.stdout.isatty() else 160)
+        out.print(compare.table(result, args.all))
+        for line in compare.one_side(result):
+            out.print(line, markup=False)
+        out.print(compare.summary(result), markup=False)
+    return 1 if result["regressed"] else 0
+
+
+def _fraction(flag: str, low: float, high: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{flag}: expected a number in [{low:g}, {high:g}], got {text!r}")
+        return value
+    return parse
+
+
 def _set_values(pairs: list[str]) -> dict:
     """--set KEY=VALUE pairs, each VALUE read as a TOML value (a bare word is a string)."""
     import tomllib
@@ -185,6 +221,23 @@ def parser() -> argparse.ArgumentParser:
     prb.add_argument("--json", action="store_true", help="print one JSON object")
     prb.add_argument("--plot", help="save a PNG of the per-layer gradient norms")
     prb.set_defaults(func=cmd_probe)
+    cmp = sub.add_parser("compare", help="compare two runs cell by cell (exit 1 when something regressed)",
+                         description="Pairs records by cell_id; Fisher's exact test for rates, Mann-Whitney for "
+                         "per-seed values, Holm-corrected over all cells x metrics; throughput as a ratio, "
+                         "normalised by each run's matmul calibration when the machines differ. Exit status: "
+                         "0 nothing regressed, 1 regressed, 2 bad input.")
+    cmp.add_argument("baseline", help="baseline results.jsonl or run directory")
+    cmp.add_argument("current", help="current results.jsonl or run directory")
+    cmp.add_argument("--alpha", type=_fraction("--alpha", 0.0, 1.0), default=0.05,
+                     help="family-wise error rate (Holm) (default 0.05)")
+    cmp.add_argument("--throughput-threshold", type=_fraction("--throughput-threshold", 0.0, 1.0), default=0.8,
+                     help="steps/s ratio current/baseline below which throughput is worse; 0 turns the check "
+                          "off (default 0.8)")
+    cmp.add_argument("--all", action="store_true", help="list unchanged cell-metrics too")
+    fmt = cmp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object")
+    fmt.add_argument("--markdown", action="store_true", help="print Markdown (a pull-request comment)")
+    cmp.set_defaults(func=cmd_compare)
     return p
 
 

@@ -88,6 +88,7 @@ def _static_env() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
@@ -162,3 +163,40 @@ def merge(out_dir, shard_dirs) -> int:
     store = ResultsStore(out_dir)
     store.add(records)
     return len(store.records)
+
+
+REQUIRED_KEYS = ("cell_id", "schema_version", "suite", "experiment", "label", "config", "per_seed", "throughput",
+                 "env")
+
+
+def read_results(path) -> list[dict]:
+    """The records of a results file or a run directory; ValueError (one line) if unreadable or of an unknown schema."""
+    from bench.records import SCHEMA_VERSION
+
+    path = Path(path)
+    file = path / RESULTS_FILE if path.is_dir() else path
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"{file}: no such file (expected a {RESULTS_FILE} or a run directory holding one)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file}: cannot read it as text ({type(e).__name__})") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{file}: line {number}: not JSON (expected one results record per line)") from None
+        missing = [k for k in REQUIRED_KEYS if k not in record] if isinstance(record, dict) else ["cell_id"]
+        if missing:
+            raise ValueError(f"{file}: line {number}: not a results record (no {missing[0]!r})")
+        version = record["schema_version"]
+        if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
+            raise ValueError(f"{file}: line {number}: schema_version: {version!r} is unknown; this gradbench "
+                             f"reads 1 to {SCHEMA_VERSION} (upgrade it to read newer results)")
+        records.append(record)
+    if not records:
+        raise ValueError(f"{file}: no results records")
+    return records
