@@ -121,6 +121,23 @@ def cmd_compare(args) -> int:
     return 1 if result["regressed"] else 0
 
 
+def cmd_export(args) -> int:
+    import json
+
+    from bench import export, store
+
+    try:
+        records = store.read_results(args.dir)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
+    files = export.outputs(records, args.format, Path(args.output or directory / f"{args.format}.json"))
+    for path, data in files.items():
+        store.atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+        print(path)
+    return 0
+
+
 def _fraction(flag: str, low: float, high: float):
     def parse(text: str) -> float:
         try:
@@ -238,6 +255,14 @@ def parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
     fmt.add_argument("--markdown", action="store_true", help="print Markdown (a pull-request comment)")
     cmp.set_defaults(func=cmd_compare)
+    exp = sub.add_parser("export", help="write results as pytest-benchmark or github-action-benchmark JSON")
+    exp.add_argument("dir", help="run directory or results.jsonl")
+    exp.add_argument("--format", required=True, choices=("pytest-benchmark", "github-action-benchmark"),
+                     help="pytest-benchmark: one saved run (`pytest-benchmark compare` loads it); "
+                          "github-action-benchmark: OUTPUT-bigger.json (customBiggerIsBetter: steps/s) and "
+                          "OUTPUT-smaller.json (customSmallerIsBetter: divergence rate, steps to converge)")
+    exp.add_argument("--output", help="output file (default: DIR/FORMAT.json)")
+    exp.set_defaults(func=cmd_export)
     return p
 
 

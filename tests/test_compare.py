@@ -7,16 +7,12 @@ import pytest
 
 from bench import compare, store
 from bench.__main__ import main
-from tests.conftest import tiny_suite
 
 
 @pytest.fixture(scope="module")
-def run_dir(module_tmp):
-    """One tiny run: lr 0.05 (no seed diverges) and lr 0.5 (most do), 16 seeds, 30 steps."""
-    path = tiny_suite(module_tmp, seeds=16, steps=30, lr="[0.05, 0.5]")
-    out = module_tmp / "run"
-    assert main(["run", str(path), "--out", str(out), "--quiet", "--no-report"]) == 0
-    return out
+def run_dir(tiny_run):
+    """The session's tiny run (2 cells, 16 seeds, 30 steps)."""
+    return tiny_run
 
 
 def records(run_dir):
