@@ -138,6 +138,48 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    import tempfile
+
+    from rich.table import Table
+
+    from bench import console, reproduce, store
+
+    try:
+        records = store.read_results(args.results)
+        cells = reproduce.cells(records, args.cell)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.out and (Path(args.out) / store.RESULTS_FILE).exists():
+        raise UsageError(f"--out {args.out}: already holds results; give an empty or new directory")
+    info = reproduce.suite_info(records, Path(args.results))
+    wanted = {c.cell_id for c in cells}
+    with tempfile.TemporaryDirectory(prefix="gradbench-reproduce-") as scratch, \
+            console.GroupProgress(Console(stderr=True)) as progress:
+        new = reproduce.rerun(cells, info, args.out or scratch, None if args.quiet else progress.factory)
+    rows = reproduce.judge([r for r in records if r["cell_id"] in wanted], new, args.throughput_threshold)
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    table = Table(title=f"reproduce: {len(cells)} cells of {args.results} rerun")
+    for column in ("reproduced", "experiment", "cell", "metric", "recorded", "rerun", "effect"):
+        table.add_column(column)
+    style = {reproduce.DIFFERENT: "bold red", reproduce.IDENTICAL: "green"}
+    for row in rows:
+        table.add_row(row["reproduced"], row["experiment"], row["label"], row["metric"], row["baseline"],
+                      row["current"], row["effect"], style=style.get(row["reproduced"]))
+    out.print(table)
+    for differences in dict.fromkeys(tuple(r["env_differences"]) for r in rows):
+        out.print("environment differs: " + ("; ".join(differences) if differences else "no (same versions, "
+                  "commit, code and machine)"), markup=False)
+    failed = sorted({f"{r['experiment']}: {r['label']} ({r['metric']})" for r in rows
+                     if r["reproduced"] == reproduce.DIFFERENT and r["metric"] != "steps_per_s"})
+    counts = {v: sum(r["reproduced"] == v for r in rows) for v in (reproduce.IDENTICAL, reproduce.NOISE,
+                                                                   reproduce.DIFFERENT)}
+    out.print(", ".join(f"{n} {v}" for v, n in counts.items()) + " (cell-metrics). " +
+              (f"NOT REPRODUCED: {'; '.join(failed)}." if failed else "Reproduced.")
+              + (f" Rerun records in {Path(args.out) / store.RESULTS_FILE}." if args.out else ""), markup=False)
+    return 1 if failed else 0
+
+
 def _fraction(flag: str, low: float, high: float):
     def parse(text: str) -> float:
         try:
@@ -263,6 +305,17 @@ def parser() -> argparse.ArgumentParser:
                           "OUTPUT-smaller.json (customSmallerIsBetter: divergence rate, steps to converge)")
     exp.add_argument("--output", help="output file (default: DIR/FORMAT.json)")
     exp.set_defaults(func=cmd_export)
+    rpr = sub.add_parser("reproduce", help="rerun recorded cells from their stored config and compare the numbers",
+                         description="Exit status: 0 every metric identical or within noise (throughput only "
+                         "reported), 1 some metric different, 2 bad input.")
+    rpr.add_argument("results", help="results.jsonl or run directory")
+    rpr.add_argument("--cell", action="append", metavar="CELL_ID", help="rerun this cell only (repeatable; "
+                     "default: every cell)")
+    rpr.add_argument("--out", help="keep the rerun's records in this new directory (default: a temporary one)")
+    rpr.add_argument("--throughput-threshold", type=_fraction("--throughput-threshold", 0.0, 1.0), default=0.8,
+                     help="steps/s ratio below which throughput counts as different (default 0.8)")
+    rpr.add_argument("--quiet", action="store_true", help="no progress display")
+    rpr.set_defaults(func=cmd_reproduce)
     return p
 
 

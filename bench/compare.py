@@ -104,15 +104,16 @@ def rank_test(baseline: list[float], current: list[float]) -> dict:
             "effect": f"P(current > baseline) = {superiority:.2f}", **described}
 
 
-def _machine(env: dict) -> tuple:
-    return tuple(env.get(k) for k in MACHINE_KEYS)
+def same_machine(a: dict, b: dict) -> bool:
+    """Whether two environments name the same machine (keys that one of them lacks are not compared)."""
+    return all(a[k] == b[k] for k in MACHINE_KEYS if a.get(k) is not None and b.get(k) is not None)
 
 
 def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
     """Steps/s of current over baseline, normalised by the matmul calibration when the machines differ."""
     sb, sc = base["throughput"]["steps_per_s"], cur["throughput"]["steps_per_s"]
     fb, fc = base["env"].get("matmul_flops_per_s"), cur["env"].get("matmul_flops_per_s")
-    if _machine(base["env"]) == _machine(cur["env"]):
+    if same_machine(base["env"], cur["env"]):
         ratio, mode = sc / sb, "raw (same machine)"
     elif fb and fc:
         ratio, mode = (sc / fc) / (sb / fb), "normalised by matmul FLOP/s (machines differ)"
