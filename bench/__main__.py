@@ -55,7 +55,10 @@ def cmd_report(args) -> int:
     directory = Path(args.dir)
     if not (directory / store.RESULTS_FILE).exists() or not (directory / store.SUITE_FILE).exists():
         raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
-    print(report.write(directory, args.output))
+    try:
+        print(report.write(directory, args.output))
+    except ValueError as e:  # unreadable records or an unknown schema_version
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -91,7 +94,7 @@ def cmd_merge(args) -> int:
     from bench import store
 
     try:
-        count = store.merge(args.out, args.dirs)
+        count = store.merge(args.out, args.dirs, allow_mixed=args.allow_mixed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"{count} records in {Path(args.out) / store.RESULTS_FILE}")
@@ -270,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     mrg = sub.add_parser("merge", help="merge the results directories of --shard i/n jobs")
     mrg.add_argument("out", help="output directory")
     mrg.add_argument("dirs", nargs="+", help="the shards' results directories")
+    mrg.add_argument("--allow-mixed", action="store_true", help="merge records made at different commits, code or "
+                     "library versions (duplicate cells and different suites are always refused)")
     mrg.set_defaults(func=cmd_merge)
     prb = sub.add_parser("probe", help="gradient norms per layer (or time step) at initialisation")
     prb.add_argument("--model", required=True, help="model family")

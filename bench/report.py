@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import claims as claims_lib
 from bench import metrics, plots
-from bench.store import SUITE_FILE, ResultsStore
+from bench.store import SUITE_FILE, read_results
 
 
 def variant(record: dict) -> str:
@@ -29,25 +29,63 @@ def _interval(ci, digits=3):
 
 
 def environment_line(records: list[dict]) -> str:
-    """Versions, backend, devices, commit and time span of the records."""
+    """Package and library versions, machine, commit and time span of the records (of one environment)."""
     env = records[0]["env"]
     v = env["versions"]
     stamps = sorted(r["env"]["timestamp"] for r in records)
     commit = (env["git_commit"] or "unknown")[:10] + (" (dirty)" if env["git_dirty"] else "")
-    return (f"jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, optax {v['optax']}, numpy {v['numpy']}, "
-            f"Python {env['python']}; backend {env['backend']} ({env['device_kind']} x{env['device_count']}); "
-            f"XLA_FLAGS '{env['xla_flags']}'; commit {commit}; run {stamps[0]} to {stamps[-1]}")
+    package = (f"gradbench {env.get('package_version') or 'unknown'} (code sha256 {env['code_sha256'][:12]}), "
+               if env.get("code_sha256") else "")
+    machine = (f"; CPU {env['cpu']}" + (f" x{env['cpu_count']}" if env.get("cpu_count") else "")
+               if env.get("cpu") else "") + \
+        "".join(f", {k} {val}" for k, val in (env.get("cuda") or {}).items()) + \
+        "".join(f", {k} {val}" for k, val in (env.get("jax_plugins") or {}).items())
+    precision = (f"; matmul precision {env['default_matmul_precision']}"
+                 if env.get("default_matmul_precision") else "")
+    return (f"{package}jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, optax {v['optax']}, "
+            f"numpy {v['numpy']}, Python {env['python']}; backend {env['backend']} ({env['device_kind']} "
+            f"x{env['device_count']}){machine}{precision}; XLA_FLAGS '{env['xla_flags']}'; commit {commit}; "
+            f"run {stamps[0]} to {stamps[-1]}")
 
 
-def cells_table(records: list[dict]) -> list[str]:
-    """One row per cell: divergence rate, convergence, quality, gradient growth at init, throughput."""
+def _env_key(env: dict) -> str:
+    return json.dumps({k: v for k, v in env.items() if k not in ("timestamp", "matmul_flops_per_s")}, sort_keys=True)
+
+
+def environments(records: list[dict]) -> dict[str, list[dict]]:
+    """The distinct environments among the records, named E1, E2, ... (E1 the most common) -> their records."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_env_key(r["env"]), []).append(r)
+    ranked = sorted(groups.values(), key=len, reverse=True)
+    return {f"E{i + 1}": recs for i, recs in enumerate(ranked)}
+
+
+def environment_lines(records: list[dict], names: dict[str, str]) -> list[str]:
+    """`Environment: ...`, or one line per environment when the records come from several."""
+    shown: dict[str, list[dict]] = {}
+    for r in records:
+        shown.setdefault(names[r["cell_id"]], []).append(r)
+    if len(set(names.values())) == 1:
+        return [f"Environment: {environment_line(records)}"]
+    return ["Environments (rows marked [E2], [E3], ... come from another environment than E1):", ""] + \
+        [f"- {name} ({len(recs)} records): {environment_line(recs)}" for name, recs in sorted(shown.items())]
+
+
+def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> list[str]:
+    """One row per cell: divergence rate, convergence, quality, gradient growth at init, throughput.
+
+    marks: cell_id -> environment name for rows from another environment than the main one.
+    """
+    marks = marks or {}
+    mark = lambda r: f" [{marks[r['cell_id']]}]" if r["cell_id"] in marks else ""  # noqa: E731
     lines = ["| cell | diverged (95% CI) | converged | median steps (95% CI) | held-out loss | gap | "
              "growth/layer at init | steps/s |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         n = len(r["per_seed"]["diverged"])
         growth = (r.get("probe") or {}).get("growth_per_layer")
         lines.append(
-            f"| {r['label']} | {r['divergence_rate']:.2f} {_interval(r['divergence_rate_ci'], 2)} | "
+            f"| {r['label']}{mark(r)} | {r['divergence_rate']:.2f} {_interval(r['divergence_rate_ci'], 2)} | "
             f"{r['converged']}/{n} | {_fmt(r['median_steps_to_converge'])} {_interval(r['steps_to_converge_ci'])} | "
             f"{_fmt(r['quality']['final_heldout_loss'])} | {_fmt(r['quality']['generalization_gap'])} | "
             f"{_fmt(growth)} | {r['throughput']['steps_per_s']:.0f} |")
@@ -97,14 +135,13 @@ def render(results_dir, output) -> tuple[str, dict]:
     """The report's Markdown text for `output`, and the plots it links (path -> job)."""
     results_dir, output = Path(results_dir), Path(output)
     suite = json.loads((results_dir / SUITE_FILE).read_text())
-    records = ResultsStore(results_dir).records
-    if not records:
-        raise ValueError(f"{results_dir}: no results records")
+    records = read_results(results_dir)
     plot_dir = results_dir / "plots"
     link = lambda p: os.path.relpath(p, output.parent)  # noqa: E731
     shown = link(results_dir)  # paths as seen from the report, so the text does not depend on the cwd
-    command = f"python -m bench run {suite['path']} --out {shown}"
-    env = environment_line(records)
+    command = reproduce_command(suite, results_dir, output)
+    env_names = {r["cell_id"]: name for name, recs in environments(records).items() for r in recs}
+    marks = {cid: name for cid, name in env_names.items() if name != "E1"}
     by_experiment: dict[str, list] = {}
     for r in records:
         by_experiment.setdefault(r["experiment"], []).append(r)
@@ -117,7 +154,8 @@ def render(results_dir, output) -> tuple[str, dict]:
 
     out = [f"# Results: {suite['name']}", "",
            f"Generated by `python -m bench report {shown}` from `{shown}/results.jsonl`; "
-           "do not edit by hand.", "", f"Reproduce: `{command}`", "", f"Environment: {env}", ""]
+           "do not edit by hand.", "", f"Reproduce (paths relative to the directory of this report): `{command}`",
+           "", *environment_lines(records, env_names), ""]
     settings = suite["settings"]
     out += [f"Thresholds: a seed diverges at the first step whose loss or gradient norm is non-finite or whose "
             f"loss exceeds {settings['divergence_factor']:g} x its initial loss; it converges when its training "
@@ -156,9 +194,22 @@ def render(results_dir, output) -> tuple[str, dict]:
                 selectors = [x[s] for x in claim["comparisons"] if x["experiment"] == experiment
                              for s in ("baseline", "variant")]
                 recs = [r for r in recs if any(claims_lib.matches(r["config"], s) for s in selectors)]
-            out += [f"### {experiment}", "", *cells_table(recs), "", *lr_view(recs), "", *figures[experiment], "",
-                    f"Reproduce: `{command}`  ", f"Environment: {environment_line(recs)}", ""]
+            out += [f"### {experiment}", "", *cells_table(recs, marks), "", *lr_view(recs), "",
+                    *figures[experiment], "", f"Reproduce: `{command}`", "",
+                    *environment_lines(recs, env_names), ""]
     return "\n".join(out), jobs
+
+
+def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:
+    """The exact `bench run` command, seeds and steps as run, paths relative to the report's directory."""
+    where = suite.get("suite_from_out")
+    if where and not os.path.isabs(where):
+        suite_path = os.path.relpath(results_dir / where, output.parent)
+    else:
+        suite_path = where or suite["path"]  # older suite.json: the path as given on the command line
+    settings = suite["settings"]
+    flags = f" --seeds {settings['seeds']}" + (f" --steps {settings['steps']}" if settings.get("steps") else "")
+    return f"python -m bench run {suite_path}{flags} --out {os.path.relpath(results_dir, output.parent)}"
 
 
 def _selector(selector: dict) -> str:

@@ -11,6 +11,7 @@ which keys.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from bench import compare, runner
@@ -46,7 +47,9 @@ def suite_info(records: list[dict], results_path: Path) -> dict:
     directory = results_path if results_path.is_dir() else results_path.parent
     if (directory / SUITE_FILE).exists():
         info = json.loads((directory / SUITE_FILE).read_text())
-        return {"path": info["path"], "settings": info["settings"]}
+        where = info.get("suite_from_out")
+        return {"path": os.path.relpath(directory / where) if where and not os.path.isabs(where) else where
+                or info["path"], "settings": info["settings"]}
     r = records[0]
     return {"path": f"(cells of {results_path})",
             "settings": {"chunk_steps": r["throughput"]["chunk_steps"], "trace_points": len(r["trace"]["step"]),

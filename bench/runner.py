@@ -7,7 +7,7 @@ from typing import Callable
 
 from bench import engine, optim, probe, records
 from bench.build import make_task
-from bench.store import SUITE_FILE, ResultsStore, atomic_write, environment
+from bench.store import SUITE_FILE, ResultsStore, atomic_write, environment, suite_from
 from bench.suite import Cell, Suite
 
 
@@ -52,8 +52,9 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
     """
     store = ResultsStore(out_dir)
     atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(
-        {"path": suite.path, "name": suite.name, "settings": suite.settings, "experiments": suite.experiments,
-         "claims": suite.claims, "cells": len(suite.cells)}, indent=1))
+        {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
+         "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
+         "cells": len(suite.cells)}, indent=1))
     cells = shard_cells(suite.cells, shard)
     todo = [c for c in cells if c.cell_id not in store.done()]
     for group in group_cells(todo):

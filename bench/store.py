@@ -146,24 +146,77 @@ class ResultsStore:
         atomic_write(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in self.records))
 
 
-def merge(out_dir, shard_dirs) -> int:
-    """Merges the results of `--shard i/n` jobs of one suite into `out_dir`; returns the record count.
+def suite_from(out_dir, suite_path) -> str | None:
+    """The suite file's path as seen from a results directory (absolute when the suite file is; None if absent)."""
+    if not Path(suite_path).is_file():
+        return None
+    if Path(suite_path).is_absolute():
+        return str(suite_path)
+    return os.path.relpath(os.path.abspath(suite_path), os.path.abspath(out_dir))
 
-    Raises ValueError when a directory holds no results or comes from another suite.
+
+PROVENANCE = ("git_commit", "git_dirty", "code_sha256", "package_version", "versions")  # what merge keeps apart
+LOCAL_SUITE_KEYS = ("suite_from_out",)  # suite.json keys that depend on where a shard was written
+
+
+def _provenance(env: dict) -> str:
+    return json.dumps({k: env.get(k) for k in PROVENANCE}, sort_keys=True)
+
+
+def _mixed(sources: dict[str, list[dict]]) -> str | None:
+    """What differs in provenance between the directories' records, or None."""
+    seen: dict[str, list[str]] = {}
+    for directory, recs in sources.items():
+        for r in recs:
+            seen.setdefault(_provenance(r["env"]), [])
+            if directory not in seen[_provenance(r["env"])]:
+                seen[_provenance(r["env"])].append(directory)
+    if len(seen) < 2:
+        return None
+    (first, where_a), (second, where_b) = list(seen.items())[:2]
+    a, b = json.loads(first), json.loads(second)
+    diffs = [f"{k} {a[k]!r} ({', '.join(where_a)}) vs {b[k]!r} ({', '.join(where_b)})" for k in PROVENANCE
+             if a[k] != b[k]]
+    return "; ".join(diffs)
+
+
+def merge(out_dir, shard_dirs, allow_mixed: bool = False) -> int:
+    """Merges the results of `--shard i/n` jobs of one suite into a new `out_dir`; returns the record count.
+
+    Raises ValueError (nothing written) when a directory holds no results, comes from another suite, repeats
+    a cell of another, or (unless allow_mixed) was made by another commit, code or library versions.
     """
-    suites, records = [], []
+    suites, sources = [], {}
+    if (Path(out_dir) / RESULTS_FILE).exists():
+        raise ValueError(f"{out_dir}: already holds {RESULTS_FILE}; merge into a new directory")
     for directory in map(Path, shard_dirs):
         if not (directory / RESULTS_FILE).exists() or not (directory / SUITE_FILE).exists():
             raise ValueError(f"{directory}: no {RESULTS_FILE} and {SUITE_FILE} here")
-        suites.append(json.loads((directory / SUITE_FILE).read_text()))
-        records += ResultsStore(directory).records
+        suite = json.loads((directory / SUITE_FILE).read_text())
+        suites.append({k: v for k, v in suite.items() if k not in LOCAL_SUITE_KEYS})
+        if str(directory) in sources:
+            raise ValueError(f"{directory}: given twice; each shard once")
+        sources[str(directory)] = read_results(directory)
     if any(s != suites[0] for s in suites[1:]):
         raise ValueError(f"{', '.join(map(str, shard_dirs))}: not shards of one suite (their {SUITE_FILE} differ)")
-    atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(suites[0], indent=1))
+    owner: dict[str, str] = {}
+    for directory, recs in sources.items():
+        for r in recs:
+            if r["cell_id"] in owner:
+                raise ValueError(f"cell {r['cell_id']} ({r['experiment']}: {r['label']}) is in both "
+                                 f"{owner[r['cell_id']]} and {directory}; merge shards that do not overlap")
+            owner[r["cell_id"]] = directory
+    mixed = _mixed(sources)
+    if mixed and not allow_mixed:
+        raise ValueError(f"records of different provenance: {mixed}; pass --allow-mixed to merge them anyway "
+                         "(the report then lists each environment)")
+    first = json.loads((Path(shard_dirs[0]) / SUITE_FILE).read_text())
+    if first.get("suite_from_out") and not Path(first["suite_from_out"]).is_absolute():
+        first["suite_from_out"] = suite_from(out_dir, Path(shard_dirs[0]) / first["suite_from_out"])
+    atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(first, indent=1))
     store = ResultsStore(out_dir)
-    store.add(records)
+    store.add([r for recs in sources.values() for r in recs])
     return len(store.records)
-
 
 REQUIRED_KEYS = ("cell_id", "schema_version", "suite", "experiment", "label", "config", "per_seed", "throughput",
                  "env")
