@@ -39,7 +39,7 @@ def cmd_run(args) -> int:
     out = Path(args.out or Path("runs") / suite.name)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
     with console.GroupProgress(err) as progress:
-        records = runner.run_suite(suite, out, shard, progress=None if args.quiet else progress.factory)
+        records = runner.run_suite(suite, out, shard, progress=None if args.quiet else progress)
     out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / 'results.jsonl'}")
     if not args.no_report:
@@ -159,7 +159,7 @@ def cmd_reproduce(args) -> int:
     wanted = {c.cell_id for c in cells}
     with tempfile.TemporaryDirectory(prefix="gradbench-reproduce-") as scratch, \
             console.GroupProgress(Console(stderr=True)) as progress:
-        new = reproduce.rerun(cells, info, args.out or scratch, None if args.quiet else progress.factory)
+        new = reproduce.rerun(cells, info, args.out or scratch, None if args.quiet else progress)
     rows = reproduce.judge([r for r in records if r["cell_id"] in wanted], new, args.throughput_threshold)
     out = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"reproduce: {len(cells)} cells of {args.results} rerun")

@@ -1,6 +1,9 @@
 """bench reproduce: an unchanged cell comes back identical; doctored records are within noise or different."""
+import contextlib
 import copy
+import io
 import json
+import re
 
 import pytest
 
@@ -13,12 +16,14 @@ def rerun(tiny_run, module_tmp):
     """The recorded stable cell (lr 0.05) and its rerun through the CLI (records kept with --out)."""
     recorded = [r for r in store.read_results(tiny_run) if r["config"]["optimizer"]["lr"] == 0.05]
     out = module_tmp / "rerun"
-    status = main(["reproduce", str(tiny_run), "--cell", recorded[0]["cell_id"], "--out", str(out), "--quiet"])
-    return status, recorded, store.read_results(out)
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):  # not a terminal: one plain progress line per finished group
+        status = main(["reproduce", str(tiny_run), "--cell", recorded[0]["cell_id"], "--out", str(out)])
+    return status, recorded, store.read_results(out), log.getvalue()
 
 
 def test_an_unchanged_cell_reproduces_identically(rerun, capsys):
-    status, recorded, new = rerun
+    status, recorded, new, log = rerun
     assert status == 0 and [r["cell_id"] for r in new] == [recorded[0]["cell_id"]]
     rows = reproduce.judge(recorded, new, throughput_threshold=0.0)
     verdicts = {r["metric"]: r["reproduced"] for r in rows}
@@ -28,8 +33,14 @@ def test_an_unchanged_cell_reproduces_identically(rerun, capsys):
     assert not any("versions" in d for r in rows for d in r["env_differences"])
 
 
+def test_progress_off_a_terminal_is_one_plain_line_per_group(rerun):
+    _, recorded, _, log = rerun
+    assert re.fullmatch(r"\[group 1/1\] tiny: none lr=0\.05: 1 cells, 16 seeds, diverged 0, "
+                        rf"converged {recorded[0]['converged']}; \d+ steps/s; [\d.]+ s; suite elapsed \d+:\d\d, ETA 0:00\n", log), log
+
+
 def test_doctored_records_are_within_noise_or_different(rerun):
-    _, recorded, new = rerun
+    _, recorded, new, _ = rerun
     nudged = copy.deepcopy(recorded)
     ps = nudged[0]["per_seed"]
     ps["final_heldout_loss"] = [None if v is None else v * (1 + 1e-6) for v in ps["final_heldout_loss"]]
