@@ -36,7 +36,8 @@ def test_an_unchanged_cell_reproduces_identically(rerun, capsys):
 def test_progress_off_a_terminal_is_one_plain_line_per_group(rerun):
     _, recorded, _, log = rerun
     assert re.fullmatch(r"\[group 1/1\] tiny: none lr=0\.05: 1 cells, 16 seeds, diverged 0, "
-                        rf"converged {recorded[0]['converged']}; \d+ steps/s; [\d.]+ s; suite elapsed \d+:\d\d, ETA 0:00\n", log), log
+                        rf"converged {recorded[0]['converged']}; \d+ steps/s; [\d.]+ s; "
+                        r"suite elapsed \d+:\d\d, ETA 0:00\n", log), log
 
 
 def test_doctored_records_are_within_noise_or_different(rerun):
