@@ -1,4 +1,4 @@
-"""Command line: python -m bench {run,list,report,merge,probe,compare} ...
+"""gradbench: run suites, report, compare, export and reproduce results (`python -m bench` or `gradbench`).
 
 Bad input exits with status 2 and one line naming the file, the key and what
 is allowed; nothing is written.
@@ -163,12 +163,12 @@ def cmd_reproduce(args) -> int:
     rows = reproduce.judge([r for r in records if r["cell_id"] in wanted], new, args.throughput_threshold)
     out = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"reproduce: {len(cells)} cells of {args.results} rerun")
-    for column in ("reproduced", "experiment", "cell", "metric", "recorded", "rerun", "effect"):
+    for column in ("reproduced", "experiment", "cell", "metric", "recorded", "rerun", "effect", "test"):
         table.add_column(column)
     style = {reproduce.DIFFERENT: "bold red", reproduce.IDENTICAL: "green"}
     for row in rows:
         table.add_row(row["reproduced"], row["experiment"], row["label"], row["metric"], row["baseline"],
-                      row["current"], row["effect"], style=style.get(row["reproduced"]))
+                      row["current"], row["effect"], row["test"], style=style.get(row["reproduced"]))
     out.print(table)
     for differences in dict.fromkeys(tuple(r["env_differences"]) for r in rows):
         out.print("environment differs: " + ("; ".join(differences) if differences else "no (same versions, "
@@ -176,7 +176,7 @@ def cmd_reproduce(args) -> int:
     failed = sorted({f"{r['experiment']}: {r['label']} ({r['metric']})" for r in rows
                      if r["reproduced"] == reproduce.DIFFERENT and r["metric"] != "steps_per_s"})
     counts = {v: sum(r["reproduced"] == v for r in rows) for v in (reproduce.IDENTICAL, reproduce.NOISE,
-                                                                   reproduce.DIFFERENT)}
+                                                                   reproduce.DIFFERENT, reproduce.NOT_COMPARABLE)}
     out.print(", ".join(f"{n} {v}" for v, n in counts.items()) + " (cell-metrics). " +
               (f"NOT REPRODUCED: {'; '.join(failed)}." if failed else "Reproduced.")
               + (f" Rerun records in {Path(args.out) / store.RESULTS_FILE}." if args.out else ""), markup=False)
@@ -251,9 +251,20 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def version() -> str:
+    """`gradbench VERSION` from the installed package's metadata."""
+    from importlib import metadata
+
+    try:
+        return f"gradbench {metadata.version('gradbench')}"
+    except metadata.PackageNotFoundError:
+        return "gradbench (not installed: version unknown)"
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train every cell of a suite and record results")
     run.add_argument("suite", nargs="?", default=str(DEFAULT_SUITE), help="suite TOML (default: the default suite)")

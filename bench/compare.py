@@ -120,7 +120,11 @@ def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
     else:
         ratio, mode = sc / sb, "raw (machines differ, a side has no calibration)"
     verdict = WORSE if ratio < threshold else BETTER if threshold > 0 and ratio > 1 / threshold else UNCHANGED
-    return {"metric": "steps_per_s", "test": f"ratio vs {threshold:g}", "p": None, "p_adjusted": None,
+    test = f"ratio vs {threshold:g}"
+    rb, rc = base["throughput"].get("runs_per_program"), cur["throughput"].get("runs_per_program")
+    if rb != rc:  # steps/s is of the whole compiled program: other run counts are other programs
+        verdict, test = UNTESTED, f"not comparable: {rb} vs {rc} runs per program"
+    return {"metric": "steps_per_s", "test": test, "p": None, "p_adjusted": None,
             "baseline": f"{sb:.4g}", "current": f"{sc:.4g}", "effect": f"x{ratio:.2f}", "ratio": ratio,
             "throughput": mode, "verdict": verdict}
 

@@ -4,9 +4,10 @@ Each record holds its canonical config (which hashes to its cell_id) and its
 plan, so a cell is rebuilt as it was and trained the normal way
 (bench.runner). Per metric the rerun is `identical` (every per-seed value
 equal), `within noise` (not equal, but the tests of bench compare find no
-difference; throughput within its threshold) or `different`; where the
-environment differs (versions, commit, code hash, machine), the report says
-which keys.
+difference; throughput within its threshold) or `different`; the
+throughput of a rerun whose compiled program holds another number of runs
+(one cell of a group) is `not comparable`. Where the environment differs
+(versions, commit, code hash, machine), the report says which keys.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bench import compare, runner
 from bench.store import SUITE_FILE
 from bench.suite import Cell, Suite, cell_id
 
-IDENTICAL, NOISE, DIFFERENT = "identical", "within noise", "different"
+IDENTICAL, NOISE, DIFFERENT, NOT_COMPARABLE = "identical", "within noise", "different", "not comparable"
 MEASURED = {"timestamp", "matmul_flops_per_s"}  # env keys that differ on every run
 HASHES = {"git_commit", "code_sha256"}  # shown by their first 12 characters
 PER_SEED = {"divergence_rate": "diverged", "failure_rate": "trained", "steps_to_converge": "steps_to_converge",
@@ -87,9 +88,10 @@ def judge(recorded: list[dict], rerun_records: list[dict], throughput_threshold:
         old, new = old_by[row["cell_id"]], new_by[row["cell_id"]]
         key = PER_SEED.get(row["metric"])
         same = key is not None and old["per_seed"].get(key) == new["per_seed"].get(key)
-        verdict = IDENTICAL if same else DIFFERENT if row["verdict"] in (compare.WORSE, compare.BETTER) else NOISE
+        verdict = (IDENTICAL if same else DIFFERENT if row["verdict"] in (compare.WORSE, compare.BETTER)
+                   else NOT_COMPARABLE if row["verdict"] == compare.UNTESTED else NOISE)
         rows.append({**row, "reproduced": verdict,
                      "env_differences": env_differences(old["env"], new["env"])})
-    order = {DIFFERENT: 0, NOISE: 1, IDENTICAL: 2}
+    order = {DIFFERENT: 0, NOISE: 1, NOT_COMPARABLE: 2, IDENTICAL: 3}
     rows.sort(key=lambda r: (order[r["reproduced"]], r["experiment"], r["label"]))
     return rows
