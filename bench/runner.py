@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from bench import engine, optim, probe, records
+
+from bench import engine, optim, records
 from bench.build import make_task
 from bench.store import SUITE_FILE, ResultsStore, atomic_write, environment, suite_from
 from bench.suite import Cell, Suite
@@ -34,13 +35,6 @@ def _runs(group: list[Cell]) -> list[engine.Run]:
     return runs
 
 
-def probe_summary(cell: Cell) -> dict:
-    """Gradient diagnostics at initialisation of a cell's model (over its seeds)."""
-    result = probe.probe(cell.plan["task"], cell.plan["model"], cell.config["seeds"])
-    result["per_seed"] = {"preact_grad_norm": result["per_seed"]["preact_grad_norm"]}
-    return result
-
-
 def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
               progress=None) -> list[dict]:
     """Trains every cell of the suite (this shard) not yet in `out_dir`; returns this shard's records.
@@ -64,14 +58,12 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
         on_chunk = progress.group(label, steps, runs) if progress else None
         result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
                                     chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk)
-        target = make_task(group[0].plan["task"]).target
+        task = make_task(group[0].plan["task"])
         env = environment()
         new = []
         for index, cell in enumerate(group):
             record = records.cell_record(cell, [i for i, r in enumerate(runs) if r.cell_index == index], result,
-                                         env, suite.settings["trace_points"], target)
-            if suite.settings["probe"]:
-                record["probe"] = probe_summary(cell)
+                                         env, suite.settings["trace_points"], task)
             new.append(record)
         store.add(new)
         if progress:

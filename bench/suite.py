@@ -33,11 +33,12 @@ SETTINGS = {  # [suite] key -> (type, default)
     "early_stop": (bool, True),  # a converged seed stops training (final numbers at convergence)
     "chunk_steps": (int, 100),
     "trace_points": (int, 100),
-    "probe": (bool, True),  # record gradient diagnostics at initialisation with every cell
+    "collapse_fraction": (float, 0.5),  # a finished seed whose training loss is >= this x trivial loss collapsed
+    "min_effect": (float, 1.25),  # the smallest ratio a supported / contradicted claim verdict must clear
 }
 EXPERIMENT_KEYS = ("name", "description", "seeds", "steps", "early_stop", "task", "model", "optimizer", "mitigation")
-CLAIM_KEYS = ("id", "title", "text", "comparison")
-COMPARISON_KEYS = ("experiment", "regime", "baseline", "variant", "metric", "expect")
+CLAIM_KEYS = ("id", "title", "text", "judged_on", "comparison")
+COMPARISON_KEYS = ("experiment", "regime", "baseline", "variant", "metric", "expect", "lr", "at")
 
 
 class SuiteError(Exception):
@@ -265,6 +266,7 @@ def _expand(path, settings, exp, index) -> list[Cell]:
                 "seeds": seeds,
                 "steps": steps,
                 "divergence_factor": settings["divergence_factor"],
+                "collapse_fraction": settings["collapse_fraction"],
                 "smoothing": settings["smoothing"],
                 "early_stop": _check_type(path, f"{where}.early_stop", exp.get("early_stop", settings["early_stop"]),
                                           bool),
@@ -294,6 +296,8 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
     settings["steps"] = steps or settings["steps"]
     if not settings["divergence_factor"] > 1 or not 0 <= settings["smoothing"] < 1:
         raise SuiteError(path, "suite", "divergence_factor must be > 1 and smoothing in [0, 1)")
+    if not 0 < settings["collapse_fraction"] <= 1 or not settings["min_effect"] > 1:
+        raise SuiteError(path, "suite", "collapse_fraction must be in (0, 1] and min_effect > 1")
     if settings["chunk_steps"] < 1 or settings["trace_points"] < 2:
         raise SuiteError(path, "suite", "chunk_steps must be >= 1 and trace_points >= 2")
     base = {k: raw[k] for k in ("task", "model", "optimizer") if k in raw}
@@ -328,7 +332,8 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
 
 def _claims(path, tables, cells, settings) -> list[dict]:
     """Validates `[[claim]]` tables: every comparison names an experiment and selects cells in it."""
-    from bench.claims import METRICS, matches
+    from bench.claims import EXPECT, METRICS, QUESTIONS, matches
+    from bench.metrics import SNAPSHOT_FRACTIONS
 
     claims = []
     for i, claim in enumerate(tables):
@@ -339,20 +344,26 @@ def _claims(path, tables, cells, settings) -> list[dict]:
         for j, comp in enumerate(claim["comparison"]):
             ckey = f"{key}.comparison[{j}]"
             _check_keys(path, ckey, comp, COMPARISON_KEYS)
-            for field in ("experiment", "baseline", "variant", "metric", "expect"):
+            for field in ("experiment", "baseline", "variant", "expect"):
                 if field not in comp:
                     raise SuiteError(path, f"{ckey}.{field}", "missing")
             in_exp = [c for c in cells if c.experiment == comp["experiment"]]
             if not in_exp:
                 _choose(path, f"{ckey}.experiment", comp["experiment"], sorted({c.experiment for c in cells}))
-            _choose(path, f"{ckey}.metric", comp["metric"], list(METRICS))
-            _choose(path, f"{ckey}.expect", comp["expect"], ["higher", "lower"])
-            if comp["metric"] == "probe_growth" and not settings["probe"]:
-                raise SuiteError(path, f"{ckey}.metric", "probe_growth needs suite.probe = true")
+            _choose(path, f"{ckey}.metric", comp.get("metric", "critical_lr"), list(METRICS))
+            _choose(path, f"{ckey}.expect", comp["expect"], list(EXPECT))
+            _choose(path, f"{ckey}.at", comp.get("at", 0.5), list(SNAPSHOT_FRACTIONS))
             for side in ("baseline", "variant"):
                 selector = comp[side]
                 if not isinstance(selector, dict) or not any(matches(c.config, selector) for c in in_exp):
                     raise SuiteError(path, f"{ckey}.{side}", f"{selector!r} selects no cell of experiment "
                                      f"{comp['experiment']!r} (it is matched against the cells' mitigation)")
+                lrs = [c.config["optimizer"]["lr"] for c in in_exp if matches(c.config, selector)]
+                if len(lrs) != len(set(lrs)):
+                    raise SuiteError(path, f"{ckey}.{side}", f"{selector!r} selects several cells at one learning "
+                                     "rate; an arm is one configuration over the learning-rate grid (name every "
+                                     "mitigation parameter that varies)")
+        for q in claim.get("judged_on", []):
+            _choose(path, f"{key}.judged_on", q, list(QUESTIONS))
         claims.append({**claim, "id": str(claim["id"])})
     return claims
