@@ -107,8 +107,8 @@ def cmd_compare(args) -> int:
     from bench import compare, store
 
     try:
-        result = compare.compare(store.read_results(args.baseline), store.read_results(args.current),
-                                 alpha=args.alpha, throughput_threshold=args.throughput_threshold)
+        baseline, current = (store.read_results(p, oldest=1) for p in (args.baseline, args.current))
+        result = compare.compare(baseline, current, alpha=args.alpha, throughput_threshold=args.throughput_threshold)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.json:

@@ -53,8 +53,7 @@ def suite_info(records: list[dict], results_path: Path) -> dict:
                 or info["path"], "settings": info["settings"]}
     r = records[0]
     return {"path": f"(cells of {results_path})",
-            "settings": {"chunk_steps": r["throughput"]["chunk_steps"], "trace_points": len(r["trace"]["step"]),
-                         "probe": "probe" in r}}
+            "settings": {"chunk_steps": r["throughput"]["chunk_steps"], "trace_points": len(r["trace"]["step"])}}
 
 
 def rerun(cells_: list[Cell], info: dict, out_dir, progress=None) -> list[dict]:

@@ -222,10 +222,15 @@ REQUIRED_KEYS = ("cell_id", "schema_version", "suite", "experiment", "label", "c
                  "env")
 
 
-def read_results(path) -> list[dict]:
-    """The records of a results file or a run directory; ValueError (one line) if unreadable or of an unknown schema."""
+def read_results(path, oldest: int | None = None) -> list[dict]:
+    """The records of a results file or a run directory; ValueError (one line) if unreadable or of another schema.
+
+    Args:
+      oldest: the oldest schema_version accepted (default: only the current one).
+    """
     from bench.records import SCHEMA_VERSION
 
+    oldest = SCHEMA_VERSION if oldest is None else oldest
     path = Path(path)
     file = path / RESULTS_FILE if path.is_dir() else path
     try:
@@ -246,9 +251,11 @@ def read_results(path) -> list[dict]:
         if missing:
             raise ValueError(f"{file}: line {number}: not a results record (no {missing[0]!r})")
         version = record["schema_version"]
-        if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:
-            raise ValueError(f"{file}: line {number}: schema_version: {version!r} is unknown; this gradbench "
-                             f"reads 1 to {SCHEMA_VERSION} (upgrade it to read newer results)")
+        if type(version) is not int or not oldest <= version <= SCHEMA_VERSION:
+            known = f"{SCHEMA_VERSION}" if oldest == SCHEMA_VERSION else f"{oldest} to {SCHEMA_VERSION}"
+            hint = ("written by an older gradbench: rerun the suite" if type(version) is int and version < oldest
+                    else "unknown: upgrade gradbench to read it")
+            raise ValueError(f"{file}: line {number}: schema_version {version!r} is {hint} (this one reads {known})")
         records.append(record)
     if not records:
         raise ValueError(f"{file}: no results records")

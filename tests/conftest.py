@@ -52,7 +52,6 @@ def tiny_run(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("tiny_run")
     path = tiny_suite(directory, seeds=16, steps=30, lr="[0.05, 0.5]")
-    path.write_text(path.read_text().replace("[suite]\n", "[suite]\nprobe = false\n", 1))
     out = directory / "run"
     assert main(["run", str(path), "--out", str(out), "--quiet", "--no-report"]) == 0
     return out

@@ -48,6 +48,7 @@ def test_a_divergence_rate_raised_to_8_of_16_regresses_that_cell(run_dir, tmp_pa
     ps = cell["per_seed"]
     for i in range(8):
         ps["diverged"][i], ps["steps_to_converge"][i], ps["final_heldout_loss"][i] = True, None, None
+        ps["trained"][i] = False
     cell["divergence_rate"] = 0.5
     doctored = write(tmp_path / "doctored.jsonl", recs)
     assert main(["compare", str(run_dir), str(doctored), "--json"]) == 1
@@ -138,7 +139,10 @@ def test_unknown_schema_other_suites_and_missing_files_exit_2(run_dir, tmp_path,
     recs = records(run_dir)
     future = [{**r, "schema_version": 99} for r in recs]
     assert main(["compare", str(run_dir), str(write(tmp_path / "future.jsonl", future))]) == 2
-    assert "schema_version: 99 is unknown" in capsys.readouterr().err
+    assert "schema_version 99 is unknown" in capsys.readouterr().err
+    older = [{**r, "schema_version": 1} for r in recs]  # compare reads every schema it knows
+    assert main(["compare", str(write(tmp_path / "older.jsonl", older)), str(run_dir)]) == 0
+    capsys.readouterr()
     other = [{**r, "suite": "other"} for r in recs]
     assert main(["compare", str(run_dir), str(write(tmp_path / "other.jsonl", other))]) == 2
     assert "different suites: baseline tiny, current other" in capsys.readouterr().err

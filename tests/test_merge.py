@@ -62,14 +62,19 @@ def test_merge_refuses_other_package_versions(tiny_run, tmp_path, capsys):
     assert "package_version" in capsys.readouterr().err
 
 
-def test_unknown_schema_version_is_refused_by_merge_and_report(tiny_run, tmp_path, capsys):
+def test_unknown_or_older_schema_versions_are_refused_by_merge_and_report(tiny_run, tmp_path, capsys):
     d0, d1 = split(tiny_run, tmp_path, lambda rec: rec.update(schema_version=7))
     assert main(["merge", str(tmp_path / "m"), d0, d1]) == 2
-    assert "schema_version: 7 is unknown" in capsys.readouterr().err
+    assert "schema_version 7 is unknown: upgrade gradbench" in capsys.readouterr().err
     assert main(["report", d1]) == 2
     err = capsys.readouterr().err
-    assert "schema_version: 7 is unknown" in err and err.count("\n") == 1
+    assert "schema_version 7 is unknown" in err and err.count("\n") == 1
     assert not (Path(d1) / "REPORT.md").exists()
+    old = tmp_path / "old"
+    shutil.copytree(d0, old)
+    (old / "results.jsonl").write_text(json.dumps({**store.read_results(d0)[0], "schema_version": 1}) + "\n")
+    assert main(["report", str(old)]) == 2
+    assert "written by an older gradbench: rerun the suite" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("output", ["REPORT.md", "docs/deep/REPORT.md"])

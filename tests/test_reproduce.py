@@ -28,7 +28,7 @@ def test_unchanged_cells_reproduce_identically(rerun):
     assert status == 0 and [r["cell_id"] for r in new] == [r["cell_id"] for r in recorded]
     rows = reproduce.judge(recorded, new, throughput_threshold=0.0)
     verdicts = {(r["label"], r["metric"]): r["reproduced"] for r in rows if r["metric"] != "steps_per_s"}
-    assert len(verdicts) == 6 and set(verdicts.values()) == {"identical"}
+    assert len(verdicts) == 8 and set(verdicts.values()) == {"identical"}  # 2 cells x 2 rates, 2 per-seed values
     assert [r["per_seed"] for r in new] == [r["per_seed"] for r in recorded]
     assert not any("versions" in d for r in rows for d in r["env_differences"])
 
@@ -46,8 +46,9 @@ def test_progress_off_a_terminal_is_one_plain_line_per_group(rerun):
     _, recorded, _, log = rerun
     converged = sum(r["converged"] for r in recorded)
     diverged = sum(sum(r["per_seed"]["diverged"]) for r in recorded)
+    failed = sum(not t for r in recorded for t in r["per_seed"]["trained"])
     assert re.fullmatch(r"\[group 1/1\] tiny: none lr=0\.05; none lr=0\.5: 2 cells, 32 seeds, "
-                        rf"diverged {diverged}, converged {converged}; \d+ steps/s; [\d.]+ s; "
+                        rf"diverged {diverged}, failed {failed}, converged {converged}; \d+ steps/s; [\d.]+ s; "
                         r"suite elapsed \d+:\d\d, ETA 0:00\n", log), log
 
 
