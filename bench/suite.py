@@ -15,9 +15,12 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
+
+import numpy as np
 
 from bench import build, optim
 from models import FAMILIES
@@ -38,7 +41,7 @@ SETTINGS = {  # [suite] key -> (type, default)
 }
 EXPERIMENT_KEYS = ("name", "description", "seeds", "steps", "early_stop", "task", "model", "optimizer", "mitigation")
 CLAIM_KEYS = ("id", "title", "text", "judged_on", "comparison")
-COMPARISON_KEYS = ("experiment", "regime", "baseline", "variant", "metric", "expect", "lr", "at")
+COMPARISON_KEYS = ("experiment", "variant_experiment", "regime", "baseline", "variant", "metric", "expect", "lr", "at")
 
 
 class SuiteError(Exception):
@@ -143,8 +146,21 @@ def _product(axes: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
 
 
+def lr_grid(path, key, table) -> list[float]:
+    """`{ min, max, per_decade }`: the log-spaced grid from min to max, both ends included."""
+    _check_keys(path, key, table, ("min", "max", "per_decade"))
+    low, high = (_check_type(path, f"{key}.{k}", table.get(k), float) for k in ("min", "max"))
+    per_decade = _check_type(path, f"{key}.per_decade", table.get("per_decade"), int)
+    if not (0 < low <= high < math.inf) or per_decade < 1:
+        raise SuiteError(path, key, "needs finite 0 < min <= max and an integer per_decade >= 1")
+    n = round(per_decade * math.log10(high / low))
+    return [float(f"{v:.12g}") for v in 10 ** np.linspace(math.log10(low), math.log10(high), n + 1)]
+
+
 def _optimizer_axes(path, table):
     name = _named(path, "optimizer", table, "name", optim.OPTIMIZERS)
+    if isinstance(table.get("lr"), dict):
+        table = {**table, "lr": lr_grid(path, "optimizer.lr", table["lr"])}
     defaults = {"lr": 0.01, "warmup_steps": 0, **optim.optimizer_defaults(name)}
     _check_keys(path, "optimizer", {k: v for k, v in table.items() if k != "name"}, defaults)
     axes = {k: _axis(path, f"optimizer.{k}", table.get(k, d), type(d)) for k, d in defaults.items()}
@@ -353,8 +369,12 @@ def _claims(path, tables, cells, settings) -> list[dict]:
             _choose(path, f"{ckey}.metric", comp.get("metric", "critical_lr"), list(METRICS))
             _choose(path, f"{ckey}.expect", comp["expect"], list(EXPECT))
             _choose(path, f"{ckey}.at", comp.get("at", 0.5), list(SNAPSHOT_FRACTIONS))
+            exp_of = {"baseline": comp["experiment"], "variant": comp.get("variant_experiment", comp["experiment"])}
             for side in ("baseline", "variant"):
                 selector = comp[side]
+                in_exp = [c for c in cells if c.experiment == exp_of[side]]
+                if not in_exp:
+                    _choose(path, f"{ckey}.variant_experiment", exp_of[side], sorted({c.experiment for c in cells}))
                 if not isinstance(selector, dict) or not any(matches(c.config, selector) for c in in_exp):
                     raise SuiteError(path, f"{ckey}.{side}", f"{selector!r} selects no cell of experiment "
                                      f"{comp['experiment']!r} (it is matched against the cells' mitigation)")
