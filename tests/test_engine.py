@@ -24,8 +24,8 @@ title = "clipping cures explosion"
 experiment = "tiny"
 baseline = { name = "none" }
 variant = { name = "clip_by_global_norm" }
-metric = "max_stable_lr"
-expect = "higher"
+metric = "steps_to_converge"
+expect = "better"
 """
 
 
