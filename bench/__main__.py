@@ -134,7 +134,8 @@ def cmd_probe(args) -> int:
         raise UsageError("--seeds: must be >= 1")
     result = probe.probe(task, model, args.seeds)
     if args.plot:
-        plots.probe_profile({model["family"]: result}, args.plot)
+        plots.gradient_profile({model["family"]: (result["axis"], result["per_seed"]["log10_preact_grad_norm"])},
+                               args.plot)
     if args.json:
         print(json.dumps({"config": {"task": task, "model": model, "seeds": args.seeds},
                           **{k: v for k, v in result.items() if k != "per_seed"}}, allow_nan=False))
@@ -143,7 +144,8 @@ def cmd_probe(args) -> int:
 
     axis = result["axis"]
     table = Table(title=f"gradients at initialisation ({args.seeds} seeds, batch {task['batch_size']}); "
-                        f"growth per {axis[:-1]}: {result['growth_per_layer']}")
+                        f"growth per {axis[:-1]}: {result['growth_per_layer']}; end-to-end ratio "
+                        f"{result['e2e_ratio']}; degenerate seeds {result['degenerate_seeds']}")
     columns = [axis[:-1], "preact_grad_norm", "weight_grad_norm", "activation_rms"]
     for c in columns:
         table.add_column(c, justify="right")

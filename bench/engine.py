@@ -6,6 +6,13 @@ and the divergence/convergence status) goes through `lax.scan` over a chunk
 of steps, `vmap`ped over runs. The host only loops over chunks: for progress,
 timing and early stop. A run that diverges is frozen (its updates masked), so
 it neither poisons the others nor crashes the program.
+
+Explosion is measured in the training step itself: the loss is also
+differentiated with respect to a zero shift added to every layer's
+pre-activation (every time step's hidden state for recurrent models), which
+backpropagation computes anyway, so the per-layer gradient norms come almost
+for free. They are kept, with per-parameter weight and update norms, at the
+steps of `metrics.SNAPSHOT_FRACTIONS` of each run's budget (docs/METHODS.md).
 """
 from __future__ import annotations
 
@@ -58,6 +65,12 @@ class Program:
         self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+        x_abstract, _ = jax.eval_shape(lambda: self.task.sample(self.task.data, jax.random.key(0)))
+        self.preact_shapes = jax.eval_shape(
+            lambda x: make_model(plan["model"], self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
+        abstract_params = nnx.split(abstract, nnx.Param, ...)[1]
+        self.param_names = [jax.tree_util.keystr(path) for path, _ in
+                            jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
         self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs))
         self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs))
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0)
@@ -71,24 +84,50 @@ class Program:
         model = make_model(self.plan["model"], self.task, k_init)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         zero = jnp.zeros((), jnp.float32)
-        # loss_0 is the training loss before the first update on the whole training-evaluation set (in
-        # training mode), so one unlucky batch cannot set the divergence scale.
+        # loss_0: the training loss before the first update on the whole training-evaluation set (in training
+        # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
         loss_0, _ = self._loss(params, rest, *data["train_eval"], True)
+        n_snap, n_params = len(metrics.SNAPSHOT_FRACTIONS), len(self.param_names)
         return {
             "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper).init(params),
             "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
             "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
+            "snap_step": jnp.full((n_snap,), -1, jnp.int32),
+            "snap_log_preact_grad": jnp.full((n_snap, len(self.preact_shapes)), jnp.nan, jnp.float32),
+            "snap_weight_norm": jnp.full((n_snap, n_params), jnp.nan, jnp.float32),
+            "snap_update_norm": jnp.full((n_snap, n_params), jnp.nan, jnp.float32),
         }
 
-    def _loss(self, params, rest, x, y, train):
+    def _loss(self, params, rest, x, y, train, shifts=None):
         model = nnx.merge(self.graphdef, params, rest, copy=True)
-        pred = model(x, train=train)
+        pred = model.forward(x, train=train, shifts=shifts)[0] if shifts is not None else model(x, train=train)
         return self.task.loss(pred, y), (pred, nnx.split(model, nnx.Param, ...)[2])
+
+    def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, updates):
+        """Keeps this step's explosion measurements in snapshot k while t <= its step.
+
+        Snapshot 0 is at initialisation, whatever the first update does; later ones count only steps
+        whose update was applied, so a run that stopped early (converged, or diverged: recorded apart)
+        keeps the measurements of its last applied step.
+        """
+        fractions = jnp.asarray(metrics.SNAPSHOT_FRACTIONS, jnp.float32)
+        steps_K = jnp.round(fractions * (hyper["budget"] - 1).astype(jnp.float32)).astype(jnp.int32)
+        take_K = jnp.where(steps_K == 0, active, applied) & (t <= steps_K)
+        leaf_norms = lambda tree: jnp.stack([jnp.linalg.norm(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+        now = {
+            "snap_step": t,
+            "snap_log_preact_grad": jnp.stack([metrics.log_norm(g) for g in g_shifts]),
+            "snap_weight_norm": leaf_norms(params),
+            "snap_update_norm": leaf_norms(updates),
+        }
+        return {k: jnp.where(take_K.reshape((-1,) + (1,) * (c[k].ndim - 1)), v, c[k]) for k, v in now.items()}
 
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
-        (loss, (_, rest)), grads = jax.value_and_grad(self._loss, has_aux=True)(c["params"], c["rest"], x, y, True)
+        shifts = [jnp.zeros(s.shape, s.dtype) for s in self.preact_shapes]
+        (loss, (_, rest)), (grads, g_shifts) = jax.value_and_grad(self._loss, argnums=(0, 5), has_aux=True)(
+            c["params"], c["rest"], x, y, True, shifts)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, c["opt_state"], c["params"])
         params = optax.apply_updates(c["params"], updates)
@@ -97,7 +136,7 @@ class Program:
         # its results do not depend on which other runs share the program.
         done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
         active = ~done & (t < hyper["budget"])
-        boom = active & metrics.exploded(loss, grad_norm, c["loss_0"], hyper["factor"])
+        boom = active & metrics.exploded(loss, grad_norm, self.task.trivial_loss, hyper["factor"], t)
         keep = active & ~boom
         ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
         n_updates = c["n_updates"] + keep
@@ -113,6 +152,7 @@ class Program:
             "divergence_step": jnp.where(boom, t, c["divergence_step"]),
             "converge_step": jnp.where(converged, t, c["converge_step"]),
             "max_grad_norm": jnp.where(active, jnp.maximum(c["max_grad_norm"], safe_norm), c["max_grad_norm"]),
+            **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], updates),
         }
         return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan))
 
@@ -125,7 +165,7 @@ class Program:
 
     def _evaluate_one(self, carry, data):
         out = {}
-        for split in ("train_eval", "heldout"):
+        for split in ("train_eval", "validation", "heldout"):
             x, y = data[split]
             loss, (pred, _) = self._loss(carry["params"], carry["rest"], x, y, False)
             out[split] = (loss, self.task.metric(pred, y))
@@ -168,7 +208,8 @@ class GroupResult:
     """Per-run host arrays (first axis: runs) and the group's throughput."""
 
     runs: list[Run]
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # per run; snap_* arrays have a snapshot axis after the run axis
+    param_names: list[str]  # the leaves of snap_weight_norm / snap_update_norm
     loss_trace: np.ndarray  # runs x steps run
     grad_norm_trace: np.ndarray
     throughput: dict
@@ -222,7 +263,8 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
             break
     evaluation = jax.device_get(prog.evaluate(carry, data))
     arrays = {k: np.asarray(v) for k, v in jax.device_get(carry).items()
-              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm")}
+              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm")
+              or k.startswith("snap_")}
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
     # the calls after it, with one extra (discarded) chunk when the runs were all done after the first.
     if len(chunk_times) == 1:
@@ -235,11 +277,13 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     arrays.update({
         "final_train_loss": np.asarray(evaluation["train_eval"][0]),
         "final_train_metric": np.asarray(evaluation["train_eval"][1]),
+        "final_validation_loss": np.asarray(evaluation["validation"][0]),
+        "final_validation_metric": np.asarray(evaluation["validation"][1]),
         "final_heldout_loss": np.asarray(evaluation["heldout"][0]),
         "final_heldout_metric": np.asarray(evaluation["heldout"][1]),
     })
     return GroupResult(
-        runs=runs, arrays=arrays,
+        runs=runs, arrays=arrays, param_names=prog.param_names,
         loss_trace=np.concatenate(losses, 1)[:, :steps], grad_norm_trace=np.concatenate(norms, 1)[:, :steps],
         throughput={
             "steps_per_s": steps_per_s,

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from bench import engine, optim, probe, records
+from bench import engine, optim, records
 from bench.build import make_task
 from bench.store import SUITE_FILE, ResultsStore, atomic_write, environment
 from bench.suite import Cell, Suite
@@ -36,13 +36,6 @@ def _runs(group: list[Cell]) -> list[engine.Run]:
     return runs
 
 
-def probe_summary(cell: Cell) -> dict:
-    """Gradient diagnostics at initialisation of a cell's model (over its seeds)."""
-    result = probe.probe(cell.plan["task"], cell.plan["model"], cell.config["seeds"])
-    result["per_seed"] = {"preact_grad_norm": result["per_seed"]["preact_grad_norm"]}
-    return result
-
-
 def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
               progress: Callable | None = None) -> list[dict]:
     """Trains every cell of the suite (this shard) not yet in `out_dir`; returns this shard's records.
@@ -63,14 +56,12 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
         on_chunk = progress(label, steps, runs) if progress else None
         result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
                                     chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk)
-        target = make_task(group[0].plan["task"]).target
+        task = make_task(group[0].plan["task"])
         env = environment()
         new = []
         for index, cell in enumerate(group):
             record = records.cell_record(cell, [i for i, r in enumerate(runs) if r.cell_index == index], result,
-                                         env, suite.settings["trace_points"], target)
-            if suite.settings["probe"]:
-                record["probe"] = probe_summary(cell)
+                                         env, suite.settings["trace_points"], task)
             new.append(record)
         store.add(new)
     by_id = {r["cell_id"]: r for r in store.records}

@@ -54,13 +54,13 @@ SETTINGS = {
     "seeds": Key(int, 8, ge=1, le=MAX_SEEDS),
     "steps": Key(int, None, ge=1),  # None: the task's DEFAULT_STEPS
     "divergence_factor": Key(float, 10.0, gt=1),
-    "collapse_fraction": Key(float, 0.5, gt=0, le=1),
+    "collapse_fraction": Key(float, 0.5, gt=0, le=1, doc="a finished seed whose training loss is >= this x the "
+                             "trivial loss collapsed"),
     "min_effect": Key(float, 1.25, gt=1, doc="the smallest ratio a supported/contradicted verdict must clear"),
     "smoothing": Key(float, 0.9, ge=0, lt=1),
     "early_stop": Key(bool, True),  # a converged seed stops training (final numbers at convergence)
     "chunk_steps": Key(int, 100, ge=1),
     "trace_points": Key(int, 100, ge=2, le=1_000_000),
-    "probe": Key(bool, True),  # record gradient diagnostics at initialisation with every cell
 }
 # top-level keys of a suite file
 TOP_LEVEL = {
@@ -484,6 +484,11 @@ def _claims(path, tables, cells) -> list[dict]:
                 if not any(matches(c.config, comp[side]) for c in in_exp):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects no cell of experiment "
                                      f"{comp['experiment']!r} (it is matched against the cells' mitigation)")
+                lrs = [c.config["optimizer"]["lr"] for c in in_exp if matches(c.config, comp[side])]
+                if len(lrs) != len(set(lrs)):
+                    raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
+                                     "rate; an arm is one configuration over the learning-rate grid (name every "
+                                     "mitigation parameter that varies)")
             if comp["lr"] is not None:
                 grid = sorted({c.config["optimizer"]["lr"] for c in in_exp}
                               | {c.plan["optimizer"]["lr"] for c in in_exp})

@@ -89,12 +89,12 @@ def test_losses_start_at_the_trivial_scale(records):
     assert all(0.0 <= v <= 1.0 for v in records[2]["per_seed"]["final_heldout_metric"])
 
 
-def test_gradient_probe_has_one_entry_per_time_step(records):
+def test_explosion_has_one_entry_per_time_step(records):
     # adding: length 4; copy_memory: 2 n_remember + length + 1 = 7 steps.
     for r, steps in zip(records, (4, 4, 7)):
-        if "probe" in r:  # the suite's probe setting may switch it off
-            assert r["probe"]["axis"] == "steps" and len(r["probe"]["steps"]) == steps
-            assert all(v is not None for v in r["probe"]["growth_per_layer_per_seed"])
+        e = r["explosion"]
+        assert e["axis"] == "steps" and len(e["median_log10_preact_grad"][0]) == steps
+        assert all(v is not None for v in e["growth_init"] + e["e2e_ratio_init"])
 
 
 @pytest.mark.parametrize("radius", [0.5, 1.5])
