@@ -279,7 +279,7 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
     rows, tests = [], []
     for claim in claims:
         for comp in claim["comparison"]:
-            var_experiment = comp.get("variant_experiment", comp["experiment"])
+            var_experiment = comp.get("variant_experiment") or comp["experiment"]
             base = [r for r in records if r["experiment"] == comp["experiment"] and matches(r["config"], comp["baseline"])]
             var = [r for r in records if r["experiment"] == var_experiment and matches(r["config"], comp["variant"])]
             row = {"claim": claim["id"], **comp, "questions": {}}

@@ -198,7 +198,7 @@ def render(results_dir, output) -> tuple[str, dict]:
                                f"{effect} | {p} | {q['verdict']} |")
             out.append("")
             sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
-                [(x.get("variant_experiment", x["experiment"]), x["variant"]) for x in claim["comparisons"]]
+                [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
             experiments = dict.fromkeys(e for e, _ in sides)
         else:
             experiments = [title.split(": ", 1)[1]]
