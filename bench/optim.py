@@ -12,11 +12,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Callable
 
 import optax
 
-REQUIRED = ...  # marks a mitigation parameter the suite must give
+from bench.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
 
 # name -> (optax factory, defaults that differ from optax's, description)
 OPTIMIZERS = {
@@ -39,6 +39,32 @@ TRANSFORMS = {
     "adaptive_grad_clip": (lambda clipping: optax.adaptive_grad_clip(clipping),
                            "clip each unit's gradient to clipping x its weight norm (Brock et al. 2021)"),
 }
+
+
+# The range of every optimiser keyword that has one (any other keyword: its default's type, finite).
+OPTIMIZER_KEYS = {
+    "lr": Key(float, 0.01, gt=0, log_grid=True, doc="learning rate"),
+    "warmup_steps": Key(int, 0, ge=0, doc="linear warm-up from 0 over this many steps"),
+    "eps": Key(float, gt=0),
+    "eps_root": Key(float, ge=0),
+    "b1": Key(float, ge=0, lt=1),
+    "b2": Key(float, ge=0, lt=1),
+    "momentum": Key(float, ge=0, lt=1),
+    "decay": Key(float, ge=0, le=1),
+    "weight_decay": Key(float, ge=0),
+    "initial_accumulator_value": Key(float, ge=0),
+    "initial_scale": Key(float, ge=0),
+}
+
+
+def optimizer_keys(name: str) -> dict[str, Key]:
+    """Every key of an [optimizer] table of that optimiser, with its default, type and range."""
+    keys = {"lr": OPTIMIZER_KEYS["lr"], "warmup_steps": OPTIMIZER_KEYS["warmup_steps"]}
+    for k, default in optimizer_defaults(name).items():
+        typ = bool if isinstance(default, bool) else float if isinstance(default, float) else int
+        known = OPTIMIZER_KEYS.get(k, Key(typ))
+        keys[k] = dataclasses.replace(known, type=typ if typ is bool else known.type, default=default)
+    return keys
 
 
 def optimizer_defaults(name: str) -> dict:
@@ -90,12 +116,13 @@ class Mitigation:
 
     Attributes:
       description: one line for `bench list` and reports.
-      params: parameter name -> default (REQUIRED: must be given; None: keep the baseline's).
+      params: parameter name -> Key (its type, range and default; REQUIRED: must be given; None: keep the
+        baseline's). Any parameter may be a list in a suite (a grid axis).
       apply: (plan, params) -> None, edits the plan in place.
     """
 
     description: str
-    params: dict[str, Any]
+    params: dict[str, Key]
     apply: Callable[[dict, dict], None]
 
 
@@ -115,28 +142,30 @@ def _optimizer(plan, params):
     plan["optimizer"] = {"name": name, **optimizer_defaults(name), **kept}
 
 
+_POSITIVE = dict(type=float, gt=0)
 MITIGATIONS = {
     "none": Mitigation("the baseline, unchanged", {}, lambda plan, p: None),
     "clip_by_global_norm": Mitigation("optax.clip_by_global_norm before the optimiser",
-                                      {"max_norm": 1.0}, _transform("clip_by_global_norm")),
+                                      {"max_norm": Key(default=1.0, **_POSITIVE)}, _transform("clip_by_global_norm")),
     "clip_by_value": Mitigation("optax.clip (element-wise) before the optimiser",
-                                {"max_value": 1.0}, _transform("clip_by_value")),
+                                {"max_value": Key(default=1.0, **_POSITIVE)}, _transform("clip_by_value")),
     "adaptive_grad_clip": Mitigation("optax.adaptive_grad_clip before the optimiser",
-                                     {"clipping": 0.01}, _transform("adaptive_grad_clip")),
+                                     {"clipping": Key(default=0.01, **_POSITIVE)}, _transform("adaptive_grad_clip")),
     "skip_nonfinite": Mitigation(
         "optax.apply_if_finite: skip updates with NaN/Inf gradients (a non-finite loss or gradient "
-        "still counts as divergence)", {"max_consecutive_errors": 5},
+        "still counts as divergence)", {"max_consecutive_errors": Key(int, 5, ge=1)},
         lambda plan, p: plan.update(skip_nonfinite=p["max_consecutive_errors"])),
     "warmup": Mitigation("linear learning-rate warm-up from 0 over warmup_steps",
-                         {"warmup_steps": 100},
+                         {"warmup_steps": Key(int, 100, ge=1)},
                          lambda plan, p: plan["optimizer"].update(warmup_steps=p["warmup_steps"])),
     "init": Mitigation("another weight initialiser (model key init, optional weight_var)",
-                       {"init": REQUIRED, "weight_var": None}, _model_keys),
-    "activation": Mitigation("another activation function", {"activation": REQUIRED}, _model_keys),
-    "norm": Mitigation("normalisation after each linear layer", {"norm": "batch"}, _model_keys),
-    "residual": Mitigation("residual connections around hidden layers", {"residual": True}, _model_keys),
-    "depth": Mitigation("another depth", {"depth": REQUIRED}, _model_keys),
-    "width": Mitigation("another width", {"width": REQUIRED}, _model_keys),
+                       {"init": Key(str), "weight_var": Key(float, None, gt=0)}, _model_keys),
+    "activation": Mitigation("another activation function", {"activation": Key(str)}, _model_keys),
+    "norm": Mitigation("normalisation after each linear layer", {"norm": Key(str, "batch")}, _model_keys),
+    "residual": Mitigation("residual connections around hidden layers", {"residual": Key(bool, True)}, _model_keys),
+    "depth": Mitigation("another depth", {"depth": Key(int, ge=1)}, _model_keys),
+    "width": Mitigation("another width", {"width": Key(int, ge=1)}, _model_keys),
     "optimizer": Mitigation("another optimiser (optax name; optional lr)",
-                            {"optimizer": REQUIRED, "lr": None}, _optimizer),
+                            {"optimizer": Key(str, choices=tuple(OPTIMIZERS)),
+                             "lr": dataclasses.replace(OPTIMIZER_KEYS["lr"], default=None)}, _optimizer),
 }

@@ -237,14 +237,15 @@ def render(results_dir, output) -> tuple[str, dict]:
                                f"{_selector(x['variant'])} | {x['expect']} | {name} | {q['what']} | {medians} | "
                                f"{effect} | {p} | {q['verdict']} |")
             out.append("")
-            experiments = dict.fromkeys(x["experiment"] for x in claim["comparisons"])
+            sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
+                [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
+            experiments = dict.fromkeys(e for e, _ in sides)
         else:
             experiments = [title.split(": ", 1)[1]]
         for experiment in experiments:
             recs = by_experiment[experiment]
             if claim:
-                selectors = [x[s] for x in claim["comparisons"] if x["experiment"] == experiment
-                             for s in ("baseline", "variant")]
+                selectors = [s for e, s in sides if e == experiment]
                 recs = [r for r in recs if any(claims_lib.matches(r["config"], s) for s in selectors)]
             out += [f"### {experiment}", "", *arms_table(recs), "", "<details><summary>every cell</summary>", "",
                     *cells_table(recs, marks), "", "</details>", "", *figures[experiment], ""]
