@@ -175,7 +175,9 @@ def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
     assert "| 7. clipping cures explosion | **" in text and "| tiny | " in text
     assert "<summary>every cell</summary>" in text and "median critical lr" in text
     assert "none lr=10000.0 | 1.00 [0.51, 1] | 4 | 0 |" in text  # 4/4 diverged, Wilson interval
-    assert f"Reproduce: `python -m bench run {first_run[0]} --out .`" in text
+    settings = json.loads((module_tmp / "a" / "suite.json").read_text())["settings"]
+    assert (f"Reproduce (paths relative to the directory of this report): `python -m bench run {first_run[0]} "
+            f"--seeds {settings['seeds']} --steps {settings['steps']} --out .`") in text
     for name in ("tiny-failure.png", "tiny-loss.png", "tiny-gradients.png"):
         png = module_tmp / "a" / "plots" / name
         assert png.read_bytes()[:4] == b"\x89PNG" and f"(plots/{name})" in text
