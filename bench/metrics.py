@@ -88,27 +88,34 @@ def log_e2e_ratio(log_norms_SxL) -> np.ndarray:
 def critical_lr(lrs, trained_SxL) -> tuple[list[float], list[str | None]]:
     """Per seed, the largest grid learning rate at and below which the seed trained.
 
+    "Below" starts at the smallest learning rate at which the seed trained:
+    learning rates under it are too small for the step budget (the run
+    collapsed without diverging) and do not end the range. The value is the
+    top of that first trainable range.
+
     Args:
       lrs: the grid, ascending.
       trained_SxL: per seed and learning rate, whether the seed trained.
 
     Returns:
-      (values, censored): censored is "above" when the seed trained at every
-      learning rate (the value is the grid's top: the true one is larger),
-      "below" when it did not train at the smallest (the value is the grid's
-      bottom: the true one is smaller), None otherwise.
+      (values, censored): censored is "above" when the range reaches the top of
+      the grid (the value is the top: the true one is larger), "below" when the
+      seed trained at no learning rate (the value is the grid's bottom), None
+      otherwise.
     """
     values, censored = [], []
     for row in np.asarray(trained_SxL, bool):
-        failed = np.flatnonzero(~row)
-        if failed.size == 0:
-            values.append(float(lrs[-1]))
-            censored.append("above")
-        elif failed[0] == 0:
+        trained = np.flatnonzero(row)
+        if trained.size == 0:
             values.append(float(lrs[0]))
             censored.append("below")
+            continue
+        failed_after = np.flatnonzero(~row[trained[0]:])
+        if failed_after.size == 0:
+            values.append(float(lrs[-1]))
+            censored.append("above")
         else:
-            values.append(float(lrs[failed[0] - 1]))
+            values.append(float(lrs[trained[0] + failed_after[0] - 1]))
             censored.append(None)
     return values, censored
 

@@ -61,13 +61,14 @@ def test_growth_and_e2e_keep_degenerate_seeds():
 
 def test_critical_lr_with_censoring_at_both_ends():
     lrs = [0.01, 0.1, 1.0]
-    trained = [[True, True, False],   # 0.1
-               [True, True, True],    # trained everywhere: censored above, the top
-               [False, True, True],   # failed at the smallest: censored below, even though larger ones trained
-               [True, False, True]]   # the first failure decides
+    trained = [[True, True, False],    # 0.1
+               [True, True, True],     # trained everywhere: censored above, the top
+               [False, False, False],  # trained nowhere: censored below, the bottom
+               [False, True, False],   # too slow at 0.01, trained at 0.1, failed at 1: 0.1
+               [True, False, True]]    # the first failure after the first success decides
     values, censored = metrics.critical_lr(lrs, trained)
-    assert values == [0.1, 1.0, 0.01, 0.01]
-    assert censored == [None, "above", "below", None]
+    assert values == [0.1, 1.0, 0.01, 0.1, 0.01]
+    assert censored == [None, "above", "below", None, None]
 
 
 def test_lr_sensitivity_on_a_hand_made_table():
