@@ -20,13 +20,15 @@ SNAPSHOT_FRACTIONS = (0.0, 0.1, 0.5, 1.0)
 TRAINED, COLLAPSED, DIVERGED = "trained", "collapsed", "diverged"
 
 
-def exploded(loss, grad_norm, trivial_loss, factor, step):
+def exploded(loss, grad_norm, trivial_loss, factor, step, loss_0):
     """True where a step counts as divergence: non-finite loss or gradient norm, or loss > factor x trivial loss.
 
-    The loss threshold applies from step 1 on: step 0's loss is the initial one, before any update, and a
-    network that merely starts far from the data has not diverged (non-finite values count at any step).
+    The threshold is the same for every arm. A network that merely starts far from the data has not
+    diverged: the loss threshold applies from step 1 on, and only to a loss also above the initial loss
+    loss_0 (non-finite values count at any step).
     """
-    return ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm) | ((loss > factor * trivial_loss) & (step > 0))
+    too_high = (loss > factor * trivial_loss) & (loss > loss_0) & (step > 0)
+    return ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm) | too_high
 
 
 def outcome(diverged: bool, final_train_loss, trivial_loss: float, collapse_fraction: float) -> str:
@@ -153,12 +155,12 @@ def debiased(ema, smoothing, n_updates):
     return ema / (1.0 - smoothing**n_updates)
 
 
-def divergence_step(losses, grad_norms, factor: float, trivial_loss: float) -> int | None:
-    """First step whose loss or gradient norm is non-finite or whose loss exceeds factor x trivial loss."""
+def divergence_step(losses, grad_norms, factor: float, trivial_loss: float, loss_0: float = -math.inf) -> int | None:
+    """First step that counts as divergence under `exploded` (loss_0: the initial loss; default: no excuse)."""
     losses, grad_norms = np.asarray(losses, np.float64), np.asarray(grad_norms, np.float64)
     with np.errstate(invalid="ignore"):
         steps = np.arange(len(losses))
-        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, trivial_loss, factor, steps)))
+        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, trivial_loss, factor, steps, loss_0)))
     return int(hits[0]) if hits.size else None
 
 

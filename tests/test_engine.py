@@ -94,10 +94,12 @@ def test_engine_criteria_agree_with_the_trace_functions(first_run):
                 if converged is not None:  # a converged seed stops: its trace ends there
                     assert np.all(np.isnan(loss[converged + 1:]))
                     loss, norm = loss[: converged + 1], norm[: converged + 1]
-                assert metrics.divergence_step(loss, norm, 10.0, r["thresholds"]["trivial_loss"]) is None
+                assert metrics.divergence_step(loss, norm, 10.0, r["thresholds"]["trivial_loss"],
+                                               r["per_seed"]["loss_0"][seed]) is None
                 assert metrics.steps_to_converge(loss, 0.4, 0.9) == r["per_seed"]["steps_to_converge"][seed]
             else:  # the trace stops (NaN) after the divergence step
-                assert metrics.divergence_step(loss, norm, 10.0, r["thresholds"]["trivial_loss"]) == step
+                assert metrics.divergence_step(loss, norm, 10.0, r["thresholds"]["trivial_loss"],
+                                               r["per_seed"]["loss_0"][seed]) == step
                 assert np.all(np.isnan(loss[step + 1:]))
 
 
