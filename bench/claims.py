@@ -15,10 +15,15 @@ judged on three questions:
   (default the critical learning rate).
 
 Seeds are never pooled over the grid: every test compares one value per
-seed and arm. Tests are exact permutation tests of the rank-sum (Mann-Whitney)
-statistic (enumerated when the arms are small, else 20,000 random
-permutations); the effect is the Hodges-Lehmann shift between the arms (a
-ratio on log-scale metrics) with a bootstrap 95% interval; p-values are
+seed and arm. Arms trained on the same seeds are paired seed by seed (the
+same data order, and the same initialisation where the architecture is the
+same): the test is an exact sign-flip permutation test of the Wilcoxon
+signed-rank statistic and the effect the Hodges-Lehmann estimate of the
+paired differences. Otherwise the test is a permutation test of the rank-sum
+(Mann-Whitney) statistic and the effect the Hodges-Lehmann shift between the
+arms. Permutations are enumerated when there are at most 20,000, else drawn
+at random; effects are ratios on log-scale metrics, with a bootstrap 95%
+interval; p-values are
 Holm-corrected over every test of the suite. A verdict is `supported` or
 `contradicted` only when the corrected p < alpha and the effect clears the
 suite's minimum effect; `inconclusive` when both arms are censored at the
@@ -69,6 +74,7 @@ class Arm:
         self.records = sorted(self.records, key=_lr)
         self.lrs = np.array([_lr(r) for r in self.records])
         self.trivial_loss = self.records[0]["thresholds"]["trivial_loss"]
+        self.seeds = self.records[0]["per_seed"].get("seed")  # the same seeds in two arms: paired values
 
     def per_seed(self, key: str) -> np.ndarray:
         """seeds x learning rates of a per-seed field (None -> NaN)."""
@@ -209,17 +215,57 @@ def _finite(values: np.ndarray, both: np.ndarray) -> np.ndarray:
                                                                           values)), finite.min(), finite.max())
 
 
-def compare(baseline, variant, *, log_scale: bool, censored=(None, None)) -> dict:
+def _ordered(values: np.ndarray, both: np.ndarray) -> np.ndarray:
+    """Infinite values replaced by finite ones beyond every finite value (order and equality kept)."""
+    finite = both[np.isfinite(both)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    span = 1e3 * (high - low + 1.0)
+    return np.where(np.isposinf(values), high + span, np.where(np.isneginf(values), low - span, values))
+
+
+def paired_permutation_p(baseline: np.ndarray, variant: np.ndarray) -> float:
+    """Two-sided p of the Wilcoxon signed-rank statistic under random sign flips of the paired differences.
+
+    Exact (all 2^n sign patterns) up to N_PERMUTATIONS patterns; zero differences carry no sign.
+    """
+    both = np.concatenate([baseline, variant])
+    d = _ordered(variant, both) - _ordered(baseline, both)
+    if np.all(d == 0):
+        return 1.0
+
+    def statistic(x, y, axis=-1):
+        diff = y - x
+        return np.sum(np.sign(diff) * stats.rankdata(np.abs(diff), axis=axis), axis=axis)
+
+    result = stats.permutation_test((np.zeros_like(d), d), statistic, permutation_type="samples",
+                                    alternative="two-sided", n_resamples=N_PERMUTATIONS, vectorized=True,
+                                    rng=np.random.default_rng(0))
+    return float(min(1.0, result.pvalue))
+
+
+def paired_hodges_lehmann(differences: np.ndarray) -> float:
+    """The median of the Walsh averages (d_i + d_j) / 2, i <= j, of paired differences."""
+    i, j = np.triu_indices(len(differences))
+    return float(np.median((differences[i] + differences[j]) / 2))
+
+
+def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired: bool = False) -> dict:
     """Test, effect and bootstrap interval of one per-seed comparison (before the Holm correction).
 
     Args:
       baseline, variant: per-seed values (NaN: left out, counted in `dropped`).
       log_scale: compare logarithms (the effect is then a ratio).
       censored: per arm, the censoring of its median seed ("above", "below" or None).
+      paired: value i of both arms comes from the same seed (same data order, and the same
+        initialisation where the architecture is the same): a signed-rank test on the differences.
     """
     b, v = np.asarray(baseline, np.float64), np.asarray(variant, np.float64)
-    dropped = int(np.isnan(b).sum() + np.isnan(v).sum())
-    b, v = b[~np.isnan(b)], v[~np.isnan(v)]
+    if paired:
+        keep = ~np.isnan(b) & ~np.isnan(v)
+        dropped, b, v = int((~keep).sum()), b[keep], v[keep]
+    else:
+        dropped = int(np.isnan(b).sum() + np.isnan(v).sum())
+        b, v = b[~np.isnan(b)], v[~np.isnan(v)]
     out = {"n": [len(b), len(v)], "dropped": dropped,
            "median": [float(np.quantile(x, 0.5, method="lower")) if len(x) else None for x in (b, v)]}
     if len(b) < 2 or len(v) < 2:
@@ -230,13 +276,19 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None)) -> dic
     both = np.concatenate([b, v])
     bf, vf = _finite(b, both), _finite(v, both)
     rng = np.random.default_rng(0)
-    boots = [hodges_lehmann(rng.choice(bf, len(bf)), rng.choice(vf, len(vf))) for _ in range(N_BOOTSTRAP)]
-    effect, (low, high) = hodges_lehmann(bf, vf), np.quantile(boots, [0.025, 0.975])
+    if paired:
+        d = vf - bf
+        boots = [paired_hodges_lehmann(d[rng.integers(0, len(d), len(d))]) for _ in range(N_BOOTSTRAP)]
+        effect, p = paired_hodges_lehmann(d), paired_permutation_p(b, v)
+    else:
+        boots = [hodges_lehmann(rng.choice(bf, len(bf)), rng.choice(vf, len(vf))) for _ in range(N_BOOTSTRAP)]
+        effect, p = hodges_lehmann(bf, vf), permutation_p(b, v)
+    low, high = np.quantile(boots, [0.025, 0.975])
     note = None
     if censored[0] and censored[0] == censored[1]:
         note = f"both arms censored {censored[0]} the grid"
     transform = math.exp if log_scale else float
-    return {**out, "p": permutation_p(b, v), "log_scale": log_scale, "effect_raw": effect,
+    return {**out, "p": p, "paired": paired, "log_scale": log_scale, "effect_raw": effect,
             "ci_raw": [float(low), float(high)], "effect": transform(effect),
             "ci": [transform(low), transform(high)], "note": note}
 
@@ -288,7 +340,8 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
                 row["arms"] = {"baseline": base_arm.summary(), "variant": var_arm.summary()}
                 expected = 1 if comp["expect"] == "worse" else -1
                 for question, q in _questions(comp, base_arm, var_arm).items():
-                    result = compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"])
+                    result = compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"],
+                                     paired=base_arm.seeds is not None and base_arm.seeds == var_arm.seeds)
                     result.update(what=q["what"], expected_sign=expected * q["worse_when"],
                                   threshold=math.log(min_effect) if q["log_scale"]
                                   else (min_effect - 1) * base_arm.trivial_loss)
@@ -318,7 +371,14 @@ def _claim_verdict(claim: dict, comparisons: list[dict]) -> dict:
     if len(kinds) == 1:
         verdict = kinds[0]
     elif kinds:
-        verdict = "depends: " + "; ".join(f"{v} on {q} for {regime}" for regime, q, v in decisive)
+        parts = []
+        for kind in kinds:  # e.g. "supported on trainability (ReLU at He scale); contradicted on init (ReLU, ...)"
+            by_question: dict[str, list] = {}
+            for regime, q, v in decisive:
+                if v == kind:
+                    by_question.setdefault(q, []).append(regime)
+            parts.append(f"{kind} on " + ", ".join(f"{q} ({'; '.join(r)})" for q, r in by_question.items()))
+        verdict = "depends: " + "; ".join(parts)
     elif not answers:
         verdict = INCONCLUSIVE
     else:

@@ -143,8 +143,7 @@ def test_mixed_verdicts_say_the_regime_and_question():
         {"experiment": "e", "regime": "he", "baseline": BASE, "variant": other, "expect": "better"}]}]
     v = verdict(recs, tables)
     assert v["verdict"].startswith("depends")
-    assert "supported on trainability for clip" in v["verdict"]
-    assert "contradicted on trainability for he" in v["verdict"]
+    assert v["verdict"] == "depends: contradicted on trainability (he); supported on trainability (clip)"
 
 
 def test_tuned_quality_uses_the_validation_split():
@@ -155,3 +154,29 @@ def test_tuned_quality_uses_the_validation_split():
     assert arm.tuned_index() == 1
     values, _ = claims.METRICS["tuned_heldout_loss"].values(arm, None)
     np.testing.assert_allclose(values, [0.4] * 4)
+
+
+def test_paired_sign_flip_p_equals_a_brute_force_count():
+    base = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    var = np.array([1.5, 2.0, 3.9, 3.5, 7.0, 9.0])  # one zero difference, one negative
+    d = var - base
+    ranks = __import__("scipy").stats.rankdata(np.abs(d))
+    observed = abs(np.sum(np.sign(d) * ranks))
+    hits = total = 0
+    for signs in itertools.product((1, -1), repeat=len(d)):
+        flipped = d * np.array(signs)
+        hits += abs(np.sum(np.sign(flipped) * __import__("scipy").stats.rankdata(np.abs(flipped)))) >= observed - 1e-9
+        total += 1
+    assert claims.paired_permutation_p(base, var) == pytest.approx(hits / total)
+
+
+def test_identical_paired_arms_give_no_detectable_effect_with_a_tight_interval():
+    # The same initialisation measured in two arms (clipping cannot change the gradient at init): paired
+    # differences are all zero, so the interval is exactly no effect, however spread the seeds are.
+    values = np.exp(np.random.default_rng(1).normal(0, 1, 12))
+    out = claims.compare(values, values.copy(), log_scale=True, paired=True)
+    assert out["p"] == 1.0 and out["effect"] == 1.0 and out["ci"] == [1.0, 1.0]
+    out["p_adjusted"] = 1.0
+    assert claims.judge(out, +1, math.log(1.25)) == claims.NO_EFFECT
+    unpaired = claims.compare(values, values.copy(), log_scale=True)
+    assert unpaired["ci"][0] < 0.8 and unpaired["ci"][1] > 1.25  # the same data unpaired cannot tell
