@@ -5,7 +5,6 @@ committed report can be checked against the raw results it came from.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 from bench import claims as claims_lib
 from bench import plots
 from bench.records import read_extended
-from bench.store import SUITE_FILE, ResultsStore
+from bench.store import ResultsStore, read_suite
 
 
 def variant(record: dict) -> str:
@@ -127,7 +126,7 @@ def _plot_jobs(experiment: str, records: list[dict], plot_dir: Path) -> dict[str
 def render(results_dir, output) -> tuple[str, dict]:
     """The report's Markdown text for `output`, and the plots it links (path -> job)."""
     results_dir, output = Path(results_dir), Path(output)
-    suite = json.loads((results_dir / SUITE_FILE).read_text())
+    suite = read_suite(results_dir)
     records = ResultsStore(results_dir).records
     if not records:
         raise ValueError(f"{results_dir}: no results records")

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Callable
 
 from bench import engine, optim, records
 from bench.build import make_task
-from bench.store import SUITE_FILE, ResultsStore, atomic_write, environment
+from bench.store import ResultsStore, environment
 from bench.suite import Cell, Suite
 
 
@@ -36,24 +35,44 @@ def _runs(group: list[Cell]) -> list[engine.Run]:
     return runs
 
 
+def suite_record(suite: Suite) -> dict:
+    """What suite.json holds: the validated suite beside its results."""
+    return {"path": suite.path, "name": suite.name, "settings": suite.settings, "experiments": suite.experiments,
+            "claims": suite.claims, "cells": len(suite.cells)}
+
+
 def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
-              progress: Callable | None = None) -> list[dict]:
+              progress: Callable | None = None, force: bool = False,
+              stop: Callable[[], bool] | None = None) -> list[dict]:
     """Trains every cell of the suite (this shard) not yet in `out_dir`; returns this shard's records.
 
     Args:
       progress: a factory (group label, total steps, runs) -> on_chunk callback, or None.
+      force: take over a directory holding another suite's records (they are discarded).
+      stop: checked after every chunk and group; when it returns True the run raises KeyboardInterrupt
+        there (between compiled calls), keeping every finished group.
     """
-    store = ResultsStore(out_dir)
-    atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(
-        {"path": suite.path, "name": suite.name, "settings": suite.settings, "experiments": suite.experiments,
-         "claims": suite.claims, "cells": len(suite.cells)}, indent=1))
+    store = ResultsStore.open(out_dir, suite_record(suite), [c.cell_id for c in suite.cells], force)
     cells = shard_cells(suite.cells, shard)
     todo = [c for c in cells if c.cell_id not in store.done()]
+
+    def check_stop():
+        if stop is not None and stop():
+            raise KeyboardInterrupt
+
+    def chunk_callback(shown):
+        def on_chunk(*args):
+            if shown:
+                shown(*args)
+            check_stop()
+        return on_chunk
+
     for group in group_cells(todo):
+        check_stop()
         runs = _runs(group)
         steps = max(c.config["steps"] for c in group)
         label = f"{group[0].experiment}: " + "; ".join(c.label for c in group)
-        on_chunk = progress(label, steps, runs) if progress else None
+        on_chunk = chunk_callback(progress(label, steps, runs) if progress else None)
         result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
                                     chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk)
         task = make_task(group[0].plan["task"])
