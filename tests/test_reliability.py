@@ -2,6 +2,11 @@
 import errno
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -249,7 +254,7 @@ def test_a_full_disk_keeps_the_old_results_file(tmp_path, monkeypatch):
 
 
 def test_a_run_whose_gradients_overflow_at_init_writes_its_report(tmp_path, monkeypatch, capsys):
-    text = edit('depth = 2\nwidth = 8\nactivation = "tanh"', 'depth = 8\nwidth = 4\nactivation = "linear"\n'
+    text = edit('depth = 2\nwidth = 8\nactivation = "tanh"', 'depth = 4\nwidth = 4\nactivation = "linear"\n'
                 'init = "normal"\nweight_var = 1e30').replace("steps = 20", "steps = 4")
     monkeypatch.chdir(tmp_path)
     assert main(["run", str(suite_file(tmp_path, text)), "--out", "o", "--quiet"]) == 0
@@ -258,3 +263,79 @@ def test_a_run_whose_gradients_overflow_at_init_writes_its_report(tmp_path, monk
     report = (tmp_path / "o" / "REPORT.md").read_text()
     for png in sorted((tmp_path / "o" / "plots").iterdir()):
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in report
+
+
+# ---- real processes: interrupted and concurrent runs ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUPS = '\n'.join(f'[[mitigation]]\nname = "{m}"' for m in ("none", "clip_by_global_norm", "clip_by_value"))
+
+
+@pytest.fixture(scope="module")
+def process_env(tmp_path_factory):
+    """Environment of the subprocesses: this checkout first, a compilation cache shared by the module's runs."""
+    cache = tmp_path_factory.mktemp("jax-cache")
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _start(args, env, cwd):
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _records(out) -> list[dict]:
+    path = out / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for_records(proc, out, count):
+    """Waits until `out` holds at least `count` records (the process must still be running then)."""
+    while len(_records(out)) < count:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+
+
+def test_killed_and_interrupted_runs_resume_without_losing_or_retraining(tmp_path, process_env):
+    # Three groups (one compiled program each), 2000 steps: killed after the first, interrupted after the second.
+    text = edit("steps = 20", "steps = 2000\nearly_stop = false") + GROUPS
+    args = ["run", str(suite_file(tmp_path, text)), "--out", "o", "--quiet", "--no-report"]
+    out = tmp_path / "o"
+
+    proc = _start(args, process_env, tmp_path)
+    _wait_for_records(proc, out, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    first = _records(out)
+    assert 1 <= len(first) < 3
+
+    proc = _start(args, process_env, tmp_path)
+    _wait_for_records(proc, out, len(first) + 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "interrupted" in err and "rerun the same command" in err
+    second = _records(out)
+    assert second[: len(first)] == first  # what the killed run finished was not retrained
+    assert len(second) < 3, "the interrupted run finished every cell: nothing was left to interrupt"
+
+    proc = _start(args, process_env, tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    final = _records(out)
+    assert final[: len(second)] == second
+    assert len(final) == 3 and len({r["cell_id"] for r in final}) == 3
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_two_shards_writing_into_one_directory_at_once_keep_every_record(tmp_path, process_env):
+    # The programs of the test above (same shapes): from the compilation cache, so both start training at once.
+    path = suite_file(tmp_path, edit("steps = 20", "steps = 2000\nearly_stop = false") + GROUPS)
+    procs = [_start(["run", str(path), "--out", "o", "--quiet", "--no-report", "--shard", f"{i}/2"], process_env,
+                    tmp_path) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    records = _records(tmp_path / "o")
+    assert len(records) == 3 and len({r["cell_id"] for r in records}) == 3
