@@ -1,7 +1,8 @@
 """Statistical verdicts on the suite's claims, computed from results records (docs/METHODS.md, "Claims").
 
 A claim (a `[[claim]]` table of a suite) holds comparisons; each compares a
-baseline arm and a variant arm of one experiment. An *arm* is the set of
+baseline arm of an experiment with a variant arm of the same experiment (or of
+`variant_experiment`, say an optimiser swept over its own learning-rate range). An *arm* is the set of
 cells selected by a mitigation selector: the same configuration at every
 learning rate of the grid, trained on the same seeds. Every comparison is
 judged on three questions:
@@ -278,9 +279,9 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
     rows, tests = [], []
     for claim in claims:
         for comp in claim["comparison"]:
-            cells = [r for r in records if r["experiment"] == comp["experiment"]]
-            base = [r for r in cells if matches(r["config"], comp["baseline"])]
-            var = [r for r in cells if matches(r["config"], comp["variant"])]
+            var_experiment = comp.get("variant_experiment") or comp["experiment"]
+            base = [r for r in records if r["experiment"] == comp["experiment"] and matches(r["config"], comp["baseline"])]
+            var = [r for r in records if r["experiment"] == var_experiment and matches(r["config"], comp["variant"])]
             row = {"claim": claim["id"], **comp, "questions": {}}
             if base and var:
                 base_arm, var_arm = Arm(base), Arm(var)

@@ -12,7 +12,7 @@ from pathlib import Path
 from bench import claims as claims_lib
 from bench import plots
 from bench.records import read_extended
-from bench.store import ResultsStore, read_suite
+from bench.store import read_results, read_suite
 
 
 def variant(record: dict) -> str:
@@ -30,14 +30,47 @@ def _interval(ci, digits=3):
 
 
 def environment_line(records: list[dict]) -> str:
-    """Versions, backend, devices, commit and time span of the records."""
+    """Package and library versions, machine, commit and time span of the records (of one environment)."""
     env = records[0]["env"]
     v = env["versions"]
     stamps = sorted(r["env"]["timestamp"] for r in records)
     commit = (env["git_commit"] or "unknown")[:10] + (" (dirty)" if env["git_dirty"] else "")
-    return (f"jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, optax {v['optax']}, numpy {v['numpy']}, "
-            f"Python {env['python']}; backend {env['backend']} ({env['device_kind']} x{env['device_count']}); "
-            f"XLA_FLAGS '{env['xla_flags']}'; commit {commit}; run {stamps[0]} to {stamps[-1]}")
+    package = (f"gradbench {env.get('package_version') or 'unknown'} (code sha256 {env['code_sha256'][:12]}), "
+               if env.get("code_sha256") else "")
+    machine = (f"; CPU {env['cpu']}" + (f" x{env['cpu_count']}" if env.get("cpu_count") else "")
+               if env.get("cpu") else "") + \
+        "".join(f", {k} {val}" for k, val in (env.get("cuda") or {}).items()) + \
+        "".join(f", {k} {val}" for k, val in (env.get("jax_plugins") or {}).items())
+    precision = (f"; matmul precision {env['default_matmul_precision']}"
+                 if env.get("default_matmul_precision") else "")
+    return (f"{package}jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, optax {v['optax']}, "
+            f"numpy {v['numpy']}, Python {env['python']}; backend {env['backend']} ({env['device_kind']} "
+            f"x{env['device_count']}){machine}{precision}; XLA_FLAGS '{env['xla_flags']}'; commit {commit}; "
+            f"run {stamps[0]} to {stamps[-1]}")
+
+
+def _env_key(env: dict) -> str:
+    return json.dumps({k: v for k, v in env.items() if k not in ("timestamp", "matmul_flops_per_s")}, sort_keys=True)
+
+
+def environments(records: list[dict]) -> dict[str, list[dict]]:
+    """The distinct environments among the records, named E1, E2, ... (E1 the most common) -> their records."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_env_key(r["env"]), []).append(r)
+    ranked = sorted(groups.values(), key=len, reverse=True)
+    return {f"E{i + 1}": recs for i, recs in enumerate(ranked)}
+
+
+def environment_lines(records: list[dict], names: dict[str, str]) -> list[str]:
+    """`Environment: ...`, or one line per environment when the records come from several."""
+    shown: dict[str, list[dict]] = {}
+    for r in records:
+        shown.setdefault(names[r["cell_id"]], []).append(r)
+    if len(shown) == 1 and len(set(names.values())) == 1:
+        return [f"Environment: {environment_line(records)}"]
+    return ["Environments (rows marked [E2], [E3], ... come from another environment than E1):", ""] + \
+        [f"- {name} ({len(recs)} records): {environment_line(recs)}" for name, recs in sorted(shown.items())]
 
 
 def _ratio(x) -> str:
@@ -52,8 +85,13 @@ def _median_e2e(record: dict, fraction: float):
     return sorted(values)[(len(values) - 1) // 2] if values else None
 
 
-def cells_table(records: list[dict]) -> list[str]:
-    """One row per cell: outcomes, convergence, quality, explosion at init and mid-training, throughput."""
+def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> list[str]:
+    """One row per cell: outcomes, convergence, quality, explosion at init and mid-training, throughput.
+
+    marks: cell_id -> environment name for rows from another environment than the main one (E1).
+    """
+    marks = marks or {}
+    mark = lambda r: f" [{marks[r['cell_id']]}]" if r["cell_id"] in marks else ""  # noqa: E731
     lines = ["| cell | failed (95% CI) | diverged | collapsed | converged | median steps (95% CI) | "
              "validation loss | held-out loss | e2e ratio at init | e2e at 50% | steps/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -61,7 +99,8 @@ def cells_table(records: list[dict]) -> list[str]:
         ps, n = r["per_seed"], len(r["per_seed"]["diverged"])
         median = "not reached" if r["median_steps_to_converge"] is None else _fmt(r["median_steps_to_converge"])
         lines.append(
-            f"| {r['label']} | {r['failure_rate']:.2f} {_interval(r['failure_rate_ci'], 2)} | {sum(ps['diverged'])} | "
+            f"| {r['label']}{mark(r)} | {r['failure_rate']:.2f} {_interval(r['failure_rate_ci'], 2)} | "
+            f"{sum(ps['diverged'])} | "
             f"{sum(ps['collapsed'])} | {r['converged']}/{n} | {median} {_interval(r['steps_to_converge_ci'])} | "
             f"{_fmt(r['quality']['final_validation_loss'])} | {_fmt(r['quality']['final_heldout_loss'])} | "
             f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | {r['throughput']['steps_per_s']:.0f} |")
@@ -127,13 +166,13 @@ def render(results_dir, output) -> tuple[str, dict]:
     """The report's Markdown text for `output`, and the plots it links (path -> job)."""
     results_dir, output = Path(results_dir), Path(output)
     suite = read_suite(results_dir)
-    records = ResultsStore(results_dir).records
-    if not records:
-        raise ValueError(f"{results_dir}: no results records")
+    records = read_results(results_dir)
     plot_dir = results_dir / "plots"
     link = lambda p: os.path.relpath(p, output.parent)  # noqa: E731
     shown = link(results_dir)  # paths as seen from the report, so the text does not depend on the cwd
-    command = f"python -m bench run {suite['path']} --out {shown}"
+    command = reproduce_command(suite, results_dir, output)
+    env_names = {r["cell_id"]: name for name, recs in environments(records).items() for r in recs}
+    marks = {cid: name for cid, name in env_names.items() if name != "E1"}
     by_experiment: dict[str, list] = {}
     for r in records:
         by_experiment.setdefault(r["experiment"], []).append(r)
@@ -146,7 +185,8 @@ def render(results_dir, output) -> tuple[str, dict]:
 
     out = [f"# Results: {suite['name']}", "",
            f"Generated by `python -m bench report {shown}` from `{shown}/results.jsonl`; "
-           "do not edit by hand.", "", f"Reproduce: `{command}`", "", f"Environment: {environment_line(records)}", ""]
+           "do not edit by hand.", "", f"Reproduce (paths relative to the directory of this report): `{command}`",
+           "", *environment_lines(records, env_names), ""]
     settings = suite["settings"]
     min_effect = settings.get("min_effect", 1.25)
     t = records[0]["thresholds"]
@@ -196,18 +236,33 @@ def render(results_dir, output) -> tuple[str, dict]:
                                f"{_selector(x['variant'])} | {x['expect']} | {name} | {q['what']} | {medians} | "
                                f"{effect} | {p} | {q['verdict']} |")
             out.append("")
-            experiments = dict.fromkeys(x["experiment"] for x in claim["comparisons"])
+            sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
+                [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
+            experiments = dict.fromkeys(e for e, _ in sides)
         else:
             experiments = [title.split(": ", 1)[1]]
         for experiment in experiments:
             recs = by_experiment[experiment]
             if claim:
-                selectors = [x[s] for x in claim["comparisons"] if x["experiment"] == experiment
-                             for s in ("baseline", "variant")]
+                selectors = [s for e, s in sides if e == experiment]
                 recs = [r for r in recs if any(claims_lib.matches(r["config"], s) for s in selectors)]
             out += [f"### {experiment}", "", *arms_table(recs), "", "<details><summary>every cell</summary>", "",
-                    *cells_table(recs), "", "</details>", "", *figures[experiment], ""]
+                    *cells_table(recs, marks), "", "</details>", "", *figures[experiment], ""]
+            if len(environments(records)) > 1:
+                out += [*environment_lines(recs, env_names), ""]
     return "\n".join(out), jobs
+
+
+def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:
+    """The exact `bench run` command, seeds and steps as run, paths relative to the report's directory."""
+    where = suite.get("suite_from_out")
+    if where and not os.path.isabs(where):
+        suite_path = os.path.relpath(results_dir / where, output.parent)
+    else:
+        suite_path = where or suite["path"]  # older suite.json: the path as given on the command line
+    settings = suite["settings"]
+    flags = f" --seeds {settings['seeds']}" + (f" --steps {settings['steps']}" if settings.get("steps") else "")
+    return f"python -m bench run {suite_path}{flags} --out {os.path.relpath(results_dir, output.parent)}"
 
 
 def _selector(selector: dict) -> str:

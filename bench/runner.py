@@ -6,7 +6,7 @@ from typing import Callable
 
 from bench import engine, optim, records
 from bench.build import make_task
-from bench.store import ResultsStore, environment
+from bench.store import ResultsStore, environment, suite_from
 from bench.suite import Cell, Suite
 
 
@@ -35,26 +35,29 @@ def _runs(group: list[Cell]) -> list[engine.Run]:
     return runs
 
 
-def suite_record(suite: Suite) -> dict:
-    """What suite.json holds: the validated suite beside its results."""
-    return {"path": suite.path, "name": suite.name, "settings": suite.settings, "experiments": suite.experiments,
-            "claims": suite.claims, "cells": len(suite.cells)}
+def suite_record(suite: Suite, out_dir) -> dict:
+    """What suite.json holds: the validated suite beside its results (and its path as seen from out_dir)."""
+    return {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
+            "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
+            "cells": len(suite.cells)}
 
 
 def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
-              progress: Callable | None = None, force: bool = False,
-              stop: Callable[[], bool] | None = None) -> list[dict]:
+              progress=None, force: bool = False, stop: Callable[[], bool] | None = None) -> list[dict]:
     """Trains every cell of the suite (this shard) not yet in `out_dir`; returns this shard's records.
 
     Args:
-      progress: a factory (group label, total steps, runs) -> on_chunk callback, or None.
+      progress: None, or an object with begin([(group label, steps, runs)]), group(label, steps, runs) ->
+        on_chunk callback or None, and group_done(records of the group) (bench.console.GroupProgress).
       force: take over a directory holding another suite's records (they are discarded).
       stop: checked after every chunk and group; when it returns True the run raises KeyboardInterrupt
         there (between compiled calls), keeping every finished group.
     """
-    store = ResultsStore.open(out_dir, suite_record(suite), [c.cell_id for c in suite.cells], force)
+    store = ResultsStore.open(out_dir, suite_record(suite, out_dir), [c.cell_id for c in suite.cells], force)
     cells = shard_cells(suite.cells, shard)
     todo = [c for c in cells if c.cell_id not in store.done()]
+    groups = [(group, _runs(group), max(c.config["steps"] for c in group),
+               f"{group[0].experiment}: " + "; ".join(c.label for c in group)) for group in group_cells(todo)]
 
     def check_stop():
         if stop is not None and stop():
@@ -67,12 +70,11 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
             check_stop()
         return on_chunk
 
-    for group in group_cells(todo):
+    if progress:
+        progress.begin([(label, steps, len(runs)) for _, runs, steps, label in groups])
+    for group, runs, steps, label in groups:
         check_stop()
-        runs = _runs(group)
-        steps = max(c.config["steps"] for c in group)
-        label = f"{group[0].experiment}: " + "; ".join(c.label for c in group)
-        on_chunk = chunk_callback(progress(label, steps, runs) if progress else None)
+        on_chunk = chunk_callback(progress.group(label, steps, runs) if progress else None)
         result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
                                     chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk)
         task = make_task(group[0].plan["task"])
@@ -83,5 +85,7 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
                                          env, suite.settings["trace_points"], task)
             new.append(record)
         store.add(new)
+        if progress:
+            progress.group_done(new)
     by_id = {r["cell_id"]: r for r in store.records}
     return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]

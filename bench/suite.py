@@ -100,6 +100,7 @@ def _claim_schema() -> tuple[dict, dict]:
     }
     comparison = {
         "experiment": Key(str),
+        "variant_experiment": Key(str, None),  # the variant arm's experiment, when not `experiment`
         "regime": Key(str, None),
         "baseline": Key(dict),
         "variant": Key(dict),
@@ -480,10 +481,13 @@ def _claims(path, tables, cells) -> list[dict]:
             comp = _table(path, ckey, comp_table, comparison_keys)
             _choose(path, f"{ckey}.experiment", comp["experiment"], experiments)
             in_exp = [c for c in cells if c.experiment == comp["experiment"]]
-            for side in ("baseline", "variant"):
+            sides = {"baseline": comp["experiment"], "variant": comp["variant_experiment"] or comp["experiment"]}
+            for side, experiment in sides.items():
+                _choose(path, f"{ckey}.variant_experiment", experiment, experiments)
+                in_exp = [c for c in cells if c.experiment == experiment]
                 if not any(matches(c.config, comp[side]) for c in in_exp):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects no cell of experiment "
-                                     f"{comp['experiment']!r} (it is matched against the cells' mitigation)")
+                                     f"{experiment!r} (it is matched against the cells' mitigation)")
                 lrs = [c.config["optimizer"]["lr"] for c in in_exp if matches(c.config, comp[side])]
                 if len(lrs) != len(set(lrs)):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "

@@ -120,7 +120,8 @@ def test_explosion_is_measured_during_training_at_fixed_fractions(measured):
         expected = [0] + [min(b, last) if last >= 0 else None for b in (round(0.1 * 119), round(0.5 * 119), 119)]
         assert steps == expected
     assert len(e["params"]) == len(e["median_weight_norm"][0]) == 10  # 4 hidden layers + readout, kernel + bias
-    assert all(v is not None and v > 0 for v in e["median_weight_norm"][0])
+    kernels = [v for name, v in zip(e["params"], e["median_weight_norm"][0]) if "kernel" in name]
+    assert len(kernels) == 5 and all(v > 0 for v in kernels)  # biases start at exactly zero (bias_var 0)
 
 
 def test_no_seed_is_dropped_when_gradients_underflow():
