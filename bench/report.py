@@ -5,6 +5,7 @@ committed report can be checked against the raw results it came from.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path

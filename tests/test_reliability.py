@@ -144,6 +144,12 @@ def _done_dir(tmp_path, lines: bytes):
     return str(out)
 
 
+def _broken_suite_json(tmp_path):
+    out = _done_dir(tmp_path, RECORD)
+    (tmp_path / "done" / "suite.json").write_text("{")
+    return out
+
+
 RECORD = b'{"cell_id": "0123456789abcdef", "suite": "tiny"}\n'
 CIFAR_OVERFLOW = b"\x80\x04\x95" + b"\xff" * 8  # a FRAME longer than any machine can hold: OverflowError
 CIFAR_MEMORY = b"\x80\x04\x8e" + (2**62).to_bytes(8, "little")  # BINBYTES8 of 2**62 bytes: MemoryError
@@ -192,8 +198,10 @@ BAD_COMMANDS = {
                         ["not a directory"]),
     "--out unwritable": (lambda t: ["run", str(suite_file(t)), "--out", "/sys/gradbench-test-out"],
                          ["/sys/gradbench-test-out", "cannot be used"]),
-    "report of garbage": (lambda t: ["report", _done_dir(t, RECORD + b"garbage\n")], ["line 2", "corrupt"]),
-    "report of truncated": (lambda t: ["report", _done_dir(t, RECORD + RECORD[:20])], ["line 2", "truncated"]),
+    "report of garbage": (lambda t: ["report", _done_dir(t, RECORD + b"garbage\n")], ["results.jsonl", "line 1"]),
+    "report of truncated": (lambda t: ["report", _done_dir(t, RECORD[:20])], ["results.jsonl", "line 1"]),
+    "report of empty": (lambda t: ["report", _done_dir(t, b"")], ["no results records"]),
+    "report of bad suite.json": (lambda t: ["report", _broken_suite_json(t)], ["suite.json", "corrupt"]),
     "resume from garbage": (lambda t: ["run", str(suite_file(t)), "--out", _done_dir(t, b"\x00\xff\n")],
                             ["results.jsonl", "corrupt"]),
     "resume another suite": (lambda t: ["run", str(suite_file(t, edit('name = "tiny"', 'name = "other"'))),
@@ -226,6 +234,21 @@ def test_bad_command_exits_2_in_one_line_and_writes_nothing(tmp_path, monkeypatc
     for word in words:
         assert word in err, err
     assert _tree(tmp_path) == before  # nothing written, not even runs/ in the working directory
+
+
+def test_command_line_seeds_and_steps_beat_an_experiments_own(tmp_path):
+    from bench import suite
+
+    path = suite_file(tmp_path, BASE + '\n[[experiment]]\nname = "own"\nseeds = 5\nsteps = 300\n')
+    assert {(c.config["seeds"], c.config["steps"]) for c in suite.load(path).cells} == {(5, 300)}
+    assert {(c.config["seeds"], c.config["steps"]) for c in suite.load(path, seeds=3, steps=7).cells} == {(3, 7)}
+
+
+def test_plot_directory_is_created(tmp_path):
+    from bench.__main__ import _plot_path
+
+    _plot_path(str(tmp_path / "a" / "b" / "profile.png"))
+    assert (tmp_path / "a" / "b").is_dir()
 
 
 def test_list_shows_every_mitigation_parameter(capsys):
