@@ -232,8 +232,6 @@ def cmd_export(args) -> int:
 def cmd_reproduce(args) -> int:
     import tempfile
 
-    from rich.table import Table
-
     from bench import console, reproduce, store
 
     try:
@@ -250,35 +248,23 @@ def cmd_reproduce(args) -> int:
         new = reproduce.rerun(cells, info, args.out or scratch, None if args.quiet else progress)
     rows = reproduce.judge([r for r in records if r["cell_id"] in wanted], new, args.throughput_threshold)
     out = Console(width=None if sys.stdout.isatty() else 160)
-    table = Table(title=f"reproduce: {len(cells)} cells of {args.results} rerun")
-    for column in ("reproduced", "experiment", "cell", "metric", "recorded", "rerun", "effect", "test"):
-        table.add_column(column)
-    style = {reproduce.DIFFERENT: "bold red", reproduce.IDENTICAL: "green"}
-    for row in rows:
-        table.add_row(row["reproduced"], row["experiment"], row["label"], row["metric"], row["baseline"],
-                      row["current"], row["effect"], row["test"], style=style.get(row["reproduced"]))
-    out.print(table)
-    for differences in dict.fromkeys(tuple(r["env_differences"]) for r in rows):
-        out.print("environment differs: " + ("; ".join(differences) if differences else "no (same versions, "
-                  "commit, code and machine)"), markup=False)
-    failed = sorted({f"{r['experiment']}: {r['label']} ({r['metric']})" for r in rows
-                     if r["reproduced"] == reproduce.DIFFERENT and r["metric"] != "steps_per_s"})
-    counts = {v: sum(r["reproduced"] == v for r in rows) for v in (reproduce.IDENTICAL, reproduce.NOISE,
-                                                                   reproduce.DIFFERENT, reproduce.NOT_COMPARABLE)}
-    out.print(", ".join(f"{n} {v}" for v, n in counts.items()) + " (cell-metrics). " +
-              (f"NOT REPRODUCED: {'; '.join(failed)}." if failed else "Reproduced.")
-              + (f" Rerun records in {Path(args.out) / store.RESULTS_FILE}." if args.out else ""), markup=False)
-    return 1 if failed else 0
+    out.print(reproduce.table(rows, f"reproduce: {len(cells)} cells of {args.results} rerun"))
+    for line in reproduce.summary_lines(rows):
+        out.print(line, markup=False)
+    if args.out:
+        out.print(f"rerun records in {Path(args.out) / store.RESULTS_FILE}", markup=False)
+    return 1 if reproduce.not_reproduced(rows) else 0
 
 
-def _fraction(flag: str, low: float, high: float):
+def _fraction(low: float, high: float):
+    """An argparse type: a float in [low, high]."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{flag}: expected a number in [{low:g}, {high:g}], got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a number in [{low:g}, {high:g}], got {text!r}")
         return value
     return parse
 
@@ -415,9 +401,9 @@ def parser() -> argparse.ArgumentParser:
                          "0 nothing regressed, 1 regressed, 2 bad input.")
     cmp.add_argument("baseline", help="baseline results.jsonl or run directory")
     cmp.add_argument("current", help="current results.jsonl or run directory")
-    cmp.add_argument("--alpha", type=_fraction("--alpha", 0.0, 1.0), default=0.05,
+    cmp.add_argument("--alpha", type=_fraction(0.0, 1.0), default=0.05,
                      help="family-wise error rate (Holm) (default 0.05)")
-    cmp.add_argument("--throughput-threshold", type=_fraction("--throughput-threshold", 0.0, 1.0), default=0.8,
+    cmp.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
                      help="steps/s ratio current/baseline below which throughput is worse; 0 turns the check "
                           "off (default 0.8)")
     cmp.add_argument("--all", action="store_true", help="list unchanged cell-metrics too")
@@ -440,7 +426,7 @@ def parser() -> argparse.ArgumentParser:
     rpr.add_argument("--cell", action="append", metavar="CELL_ID", help="rerun this cell only (repeatable; "
                      "default: every cell)")
     rpr.add_argument("--out", help="keep the rerun's records in this new directory (default: a temporary one)")
-    rpr.add_argument("--throughput-threshold", type=_fraction("--throughput-threshold", 0.0, 1.0), default=0.8,
+    rpr.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
                      help="steps/s ratio below which throughput counts as different (default 0.8)")
     rpr.add_argument("--quiet", action="store_true", help="no progress display")
     rpr.set_defaults(func=cmd_reproduce)

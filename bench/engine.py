@@ -136,7 +136,7 @@ class Program:
         # its results do not depend on which other runs share the program.
         done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
         active = ~done & (t < hyper["budget"])
-        boom = active & metrics.exploded(loss, grad_norm, self.task.trivial_loss, hyper["factor"], t)
+        boom = active & metrics.exploded(loss, grad_norm, self.task.trivial_loss, hyper["factor"], t, c["loss_0"])
         keep = active & ~boom
         ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
         n_updates = c["n_updates"] + keep

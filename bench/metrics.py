@@ -20,13 +20,15 @@ SNAPSHOT_FRACTIONS = (0.0, 0.1, 0.5, 1.0)
 TRAINED, COLLAPSED, DIVERGED = "trained", "collapsed", "diverged"
 
 
-def exploded(loss, grad_norm, trivial_loss, factor, step):
+def exploded(loss, grad_norm, trivial_loss, factor, step, loss_0):
     """True where a step counts as divergence: non-finite loss or gradient norm, or loss > factor x trivial loss.
 
-    The loss threshold applies from step 1 on: step 0's loss is the initial one, before any update, and a
-    network that merely starts far from the data has not diverged (non-finite values count at any step).
+    The threshold is the same for every arm. A network that merely starts far from the data has not
+    diverged: the loss threshold applies from step 1 on, and only to a loss also above the initial loss
+    loss_0 (non-finite values count at any step).
     """
-    return ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm) | ((loss > factor * trivial_loss) & (step > 0))
+    too_high = (loss > factor * trivial_loss) & (loss > loss_0) & (step > 0)
+    return ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm) | too_high
 
 
 def outcome(diverged: bool, final_train_loss, trivial_loss: float, collapse_fraction: float) -> str:
@@ -88,27 +90,34 @@ def log_e2e_ratio(log_norms_SxL) -> np.ndarray:
 def critical_lr(lrs, trained_SxL) -> tuple[list[float], list[str | None]]:
     """Per seed, the largest grid learning rate at and below which the seed trained.
 
+    "Below" starts at the smallest learning rate at which the seed trained:
+    learning rates under it are too small for the step budget (the run
+    collapsed without diverging) and do not end the range. The value is the
+    top of that first trainable range.
+
     Args:
       lrs: the grid, ascending.
       trained_SxL: per seed and learning rate, whether the seed trained.
 
     Returns:
-      (values, censored): censored is "above" when the seed trained at every
-      learning rate (the value is the grid's top: the true one is larger),
-      "below" when it did not train at the smallest (the value is the grid's
-      bottom: the true one is smaller), None otherwise.
+      (values, censored): censored is "above" when the range reaches the top of
+      the grid (the value is the top: the true one is larger), "below" when the
+      seed trained at no learning rate (the value is the grid's bottom), None
+      otherwise.
     """
     values, censored = [], []
     for row in np.asarray(trained_SxL, bool):
-        failed = np.flatnonzero(~row)
-        if failed.size == 0:
-            values.append(float(lrs[-1]))
-            censored.append("above")
-        elif failed[0] == 0:
+        trained = np.flatnonzero(row)
+        if trained.size == 0:
             values.append(float(lrs[0]))
             censored.append("below")
+            continue
+        failed_after = np.flatnonzero(~row[trained[0]:])
+        if failed_after.size == 0:
+            values.append(float(lrs[-1]))
+            censored.append("above")
         else:
-            values.append(float(lrs[failed[0] - 1]))
+            values.append(float(lrs[trained[0] + failed_after[0] - 1]))
             censored.append(None)
     return values, censored
 
@@ -146,12 +155,12 @@ def debiased(ema, smoothing, n_updates):
     return ema / (1.0 - smoothing**n_updates)
 
 
-def divergence_step(losses, grad_norms, factor: float, trivial_loss: float) -> int | None:
-    """First step whose loss or gradient norm is non-finite or whose loss exceeds factor x trivial loss."""
+def divergence_step(losses, grad_norms, factor: float, trivial_loss: float, loss_0: float = -math.inf) -> int | None:
+    """First step that counts as divergence under `exploded` (loss_0: the initial loss; default: no excuse)."""
     losses, grad_norms = np.asarray(losses, np.float64), np.asarray(grad_norms, np.float64)
     with np.errstate(invalid="ignore"):
         steps = np.arange(len(losses))
-        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, trivial_loss, factor, steps)))
+        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, trivial_loss, factor, steps, loss_0)))
     return int(hits[0]) if hits.size else None
 
 

@@ -4,9 +4,10 @@ Each record holds its canonical config (which hashes to its cell_id) and its
 plan, so a cell is rebuilt as it was and trained the normal way
 (bench.runner). Per metric the rerun is `identical` (every per-seed value
 equal), `within noise` (not equal, but the tests of bench compare find no
-difference; throughput within its threshold) or `different`; the
-throughput of a rerun whose compiled program holds another number of runs
-(one cell of a group) is `not comparable`. Where the environment differs
+difference) or `different`. Throughput is reported, not judged: `within
+noise`, `slower` or `faster` against the threshold, or `not comparable` when
+the rerun's compiled program holds another number of runs (one cell of a
+group). Where the environment differs
 (versions, commit, code hash, machine), the report says which keys.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from bench import compare, runner
 from bench.store import SUITE_FILE
 from bench.suite import Cell, Suite, cell_id
 
-IDENTICAL, NOISE, DIFFERENT, NOT_COMPARABLE = "identical", "within noise", "different", "not comparable"
+IDENTICAL, NOISE, DIFFERENT = "identical", "within noise", "different"
+SLOWER, FASTER, NOT_COMPARABLE = "slower", "faster", "not comparable"  # throughput only
 MEASURED = {"timestamp", "matmul_flops_per_s"}  # env keys that differ on every run
 HASHES = {"git_commit", "code_sha256"}  # shown by their first 12 characters
 PER_SEED = {"divergence_rate": "diverged", "failure_rate": "trained", "steps_to_converge": "steps_to_converge",
@@ -87,10 +89,46 @@ def judge(recorded: list[dict], rerun_records: list[dict], throughput_threshold:
         old, new = old_by[row["cell_id"]], new_by[row["cell_id"]]
         key = PER_SEED.get(row["metric"])
         same = key is not None and old["per_seed"].get(key) == new["per_seed"].get(key)
-        verdict = (IDENTICAL if same else DIFFERENT if row["verdict"] in (compare.WORSE, compare.BETTER)
-                   else NOT_COMPARABLE if row["verdict"] == compare.UNTESTED else NOISE)
+        if row["metric"] == "steps_per_s":  # reported, not judged: speed depends on the machine's load
+            verdict = {compare.WORSE: SLOWER, compare.BETTER: FASTER, compare.UNTESTED: NOT_COMPARABLE}.get(
+                row["verdict"], NOISE)
+        else:
+            verdict = (IDENTICAL if same else DIFFERENT if row["verdict"] in (compare.WORSE, compare.BETTER)
+                       else NOISE)
         rows.append({**row, "reproduced": verdict,
                      "env_differences": env_differences(old["env"], new["env"])})
-    order = {DIFFERENT: 0, NOISE: 1, NOT_COMPARABLE: 2, IDENTICAL: 3}
+    order = {DIFFERENT: 0, NOISE: 1, SLOWER: 2, FASTER: 2, NOT_COMPARABLE: 2, IDENTICAL: 3}
     rows.sort(key=lambda r: (order[r["reproduced"]], r["experiment"], r["label"]))
     return rows
+
+
+def not_reproduced(rows: list[dict]) -> list[str]:
+    """`experiment: cell (metric)` for every metric that came back different (throughput is not judged)."""
+    return sorted({f"{r['experiment']}: {r['label']} ({r['metric']})" for r in rows if r["reproduced"] == DIFFERENT})
+
+
+def table(rows: list[dict], title: str):
+    """A rich table of the rows, different first."""
+    from rich.table import Table
+
+    tbl = Table(title=title)
+    for column in ("reproduced", "experiment", "cell", "metric", "recorded", "rerun", "effect", "test"):
+        tbl.add_column(column)
+    style = {DIFFERENT: "bold red", IDENTICAL: "green"}
+    for row in rows:
+        tbl.add_row(row["reproduced"], row["experiment"], row["label"], row["metric"], row["baseline"],
+                    row["current"], row["effect"], row["test"], style=style.get(row["reproduced"]))
+    return tbl
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The environment differences (once per distinct set) and the counts with the verdict."""
+    lines = ["environment differs: " + ("; ".join(d) if d else "no (same versions, commit, code and machine)")
+             for d in dict.fromkeys(tuple(r["env_differences"]) for r in rows)]
+    judged = [r["reproduced"] for r in rows if r["metric"] != "steps_per_s"]
+    counts = {v: judged.count(v) for v in (IDENTICAL, NOISE, DIFFERENT)}
+    failed = not_reproduced(rows)
+    speed = sorted({r["reproduced"] for r in rows if r["metric"] == "steps_per_s"})
+    lines.append(", ".join(f"{n} {v}" for v, n in counts.items()) + f" (cell-metrics); throughput {'/'.join(speed)}. "
+                 + (f"NOT REPRODUCED: {'; '.join(failed)}." if failed else "Reproduced."))
+    return lines

@@ -24,8 +24,10 @@ def test_divergence_step(losses, norms, expected):
 def test_the_threshold_is_the_trivial_loss_not_the_arms_own_initial_loss():
     # A seed at 3 x trivial is judged against 10 x trivial whatever its arm's initial loss (25 x trivial
     # here, which under a threshold relative to loss_0 would have tolerated losses up to 250 x trivial).
-    assert metrics.divergence_step([25.0, 3.0, 3.0], [1, 1, 1], factor=10.0, trivial_loss=1.0) is None
-    assert metrics.divergence_step([25.0, 26.0, 3.0], [1, 1, 1], factor=10.0, trivial_loss=1.0) == 1
+    assert metrics.divergence_step([25.0, 3.0, 3.0], [1, 1, 1], 10.0, trivial_loss=1.0, loss_0=25.0) is None
+    assert metrics.divergence_step([25.0, 12.0, 40.0], [1, 1, 1], 10.0, trivial_loss=1.0, loss_0=25.0) == 2
+    # An arm that starts at 2 x trivial diverges at 10.5 x trivial, far below the other arm's initial loss.
+    assert metrics.divergence_step([2.0, 10.5], [1, 1], 10.0, trivial_loss=1.0, loss_0=2.0) == 1
     assert metrics.divergence_step([1.0, 3.0], [1, 1], factor=2.0, trivial_loss=1.0) == 1
     assert metrics.divergence_step([1.0, 3.0], [1, 1], factor=5.0, trivial_loss=1.0) is None
 
@@ -61,13 +63,14 @@ def test_growth_and_e2e_keep_degenerate_seeds():
 
 def test_critical_lr_with_censoring_at_both_ends():
     lrs = [0.01, 0.1, 1.0]
-    trained = [[True, True, False],   # 0.1
-               [True, True, True],    # trained everywhere: censored above, the top
-               [False, True, True],   # failed at the smallest: censored below, even though larger ones trained
-               [True, False, True]]   # the first failure decides
+    trained = [[True, True, False],    # 0.1
+               [True, True, True],     # trained everywhere: censored above, the top
+               [False, False, False],  # trained nowhere: censored below, the bottom
+               [False, True, False],   # too slow at 0.01, trained at 0.1, failed at 1: 0.1
+               [True, False, True]]    # the first failure after the first success decides
     values, censored = metrics.critical_lr(lrs, trained)
-    assert values == [0.1, 1.0, 0.01, 0.01]
-    assert censored == [None, "above", "below", None]
+    assert values == [0.1, 1.0, 0.01, 0.1, 0.01]
+    assert censored == [None, "above", "below", None, None]
 
 
 def test_lr_sensitivity_on_a_hand_made_table():

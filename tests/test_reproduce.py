@@ -31,6 +31,8 @@ def test_unchanged_cells_reproduce_identically(rerun):
     assert len(verdicts) == 8 and set(verdicts.values()) == {"identical"}  # 2 cells x 2 rates, 2 per-seed values
     assert [r["per_seed"] for r in new] == [r["per_seed"] for r in recorded]
     assert not any("versions" in d for r in rows for d in r["env_differences"])
+    assert reproduce.summary_lines(rows)[-1].startswith("8 identical, 0 within noise, 0 different (cell-metrics)")
+    assert reproduce.summary_lines(rows)[-1].endswith("Reproduced.")
 
 
 def test_throughput_of_a_program_with_other_runs_is_not_comparable(rerun):
