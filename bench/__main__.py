@@ -146,7 +146,7 @@ def _param(key) -> str:
 
     default = "required" if key.default is REQUIRED else "optional" if key.default is None \
         else f"default {key.default!r}"
-    return f"{key.allowed()} ({default})"
+    return (f"{key.doc}: " if key.doc else "") + f"{key.allowed()} ({default})"
 
 
 def cmd_list(args) -> int:
