@@ -1,14 +1,19 @@
 """gradbench: run suites, report, compare, export and reproduce results (`python -m bench` or `gradbench`).
 
 Bad input exits with status 2 and one line naming the file, the key and what
-is allowed; nothing is written.
+is allowed; nothing is written. Ctrl-C stops a run between compiled calls,
+keeps every finished group of cells and exits 130 with one line saying how to
+resume (a second Ctrl-C stops at once).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +23,65 @@ DEFAULT_SUITE = Path(__file__).parent / "suites" / "claims.toml"
 
 class UsageError(Exception):
     """Bad command-line input (exit 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit 2)."""
+
+    def error(self, message):
+        """Prints one line naming the flag and what is allowed, and exits 2."""
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _count(key):
+    """An argparse type: an integer checked by a schema Key (the flag's range)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return key.check(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+MAX_NAME = 100  # characters of a suite name used as the directory runs/NAME
+
+
+def _default_out(suite) -> Path:
+    """runs/NAME, refusing a name that is not one plain directory name."""
+    name = suite.name
+    if not name or len(name) > MAX_NAME or any(c in name for c in "/\\\0") or ".." in name or name == ".":
+        raise UsageError(f"{suite.path}: suite.name: {name[:MAX_NAME]!r} cannot name the output directory "
+                         f"runs/NAME (1 to {MAX_NAME} characters without '/', '\\', '..' or NUL); rename the "
+                         "suite or give --out DIR")
+    return Path("runs") / name
+
+
+class _Interrupts:
+    """SIGINT while running: the first asks the run to stop between compiled calls, the second stops at once."""
+
+    def __init__(self, out: Path):
+        self.out, self.requested, self.previous = out, False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        if self.requested:
+            os.write(2, f"interrupted again: stopped at once; finished cells are kept in {self.out / 'results.jsonl'}"
+                        "; rerun the same command to resume\n".encode())
+            os._exit(130)
+        self.requested = True
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -31,21 +95,36 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from bench import console, runner, suite as suite_lib
+    from bench import console, runner, store, suite as suite_lib
 
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
     suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
-    shard = _shard(args.shard)
-    out = Path(args.out or Path("runs") / suite.name)
+    index, count = _shard(args.shard)
+    if index >= len(suite.cells):
+        raise UsageError(f"--shard {args.shard}: the suite has {len(suite.cells)} cells, so shard {index} of {count} "
+                         f"has none; use at most {len(suite.cells)} shards")
+    out = Path(args.out) if args.out else _default_out(suite)
+    cells = runner.shard_cells(suite.cells, (index, count))
+    # Opened here first so that a refused directory is one line, before any progress display starts.
+    store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
-    with console.GroupProgress(err) as progress:
-        records = runner.run_suite(suite, out, shard, progress=None if args.quiet else progress)
+    try:
+        shown = contextlib.nullcontext() if args.quiet else console.GroupProgress(err)
+        with _Interrupts(out) as interrupts, shown as progress:
+            records = runner.run_suite(suite, out, (index, count), progress=progress,
+                                       stop=lambda: interrupts.requested)
+    except KeyboardInterrupt:
+        kept = store.ResultsStore(out).done() & {c.cell_id for c in cells} if (out / store.RESULTS_FILE).exists() \
+            else set()
+        print(f"interrupted: {len(kept)} of {len(cells)} cells are kept in {out / store.RESULTS_FILE} (the group in "
+              "flight is not); rerun the same command to resume", file=sys.stderr)
+        return 130
     out_console.print(console.summary_table(records))
-    out_console.print(f"{len(records)} records in {out / 'results.jsonl'}")
+    out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
     if not args.no_report:
         from bench import report
 
-        out_console.print(f"report: {report.write(out)}")
+        out_console.print(f"report: {report.write(out)}", markup=False)
     return 0
 
 
@@ -53,17 +132,26 @@ def cmd_report(args) -> int:
     from bench import report, store
 
     directory = Path(args.dir)
-    if not (directory / store.RESULTS_FILE).exists() or not (directory / store.SUITE_FILE).exists():
+    if not (directory / store.RESULTS_FILE).is_file() or not (directory / store.SUITE_FILE).is_file():
         raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
     try:
         print(report.write(directory, args.output))
-    except ValueError as e:  # unreadable records or an unknown schema_version
+    except ValueError as e:  # unreadable records or suite.json, or no records
         raise UsageError(str(e)) from None
     return 0
 
 
+def _param(key) -> str:
+    from bench.schema import REQUIRED
+
+    default = "required" if key.default is REQUIRED else "optional" if key.default is None \
+        else f"default {key.default!r}"
+    return (f"{key.doc}: " if key.doc else "") + f"{key.allowed()} ({default})"
+
+
 def cmd_list(args) -> int:
     del args
+    from rich.markup import escape
     from rich.table import Table
 
     from bench import optim
@@ -76,8 +164,8 @@ def cmd_list(args) -> int:
         "initialisers": {k: v[1] for k, v in common.INITIALISERS.items()},
         "activations": {k: v[1] for k, v in common.ACTIVATIONS.items()},
         "optimizers": {k: v[2] for k, v in optim.OPTIMIZERS.items()},
-        "mitigations": {k: m.description + (" [" + ", ".join(f"{p}={d!r}" for p, d in m.params.items()) + "]"
-                                            if m.params else "") for k, m in optim.MITIGATIONS.items()},
+        "mitigations": {k: m.description + "".join(f"; {p}: {_param(key)}" for p, key in m.params.items())
+                        for k, m in optim.MITIGATIONS.items()},
     }
     out = Console()
     for title, rows in sections.items():
@@ -85,7 +173,7 @@ def cmd_list(args) -> int:
         table.add_column(style="bold")
         table.add_column()
         for name, text in rows.items():
-            table.add_row(name, text.replace("Ellipsis", "required"))
+            table.add_row(escape(name), escape(text))
         out.print(table)
     return 0
 
@@ -197,6 +285,20 @@ def _set_values(pairs: list[str]) -> dict:
     return table
 
 
+def _plot_path(path: str) -> None:
+    """Checks the --plot path's format and creates its directory; UsageError otherwise."""
+    import matplotlib.figure
+
+    formats = matplotlib.figure.Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix and suffix not in formats:
+        raise UsageError(f"--plot {path}: unknown image format {suffix!r}; allowed: {', '.join(sorted(formats))}")
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--plot {path}: cannot create its directory ({e.strerror or type(e).__name__})") from None
+
+
 def cmd_probe(args) -> int:
     import json
 
@@ -205,17 +307,17 @@ def cmd_probe(args) -> int:
 
     model = canonical_section("--set", "model", {"family": args.model, **_set_values(args.set)})
     task_table = {"name": args.task or probe.DEFAULT_TASK[args.model]}
-    if args.batch:
+    if args.batch is not None:
         task_table["batch_size"] = args.batch
     task = canonical_section("--task", "task", task_table)
     try:
         from bench import build
 
         build.check(task, model)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, OverflowError, MemoryError) as e:
         raise UsageError(f"--task {task['name']} with --model {model['family']}: {e}") from None
-    if args.seeds < 1:
-        raise UsageError("--seeds: must be >= 1")
+    if args.plot:
+        _plot_path(args.plot)
     result = probe.probe(task, model, args.seeds)
     if args.plot:
         plots.gradient_profile({model["family"]: (result["axis"], result["per_seed"]["log10_preact_grad_norm"])},
@@ -251,14 +353,22 @@ def version() -> str:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    from bench.schema import Key
+    from bench.suite import MAX_SEEDS, SETTINGS
+
+    seeds, steps = _count(SETTINGS["seeds"]), _count(SETTINGS["steps"])
+    p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train every cell of a suite and record results")
     run.add_argument("suite", nargs="?", default=str(DEFAULT_SUITE), help="suite TOML (default: the default suite)")
     run.add_argument("--out", help="output directory (default: runs/SUITE_NAME); reruns resume")
-    run.add_argument("--seeds", type=int, help="override the number of seeds")
-    run.add_argument("--steps", type=int, help="override the step budget")
+    run.add_argument("--seeds", type=seeds, help=f"seeds of every cell (1 to {MAX_SEEDS}); overrides the suite's "
+                     "and every experiment's own seeds")
+    run.add_argument("--steps", type=steps, help="step budget of every cell (>= 1); overrides the suite's and "
+                     "every experiment's own steps")
+    run.add_argument("--force", action="store_true", help="use --out even if it holds another suite's records or "
+                     "records from other --seeds/--steps (they are discarded)")
     run.add_argument("--shard", default="0/1", help="run shard i of n of the cells (e.g. 0/4)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--no-report", action="store_true", help="do not write DIR/REPORT.md at the end")
@@ -279,8 +389,8 @@ def parser() -> argparse.ArgumentParser:
     prb.add_argument("--model", required=True, help="model family")
     prb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a [model] key (repeatable)")
     prb.add_argument("--task", help="task (default: one that fits the family)")
-    prb.add_argument("--batch", type=int, help="batch size (default: the task's)")
-    prb.add_argument("--seeds", type=int, default=8, help="seeds (default 8)")
+    prb.add_argument("--batch", type=_count(Key(int, ge=1)), help="batch size (default: the task's)")
+    prb.add_argument("--seeds", type=seeds, default=8, help="seeds (default 8)")
     prb.add_argument("--json", action="store_true", help="print one JSON object")
     prb.add_argument("--plot", help="save a PNG of the per-layer gradient norms")
     prb.set_defaults(func=cmd_probe)
@@ -325,14 +435,25 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point; returns the exit status."""
+    from bench.store import StoreError
     from bench.suite import SuiteError
 
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (one line already printed)
+        return e.code
     try:
         return args.func(args)
-    except (SuiteError, UsageError) as e:
+    except (SuiteError, UsageError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a filesystem fault outside the results store
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

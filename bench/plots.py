@@ -76,6 +76,7 @@ def loss_curves(series: dict[str, tuple[list[int], list[list]]], path, title: st
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label, (steps, losses) in series.items():
         values = np.array([[np.nan if v is None else v for v in row] for row in losses], dtype=float)
+        values[~(np.isfinite(values) & (values > 0))] = np.nan  # a log axis shows positive finite losses only
         if not np.isfinite(values).any():
             continue
         with warnings.catch_warnings():  # all-NaN columns (every seed stopped) are expected
@@ -88,5 +89,9 @@ def loss_curves(series: dict[str, tuple[list[int], list[list]]], path, title: st
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (median over seeds, 25–75% band)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no finite loss to show (every seed diverged at once)", ha="center", va="center",
+                transform=ax.transAxes)
     _save(fig, path)

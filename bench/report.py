@@ -13,7 +13,7 @@ from pathlib import Path
 from bench import claims as claims_lib
 from bench import plots
 from bench.records import read_extended
-from bench.store import SUITE_FILE, read_results
+from bench.store import read_results, read_suite
 
 
 def variant(record: dict) -> str:
@@ -166,7 +166,7 @@ def _plot_jobs(experiment: str, records: list[dict], plot_dir: Path) -> dict[str
 def render(results_dir, output) -> tuple[str, dict]:
     """The report's Markdown text for `output`, and the plots it links (path -> job)."""
     results_dir, output = Path(results_dir), Path(output)
-    suite = json.loads((results_dir / SUITE_FILE).read_text())
+    suite = read_suite(results_dir)
     records = read_results(results_dir)
     plot_dir = results_dir / "plots"
     link = lambda p: os.path.relpath(p, output.parent)  # noqa: E731

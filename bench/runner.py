@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Callable
 
 from bench import engine, optim, records
 from bench.build import make_task
-from bench.store import SUITE_FILE, ResultsStore, atomic_write, environment, suite_from
+from bench.store import ResultsStore, environment, suite_from
 from bench.suite import Cell, Suite
 
 
@@ -35,27 +35,46 @@ def _runs(group: list[Cell]) -> list[engine.Run]:
     return runs
 
 
+def suite_record(suite: Suite, out_dir) -> dict:
+    """What suite.json holds: the validated suite beside its results (and its path as seen from out_dir)."""
+    return {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
+            "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
+            "cells": len(suite.cells)}
+
+
 def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
-              progress=None) -> list[dict]:
+              progress=None, force: bool = False, stop: Callable[[], bool] | None = None) -> list[dict]:
     """Trains every cell of the suite (this shard) not yet in `out_dir`; returns this shard's records.
 
     Args:
       progress: None, or an object with begin([(group label, steps, runs)]), group(label, steps, runs) ->
         on_chunk callback or None, and group_done(records of the group) (bench.console.GroupProgress).
+      force: take over a directory holding another suite's records (they are discarded).
+      stop: checked after every chunk and group; when it returns True the run raises KeyboardInterrupt
+        there (between compiled calls), keeping every finished group.
     """
-    store = ResultsStore(out_dir)
-    atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(
-        {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
-         "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
-         "cells": len(suite.cells)}, indent=1))
+    store = ResultsStore.open(out_dir, suite_record(suite, out_dir), [c.cell_id for c in suite.cells], force)
     cells = shard_cells(suite.cells, shard)
     todo = [c for c in cells if c.cell_id not in store.done()]
     groups = [(group, _runs(group), max(c.config["steps"] for c in group),
                f"{group[0].experiment}: " + "; ".join(c.label for c in group)) for group in group_cells(todo)]
+
+    def check_stop():
+        if stop is not None and stop():
+            raise KeyboardInterrupt
+
+    def chunk_callback(shown):
+        def on_chunk(*args):
+            if shown:
+                shown(*args)
+            check_stop()
+        return on_chunk
+
     if progress:
         progress.begin([(label, steps, len(runs)) for _, runs, steps, label in groups])
     for group, runs, steps, label in groups:
-        on_chunk = progress.group(label, steps, runs) if progress else None
+        check_stop()
+        on_chunk = chunk_callback(progress.group(label, steps, runs) if progress else None)
         result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
                                     chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk)
         task = make_task(group[0].plan["task"])

@@ -73,7 +73,8 @@ def read_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(file, "rb") as f:
             batch = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            KeyError, OverflowError, MemoryError, RecursionError) as e:  # what a corrupt or hostile pickle raises
         raise ValueError(f"CIFAR-10 file {str(file)!r} is not a readable pickle ({type(e).__name__}: {e})") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"CIFAR-10 file {str(file)!r} is not a dict with b'data' and b'labels'")

@@ -1,4 +1,13 @@
 """Reliability: every bad input ends in one line and exit 2 with nothing written; faults lose nothing."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from bench.__main__ import main
@@ -106,3 +115,250 @@ def test_grid_table_in_a_suite_expands_to_cells(tmp_path):
     s = suite.load(path)
     assert [c.config["optimizer"]["lr"] for c in s.cells] == [0.01, 0.0316227766017, 0.1, 0.316227766017, 1.0]
     assert all(c.config["collapse_fraction"] == 0.5 for c in s.cells) and s.settings["min_effect"] == 1.25
+
+
+# ---- command-line misuse and broken files: one line, exit 2, nothing written --------------------------------------
+
+def suite_file(tmp_path, text=BASE, name="suite.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _symlink_loop(tmp_path):
+    (tmp_path / "loop.toml").symlink_to(tmp_path / "loop.toml")
+    return str(tmp_path / "loop.toml")
+
+
+def _write(tmp_path, name, data: bytes):
+    (tmp_path / name).write_bytes(data)
+    return str(tmp_path / name)
+
+
+def _done_dir(tmp_path, lines: bytes):
+    """A results directory of the tiny suite whose results.jsonl holds `lines`."""
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "suite.json").write_text(json.dumps({"name": "tiny", "settings": {"seeds": 2, "steps": 20}}))
+    (out / "results.jsonl").write_bytes(lines)
+    return str(out)
+
+
+def _broken_suite_json(tmp_path):
+    out = _done_dir(tmp_path, RECORD)
+    (tmp_path / "done" / "suite.json").write_text("{")
+    return out
+
+
+RECORD = b'{"cell_id": "0123456789abcdef", "suite": "tiny"}\n'
+CIFAR_OVERFLOW = b"\x80\x04\x95" + b"\xff" * 8  # a FRAME longer than any machine can hold: OverflowError
+CIFAR_MEMORY = b"\x80\x04\x8e" + (2**62).to_bytes(8, "little")  # BINBYTES8 of 2**62 bytes: MemoryError
+
+
+def _cifar_dir(tmp_path, data):
+    root = tmp_path / "cifar"
+    root.mkdir()
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        (root / name).write_bytes(data)
+    text = edit('name = "teacher_student"\ninput_dim = 4\nteacher_width = 8\nn_train = 64\nn_heldout = 64\n'
+                'batch_size = 8', f'name = "cifar10"\npath = "{root}"\nbatch_size = 8')
+    return str(suite_file(tmp_path, text.replace('family = "mlp"', 'family = "mlp"')))
+
+
+# (argv builder from tmp_path, words the one-line message must contain)
+BAD_COMMANDS = {
+    "suite is a directory": (lambda t: ["run", str(t)], ["is a directory"]),
+    "suite is binary": (lambda t: ["run", _write(t, "b.toml", bytes(range(256)))], ["not UTF-8"]),
+    "suite is UTF-16": (lambda t: ["run", _write(t, "u.toml", BASE.encode("utf-16"))], ["UTF-16"]),
+    "suite is Latin-1": (lambda t: ["run", _write(t, "l.toml", 'name = "café"'.encode("latin-1"))], ["UTF-8"]),
+    "suite is NUL bytes": (lambda t: ["run", _write(t, "n.toml", b"\0" * 10)], ["NUL"]),
+    "suite symlink loop": (lambda t: ["run", _symlink_loop(t)], ["symbolic links"]),
+    "--seeds 0": (lambda t: ["run", str(suite_file(t)), "--seeds", "0"], ["--seeds", ">= 1"]),
+    "--steps 0": (lambda t: ["run", str(suite_file(t)), "--steps", "0"], ["--steps", ">= 1"]),
+    "--steps -5": (lambda t: ["run", str(suite_file(t)), "--steps", "-5"], ["--steps"]),
+    "--steps 2**31": (lambda t: ["run", str(suite_file(t)), "--steps", str(2**31)], ["--steps", "2**31"]),
+    "--seeds x": (lambda t: ["run", str(suite_file(t)), "--seeds", "x"], ["--seeds", "integer"]),
+    "--shard 3/4 of 1 cell": (lambda t: ["run", str(suite_file(t)), "--shard", "3/4"], ["--shard", "1 cells"]),
+    "probe --batch 0": (lambda t: ["probe", "--model", "mlp", "--batch", "0"], ["--batch", ">= 1"]),
+    "probe --seeds 0": (lambda t: ["probe", "--model", "mlp", "--seeds", "0"], ["--seeds"]),
+    "probe weight_var nan": (lambda t: ["probe", "--model", "mlp", "--set", "init=normal", "--set",
+                                        "weight_var=nan", "--json"], ["weight_var", "finite"]),
+    "probe --plot format": (lambda t: ["probe", "--model", "mlp", "--plot", str(t / "p.xyz")], ["--plot", "xyz"]),
+    "probe --plot under a file": (lambda t: ["probe", "--model", "mlp", "--plot", str(suite_file(t) / "p.png")],
+                                  ["--plot", "directory"]),
+    "name escapes runs/": (lambda t: ["run", str(suite_file(t, edit('name = "tiny"', 'name = "../../x"')))],
+                           ["suite.name", "--out"]),
+    "absolute name": (lambda t: ["run", str(suite_file(t, edit('name = "tiny"', 'name = "/tmp/x"')))],
+                      ["suite.name"]),
+    "NUL in name": (lambda t: ["run", str(suite_file(t, edit('name = "tiny"', 'name = "a\\u0000b"')))],
+                    ["suite.name"]),
+    "long name": (lambda t: ["run", str(suite_file(t, edit('name = "tiny"', f'name = "{"x" * 101}"')))],
+                  ["suite.name", "100"]),
+    "--out is a file": (lambda t: ["run", str(suite_file(t)), "--out", str(suite_file(t, name="f"))],
+                        ["not a directory"]),
+    "--out unwritable": (lambda t: ["run", str(suite_file(t)), "--out", "/sys/gradbench-test-out"],
+                         ["/sys/gradbench-test-out", "cannot be used"]),
+    "report of garbage": (lambda t: ["report", _done_dir(t, RECORD + b"garbage\n")], ["results.jsonl", "line 1"]),
+    "report of truncated": (lambda t: ["report", _done_dir(t, RECORD[:20])], ["results.jsonl", "line 1"]),
+    "report of empty": (lambda t: ["report", _done_dir(t, b"")], ["no results records"]),
+    "report of bad suite.json": (lambda t: ["report", _broken_suite_json(t)], ["suite.json", "corrupt"]),
+    "resume from garbage": (lambda t: ["run", str(suite_file(t)), "--out", _done_dir(t, b"\x00\xff\n")],
+                            ["results.jsonl", "corrupt"]),
+    "resume another suite": (lambda t: ["run", str(suite_file(t, edit('name = "tiny"', 'name = "other"'))),
+                                        "--out", _done_dir(t, RECORD)], ["suite 'tiny'", "--force"]),
+    "resume other seeds": (lambda t: ["run", str(suite_file(t)), "--seeds", "3", "--out", _done_dir(t, RECORD)],
+                           ["seeds=2", "seeds=3", "--force"]),
+    "CIFAR OverflowError": (lambda t: ["run", _cifar_dir(t, CIFAR_OVERFLOW)], ["OverflowError", "data_batch_1"]),
+    "CIFAR MemoryError": (lambda t: ["run", _cifar_dir(t, CIFAR_MEMORY)], ["MemoryError", "data_batch_1"]),
+}
+
+
+def _tree(path):
+    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns if p.is_file() else 0)
+                  for p in path.rglob("*") if not p.is_symlink() and p.name != "results.jsonl.lock")
+
+
+@pytest.mark.parametrize("name", BAD_COMMANDS)
+def test_bad_command_exits_2_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, name):
+    if name == "--out unwritable" and not os.path.isdir("/sys"):
+        pytest.skip("needs a read-only /sys")
+    make_args, words = BAD_COMMANDS[name]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = make_args(tmp_path)
+    before = _tree(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    assert _tree(tmp_path) == before  # nothing written, not even runs/ in the working directory
+
+
+def test_command_line_seeds_and_steps_beat_an_experiments_own(tmp_path):
+    from bench import suite
+
+    path = suite_file(tmp_path, BASE + '\n[[experiment]]\nname = "own"\nseeds = 5\nsteps = 300\n')
+    assert {(c.config["seeds"], c.config["steps"]) for c in suite.load(path).cells} == {(5, 300)}
+    assert {(c.config["seeds"], c.config["steps"]) for c in suite.load(path, seeds=3, steps=7).cells} == {(3, 7)}
+
+
+def test_plot_directory_is_created(tmp_path):
+    from bench.__main__ import _plot_path
+
+    _plot_path(str(tmp_path / "a" / "b" / "profile.png"))
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_list_shows_every_mitigation_parameter(capsys):
+    assert main(["list"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("max_norm: a number > 0, finite (default 1.0)", "warmup_steps: an integer >= 1 (default 100)",
+                 "max_consecutive_errors: an integer >= 1 (default 5)", "{min, max, per_decade}"):
+        assert text in out
+
+
+def test_a_full_disk_keeps_the_old_results_file(tmp_path, monkeypatch):
+    from bench import store
+
+    s = store.ResultsStore(tmp_path)
+    s.add([{"cell_id": "a", "x": 1}])
+    before = (tmp_path / "results.jsonl").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fsync", full)
+    with pytest.raises(store.StoreError, match="disk is full.*kept"):
+        s.add([{"cell_id": "b", "x": 2}])
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl", "results.jsonl.lock"]
+
+
+def test_a_run_whose_gradients_overflow_at_init_writes_its_report(tmp_path, monkeypatch, capsys):
+    text = edit('depth = 2\nwidth = 8\nactivation = "tanh"', 'depth = 4\nwidth = 4\nactivation = "linear"\n'
+                'init = "normal"\nweight_var = 1e30').replace("steps = 20", "steps = 4")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(suite_file(tmp_path, text)), "--out", "o", "--quiet"]) == 0
+    record = json.loads((tmp_path / "o" / "results.jsonl").read_text())
+    assert record["per_seed"]["diverged"] == [True, True]
+    report = (tmp_path / "o" / "REPORT.md").read_text()
+    for png in sorted((tmp_path / "o" / "plots").iterdir()):
+        assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in report
+
+
+# ---- real processes: interrupted and concurrent runs ---------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUPS = '\n'.join(f'[[mitigation]]\nname = "{m}"' for m in ("none", "clip_by_global_norm", "clip_by_value"))
+
+
+@pytest.fixture(scope="module")
+def process_env(tmp_path_factory):
+    """Environment of the subprocesses: this checkout first, a compilation cache shared by the module's runs."""
+    cache = tmp_path_factory.mktemp("jax-cache")
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(cache),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _start(args, env, cwd):
+    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _records(out) -> list[dict]:
+    path = out / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for_records(proc, out, count):
+    """Waits until `out` holds at least `count` records (the process must still be running then)."""
+    while len(_records(out)) < count:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+
+
+def test_killed_and_interrupted_runs_resume_without_losing_or_retraining(tmp_path, process_env):
+    # Three groups (one compiled program each), 2000 steps: killed after the first, interrupted after the second.
+    text = edit("steps = 20", "steps = 2000\nearly_stop = false") + GROUPS
+    args = ["run", str(suite_file(tmp_path, text)), "--out", "o", "--quiet", "--no-report"]
+    out = tmp_path / "o"
+
+    proc = _start(args, process_env, tmp_path)
+    _wait_for_records(proc, out, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    first = _records(out)
+    assert 1 <= len(first) < 3
+
+    proc = _start(args, process_env, tmp_path)
+    _wait_for_records(proc, out, len(first) + 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "interrupted" in err and "rerun the same command" in err
+    second = _records(out)
+    assert second[: len(first)] == first  # what the killed run finished was not retrained
+    assert len(second) < 3, "the interrupted run finished every cell: nothing was left to interrupt"
+
+    proc = _start(args, process_env, tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    final = _records(out)
+    assert final[: len(second)] == second
+    assert len(final) == 3 and len({r["cell_id"] for r in final}) == 3
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_two_shards_writing_into_one_directory_at_once_keep_every_record(tmp_path, process_env):
+    # The programs of the test above (same shapes): from the compilation cache, so both start training at once.
+    path = suite_file(tmp_path, edit("steps = 20", "steps = 2000\nearly_stop = false") + GROUPS)
+    procs = [_start(["run", str(path), "--out", "o", "--quiet", "--no-report", "--shard", f"{i}/2"], process_env,
+                    tmp_path) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    records = _records(tmp_path / "o")
+    assert len(records) == 3 and len({r["cell_id"] for r in records}) == 3
