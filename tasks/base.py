@@ -30,6 +30,7 @@ class Task:
       target: convergence target on the smoothed training loss.
       trivial_loss: loss of the best input-independent predictor (for scale).
       sequence_output: the model must predict at every time step, not once per example.
+      best_loss: the best achievable loss where the task knows it (e.g. a Markov chain's entropy rate).
     """
 
     data: Any
@@ -42,6 +43,7 @@ class Task:
     target: float
     trivial_loss: float
     sequence_output: bool = False
+    best_loss: float | None = None
 
 
 def sample_rows(data, key, batch_size: int):
