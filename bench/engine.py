@@ -6,6 +6,14 @@ and the divergence/convergence status) goes through `lax.scan` over a chunk
 of steps, `vmap`ped over runs. The host only loops over chunks: for progress,
 timing and early stop. A run that diverges is frozen (its updates masked), so
 it neither poisons the others nor crashes the program.
+
+Diagnostics: per run the carry reduces scalars over the steps it trains:
+the fractions of exactly-zero and of non-finite gradient entries (largest
+over steps: underflow and overflow), and, for a model with `diagnostics`
+(models/__init__.py), each of its scalars by its declared reduction (max or
+min, starting from the value at initialisation); their per-step values
+form traces. Loss scaling (optim.loss_scale_*) multiplies the loss before the
+backward pass; a step it skips is counted, not treated as divergence.
 """
 from __future__ import annotations
 
@@ -58,6 +66,9 @@ class Program:
         self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+        lr_groups = getattr(abstract, "lr_groups", None)
+        self.lr_groups = lr_groups(optim.adaptive(plan)) if lr_groups else None
+        self.model_diagnostics = dict(getattr(abstract, "DIAGNOSTICS", {}))  # name -> ("max" | "min", text)
         self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs))
         self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs))
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0)
@@ -73,22 +84,51 @@ class Program:
         zero = jnp.zeros((), jnp.float32)
         # loss_0 is the training loss before the first update on the whole training-evaluation set (in
         # training mode), so one unlucky batch cannot set the divergence scale.
-        loss_0, _ = self._loss(params, rest, *data["train_eval"], True)
+        loss_0, (_, _, diag_0) = self._loss(params, rest, *data["train_eval"], True)
         return {
-            "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper).init(params),
+            "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper, self.lr_groups).init(params),
             "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
             "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
+            "diagnostics": {**diag_0, "grad_zero_fraction": zero, "grad_nonfinite_fraction": zero},
+            "loss_scale": optim.loss_scale_init(self.plan, hyper), "skipped_steps": jnp.zeros((), jnp.int32),
         }
 
     def _loss(self, params, rest, x, y, train):
+        """(task loss, (prediction, non-parameter state, model diagnostics))."""
         model = nnx.merge(self.graphdef, params, rest, copy=True)
-        pred = model(x, train=train)
-        return self.task.loss(pred, y), (pred, nnx.split(model, nnx.Param, ...)[2])
+        if self.model_diagnostics:
+            pred, diag = model.diagnostics(x, train=train)
+        else:
+            pred, diag = model(x, train=train), {}
+        return self.task.loss(pred, y), (pred, nnx.split(model, nnx.Param, ...)[2], diag)
+
+    def _objective(self, hyper, scale, params, rest, x, y):
+        """The training objective (task loss plus auxiliary losses) times the loss scale."""
+        loss, aux = self._loss(params, rest, x, y, True)
+        return (loss + optim.aux_loss(self.plan, hyper, aux[0])) * scale, (loss, aux)
+
+    def _reduce(self, old: dict, new: dict, active) -> dict:
+        """Folds one step's diagnostics into the running ones (NaN steps leave them unchanged)."""
+        out = {}
+        for name, value in new.items():
+            kind = self.model_diagnostics.get(name, ("max",))[0]
+            folded = jnp.minimum(old[name], value) if kind == "min" else jnp.maximum(old[name], value)
+            out[name] = jnp.where(active & ~jnp.isnan(value), folded, old[name])
+        return out
 
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
-        (loss, (_, rest)), grads = jax.value_and_grad(self._loss, has_aux=True)(c["params"], c["rest"], x, y, True)
+        scale = c["loss_scale"]["scale"]
+        (_, (loss, (_, rest, diag))), grads = jax.value_and_grad(self._objective, argnums=2, has_aux=True)(
+            hyper, scale, c["params"], c["rest"], x, y)
+        grads = jax.tree.map(lambda g: g / scale, grads)
+        leaves = jax.tree.leaves(grads)
+        n_entries = sum(g.size for g in leaves)
+        nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in leaves)
+        diag = {**diag, "grad_zero_fraction": sum(jnp.sum(g == 0) for g in leaves) / n_entries,
+                "grad_nonfinite_fraction": nonfinite / n_entries}
+        loss_scale, skip = optim.loss_scale_update(self.plan, hyper, c["loss_scale"], nonfinite == 0)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, c["opt_state"], c["params"])
         params = optax.apply_updates(c["params"], updates)
@@ -97,8 +137,9 @@ class Program:
         # its results do not depend on which other runs share the program.
         done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
         active = ~done & (t < hyper["budget"])
-        boom = active & metrics.exploded(loss, grad_norm, c["loss_0"], hyper["factor"])
-        keep = active & ~boom
+        # A step that dynamic loss scaling skips (non-finite gradients) is not divergence; its loss still counts.
+        boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), c["loss_0"], hyper["factor"])
+        keep = active & ~boom & ~skip
         ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
         n_updates = c["n_updates"] + keep
         smoothed = metrics.debiased(ema, hyper["smoothing"], n_updates)
@@ -113,13 +154,17 @@ class Program:
             "divergence_step": jnp.where(boom, t, c["divergence_step"]),
             "converge_step": jnp.where(converged, t, c["converge_step"]),
             "max_grad_norm": jnp.where(active, jnp.maximum(c["max_grad_norm"], safe_norm), c["max_grad_norm"]),
+            "diagnostics": self._reduce(c["diagnostics"], diag, active),
+            "loss_scale": jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c["loss_scale"]),
+            "skipped_steps": c["skipped_steps"] + (active & ~boom & skip),
         }
-        return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan))
+        traced = {k: jnp.where(active, diag[k], jnp.nan) for k in self.model_diagnostics}
+        return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)
 
     def _chunk_one(self, carry, hyper, seed, data, start):
         TRACE_COUNT["chunk"] += 1
         _, data_key = seed_keys(seed)
-        tx = optim.build(self.plan, hyper)
+        tx = optim.build(self.plan, hyper, self.lr_groups)
         step = functools.partial(self._step, hyper, tx, data_key, data)
         return jax.lax.scan(step, carry, start + jnp.arange(self.chunk_steps))
 
@@ -127,7 +172,7 @@ class Program:
         out = {}
         for split in ("train_eval", "heldout"):
             x, y = data[split]
-            loss, (pred, _) = self._loss(carry["params"], carry["rest"], x, y, False)
+            loss, (pred, _, _) = self._loss(carry["params"], carry["rest"], x, y, False)
             out[split] = (loss, self.task.metric(pred, y))
         return out
 
@@ -172,6 +217,8 @@ class GroupResult:
     loss_trace: np.ndarray  # runs x steps run
     grad_norm_trace: np.ndarray
     throughput: dict
+    diagnostic_traces: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # model diagnostics
+    diagnostics: dict[str, tuple] = dataclasses.field(default_factory=dict)  # name -> (reduction, description)
 
 
 def _shard(tree):
@@ -206,23 +253,27 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     data = prog.task.data
     hyper, seeds = _shard(hyper), _shard(seeds)
     carry = prog.init(seeds, hyper, data)
-    losses, norms, chunk_times = [], [], []
+    losses, norms, diag_traces, chunk_times = [], [], [], []
     done = 0
     while done < steps:
         t0 = time.perf_counter()
-        carry, (loss, norm) = prog.chunk(carry, hyper, seeds, data, done)
+        carry, (loss, norm, diag) = prog.chunk(carry, hyper, seeds, data, done)
         status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
         chunk_times.append(time.perf_counter() - t0)
         losses.append(np.asarray(loss))
         norms.append(np.asarray(norm))
+        diag_traces.append(jax.device_get(diag))
         done += chunk_steps
         if on_chunk:
             on_chunk(min(done, steps), status["diverged"], status["converge_step"] >= 0)
         if np.all(status["diverged"] | ((status["converge_step"] >= 0) & stops)):
             break
     evaluation = jax.device_get(prog.evaluate(carry, data))
-    arrays = {k: np.asarray(v) for k, v in jax.device_get(carry).items()
-              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm")}
+    host = jax.device_get(carry)
+    arrays = {k: np.asarray(v) for k, v in host.items()
+              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")}
+    arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
+    arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
     # the calls after it, with one extra (discarded) chunk when the runs were all done after the first.
     if len(chunk_times) == 1:
@@ -241,6 +292,9 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     return GroupResult(
         runs=runs, arrays=arrays,
         loss_trace=np.concatenate(losses, 1)[:, :steps], grad_norm_trace=np.concatenate(norms, 1)[:, :steps],
+        diagnostic_traces={k: np.concatenate([d[k] for d in diag_traces], 1)[:, :steps]
+                           for k in prog.model_diagnostics},
+        diagnostics=prog.model_diagnostics,
         throughput={
             "steps_per_s": steps_per_s,
             "examples_per_s": steps_per_s * batch * len(runs),

@@ -43,7 +43,12 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, target: 
         "final_train_metric": alive("final_train_metric"),
         "final_heldout_metric": alive("final_heldout_metric"),
         "max_grad_norm": [json_number(v) for v in a["max_grad_norm"]],
+        "grad_zero_fraction": [json_number(v) for v in a["grad_zero_fraction"]],
+        "grad_nonfinite_fraction": [json_number(v) for v in a["grad_nonfinite_fraction"]],
+        "skipped_steps": [int(v) for v in a["skipped_steps"]],
+        "final_loss_scale": [json_number(v) for v in a["final_loss_scale"]],
     }
+    per_seed.update({name: [json_number(v) for v in a[name]] for name in group.diagnostics})
     gaps = [h - t if h is not None and t is not None else None
             for h, t in zip(per_seed["final_heldout_loss"], per_seed["final_train_loss"])]
     n, k_div = len(diverged), sum(diverged)
@@ -73,11 +78,15 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, target: 
             "over": "median over non-diverged seeds",
         },
         "max_grad_norm": _median(per_seed["max_grad_norm"]),
+        "diagnostics": {name: {"reduction": kind, "description": text, "median": _median(per_seed[name])}
+                        for name, (kind, text) in group.diagnostics.items()},
         "per_seed": per_seed,
         "trace": {
             "step": kept.tolist(),
             "loss": [[json_number(v) for v in group.loss_trace[i, kept]] for i in run_indices],
             "grad_norm": [[json_number(v) for v in group.grad_norm_trace[i, kept]] for i in run_indices],
+            **{name: [[json_number(v) for v in trace[i, kept]] for i in run_indices]
+               for name, trace in group.diagnostic_traces.items()},
         },
         "throughput": group.throughput,
         "env": env,

@@ -161,23 +161,28 @@ def _mitigation_axes(path, key, table):
         if param not in table and default is optim.REQUIRED:
             raise SuiteError(path, f"{key}.{param}", f"required by mitigation {name!r}")
         value = table.get(param, default)
-        axes[param] = value if isinstance(value, list) else [value]
+        is_axis = isinstance(value, list) and (param not in spec.lists or all(isinstance(v, list) for v in value))
+        axes[param] = value if is_axis else [value]
         for v in axes[param]:
             if name in _TRACED_MITIGATIONS and not (isinstance(v, (int, float)) and v > 0):
                 raise SuiteError(path, f"{key}.{param}", f"must be a number > 0, got {v!r}")
     return name, axes
 
 
-_TRACED_MITIGATIONS = tuple(optim.TRANSFORMS)  # mitigations that add a gradient transform of that name
+_TRACED_MITIGATIONS = optim.TRACED_MITIGATIONS  # mitigations whose parameters are traced numbers
 
 
 def _plan(path, key, config) -> dict:
     """Applies the mitigation to the baseline and validates the result."""
     plan = {"task": config["task"], "model": copy.deepcopy(config["model"]),
-            "optimizer": copy.deepcopy(config["optimizer"]), "transforms": [], "skip_nonfinite": 0}
+            "optimizer": copy.deepcopy(config["optimizer"]), "transforms": [], "skip_nonfinite": 0,
+            "aux_losses": [], "loss_scaling": None}
     mitigation = config["mitigation"]
     name = mitigation["name"]
-    optim.MITIGATIONS[name].apply(plan, {k: v for k, v in mitigation.items() if k != "name"})
+    try:
+        optim.MITIGATIONS[name].apply(plan, {k: v for k, v in mitigation.items() if k != "name"})
+    except ValueError as e:
+        raise SuiteError(path, key, f"mitigation {name!r}: {e}") from None
     family = FAMILIES[plan["model"]["family"]]
     model_table = {k: v for k, v in plan["model"].items() if k != "family"}
     extra = set(model_table) - {f.name for f in dataclasses.fields(family.Config)}

@@ -174,6 +174,8 @@ class Block(nnx.Module):
 class Model(nnx.Module):
     """The Transformer; `forward` exposes the residual stream after every block for gradient probes."""
 
+    DIAGNOSTICS: ClassVar[dict] = DIAGNOSTICS
+
     def __init__(self, config: Config, input_shape: tuple, output_dim: int, *, sequence_output: bool = False,
                  rngs: nnx.Rngs):
         if len(input_shape) not in (1, 2):
