@@ -97,8 +97,9 @@ PARAMETERIZATIONS = {
            "1/sqrt(fan_in): the same function at init, gradients of W scaled by 1/fan_in",
     "mup": "maximal update parameterisation (Yang and Hu 2021; Tensor Programs V, Table 3) relative to "
            "base_width: read-out variance divided by width_mult = width / base_width, per-group learning "
-           "rates (SGD: input and biases x width_mult, hidden x 1, read-out / width_mult; Adam-like: input "
-           "and biases x 1, hidden and read-out / width_mult); attention logits scaled 1/head_dim",
+           "rates (SGD: input weights and hidden biases x width_mult, hidden x 1, read-out / width_mult; "
+           "Adam-like: input and biases x 1, hidden and read-out / width_mult; read-out bias x 1); attention "
+           "logits scaled 1/head_dim",
 }
 
 
@@ -119,10 +120,14 @@ def dense_init(name: str, weight_var: float, parameterization: str, role: str, f
 
 
 def mup_lr_multipliers(adaptive: bool, width_mult: float) -> dict:
-    """Learning-rate multiplier per parameter group under muP (Tensor Programs V, Table 3)."""
+    """Learning-rate multiplier per parameter group under muP (Tensor Programs V, Table 3).
+
+    Groups: "input" (input weights, hidden biases and norm parameters: fan_out grows with width),
+    "hidden", "output" (the read-out kernel) and "output_bias" (fan_in 1, fan_out fixed: unchanged).
+    """
     if adaptive:
-        return {"input": 1.0, "hidden": 1.0 / width_mult, "output": 1.0 / width_mult}
-    return {"input": width_mult, "hidden": 1.0, "output": 1.0 / width_mult}
+        return {"input": 1.0, "hidden": 1.0 / width_mult, "output": 1.0 / width_mult, "output_bias": 1.0}
+    return {"input": width_mult, "hidden": 1.0, "output": 1.0 / width_mult, "output_bias": 1.0}
 
 
 def _key_name(entry):

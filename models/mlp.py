@@ -121,10 +121,10 @@ class Model(nnx.Module):
             return None
 
         def group(path):
-            if path[-2] != "kernel":
-                return "input"  # biases and norm parameters
             if path[0] == "readout":
-                return "output"
+                return "output" if path[-2] == "kernel" else "output_bias"
+            if path[-2] != "kernel":
+                return "input"  # hidden biases and norm parameters
             return "input" if path[1] == 0 else "hidden"
 
         width_mult = self.config.width / self.config.base_width

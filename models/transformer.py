@@ -244,9 +244,11 @@ class Model(nnx.Module):
             return None
 
         def group(path):
+            if path[0] == "readout":
+                return "output" if path[-2] == "kernel" else "output_bias"
             if path[-2] != "kernel" or path[0] == "embed":
-                return "input"  # embeddings, biases and LayerNorm parameters
-            return "output" if path[0] == "readout" else "hidden"
+                return "input"  # embeddings, hidden biases and LayerNorm parameters
+            return "hidden"
 
         width_mult = self.config.d_model / self.config.base_width
         return common.path_labels(group), common.mup_lr_multipliers(adaptive, width_mult)
