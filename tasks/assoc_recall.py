@@ -51,6 +51,7 @@ class Config:
             raise ValueError("batch_size and n_heldout must be >= 1 and target > 0")
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def examples(key, n: int, config: Config):
     """n examples: tokens x (n, 2 n_pairs + 1) and the queried value's token y (n,)."""
     k_keys, k_values, k_query = jax.random.split(key, 3)

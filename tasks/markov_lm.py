@@ -92,6 +92,7 @@ def unigram_entropy(p: np.ndarray) -> float:
     return float(-np.sum(_xlogx(stationary(p))))
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def sequences(key, n: int, length: int, log_p, log_pi):
     """n stationary sequences: tokens x (n, length) and next tokens y (n, length)."""
     k_start, k_steps = jax.random.split(key)
