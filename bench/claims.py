@@ -43,6 +43,15 @@ def _per_seed(key, diverged_value=None):
     return _pooled(values)
 
 
+def _recorded(key, missing=None):
+    """Per-seed values of `key` for every seed, diverged or not; a missing (non-finite) value counts as
+    `missing` (None: left out)."""
+    def values(record):
+        return [missing if v is None else v for v in record["per_seed"].get(key, [])
+                if v is not None or missing is not None]
+    return _pooled(values)
+
+
 def _gap(record):
     ps = record["per_seed"]
     return [h - t for h, t in zip(ps["final_heldout_loss"], ps["final_train_loss"]) if h is not None and t is not None]
@@ -81,6 +90,17 @@ METRICS = {
     "probe_growth": (_growth, "growth per layer of the squared gradient norm at init (Mann-Whitney U)"),
     "max_grad_norm": (_per_seed("max_grad_norm", math.inf),
                       "largest gradient norm during training, diverged = infinity (Mann-Whitney U)"),
+    "max_attn_logit": (_recorded("max_attn_logit", math.inf),
+                       "largest attention logit during training, overflow = infinity (Mann-Whitney U)"),
+    "min_attn_entropy": (_recorded("min_attn_entropy"),
+                         "attention entropy of the most collapsed head during training (Mann-Whitney U)"),
+    "max_abs_log_z": (_recorded("max_abs_log_z", math.inf),
+                      "largest mean |log Z| of the output softmax during training (Mann-Whitney U)"),
+    "grad_nonfinite_fraction": (_recorded("grad_nonfinite_fraction"),
+                                "largest fraction of non-finite gradient entries in a step (Mann-Whitney U)"),
+    "grad_zero_fraction": (_recorded("grad_zero_fraction"),
+                           "largest fraction of exactly-zero gradient entries in a step (Mann-Whitney U)"),
+    "skipped_steps": (_recorded("skipped_steps"), "updates skipped by dynamic loss scaling (Mann-Whitney U)"),
 }
 
 
