@@ -222,10 +222,21 @@ def cell_id(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _mitigation_label(m: dict) -> str:
+    """name(k=v,...); a list of mitigation tables (combo's `apply`) reads name(...)+name(...)."""
+    parts = []
+    for k, v in m.items():
+        if k == "name" or v is None:
+            continue
+        if isinstance(v, list) and v and all(isinstance(t, dict) for t in v):
+            parts.append("+".join(_mitigation_label(t) for t in v))
+        else:
+            parts.append(f"{k}={v}")
+    return m["name"] + (f"({','.join(parts)})" if parts else "")
+
+
 def _label(config, varying) -> str:
-    m = config["mitigation"]
-    params = ",".join(f"{k}={v}" for k, v in m.items() if k != "name" and v is not None)
-    parts = [m["name"] + (f"({params})" if params else "")]
+    parts = [_mitigation_label(config["mitigation"])]
     parts += [f"{key.split('.')[-1]}={_lookup(config, key)}" for key in varying]
     return " ".join(parts)
 

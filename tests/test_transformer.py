@@ -1,6 +1,7 @@
 """The transformer family, the language-modelling tasks, mixed precision and the instability mitigations."""
 import dataclasses
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 
 from bench import __main__ as cli
-from bench import optim, probe, runner, suite
+from bench import claims, optim, probe, runner, suite
 from bench.build import make_task
 from models import mlp, transformer
 from tasks import assoc_recall, markov_lm
@@ -277,3 +278,28 @@ def test_bad_mitigations_exit_2_naming_the_key(tmp_path, capsys, mitigation, wor
 def test_transformer_keys_are_validated(tmp_path, capsys):
     status, err, out = _exit_status(tmp_path, BASE.replace("heads = 2", "heads = 3"), capsys)
     assert status == 2 and "heads" in err and not (out / "results.jsonl").exists()
+
+
+SUITES = Path(__file__).resolve().parent.parent / "bench" / "suites"
+
+
+@pytest.mark.parametrize("name", ["transformer_stability", "transformer_stability_large"])
+def test_stability_suites_load_with_every_claim_selecting_cells(name):
+    loaded = suite.load(SUITES / f"{name}.toml")
+    assert [c["id"] for c in loaded.claims] == ["T1", "T2", "T3", "T4", "T5", "T6"]
+    for claim in loaded.claims:
+        for comp in claim["comparison"]:
+            cells = [c for c in loaded.cells if c.experiment == comp["experiment"]]
+            for side in ("baseline", "variant"):
+                assert any(claims.matches(c.config, comp[side]) for c in cells), (claim["id"], side)
+
+
+def test_shrunk_stability_experiment_through_the_harness(module_tmp):
+    loaded = suite.load(SUITES / "transformer_stability.toml", seeds=2, steps=4)
+    shrunk = dataclasses.replace(loaded, cells=[c for c in loaded.cells if c.experiment == "learning-rate"],
+                                 claims=[c for c in loaded.claims if c["id"] == "T1"])
+    records = runner.run_suite(shrunk, module_tmp / "stability")
+    assert len(records) == 2 and all(len(r["per_seed"]["max_attn_logit"]) == 2 for r in records)
+    (verdict,) = claims.verdicts(shrunk.claims, records)
+    assert [c["metric"] for c in verdict["comparisons"]] == ["max_attn_logit", "min_attn_entropy"]
+    assert all(c["n"] == [2, 2] for c in verdict["comparisons"])
