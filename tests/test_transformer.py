@@ -15,40 +15,62 @@ from bench.build import make_task
 from models import mlp, transformer
 from tasks import assoc_recall, markov_lm
 
+SUITES = Path(__file__).resolve().parent.parent / "bench" / "suites"
+
 HEADER = """
 [suite]
 name = "tiny-transformer"
 seeds = 2
-steps = 200
-chunk_steps = 200
+steps = 40
 probe = false
 early_stop = false
 """
 
-# A 1-layer, 16-wide Transformer learns an 8-token chain in 200 Adam steps.
-EXPERIMENTS = """
-[[experiment]]
-name = "markov"
-task = {name = "markov_lm", vocab = 8, length = 8, batch_size = 32, n_heldout = 256}
-model = {family = "transformer", layers = 1, d_model = 16, heads = 2, mlp_ratio = 2}
-optimizer = {name = "adam", lr = 0.01}
+# 2^24 overflows float16 in the backward pass of this tiny MLP.
+FLOAT16 = """
+[task]
+name = "teacher_student"
+input_dim = 4
+teacher_width = 4
+n_train = 64
+n_heldout = 16
+batch_size = 8
 
-[[experiment]]
-name = "float16-scaled"
-steps = 40
-task = {name = "teacher_student", input_dim = 4, teacher_width = 4, n_train = 64, n_heldout = 16, batch_size = 8}
-model = {family = "mlp", depth = 2, width = 8, activation = "tanh", dtype = "float16"}
-optimizer = {name = "sgd", lr = 0.05}
-mitigation = [{name = "loss_scaling", mode = "dynamic", scale = 16777216.0, period = 5}]
+[model]
+family = "mlp"
+depth = 2
+width = 8
+activation = "tanh"
+dtype = "float16"
+
+[optimizer]
+name = "sgd"
+lr = 0.05
+
+[[mitigation]]
+name = "loss_scaling"
+mode = "dynamic"
+scale = 16777216.0
+period = 5
 """
 
 
 @pytest.fixture(scope="module")
-def records(module_tmp):
-    """Runs the tiny experiments through the real harness once."""
-    path = module_tmp / "transformer.toml"
-    path.write_text(HEADER + EXPERIMENTS)
-    return runner.run_suite(suite.load(path), module_tmp / "out")
+def stability(module_tmp):
+    """The stability suite's learning-rate experiment (a 2-layer Transformer on markov_lm, Adam at lr 0.003
+    and 0.1), shrunk to 2 seeds and 200 steps, through the real harness; with the loaded suite."""
+    loaded = suite.load(SUITES / "transformer_stability.toml", seeds=2, steps=200)
+    shrunk = dataclasses.replace(loaded, cells=[c for c in loaded.cells if c.experiment == "learning-rate"],
+                                 claims=[c for c in loaded.claims if c["id"] == "T1"])
+    return loaded, shrunk, runner.run_suite(shrunk, module_tmp / "stability")
+
+
+@pytest.fixture(scope="module")
+def float16_record(module_tmp):
+    """The tiny float16 MLP with dynamic loss scaling through the real harness."""
+    path = module_tmp / "float16.toml"
+    path.write_text(HEADER + FLOAT16)
+    return runner.run_suite(suite.load(path), module_tmp / "float16")[0]
 
 
 def test_markov_entropy_rate_matches_a_long_sample():
@@ -76,16 +98,17 @@ def test_assoc_recall_examples_pair_the_query_with_its_value():
     assert assoc_recall.make(config).trivial_loss == pytest.approx(math.log(5))
 
 
-def test_a_trained_tiny_model_approaches_the_entropy_rate(records):
-    baseline = records[0]
+def test_a_trained_tiny_model_approaches_the_entropy_rate(stability):
+    baseline = stability[2][0]
+    assert baseline["config"]["optimizer"]["lr"] == 0.003
     task = make_task(baseline["config"]["task"])
     for loss in baseline["per_seed"]["final_heldout_loss"]:
         assert loss < task.best_loss + 0.1  # within 0.1 nats of the best achievable loss
     assert max(baseline["per_seed"]["loss_0"]) > task.trivial_loss  # it started above the unigram loss
 
 
-def test_instability_diagnostics_are_recorded_per_seed_and_traced(records):
-    baseline = records[0]
+def test_instability_diagnostics_are_recorded_per_seed_and_traced(stability):
+    baseline = stability[2][0]
     ps, trace = baseline["per_seed"], baseline["trace"]
     for name in transformer.DIAGNOSTICS:
         assert len(ps[name]) == 2 and all(v is not None for v in ps[name])
@@ -117,9 +140,8 @@ def test_combined_mitigations_apply_every_change(tmp_path):
                                          "transforms.1.max_norm": 1.0, "aux_losses.0.coefficient": 1e-3}
 
 
-def test_dynamic_loss_scaling_skips_float16_overflow_and_trains(records):
-    scaled = records[1]
-    ps = scaled["per_seed"]
+def test_dynamic_loss_scaling_skips_float16_overflow_and_trains(float16_record):
+    ps = float16_record["per_seed"]
     assert ps["diverged"] == [False, False]
     for seed in range(2):
         # 2^24 overflows float16 in the backward pass: those steps are skipped and the scale halved.
@@ -280,26 +302,23 @@ def test_transformer_keys_are_validated(tmp_path, capsys):
     assert status == 2 and "heads" in err and not (out / "results.jsonl").exists()
 
 
-SUITES = Path(__file__).resolve().parent.parent / "bench" / "suites"
+def test_stability_suites_load_with_every_claim_selecting_cells(stability):
+    large = suite.load(SUITES / "transformer_stability_large.toml")
+    for loaded in (stability[0], large):
+        assert [c["id"] for c in loaded.claims] == ["T1", "T2", "T3", "T4", "T5", "T6"]
+        for claim in loaded.claims:
+            for comp in claim["comparison"]:
+                cells = [c for c in loaded.cells if c.experiment == comp["experiment"]]
+                for side in ("baseline", "variant"):
+                    assert any(claims.matches(c.config, comp[side]) for c in cells), (claim["id"], side)
 
 
-@pytest.mark.parametrize("name", ["transformer_stability", "transformer_stability_large"])
-def test_stability_suites_load_with_every_claim_selecting_cells(name):
-    loaded = suite.load(SUITES / f"{name}.toml")
-    assert [c["id"] for c in loaded.claims] == ["T1", "T2", "T3", "T4", "T5", "T6"]
-    for claim in loaded.claims:
-        for comp in claim["comparison"]:
-            cells = [c for c in loaded.cells if c.experiment == comp["experiment"]]
-            for side in ("baseline", "variant"):
-                assert any(claims.matches(c.config, comp[side]) for c in cells), (claim["id"], side)
-
-
-def test_shrunk_stability_experiment_through_the_harness(module_tmp):
-    loaded = suite.load(SUITES / "transformer_stability.toml", seeds=2, steps=4)
-    shrunk = dataclasses.replace(loaded, cells=[c for c in loaded.cells if c.experiment == "learning-rate"],
-                                 claims=[c for c in loaded.claims if c["id"] == "T1"])
-    records = runner.run_suite(shrunk, module_tmp / "stability")
-    assert len(records) == 2 and all(len(r["per_seed"]["max_attn_logit"]) == 2 for r in records)
+def test_higher_learning_rate_grows_attention_logits_in_the_shrunk_experiment(stability):
+    _, shrunk, records = stability
     (verdict,) = claims.verdicts(shrunk.claims, records)
     assert [c["metric"] for c in verdict["comparisons"]] == ["max_attn_logit", "min_attn_entropy"]
     assert all(c["n"] == [2, 2] for c in verdict["comparisons"])
+    low, high = records
+    # Already in 200 steps, every seed at lr 0.1 has larger attention logits and a more collapsed head.
+    assert min(high["per_seed"]["max_attn_logit"]) > max(low["per_seed"]["max_attn_logit"])
+    assert max(high["per_seed"]["min_attn_entropy"]) < min(low["per_seed"]["min_attn_entropy"])
