@@ -1,4 +1,4 @@
-"""Command line: python -m bench {run,list} ...
+"""gradbench: run suites, report, compare, export and reproduce results (`python -m bench` or `gradbench`).
 
 Bad input exits with status 2 and one line naming the file, the key and what
 is allowed; nothing is written.
@@ -6,6 +6,7 @@ is allowed; nothing is written.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def cmd_run(args) -> int:
     out = Path(args.out or Path("runs") / suite.name)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
     with console.GroupProgress(err) as progress:
-        records = runner.run_suite(suite, out, shard, progress=None if args.quiet else progress.factory)
+        records = runner.run_suite(suite, out, shard, progress=None if args.quiet else progress)
     out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / 'results.jsonl'}")
     if not args.no_report:
@@ -54,7 +55,10 @@ def cmd_report(args) -> int:
     directory = Path(args.dir)
     if not (directory / store.RESULTS_FILE).exists() or not (directory / store.SUITE_FILE).exists():
         raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
-    print(report.write(directory, args.output))
+    try:
+        print(report.write(directory, args.output))
+    except ValueError as e:  # unreadable records or an unknown schema_version
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -90,11 +94,91 @@ def cmd_merge(args) -> int:
     from bench import store
 
     try:
-        count = store.merge(args.out, args.dirs)
+        count = store.merge(args.out, args.dirs, allow_mixed=args.allow_mixed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(f"{count} records in {Path(args.out) / store.RESULTS_FILE}")
     return 0
+
+
+def cmd_compare(args) -> int:
+    import json
+
+    from bench import compare, store
+
+    try:
+        baseline, current = (store.read_results(p, oldest=1) for p in (args.baseline, args.current))
+        result = compare.compare(baseline, current, alpha=args.alpha, throughput_threshold=args.throughput_threshold)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=1, allow_nan=False))
+    elif args.markdown:
+        print(compare.markdown(result, args.all), end="")
+    else:
+        out = Console(width=None if sys.stdout.isatty() else 160)
+        out.print(compare.table(result, args.all))
+        for line in compare.one_side(result):
+            out.print(line, markup=False)
+        out.print(compare.summary(result), markup=False)
+    return 1 if result["regressed"] else 0
+
+
+def cmd_export(args) -> int:
+    import json
+
+    from bench import export, store
+
+    try:
+        records = store.read_results(args.dir)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
+    files = export.outputs(records, args.format, Path(args.output or directory / f"{args.format}.json"))
+    for path, data in files.items():
+        store.atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+        print(path)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    import tempfile
+
+    from bench import console, reproduce, store
+
+    try:
+        records = store.read_results(args.results)
+        cells = reproduce.cells(records, args.cell)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.out and (Path(args.out) / store.RESULTS_FILE).exists():
+        raise UsageError(f"--out {args.out}: already holds results; give an empty or new directory")
+    info = reproduce.suite_info(records, Path(args.results))
+    wanted = {c.cell_id for c in cells}
+    with tempfile.TemporaryDirectory(prefix="gradbench-reproduce-") as scratch, \
+            console.GroupProgress(Console(stderr=True)) as progress:
+        new = reproduce.rerun(cells, info, args.out or scratch, None if args.quiet else progress)
+    rows = reproduce.judge([r for r in records if r["cell_id"] in wanted], new, args.throughput_threshold)
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    out.print(reproduce.table(rows, f"reproduce: {len(cells)} cells of {args.results} rerun"))
+    for line in reproduce.summary_lines(rows):
+        out.print(line, markup=False)
+    if args.out:
+        out.print(f"rerun records in {Path(args.out) / store.RESULTS_FILE}", markup=False)
+    return 1 if reproduce.not_reproduced(rows) else 0
+
+
+def _fraction(low: float, high: float):
+    """An argparse type: a float in [low, high]."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low:g}, {high:g}], got {text!r}")
+        return value
+    return parse
 
 
 def _set_values(pairs: list[str]) -> dict:
@@ -134,7 +218,8 @@ def cmd_probe(args) -> int:
         raise UsageError("--seeds: must be >= 1")
     result = probe.probe(task, model, args.seeds)
     if args.plot:
-        plots.probe_profile({model["family"]: result}, args.plot)
+        plots.gradient_profile({model["family"]: (result["axis"], result["per_seed"]["log10_preact_grad_norm"])},
+                               args.plot)
     if args.json:
         print(json.dumps({"config": {"task": task, "model": model, "seeds": args.seeds},
                           **{k: v for k, v in result.items() if k != "per_seed"}}, allow_nan=False))
@@ -143,7 +228,8 @@ def cmd_probe(args) -> int:
 
     axis = result["axis"]
     table = Table(title=f"gradients at initialisation ({args.seeds} seeds, batch {task['batch_size']}); "
-                        f"growth per {axis[:-1]}: {result['growth_per_layer']}")
+                        f"growth per {axis[:-1]}: {result['growth_per_layer']}; end-to-end ratio "
+                        f"{result['e2e_ratio']}; degenerate seeds {result['degenerate_seeds']}")
     columns = [axis[:-1], "preact_grad_norm", "weight_grad_norm", "activation_rms"]
     for c in columns:
         table.add_column(c, justify="right")
@@ -153,9 +239,20 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def version() -> str:
+    """`gradbench VERSION` from the installed package's metadata."""
+    from importlib import metadata
+
+    try:
+        return f"gradbench {metadata.version('gradbench')}"
+    except metadata.PackageNotFoundError:
+        return "gradbench (not installed: version unknown)"
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=version())
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train every cell of a suite and record results")
     run.add_argument("suite", nargs="?", default=str(DEFAULT_SUITE), help="suite TOML (default: the default suite)")
@@ -175,6 +272,8 @@ def parser() -> argparse.ArgumentParser:
     mrg = sub.add_parser("merge", help="merge the results directories of --shard i/n jobs")
     mrg.add_argument("out", help="output directory")
     mrg.add_argument("dirs", nargs="+", help="the shards' results directories")
+    mrg.add_argument("--allow-mixed", action="store_true", help="merge records made at different commits, code or "
+                     "library versions (duplicate cells and different suites are always refused)")
     mrg.set_defaults(func=cmd_merge)
     prb = sub.add_parser("probe", help="gradient norms per layer (or time step) at initialisation")
     prb.add_argument("--model", required=True, help="model family")
@@ -185,6 +284,42 @@ def parser() -> argparse.ArgumentParser:
     prb.add_argument("--json", action="store_true", help="print one JSON object")
     prb.add_argument("--plot", help="save a PNG of the per-layer gradient norms")
     prb.set_defaults(func=cmd_probe)
+    cmp = sub.add_parser("compare", help="compare two runs cell by cell (exit 1 when something regressed)",
+                         description="Pairs records by cell_id; Fisher's exact test for rates, Mann-Whitney for "
+                         "per-seed values, Holm-corrected over all cells x metrics; throughput as a ratio, "
+                         "normalised by each run's matmul calibration when the machines differ. Exit status: "
+                         "0 nothing regressed, 1 regressed, 2 bad input.")
+    cmp.add_argument("baseline", help="baseline results.jsonl or run directory")
+    cmp.add_argument("current", help="current results.jsonl or run directory")
+    cmp.add_argument("--alpha", type=_fraction(0.0, 1.0), default=0.05,
+                     help="family-wise error rate (Holm) (default 0.05)")
+    cmp.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
+                     help="steps/s ratio current/baseline below which throughput is worse; 0 turns the check "
+                          "off (default 0.8)")
+    cmp.add_argument("--all", action="store_true", help="list unchanged cell-metrics too")
+    fmt = cmp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object")
+    fmt.add_argument("--markdown", action="store_true", help="print Markdown (a pull-request comment)")
+    cmp.set_defaults(func=cmd_compare)
+    exp = sub.add_parser("export", help="write results as pytest-benchmark or github-action-benchmark JSON")
+    exp.add_argument("dir", help="run directory or results.jsonl")
+    exp.add_argument("--format", required=True, choices=("pytest-benchmark", "github-action-benchmark"),
+                     help="pytest-benchmark: one saved run (`pytest-benchmark compare` loads it); "
+                          "github-action-benchmark: OUTPUT-bigger.json (customBiggerIsBetter: steps/s) and "
+                          "OUTPUT-smaller.json (customSmallerIsBetter: divergence rate, steps to converge)")
+    exp.add_argument("--output", help="output file (default: DIR/FORMAT.json)")
+    exp.set_defaults(func=cmd_export)
+    rpr = sub.add_parser("reproduce", help="rerun recorded cells from their stored config and compare the numbers",
+                         description="Exit status: 0 every metric identical or within noise (throughput only "
+                         "reported), 1 some metric different, 2 bad input.")
+    rpr.add_argument("results", help="results.jsonl or run directory")
+    rpr.add_argument("--cell", action="append", metavar="CELL_ID", help="rerun this cell only (repeatable; "
+                     "default: every cell)")
+    rpr.add_argument("--out", help="keep the rerun's records in this new directory (default: a temporary one)")
+    rpr.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
+                     help="steps/s ratio below which throughput counts as different (default 0.8)")
+    rpr.add_argument("--quiet", action="store_true", help="no progress display")
+    rpr.set_defaults(func=cmd_reproduce)
     return p
 
 

@@ -1,107 +1,48 @@
-"""Statistical verdicts on the suite's claims, computed from results records.
+"""Statistical verdicts on the suite's claims, computed from results records (docs/METHODS.md, "Claims").
 
 A claim (a `[[claim]]` table of a suite) holds comparisons; each compares a
-baseline and a variant of one experiment (cells selected by their mitigation)
-on one metric, pooled over the experiment's other grid axes (the
-learning-rate grid). Tests: Fisher's exact test for divergence rates,
-Mann-Whitney U for per-seed values; p-values are Holm-corrected over every
-comparison of the suite. A comparison's verdict: `supported` when the
-corrected p < alpha and the effect goes the way the claim says,
-`contradicted` when it goes the other way, `no detectable effect` otherwise.
+baseline arm of an experiment with a variant arm of the same experiment (or of
+`variant_experiment`, say an optimiser swept over its own learning-rate range). An *arm* is the set of
+cells selected by a mitigation selector: the same configuration at every
+learning rate of the grid, trained on the same seeds. Every comparison is
+judged on three questions:
+
+- `init`: explosion at initialisation, the per-seed end-to-end gradient ratio
+  ||dL/dh_first|| / ||dL/dh_last||;
+- `training`: the same ratio at the fraction `at` of the budget, at the stated
+  learning rate `lr`, else at each arm's tuned learning rate;
+- `trainability`: a per-seed summary over the learning-rate grid, `metric`
+  (default the critical learning rate).
+
+Seeds are never pooled over the grid: every test compares one value per
+seed and arm. Tests are exact permutation tests of the rank-sum (Mann-Whitney)
+statistic (enumerated when the arms are small, else 20,000 random
+permutations); the effect is the Hodges-Lehmann shift between the arms (a
+ratio on log-scale metrics) with a bootstrap 95% interval; p-values are
+Holm-corrected over every test of the suite. A verdict is `supported` or
+`contradicted` only when the corrected p < alpha and the effect clears the
+suite's minimum effect; `inconclusive` when both arms are censored at the
+same grid edge or the interval spans both no effect and the minimum effect;
+`no detectable effect` otherwise.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
 from scipy import stats
 
+from bench import metrics
+from bench.records import read_extended
+
 ALPHA = 0.05
 EXPECT = ("worse", "better")  # what the claim says the variant does to explosion and trainability
 QUESTIONS = ("init", "training", "trainability")  # the three questions every claim is judged on
-SUPPORTED, CONTRADICTED, NO_EFFECT = "supported", "contradicted", "no detectable effect"
-
-
-def _pooled(values_fn):
-    """A metric whose per-seed values are pooled over every selected cell (the learning-rate grid)."""
-    return lambda records: [v for r in records for v in values_fn(r)]
-
-
-def _per_seed(key, diverged_value=None):
-    """Per-seed values of `key`; a diverged seed counts as `diverged_value` (None: left out)."""
-    def values(record):
-        out = []
-        for v, d in zip(record["per_seed"][key], record["per_seed"]["diverged"]):
-            if d:
-                if diverged_value is not None:
-                    out.append(diverged_value)
-            elif v is not None:
-                out.append(v)
-            elif key == "steps_to_converge":
-                out.append(math.inf)  # never converged
-        return out
-    return _pooled(values)
-
-
-def _recorded(key, missing=None):
-    """Per-seed values of `key` for every seed, diverged or not; a missing (non-finite) value counts as
-    `missing` (None: left out)."""
-    def values(record):
-        return [missing if v is None else v for v in record["per_seed"].get(key, [])
-                if v is not None or missing is not None]
-    return _pooled(values)
-
-
-def _gap(record):
-    ps = record["per_seed"]
-    return [h - t for h, t in zip(ps["final_heldout_loss"], ps["final_train_loss"]) if h is not None and t is not None]
-
-
-def _growth(records):
-    """Per-seed growth at initialisation (it does not depend on the learning rate: read once)."""
-    return [g for g in (records[0].get("probe") or {}).get("growth_per_layer_per_seed", []) if g is not None]
-
-
-def _max_stable_lr(records):
-    """Per seed: the largest learning rate of the grid up to which that seed never diverged (0: none)."""
-    by_lr = sorted(records, key=lambda r: r["config"]["optimizer"]["lr"])
-    out = []
-    for seed in range(len(by_lr[0]["per_seed"]["diverged"])):
-        stable = 0.0
-        for r in by_lr:
-            if r["per_seed"]["diverged"][seed]:
-                break
-            stable = r["config"]["optimizer"]["lr"]
-        out.append(stable)
-    return out
-
-
-# metric -> (selected records -> per-seed values, description)
-METRICS = {
-    "divergence_rate": (_pooled(lambda r: [int(d) for d in r["per_seed"]["diverged"]]),
-                        "fraction of seeds that diverged, pooled over the grid (Fisher's exact test)"),
-    "max_stable_lr": (_max_stable_lr, "per seed, the largest learning rate up to which it never diverged "
-                                      "(Mann-Whitney U)"),
-    "steps_to_converge": (_per_seed("steps_to_converge", math.inf),
-                          "steps to the convergence target, never = infinity (Mann-Whitney U)"),
-    "heldout_loss": (_per_seed("final_heldout_loss", math.inf),
-                     "final held-out loss, diverged = infinity (Mann-Whitney U)"),
-    "generalization_gap": (_pooled(_gap), "held-out minus training loss, non-diverged seeds (Mann-Whitney U)"),
-    "probe_growth": (_growth, "growth per layer of the squared gradient norm at init (Mann-Whitney U)"),
-    "max_grad_norm": (_per_seed("max_grad_norm", math.inf),
-                      "largest gradient norm during training, diverged = infinity (Mann-Whitney U)"),
-    "max_attn_logit": (_recorded("max_attn_logit", math.inf),
-                       "largest attention logit during training, overflow = infinity (Mann-Whitney U)"),
-    "min_attn_entropy": (_recorded("min_attn_entropy"),
-                         "attention entropy of the most collapsed head during training (Mann-Whitney U)"),
-    "max_abs_log_z": (_recorded("max_abs_log_z", math.inf),
-                      "largest mean |log Z| of the output softmax during training (Mann-Whitney U)"),
-    "grad_nonfinite_fraction": (_recorded("grad_nonfinite_fraction"),
-                                "largest fraction of non-finite gradient entries in a step (Mann-Whitney U)"),
-    "grad_zero_fraction": (_recorded("grad_zero_fraction"),
-                           "largest fraction of exactly-zero gradient entries in a step (Mann-Whitney U)"),
-    "skipped_steps": (_recorded("skipped_steps"), "updates skipped by dynamic loss scaling (Mann-Whitney U)"),
-}
+SUPPORTED, CONTRADICTED, NO_EFFECT, INCONCLUSIVE = "supported", "contradicted", "no detectable effect", "inconclusive"
+N_PERMUTATIONS = 20_000
+N_BOOTSTRAP = 2_000
 
 
 def matches(config: dict, selector: dict) -> bool:
@@ -110,30 +51,292 @@ def matches(config: dict, selector: dict) -> bool:
     return all(mitigation.get(k) == v for k, v in selector.items())
 
 
-def sample(records: list[dict], metric: str) -> list:
-    """The per-seed values of a metric over the selected records."""
-    return METRICS[metric][0](records) if records else []
+def _lr(record) -> float:
+    return record["config"]["optimizer"]["lr"]
 
 
-def test(baseline: list, variant: list, metric: str) -> dict:
-    """The two-sided test of a metric: p-value and an effect with its direction (+1 variant higher)."""
-    if not baseline or not variant:
-        return {"p": 1.0, "direction": 0, "effect": "no data", "n": [len(baseline), len(variant)]}
-    if metric == "divergence_rate":
-        kb, kv = sum(baseline), sum(variant)
-        p = stats.fisher_exact([[kv, len(variant) - kv], [kb, len(baseline) - kb]]).pvalue
-        diff = kv / len(variant) - kb / len(baseline)
-        return {"p": float(p), "direction": int(np.sign(diff)), "n": [len(baseline), len(variant)],
-                "effect": f"rate {kb / len(baseline):.2f} -> {kv / len(variant):.2f} ({diff:+.2f})"}
-    b, v = np.asarray(baseline, float), np.asarray(variant, float)
-    if np.all(np.concatenate([b, v]) == b[0]):
-        p, superiority = 1.0, 0.5
+def _as_float(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+@dataclasses.dataclass
+class Arm:
+    """The cells of one arm (the same configuration over the learning-rate grid), sorted by learning rate."""
+
+    records: list[dict]
+
+    def __post_init__(self):
+        self.records = sorted(self.records, key=_lr)
+        self.lrs = np.array([_lr(r) for r in self.records])
+        self.trivial_loss = self.records[0]["thresholds"]["trivial_loss"]
+
+    def per_seed(self, key: str) -> np.ndarray:
+        """seeds x learning rates of a per-seed field (None -> NaN)."""
+        return np.stack([_as_float(r["per_seed"][key]) for r in self.records], axis=1)
+
+    def trained(self) -> np.ndarray:
+        return np.stack([np.asarray(r["per_seed"]["trained"], bool) for r in self.records], axis=1)
+
+    def critical_lr(self):
+        """Per-seed critical learning rate and censoring ("above", "below" or None)."""
+        return metrics.critical_lr(self.lrs, self.trained())
+
+    def tuned_index(self) -> int:
+        """The grid index with the lowest median validation loss over seeds (a failed seed counts as infinity)."""
+        losses = np.where(self.trained(), self.per_seed("final_validation_loss"), np.inf)
+        losses = np.where(np.isnan(losses), np.inf, losses)
+        return int(np.argmin(np.quantile(losses, 0.5, axis=0, method="lower")))
+
+    def at(self, lr: float | None) -> dict:
+        """The record at a stated learning rate (None: at the arm's tuned learning rate)."""
+        if lr is None:
+            return self.records[self.tuned_index()]
+        index = int(np.argmin(np.abs(np.log(self.lrs) - math.log(lr))))
+        return self.records[index]
+
+    def summary(self) -> dict:
+        """Trainability over the grid: medians of the per-seed summaries and the tuned quality."""
+        values, censored = self.critical_lr()
+        tuned = self.records[self.tuned_index()]
+        median = lambda x: float(np.quantile(x, 0.5, method="lower"))  # noqa: E731
+        crit = median(values)
+        edge = [c for v, c in zip(values, censored) if v == crit and c]
+        return {
+            "lrs": self.lrs.tolist(),
+            "critical_lr": crit, "critical_lr_censored": edge[0] if edge else None,
+            "lr_sensitivity": median(metrics.lr_sensitivity(self.per_seed("final_validation_loss"),
+                                                             self.trivial_loss)),
+            "trainable_decades": float(np.nanmedian(metrics.trainable_range_decades(self.lrs, self.trained())))
+            if self.trained().any() else None,
+            "failure_rate": [r["failure_rate"] for r in self.records],
+            "tuned_lr": _lr(tuned),
+            "tuned_heldout_loss": tuned["quality"]["final_heldout_loss"],
+            "tuned_heldout_metric": tuned["quality"]["final_heldout_metric"],
+        }
+
+
+def _explosion(record: dict, fraction: float) -> np.ndarray:
+    """Per-seed e2e gradient ratio at a snapshot fraction (NaN, a gradient that was not a number, -> inf)."""
+    k = record["explosion"]["fractions"].index(fraction)
+    values = np.array([read_extended(row[k]) for row in record["explosion"]["per_seed"]["e2e_ratio"]])
+    return np.where(np.isnan(values), np.inf, values)
+
+
+def _at_lr(key: str, failed: float) -> Callable:
+    """A per-seed field of one record; seeds that did not train count as `failed`."""
+    def values(record):
+        raw = _as_float(record["per_seed"][key])
+        trained = np.asarray(record["per_seed"]["trained"], bool)
+        return np.where(trained & np.isfinite(raw), raw, failed)
+    return values
+
+
+def _steps(record):
+    steps = _as_float(record["per_seed"]["steps_to_converge"])
+    return np.where(np.isnan(steps), np.inf, steps)
+
+
+def _gap(record):
+    ps = record["per_seed"]
+    gap = _as_float(ps["final_heldout_loss"]) - _as_float(ps["final_train_loss"])
+    return np.where(np.asarray(ps["trained"], bool), gap, np.nan)
+
+
+def _recorded(record, key):
+    """A per-seed model diagnostic of every seed, trained or not (None, a non-finite value, -> inf)."""
+    values = _as_float(record["per_seed"][key])
+    return np.where(np.isnan(values), np.inf, values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A trainability metric: per-seed values of an arm at a learning rate (or over the grid)."""
+
+    values: Callable[[Arm, float | None], tuple[np.ndarray, list]]  # -> (values, censoring per seed)
+    worse_when: int  # +1: a higher value is worse; -1: lower is worse
+    log_scale: bool  # effect as a ratio (True) or a difference in units of the trivial loss (False)
+    description: str
+
+
+def _critical(arm: Arm, lr) -> tuple[np.ndarray, list]:
+    del lr  # a summary over the whole grid
+    values, censored = arm.critical_lr()
+    return np.array(values), censored
+
+
+def _record_metric(fn):
+    return lambda arm, lr: (fn(arm.at(lr)), [None] * len(arm.records[0]["per_seed"]["trained"]))
+
+
+METRICS = {
+    "critical_lr": Metric(_critical, -1, True,
+                          "per seed, the largest grid learning rate at and below which it trained"),
+    "lr_sensitivity": Metric(
+        lambda arm, lr: (metrics.lr_sensitivity(arm.per_seed("final_validation_loss"), arm.trivial_loss)
+                         / arm.trivial_loss, [None] * len(arm.trained())), +1, True,
+        "per seed, Wortsman et al.'s learning-rate sensitivity of the validation loss / trivial loss"),
+    "tuned_heldout_loss": Metric(_record_metric(_at_lr("final_heldout_loss", math.inf)), +1, True,
+                                 "held-out loss at the arm's tuned (or the stated) learning rate; failed = inf"),
+    "steps_to_converge": Metric(_record_metric(_steps), +1, True,
+                                "steps to the target at the tuned (or stated) learning rate; never = inf"),
+    "generalization_gap": Metric(_record_metric(_gap), +1, False,
+                                 "held-out minus training loss at the tuned (or stated) learning rate, trained seeds"),
+    "max_attn_logit": Metric(_record_metric(lambda r: _recorded(r, "max_attn_logit")), +1, True,
+                             "largest attention logit during training at the tuned (or stated) learning rate; "
+                             "overflow = inf"),
+    "max_abs_log_z": Metric(_record_metric(lambda r: _recorded(r, "max_abs_log_z")), +1, True,
+                            "largest mean |log Z| of the output softmax during training at the tuned (or stated) "
+                            "learning rate; overflow = inf"),
+}
+
+
+def permutation_p(baseline: np.ndarray, variant: np.ndarray) -> float:
+    """Two-sided p-value of the rank-sum statistic under random relabelling (exact when enumerable)."""
+    pooled = np.concatenate([baseline, variant])
+    if np.all(pooled == pooled[0]):
+        return 1.0
+    ranks = stats.rankdata(pooled)
+    n_b = len(baseline)
+
+    def statistic(rank_b, rank_v, axis=-1):
+        return np.mean(rank_v, axis=axis) - np.mean(rank_b, axis=axis)
+
+    result = stats.permutation_test((ranks[:n_b], ranks[n_b:]), statistic, permutation_type="independent",
+                                    alternative="two-sided", n_resamples=N_PERMUTATIONS, vectorized=True,
+                                    rng=np.random.default_rng(0))
+    return float(min(1.0, result.pvalue))
+
+
+def hodges_lehmann(baseline: np.ndarray, variant: np.ndarray) -> float:
+    """The median of all pairwise differences variant - baseline."""
+    return float(np.median(np.subtract.outer(variant, baseline)))
+
+
+def _finite(values: np.ndarray, both: np.ndarray) -> np.ndarray:
+    """Infinite values replaced by the most extreme finite value of both arms (the effect becomes a bound)."""
+    finite = both[np.isfinite(both)]
+    if not finite.size:
+        return np.zeros_like(values)
+    return np.clip(np.where(np.isposinf(values), finite.max(), np.where(np.isneginf(values), finite.min(),
+                                                                          values)), finite.min(), finite.max())
+
+
+def compare(baseline, variant, *, log_scale: bool, censored=(None, None)) -> dict:
+    """Test, effect and bootstrap interval of one per-seed comparison (before the Holm correction).
+
+    Args:
+      baseline, variant: per-seed values (NaN: left out, counted in `dropped`).
+      log_scale: compare logarithms (the effect is then a ratio).
+      censored: per arm, the censoring of its median seed ("above", "below" or None).
+    """
+    b, v = np.asarray(baseline, np.float64), np.asarray(variant, np.float64)
+    dropped = int(np.isnan(b).sum() + np.isnan(v).sum())
+    b, v = b[~np.isnan(b)], v[~np.isnan(v)]
+    out = {"n": [len(b), len(v)], "dropped": dropped,
+           "median": [float(np.quantile(x, 0.5, method="lower")) if len(x) else None for x in (b, v)]}
+    if len(b) < 2 or len(v) < 2:
+        return {**out, "p": None, "effect": None, "ci": None, "note": "fewer than 2 seeds in an arm"}
+    if log_scale:
+        with np.errstate(divide="ignore"):
+            b, v = np.log(b), np.log(v)
+    both = np.concatenate([b, v])
+    bf, vf = _finite(b, both), _finite(v, both)
+    rng = np.random.default_rng(0)
+    boots = [hodges_lehmann(rng.choice(bf, len(bf)), rng.choice(vf, len(vf))) for _ in range(N_BOOTSTRAP)]
+    effect, (low, high) = hodges_lehmann(bf, vf), np.quantile(boots, [0.025, 0.975])
+    note = None
+    if censored[0] and censored[0] == censored[1]:
+        note = f"both arms censored {censored[0]} the grid"
+    transform = math.exp if log_scale else float
+    return {**out, "p": permutation_p(b, v), "log_scale": log_scale, "effect_raw": effect,
+            "ci_raw": [float(low), float(high)], "effect": transform(effect),
+            "ci": [transform(low), transform(high)], "note": note}
+
+
+def judge(result: dict, expected_sign: int, threshold: float, alpha: float = ALPHA) -> str:
+    """The verdict of one tested question, given its Holm-corrected p-value."""
+    if result.get("p") is None or result.get("note"):
+        return INCONCLUSIVE
+    effect, (low, high) = result["effect_raw"], result["ci_raw"]
+    if result["p_adjusted"] < alpha and abs(effect) >= threshold and effect != 0:
+        return SUPPORTED if np.sign(effect) == expected_sign else CONTRADICTED
+    if -threshold < low and high < threshold:
+        return NO_EFFECT
+    return INCONCLUSIVE
+
+
+def _questions(comp: dict, base: Arm, var: Arm) -> dict:
+    """The three questions' per-seed data for one comparison: values, scale, direction, censoring, lr used."""
+    metric = METRICS[comp.get("metric", "critical_lr")]
+    lr, at = comp.get("lr"), comp.get("at", 0.5)
+    out = {}
+    init_lr = base.lrs[0] if lr is None else lr
+    out["init"] = dict(values=(_explosion(base.at(init_lr), 0.0), _explosion(var.at(init_lr), 0.0)),
+                       log_scale=True, worse_when=+1, censored=(None, None),
+                       what="end-to-end gradient ratio at initialisation")
+    b_rec, v_rec = base.at(lr), var.at(lr)
+    where = f"lr {lr:g}" if lr is not None else f"tuned lr {_lr(b_rec):g} / {_lr(v_rec):g}"
+    out["training"] = dict(values=(_explosion(b_rec, at), _explosion(v_rec, at)), log_scale=True, worse_when=+1,
+                           censored=(None, None), what=f"end-to-end gradient ratio at {at:.0%} of training, {where}")
+    (b_vals, b_cens), (v_vals, v_cens) = metric.values(base, lr), metric.values(var, lr)
+    median_censor = lambda vals, cens: cens[int(np.argsort(vals, kind="stable")[(len(vals) - 1) // 2])]  # noqa: E731
+    out["trainability"] = dict(values=(b_vals, v_vals), log_scale=metric.log_scale, worse_when=metric.worse_when,
+                               censored=(median_censor(b_vals, b_cens), median_censor(v_vals, v_cens)),
+                               what=comp.get("metric", "critical_lr"))
+    return out
+
+
+def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, alpha: float = ALPHA) -> list[dict]:
+    """Every claim with its comparisons tested on the three questions, Holm-corrected and judged."""
+    rows, tests = [], []
+    for claim in claims:
+        for comp in claim["comparison"]:
+            var_experiment = comp.get("variant_experiment") or comp["experiment"]
+            base = [r for r in records if r["experiment"] == comp["experiment"] and matches(r["config"], comp["baseline"])]
+            var = [r for r in records if r["experiment"] == var_experiment and matches(r["config"], comp["variant"])]
+            row = {"claim": claim["id"], **comp, "questions": {}}
+            if base and var:
+                base_arm, var_arm = Arm(base), Arm(var)
+                row["arms"] = {"baseline": base_arm.summary(), "variant": var_arm.summary()}
+                expected = 1 if comp["expect"] == "worse" else -1
+                for question, q in _questions(comp, base_arm, var_arm).items():
+                    result = compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"])
+                    result.update(what=q["what"], expected_sign=expected * q["worse_when"],
+                                  threshold=math.log(min_effect) if q["log_scale"]
+                                  else (min_effect - 1) * base_arm.trivial_loss)
+                    row["questions"][question] = result
+                    if result["p"] is not None:
+                        tests.append(result)
+            rows.append(row)
+    for result, p_adj in zip(tests, holm([t["p"] for t in tests])):
+        result["p_adjusted"] = p_adj
+    for row in rows:
+        for result in row["questions"].values():
+            result["verdict"] = judge(result, result["expected_sign"], result["threshold"], alpha)
+    return [_claim_verdict(claim, [r for r in rows if r["claim"] == claim["id"]]) for claim in claims]
+
+
+def _claim_verdict(claim: dict, comparisons: list[dict]) -> dict:
+    """The stated rule: decisive answers (supported / contradicted) on the judged questions decide.
+
+    All decisive answers agree: that answer. They disagree: "depends", naming which regime and
+    question gave which. None decisive: inconclusive if any answer is, else no detectable effect.
+    """
+    judged_on = claim.get("judged_on", list(QUESTIONS))
+    answers = [(c.get("regime") or c["experiment"], q, c["questions"][q]["verdict"])
+               for c in comparisons for q in judged_on if q in c["questions"]]
+    decisive = [a for a in answers if a[2] in (SUPPORTED, CONTRADICTED)]
+    kinds = sorted({a[2] for a in decisive})
+    if len(kinds) == 1:
+        verdict = kinds[0]
+    elif kinds:
+        verdict = "depends: " + "; ".join(f"{v} on {q} for {regime}" for regime, q, v in decisive)
+    elif not answers:
+        verdict = INCONCLUSIVE
     else:
-        u = stats.mannwhitneyu(v, b, alternative="two-sided")
-        p, superiority = float(u.pvalue), float(u.statistic) / (len(v) * len(b))
-    median = lambda x: float(np.quantile(x, 0.5, method="lower"))  # noqa: E731  (defined with infinities)
-    return {"p": p, "direction": int(np.sign(round(superiority - 0.5, 12))), "n": [len(b), len(v)],
-            "effect": f"median {median(b):.3g} -> {median(v):.3g}; P(variant > baseline) = {superiority:.2f}"}
+        verdict = INCONCLUSIVE if any(a[2] == INCONCLUSIVE for a in answers) else NO_EFFECT
+    return {**{k: v for k, v in claim.items() if k != "comparison"}, "judged_on": judged_on, "verdict": verdict,
+            "comparisons": comparisons}
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -144,29 +347,3 @@ def holm(pvalues: list[float]) -> list[float]:
         running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
         adjusted[i] = running
     return adjusted
-
-
-def verdicts(claims: list[dict], records: list[dict], alpha: float = ALPHA) -> list[dict]:
-    """Every claim with its comparisons tested, corrected and judged."""
-    rows = []
-    for claim in claims:
-        for comp in claim["comparison"]:
-            cells = [r for r in records if r["experiment"] == comp["experiment"]]
-            base = [r for r in cells if matches(r["config"], comp["baseline"])]
-            var = [r for r in cells if matches(r["config"], comp["variant"])]
-            rows.append({"claim": claim["id"], **comp, **test(sample(base, comp["metric"]),
-                                                               sample(var, comp["metric"]), comp["metric"])})
-    for row, p_adj in zip(rows, holm([r["p"] for r in rows])):
-        expected = 1 if row["expect"] == "higher" else -1
-        row["p_adjusted"] = p_adj
-        row["verdict"] = (NO_EFFECT if p_adj >= alpha or row["direction"] == 0
-                          else SUPPORTED if row["direction"] == expected else CONTRADICTED)
-    out = []
-    for claim in claims:
-        comps = [r for r in rows if r["claim"] == claim["id"]]
-        kinds = sorted({c["verdict"] for c in comps})
-        verdict = kinds[0] if len(kinds) == 1 else "depends on regime: " + "; ".join(
-            f"{c['verdict']} for {c.get('regime') or c['experiment']}" for c in comps)
-        out.append({**{k: v for k, v in claim.items() if k != "comparison"}, "verdict": verdict,
-                    "comparisons": comps})
-    return out

@@ -9,24 +9,63 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
 class GroupProgress:
-    """A rich progress display; `factory` makes the per-group on_chunk callback for the runner."""
+    """Progress of a suite for the runner: begin(groups), group(label, steps, runs) -> on_chunk, group_done(records).
+
+    On a terminal: a suite-level bar with the estimated time left above one bar per group. Otherwise (a CI
+    log, a file): one plain line per finished group: cells, seeds diverged (and failed, where records say
+    which seeds trained), steps/s, elapsed time and the estimated time left for the suite.
+    """
 
     def __init__(self, console: Console):
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                                  console=console, transient=False)
+        self.work: list[int] = []  # steps x runs of each group, in run order
+        self.done_work, self.index, self.start, self.group_start = 0, 0, time.perf_counter(), 0.0
+        self.suite_task = None
 
     def __enter__(self):
-        self.progress.__enter__()
+        if self.live:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        return self.progress.__exit__(*exc) if self.live else None
 
-    def factory(self, label: str, total: int, runs):
+    def eta(self, partial: int = 0) -> float | None:
+        """Seconds left for the suite, from the work (steps x runs) done so far; None before any is done."""
+        done = self.done_work + partial
+        if not done:
+            return None
+        return (time.perf_counter() - self.start) / done * max(sum(self.work) - done, 0)
+
+    def begin(self, groups: list[tuple[str, int, int]]) -> None:
+        """The suite's groups to run, as (label, steps, runs)."""
+        self.work = [steps * runs for _, steps, runs in groups]
+        self.start = time.perf_counter()
+        if self.live and groups:
+            self.suite_task = self.progress.add_task("suite", total=sum(self.work), count=f"groups 0/{len(groups)}",
+                                                     status="ETA ?")
+
+    def group(self, label: str, total: int, runs):
+        """The on_chunk callback of the next group."""
+        self.group_start = time.perf_counter()
+        self.label = label
+        if not self.live:
+            return None
         task = self.progress.add_task(label if len(label) < 70 else label[:67] + "...", total=total,
-                                      status="compiling")
+                                      count=f"steps 0/{total}", status="compiling")
         start = {"t": None, "steps": 0}
 
         def on_chunk(done: int, diverged: np.ndarray, converged: np.ndarray):
@@ -37,10 +76,36 @@ class GroupProgress:
             else:
                 rate = f"{(done - start['steps']) / (now - start['t']):.0f} steps/s"
             finished = int(np.sum(diverged | converged))
-            self.progress.update(task, completed=done, status=f"seeds done {finished}/{len(runs)} "
-                                 f"diverged {int(np.sum(diverged))} | {rate}")
+            self.progress.update(task, completed=done, count=f"steps {done}/{total}",
+                                 status=f"seeds done {finished}/{len(runs)} diverged {int(np.sum(diverged))} | {rate}")
+            if self.suite_task is not None:
+                self.progress.update(self.suite_task, completed=self.done_work + done * len(runs),
+                                     status=f"ETA {_duration(self.eta(done * len(runs)))}")
 
         return on_chunk
+
+    def group_done(self, records: list[dict]) -> None:
+        """Called with the records of the group just finished."""
+        self.done_work += self.work[self.index] if self.index < len(self.work) else 0
+        self.index += 1
+        n_groups = len(self.work)
+        if self.live:
+            if self.suite_task is not None:
+                self.progress.update(self.suite_task, completed=self.done_work, count=f"groups {self.index}/{n_groups}",
+                                     status=f"ETA {_duration(self.eta())}")
+            return
+        seeds = sum(len(r["per_seed"]["diverged"]) for r in records)
+        diverged = sum(sum(r["per_seed"]["diverged"]) for r in records)
+        trained = [t for r in records for t in r["per_seed"].get("trained") or []]
+        failed = f", failed {sum(not t for t in trained)}" if trained else ""
+        converged = sum(r["converged"] for r in records)
+        elapsed = time.perf_counter() - self.group_start
+        label = self.label if len(self.label) <= 120 else self.label[:117] + "..."
+        self.console.print(
+            f"[group {self.index}/{n_groups}] {label}: {len(records)} cells, {seeds} seeds, diverged {diverged}"
+            f"{failed}, converged {converged}; {records[0]['throughput']['steps_per_s']:.0f} steps/s; "
+            f"{elapsed:.1f} s; suite elapsed {_duration(time.perf_counter() - self.start)}, "
+            f"ETA {_duration(self.eta())}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _fmt(x, digits=3):

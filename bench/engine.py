@@ -7,6 +7,13 @@ of steps, `vmap`ped over runs. The host only loops over chunks: for progress,
 timing and early stop. A run that diverges is frozen (its updates masked), so
 it neither poisons the others nor crashes the program.
 
+Explosion is measured in the training step itself: the loss is also
+differentiated with respect to a zero shift added to every layer's
+pre-activation (every time step's hidden state for recurrent models), which
+backpropagation computes anyway, so the per-layer gradient norms come almost
+for free. They are kept, with per-parameter weight and update norms, at the
+steps of `metrics.SNAPSHOT_FRACTIONS` of each run's budget (docs/METHODS.md).
+
 Diagnostics: per run the carry reduces scalars over the steps it trains:
 the fractions of exactly-zero and of non-finite gradient entries (largest
 over steps: underflow and overflow), and, for a model with `diagnostics`
@@ -69,6 +76,12 @@ class Program:
         lr_groups = getattr(abstract, "lr_groups", None)
         self.lr_groups = lr_groups(optim.adaptive(plan)) if lr_groups else None
         self.model_diagnostics = dict(getattr(abstract, "DIAGNOSTICS", {}))  # name -> ("max" | "min", text)
+        x_abstract, _ = jax.eval_shape(lambda: self.task.sample(self.task.data, jax.random.key(0)))
+        self.preact_shapes = jax.eval_shape(
+            lambda x: make_model(plan["model"], self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
+        abstract_params = nnx.split(abstract, nnx.Param, ...)[1]
+        self.param_names = [jax.tree_util.keystr(path) for path, _ in
+                            jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
         self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs))
         self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs))
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0)
@@ -82,9 +95,10 @@ class Program:
         model = make_model(self.plan["model"], self.task, k_init)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         zero = jnp.zeros((), jnp.float32)
-        # loss_0 is the training loss before the first update on the whole training-evaluation set (in
-        # training mode), so one unlucky batch cannot set the divergence scale.
+        # loss_0: the training loss before the first update on the whole training-evaluation set (in training
+        # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
         loss_0, (_, _, diag_0) = self._loss(params, rest, *data["train_eval"], True)
+        n_snap, n_params = len(metrics.SNAPSHOT_FRACTIONS), len(self.param_names)
         return {
             "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper, self.lr_groups).init(params),
             "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
@@ -92,20 +106,26 @@ class Program:
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
             "diagnostics": {**diag_0, "grad_zero_fraction": zero, "grad_nonfinite_fraction": zero},
             "loss_scale": optim.loss_scale_init(self.plan, hyper), "skipped_steps": jnp.zeros((), jnp.int32),
+            "snap_step": jnp.full((n_snap,), -1, jnp.int32),
+            "snap_log_preact_grad": jnp.full((n_snap, len(self.preact_shapes)), jnp.nan, jnp.float32),
+            "snap_weight_norm": jnp.full((n_snap, n_params), jnp.nan, jnp.float32),
+            "snap_update_norm": jnp.full((n_snap, n_params), jnp.nan, jnp.float32),
         }
 
-    def _loss(self, params, rest, x, y, train):
-        """(task loss, (prediction, non-parameter state, model diagnostics))."""
+    def _loss(self, params, rest, x, y, train, shifts=None):
+        """(task loss, (prediction, non-parameter state, model diagnostics)); shifts as in `forward`."""
         model = nnx.merge(self.graphdef, params, rest, copy=True)
         if self.model_diagnostics:
-            pred, diag = model.diagnostics(x, train=train)
+            pred, diag = model.diagnostics(x, train=train, shifts=shifts)
+        elif shifts is not None:
+            pred, diag = model.forward(x, train=train, shifts=shifts)[0], {}
         else:
             pred, diag = model(x, train=train), {}
         return self.task.loss(pred, y), (pred, nnx.split(model, nnx.Param, ...)[2], diag)
 
-    def _objective(self, hyper, scale, params, rest, x, y):
+    def _objective(self, hyper, scale, params, rest, x, y, shifts):
         """The training objective (task loss plus auxiliary losses) times the loss scale."""
-        loss, aux = self._loss(params, rest, x, y, True)
+        loss, aux = self._loss(params, rest, x, y, True, shifts)
         return (loss + optim.aux_loss(self.plan, hyper, aux[0])) * scale, (loss, aux)
 
     def _reduce(self, old: dict, new: dict, active) -> dict:
@@ -117,12 +137,32 @@ class Program:
             out[name] = jnp.where(active & ~jnp.isnan(value), folded, old[name])
         return out
 
+    def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, updates):
+        """Keeps this step's explosion measurements in snapshot k while t <= its step.
+
+        Snapshot 0 is at initialisation, whatever the first update does; later ones count only steps
+        whose update was applied, so a run that stopped early (converged, or diverged: recorded apart)
+        keeps the measurements of its last applied step.
+        """
+        fractions = jnp.asarray(metrics.SNAPSHOT_FRACTIONS, jnp.float32)
+        steps_K = jnp.round(fractions * (hyper["budget"] - 1).astype(jnp.float32)).astype(jnp.int32)
+        take_K = jnp.where(steps_K == 0, active, applied) & (t <= steps_K)
+        leaf_norms = lambda tree: jnp.stack([jnp.linalg.norm(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+        now = {
+            "snap_step": t,
+            "snap_log_preact_grad": jnp.stack([metrics.log_norm(g) for g in g_shifts]),
+            "snap_weight_norm": leaf_norms(params),
+            "snap_update_norm": leaf_norms(updates),
+        }
+        return {k: jnp.where(take_K.reshape((-1,) + (1,) * (c[k].ndim - 1)), v, c[k]) for k, v in now.items()}
+
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
+        shifts = [jnp.zeros(s.shape, s.dtype) for s in self.preact_shapes]
         scale = c["loss_scale"]["scale"]
-        (_, (loss, (_, rest, diag))), grads = jax.value_and_grad(self._objective, argnums=2, has_aux=True)(
-            hyper, scale, c["params"], c["rest"], x, y)
-        grads = jax.tree.map(lambda g: g / scale, grads)
+        (_, (loss, (_, rest, diag))), (grads, g_shifts) = jax.value_and_grad(
+            self._objective, argnums=(2, 6), has_aux=True)(hyper, scale, c["params"], c["rest"], x, y, shifts)
+        grads, g_shifts = jax.tree.map(lambda g: g / scale, (grads, g_shifts))
         leaves = jax.tree.leaves(grads)
         n_entries = sum(g.size for g in leaves)
         nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in leaves)
@@ -138,7 +178,8 @@ class Program:
         done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
         active = ~done & (t < hyper["budget"])
         # A step that dynamic loss scaling skips (non-finite gradients) is not divergence; its loss still counts.
-        boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), c["loss_0"], hyper["factor"])
+        boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), self.task.trivial_loss,
+                                         hyper["factor"], t, c["loss_0"])
         keep = active & ~boom & ~skip
         ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
         n_updates = c["n_updates"] + keep
@@ -157,6 +198,7 @@ class Program:
             "diagnostics": self._reduce(c["diagnostics"], diag, active),
             "loss_scale": jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c["loss_scale"]),
             "skipped_steps": c["skipped_steps"] + (active & ~boom & skip),
+            **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], updates),
         }
         traced = {k: jnp.where(active, diag[k], jnp.nan) for k in self.model_diagnostics}
         return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)
@@ -170,7 +212,7 @@ class Program:
 
     def _evaluate_one(self, carry, data):
         out = {}
-        for split in ("train_eval", "heldout"):
+        for split in ("train_eval", "validation", "heldout"):
             x, y = data[split]
             loss, (pred, _, _) = self._loss(carry["params"], carry["rest"], x, y, False)
             out[split] = (loss, self.task.metric(pred, y))
@@ -213,7 +255,8 @@ class GroupResult:
     """Per-run host arrays (first axis: runs) and the group's throughput."""
 
     runs: list[Run]
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # per run; snap_* arrays have a snapshot axis after the run axis
+    param_names: list[str]  # the leaves of snap_weight_norm / snap_update_norm
     loss_trace: np.ndarray  # runs x steps run
     grad_norm_trace: np.ndarray
     throughput: dict
@@ -271,7 +314,8 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     evaluation = jax.device_get(prog.evaluate(carry, data))
     host = jax.device_get(carry)
     arrays = {k: np.asarray(v) for k, v in host.items()
-              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")}
+              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
+              or k.startswith("snap_")}
     arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
     arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
@@ -286,11 +330,13 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     arrays.update({
         "final_train_loss": np.asarray(evaluation["train_eval"][0]),
         "final_train_metric": np.asarray(evaluation["train_eval"][1]),
+        "final_validation_loss": np.asarray(evaluation["validation"][0]),
+        "final_validation_metric": np.asarray(evaluation["validation"][1]),
         "final_heldout_loss": np.asarray(evaluation["heldout"][0]),
         "final_heldout_metric": np.asarray(evaluation["heldout"][1]),
     })
     return GroupResult(
-        runs=runs, arrays=arrays,
+        runs=runs, arrays=arrays, param_names=prog.param_names,
         loss_trace=np.concatenate(losses, 1)[:, :steps], grad_norm_trace=np.concatenate(norms, 1)[:, :steps],
         diagnostic_traces={k: np.concatenate([d[k] for d in diag_traces], 1)[:, :steps]
                            for k in prog.model_diagnostics},

@@ -1,8 +1,9 @@
-"""The metrics of DESIGN.md section 5, as small pure functions.
+"""The metrics of docs/METHODS.md, as small pure functions.
 
-The step-wise criteria (`exploded`, `ema_update`, `debiased`) are written
-with jax.numpy so the compiled engine and the host-side trace functions use
-the very same definitions.
+The step-wise criteria (`exploded`, `ema_update`, `debiased`, `log_norm`) are
+written with jax.numpy so the compiled engine and the host-side functions use
+the very same definitions. Every threshold is relative to the task's trivial
+loss (the best constant predictor's), the same for every arm.
 """
 from __future__ import annotations
 
@@ -16,9 +17,132 @@ from scipy import stats
 SNAPSHOT_FRACTIONS = (0.0, 0.1, 0.5, 1.0)
 
 
-def exploded(loss, grad_norm, loss_0, factor):
-    """True where a step counts as divergence: non-finite loss or gradient norm, or loss > factor x loss_0."""
-    return ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm) | (loss > factor * loss_0)
+TRAINED, COLLAPSED, DIVERGED = "trained", "collapsed", "diverged"
+
+
+def exploded(loss, grad_norm, trivial_loss, factor, step, loss_0):
+    """True where a step counts as divergence: non-finite loss or gradient norm, or loss > factor x trivial loss.
+
+    The threshold is the same for every arm. A network that merely starts far from the data has not
+    diverged: the loss threshold applies from step 1 on, and only to a loss also above the initial loss
+    loss_0 (non-finite values count at any step).
+    """
+    too_high = (loss > factor * trivial_loss) & (loss > loss_0) & (step > 0)
+    return ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm) | too_high
+
+
+def outcome(diverged: bool, final_train_loss, trivial_loss: float, collapse_fraction: float) -> str:
+    """A seed's outcome: diverged; collapsed (final training loss >= collapse_fraction x trivial); or trained."""
+    if diverged:
+        return DIVERGED
+    if final_train_loss is None or not final_train_loss < collapse_fraction * trivial_loss:
+        return COLLAPSED
+    return TRAINED
+
+
+def log_norm(x):
+    """Natural log of the L2 norm of `x`, computed without underflow (-inf only for an exactly zero x).
+
+    Squaring float32 entries below ~1e-23 underflows to zero, so the largest
+    magnitude is factored out first: log||x|| = log m + log||x / m||.
+    """
+    m = jnp.max(jnp.abs(x))
+    safe = jnp.where(m > 0, m, 1.0)
+    return jnp.where(m > 0, jnp.log(safe) + 0.5 * jnp.log(jnp.sum(jnp.square(x / safe))), -jnp.inf)
+
+
+def fit_growth(log_norms_SxL) -> np.ndarray:
+    """Per-seed growth per layer of the squared gradient norm, output to input, fitted away from the ends.
+
+    Args:
+      log_norms_SxL: natural-log gradient norms per seed and layer (input side first).
+
+    Returns:
+      Per seed exp(-2 x slope) of a least-squares line through the log norms of
+      the inner layers; 0 where a norm is exactly zero (gradients vanished
+      completely), inf where one overflowed, NaN with fewer than 2 layers.
+    """
+    log_norms = np.asarray(log_norms_SxL, np.float64)
+    n_layers = log_norms.shape[1]
+    trim = max(1, n_layers // 10) if n_layers >= 6 else 0
+    layers = np.arange(n_layers)[trim:n_layers - trim]
+    growth = np.full(log_norms.shape[0], np.nan)
+    for s, row in enumerate(log_norms[:, trim:n_layers - trim]):
+        if len(row) < 2:
+            continue
+        if np.all(np.isfinite(row)):
+            growth[s] = np.exp(-2.0 * np.polyfit(layers, row, 1)[0])
+        elif np.any(np.isneginf(row)):
+            # Zero gradients: towards the input (vanished) or towards the output (the other way round).
+            growth[s] = 0.0 if np.isneginf(row[0]) else np.inf
+        else:
+            growth[s] = np.inf if np.any(np.isposinf(row)) else np.nan
+    return growth
+
+
+def log_e2e_ratio(log_norms_SxL) -> np.ndarray:
+    """Per seed, log of the end-to-end ratio ||dL/dh_first|| / ||dL/dh_last|| (input side over output side)."""
+    log_norms = np.asarray(log_norms_SxL, np.float64)
+    with np.errstate(invalid="ignore"):
+        return log_norms[:, 0] - log_norms[:, -1]
+
+
+def critical_lr(lrs, trained_SxL) -> tuple[list[float], list[str | None]]:
+    """Per seed, the largest grid learning rate at and below which the seed trained.
+
+    "Below" starts at the smallest learning rate at which the seed trained:
+    learning rates under it are too small for the step budget (the run
+    collapsed without diverging) and do not end the range. The value is the
+    top of that first trainable range.
+
+    Args:
+      lrs: the grid, ascending.
+      trained_SxL: per seed and learning rate, whether the seed trained.
+
+    Returns:
+      (values, censored): censored is "above" when the range reaches the top of
+      the grid (the value is the top: the true one is larger), "below" when the
+      seed trained at no learning rate (the value is the grid's bottom), None
+      otherwise.
+    """
+    values, censored = [], []
+    for row in np.asarray(trained_SxL, bool):
+        trained = np.flatnonzero(row)
+        if trained.size == 0:
+            values.append(float(lrs[0]))
+            censored.append("below")
+            continue
+        failed_after = np.flatnonzero(~row[trained[0]:])
+        if failed_after.size == 0:
+            values.append(float(lrs[-1]))
+            censored.append("above")
+        else:
+            values.append(float(lrs[trained[0] + failed_after[0] - 1]))
+            censored.append(None)
+    return values, censored
+
+
+def lr_sensitivity(losses_SxL, trivial_loss: float) -> np.ndarray:
+    """Per seed, the learning-rate sensitivity of Wortsman et al. (2023).
+
+    The mean over the (log-spaced) grid of min(loss, trivial) minus the best
+    such value over the grid; a non-finite or missing loss (diverged) counts
+    as the trivial loss. 0: every learning rate is as good as the best one;
+    trivial - best: only one is any good.
+    """
+    losses = np.asarray(losses_SxL, np.float64)
+    capped = np.where(np.isfinite(losses), np.minimum(losses, trivial_loss), trivial_loss)
+    return np.mean(capped - capped.min(axis=1, keepdims=True), axis=1)
+
+
+def trainable_range_decades(lrs, trained_SxL) -> np.ndarray:
+    """Per seed, log10 of the largest over the smallest learning rate at which it trained (NaN: none)."""
+    log_lrs = np.log10(np.asarray(lrs, np.float64))
+    out = np.full(len(trained_SxL), np.nan)
+    for s, row in enumerate(np.asarray(trained_SxL, bool)):
+        if row.any():
+            out[s] = log_lrs[row].max() - log_lrs[row].min()
+    return out
 
 
 def ema_update(ema, loss, smoothing):
@@ -31,15 +155,12 @@ def debiased(ema, smoothing, n_updates):
     return ema / (1.0 - smoothing**n_updates)
 
 
-def divergence_step(losses, grad_norms, factor: float, loss_0: float | None = None) -> int | None:
-    """First step whose loss or gradient norm is non-finite or whose loss exceeds factor x loss_0.
-
-    loss_0 defaults to the first loss of the trace.
-    """
+def divergence_step(losses, grad_norms, factor: float, trivial_loss: float, loss_0: float = -math.inf) -> int | None:
+    """First step that counts as divergence under `exploded` (loss_0: the initial loss; default: no excuse)."""
     losses, grad_norms = np.asarray(losses, np.float64), np.asarray(grad_norms, np.float64)
-    loss_0 = losses[0] if loss_0 is None else loss_0
     with np.errstate(invalid="ignore"):
-        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, loss_0, factor)))
+        steps = np.arange(len(losses))
+        hits = np.flatnonzero(np.asarray(exploded(losses, grad_norms, trivial_loss, factor, steps, loss_0)))
     return int(hits[0]) if hits.size else None
 
 

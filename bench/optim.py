@@ -14,13 +14,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
 
-REQUIRED = ...  # marks a mitigation parameter the suite must give
+from bench.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
 
 # name -> (optax factory, defaults that differ from optax's, description)
 OPTIMIZERS = {
@@ -70,6 +70,32 @@ AUX_LOSSES = {
 }
 
 LOSS_SCALING_MODES = ("static", "dynamic")
+
+
+# The range of every optimiser keyword that has one (any other keyword: its default's type, finite).
+OPTIMIZER_KEYS = {
+    "lr": Key(float, 0.01, gt=0, log_grid=True, doc="learning rate"),
+    "warmup_steps": Key(int, 0, ge=0, doc="linear warm-up from 0 over this many steps"),
+    "eps": Key(float, gt=0),
+    "eps_root": Key(float, ge=0),
+    "b1": Key(float, ge=0, lt=1),
+    "b2": Key(float, ge=0, lt=1),
+    "momentum": Key(float, ge=0, lt=1),
+    "decay": Key(float, ge=0, le=1),
+    "weight_decay": Key(float, ge=0),
+    "initial_accumulator_value": Key(float, ge=0),
+    "initial_scale": Key(float, ge=0),
+}
+
+
+def optimizer_keys(name: str) -> dict[str, Key]:
+    """Every key of an [optimizer] table of that optimiser, with its default, type and range."""
+    keys = {"lr": OPTIMIZER_KEYS["lr"], "warmup_steps": OPTIMIZER_KEYS["warmup_steps"]}
+    for k, default in optimizer_defaults(name).items():
+        typ = bool if isinstance(default, bool) else float if isinstance(default, float) else int
+        known = OPTIMIZER_KEYS.get(k, Key(typ))
+        keys[k] = dataclasses.replace(known, type=typ if typ is bool else known.type, default=default)
+    return keys
 
 
 def optimizer_defaults(name: str) -> dict:
@@ -173,13 +199,14 @@ class Mitigation:
 
     Attributes:
       description: one line for `bench list` and reports.
-      params: parameter name -> default (REQUIRED: must be given; None: keep the baseline's).
+      params: parameter name -> Key (its type, range and default; REQUIRED: must be given; None: keep the
+        baseline's). Any parameter may be a list in a suite (a grid axis), except those in `lists`.
       apply: (plan, params) -> None, edits the plan in place; ValueError on a bad parameter.
-      lists: parameters whose value is a list (a list of lists is a grid axis over them).
+      lists: parameters whose value is one list (a list of lists is a grid axis over them).
     """
 
     description: str
-    params: dict[str, Any]
+    params: dict[str, Key]
     apply: Callable[[dict, dict], None]
     lists: tuple = ()
 
@@ -193,16 +220,11 @@ def _aux_loss(name):
 
 
 def _loss_scaling(plan, params):
-    if params["mode"] not in LOSS_SCALING_MODES:
-        raise ValueError(f"mode {params['mode']!r} is not allowed; allowed: {', '.join(LOSS_SCALING_MODES)}")
-    for key in ("scale", "period"):
-        if not (isinstance(params[key], (int, float)) and not isinstance(params[key], bool) and params[key] >= 1):
-            raise ValueError(f"{key} must be a number >= 1, got {params[key]!r}")
     plan["loss_scaling"] = {"mode": params["mode"], "scale": params["scale"], "period": params["period"]}
 
 
 def apply_mitigation(plan: dict, table: dict) -> None:
-    """Applies one mitigation table {name, **params} (defaults filled in) to the plan; ValueError if bad."""
+    """Applies one mitigation table {name, **params} (checked, defaults filled in) to the plan; ValueError if bad."""
     name = table.get("name")
     if name not in MITIGATIONS or name == "combo":
         allowed = ", ".join(n for n in MITIGATIONS if n != "combo")
@@ -212,20 +234,19 @@ def apply_mitigation(plan: dict, table: dict) -> None:
     if unknown:
         raise ValueError(f"{name}: unknown key {unknown[0]!r}; allowed: {', '.join(spec.params) or 'none'}")
     params = {}
-    for key, default in spec.params.items():
-        if key not in table and default is REQUIRED:
-            raise ValueError(f"{name}: {key} is required")
-        params[key] = table.get(key, default)
-        if name in TRACED_MITIGATIONS and not (isinstance(params[key], (int, float)) and params[key] > 0):
-            raise ValueError(f"{name}: {key} must be a number > 0, got {params[key]!r}")
+    for key, key_spec in spec.params.items():
+        if key not in table and key_spec.default is REQUIRED:
+            raise ValueError(f"{name}: {key} is required ({key_spec.allowed()})")
+        value = table.get(key, key_spec.default)
+        try:
+            params[key] = None if value is None else key_spec.check(value)
+        except ValueError as e:
+            raise ValueError(f"{name}: {key}: {e}") from None
     spec.apply(plan, params)
 
 
 def _combo(plan, params):
-    tables = params["apply"]
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        raise ValueError("apply must be a non-empty list of mitigation tables, e.g. [{name = \"qk_norm\"}]")
-    for table in tables:
+    for table in params["apply"]:
         apply_mitigation(plan, table)
 
 
@@ -241,45 +262,47 @@ def _optimizer(plan, params):
     plan["optimizer"] = {"name": name, **optimizer_defaults(name), **kept}
 
 
+_POSITIVE = dict(type=float, gt=0)
 MITIGATIONS = {
     "none": Mitigation("the baseline, unchanged", {}, lambda plan, p: None),
     "clip_by_global_norm": Mitigation("optax.clip_by_global_norm before the optimiser",
-                                      {"max_norm": 1.0}, _transform("clip_by_global_norm")),
+                                      {"max_norm": Key(default=1.0, **_POSITIVE)}, _transform("clip_by_global_norm")),
     "clip_by_value": Mitigation("optax.clip (element-wise) before the optimiser",
-                                {"max_value": 1.0}, _transform("clip_by_value")),
+                                {"max_value": Key(default=1.0, **_POSITIVE)}, _transform("clip_by_value")),
     "adaptive_grad_clip": Mitigation("optax.adaptive_grad_clip before the optimiser",
-                                     {"clipping": 0.01}, _transform("adaptive_grad_clip")),
+                                     {"clipping": Key(default=0.01, **_POSITIVE)}, _transform("adaptive_grad_clip")),
     "skip_nonfinite": Mitigation(
         "optax.apply_if_finite: skip updates with NaN/Inf gradients (a non-finite loss or gradient "
-        "still counts as divergence)", {"max_consecutive_errors": 5},
+        "still counts as divergence)", {"max_consecutive_errors": Key(int, 5, ge=1)},
         lambda plan, p: plan.update(skip_nonfinite=p["max_consecutive_errors"])),
     "warmup": Mitigation("linear learning-rate warm-up from 0 over warmup_steps",
-                         {"warmup_steps": 100},
+                         {"warmup_steps": Key(int, 100, ge=1)},
                          lambda plan, p: plan["optimizer"].update(warmup_steps=p["warmup_steps"])),
     "init": Mitigation("another weight initialiser (model key init, optional weight_var)",
-                       {"init": REQUIRED, "weight_var": None}, _model_keys),
-    "activation": Mitigation("another activation function", {"activation": REQUIRED}, _model_keys),
-    "norm": Mitigation("normalisation after each linear layer", {"norm": "batch"}, _model_keys),
-    "residual": Mitigation("residual connections around hidden layers", {"residual": True}, _model_keys),
-    "depth": Mitigation("another depth", {"depth": REQUIRED}, _model_keys),
-    "width": Mitigation("another width", {"width": REQUIRED}, _model_keys),
+                       {"init": Key(str), "weight_var": Key(float, None, gt=0)}, _model_keys),
+    "activation": Mitigation("another activation function", {"activation": Key(str)}, _model_keys),
+    "norm": Mitigation("normalisation after each linear layer", {"norm": Key(str, "batch")}, _model_keys),
+    "residual": Mitigation("residual connections around hidden layers", {"residual": Key(bool, True)}, _model_keys),
+    "depth": Mitigation("another depth", {"depth": Key(int, ge=1)}, _model_keys),
+    "width": Mitigation("another width", {"width": Key(int, ge=1)}, _model_keys),
     "optimizer": Mitigation("another optimiser (optax name; optional lr)",
-                            {"optimizer": REQUIRED, "lr": None}, _optimizer),
+                            {"optimizer": Key(str, choices=tuple(OPTIMIZERS)),
+                             "lr": dataclasses.replace(OPTIMIZER_KEYS["lr"], default=None)}, _optimizer),
     "weight_decay": Mitigation("independent weight decay (not scaled by the learning rate) after the optimiser",
-                               {"weight_decay": 1e-4}, _transform("weight_decay")),
+                               {"weight_decay": Key(default=1e-4, **_POSITIVE)}, _transform("weight_decay")),
     "z_loss": Mitigation("auxiliary loss coefficient x log^2 Z of the output softmax (z-loss)",
-                         {"coefficient": 1e-4}, _aux_loss("z_loss")),
+                         {"coefficient": Key(default=1e-4, **_POSITIVE)}, _aux_loss("z_loss")),
     "loss_scaling": Mitigation(
         "loss scaling: the loss x scale before the backward pass, gradients / scale after; dynamic: halve "
         "and skip on overflow, double after `period` finite steps (jmp.DynamicLossScale)",
-        {"mode": "dynamic", "scale": 2.0**15, "period": 2000}, _loss_scaling),
-    "qk_norm": Mitigation("LayerNorm on attention queries and keys (transformer)", {"qk_norm": True}, _model_keys),
+        {"mode": Key(str, "dynamic", choices=LOSS_SCALING_MODES), "scale": Key(float, 2.0**15, ge=1),
+         "period": Key(int, 2000, ge=1)}, _loss_scaling),
+    "qk_norm": Mitigation("LayerNorm on attention queries and keys (transformer)", {"qk_norm": Key(bool, True)},
+                          _model_keys),
     "parameterization": Mitigation("another parameterisation (standard, ntk, mup)",
-                                   {"parameterization": REQUIRED}, _model_keys),
-    "dtype": Mitigation("another compute precision (float32, bfloat16, float16)", {"dtype": REQUIRED}, _model_keys),
+                                   {"parameterization": Key(str)}, _model_keys),
+    "dtype": Mitigation("another compute precision (float32, bfloat16, float16)", {"dtype": Key(str)}, _model_keys),
     "combo": Mitigation("several mitigations at once, applied in order: apply = [{name = ...}, ...]",
-                        {"apply": REQUIRED}, _combo, lists=("apply",)),
+                        {"apply": Key(list, of=dict, nonempty=True)}, _combo, lists=("apply",)),
 }
 
-# Mitigations whose every parameter is traced (a number > 0).
-TRACED_MITIGATIONS = tuple(TRANSFORMS) + tuple(AUX_LOSSES)

@@ -16,34 +16,37 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def probe_profile(series: dict[str, dict], path, title: str = "") -> None:
+def gradient_profile(series: dict[str, tuple[str, list[list]]], path, title: str = "") -> None:
     """Per-layer (or per-step) pre-activation gradient norm at initialisation, one line per label.
 
     Args:
-      series: label -> probe result (bench.probe.probe output).
+      series: label -> (axis: "layers" or "steps", per-seed log10 norms per layer; None or "inf"/"-inf"
+        where a norm was not a number, overflowed or was exactly zero: such points are left out).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, result in series.items():
-        axis = result["axis"]
-        norms = np.array([[np.nan if v is None else v for v in row] for row in result["per_seed"]["preact_grad_norm"]])
-        x = np.arange(1, norms.shape[1] + 1)
+    axis = "layers"
+    for label, (axis, rows) in series.items():
+        logs = np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=float)
+        logs[~np.isfinite(logs)] = np.nan
+        if not np.isfinite(logs).any():
+            continue
+        x = np.arange(1, logs.shape[1] + 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(norms, 0)
-            low, high = np.nanquantile(norms, 0.1, 0), np.nanquantile(norms, 0.9, 0)
-        line, = ax.plot(x, median, label=f"{label} (growth {result['growth_per_layer'] or float('nan'):.3g}/"
-                                         f"{axis[:-1]})")
+            median = np.nanmedian(logs, 0)
+            low, high = np.nanquantile(logs, 0.1, 0), np.nanquantile(logs, 0.9, 0)
+        line, = ax.plot(x, median, label=label)
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
-    ax.set_yscale("log")
     ax.set_xlabel(f"{axis[:-1]} (input side first)")
-    ax.set_ylabel("‖∂loss/∂pre-activation‖ at init (median, 10–90% band)")
+    ax.set_ylabel("log10 ‖∂loss/∂pre-activation‖ at init\n(median, 10–90% band)")
     ax.set_title(title or "gradient norm per layer at initialisation", fontsize=10)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 
-def divergence_vs_lr(series: dict[str, list[tuple[float, float, float, float]]], path, title: str) -> None:
-    """Divergence rate (with its 95% interval) against learning rate, one line per variant.
+def failure_vs_lr(series: dict[str, list[tuple[float, float, float, float]]], path, title: str) -> None:
+    """Failure rate (diverged or collapsed, with its 95% interval) against learning rate, one line per variant.
 
     Args:
       series: label -> [(lr, rate, ci_low, ci_high), ...].
@@ -58,7 +61,7 @@ def divergence_vs_lr(series: dict[str, list[tuple[float, float, float, float]]],
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel("divergence rate (95% Wilson interval)")
+    ax.set_ylabel("failure rate: diverged or collapsed (95% Wilson)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
     _save(fig, path)

@@ -6,12 +6,14 @@ committed report can be checked against the raw results it came from.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 from bench import claims as claims_lib
-from bench import metrics, plots
-from bench.store import SUITE_FILE, ResultsStore
+from bench import plots
+from bench.records import read_extended
+from bench.store import SUITE_FILE, read_results
 
 
 def variant(record: dict) -> str:
@@ -29,42 +31,111 @@ def _interval(ci, digits=3):
 
 
 def environment_line(records: list[dict]) -> str:
-    """Versions, backend, devices, commit and time span of the records."""
+    """Package and library versions, machine, commit and time span of the records (of one environment)."""
     env = records[0]["env"]
     v = env["versions"]
     stamps = sorted(r["env"]["timestamp"] for r in records)
     commit = (env["git_commit"] or "unknown")[:10] + (" (dirty)" if env["git_dirty"] else "")
-    return (f"jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, optax {v['optax']}, numpy {v['numpy']}, "
-            f"Python {env['python']}; backend {env['backend']} ({env['device_kind']} x{env['device_count']}); "
-            f"XLA_FLAGS '{env['xla_flags']}'; commit {commit}; run {stamps[0]} to {stamps[-1]}")
+    package = (f"gradbench {env.get('package_version') or 'unknown'} (code sha256 {env['code_sha256'][:12]}), "
+               if env.get("code_sha256") else "")
+    machine = (f"; CPU {env['cpu']}" + (f" x{env['cpu_count']}" if env.get("cpu_count") else "")
+               if env.get("cpu") else "") + \
+        "".join(f", {k} {val}" for k, val in (env.get("cuda") or {}).items()) + \
+        "".join(f", {k} {val}" for k, val in (env.get("jax_plugins") or {}).items())
+    precision = (f"; matmul precision {env['default_matmul_precision']}"
+                 if env.get("default_matmul_precision") else "")
+    return (f"{package}jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, optax {v['optax']}, "
+            f"numpy {v['numpy']}, Python {env['python']}; backend {env['backend']} ({env['device_kind']} "
+            f"x{env['device_count']}){machine}{precision}; XLA_FLAGS '{env['xla_flags']}'; commit {commit}; "
+            f"run {stamps[0]} to {stamps[-1]}")
 
 
-def cells_table(records: list[dict]) -> list[str]:
-    """One row per cell: divergence rate, convergence, quality, gradient growth at init, throughput."""
-    lines = ["| cell | diverged (95% CI) | converged | median steps (95% CI) | held-out loss | gap | "
-             "growth/layer at init | steps/s |", "|---|---|---|---|---|---|---|---|"]
+def _env_key(env: dict) -> str:
+    return json.dumps({k: v for k, v in env.items() if k not in ("timestamp", "matmul_flops_per_s")}, sort_keys=True)
+
+
+def environments(records: list[dict]) -> dict[str, list[dict]]:
+    """The distinct environments among the records, named E1, E2, ... (E1 the most common) -> their records."""
+    groups: dict[str, list[dict]] = {}
     for r in records:
-        n = len(r["per_seed"]["diverged"])
-        growth = (r.get("probe") or {}).get("growth_per_layer")
+        groups.setdefault(_env_key(r["env"]), []).append(r)
+    ranked = sorted(groups.values(), key=len, reverse=True)
+    return {f"E{i + 1}": recs for i, recs in enumerate(ranked)}
+
+
+def environment_lines(records: list[dict], names: dict[str, str]) -> list[str]:
+    """`Environment: ...`, or one line per environment when the records come from several."""
+    shown: dict[str, list[dict]] = {}
+    for r in records:
+        shown.setdefault(names[r["cell_id"]], []).append(r)
+    if len(shown) == 1 and len(set(names.values())) == 1:
+        return [f"Environment: {environment_line(records)}"]
+    return ["Environments (rows marked [E2], [E3], ... come from another environment than E1):", ""] + \
+        [f"- {name} ({len(recs)} records): {environment_line(recs)}" for name, recs in sorted(shown.items())]
+
+
+def _ratio(x) -> str:
+    return "–" if x is None else "∞" if x == "inf" or x == float("inf") else f"{float(x):.3g}"
+
+
+def _median_e2e(record: dict, fraction: float):
+    """Median over seeds of the end-to-end gradient ratio at a snapshot (NaN counts as infinity)."""
+    k = record["explosion"]["fractions"].index(fraction)
+    values = [read_extended(row[k]) for row in record["explosion"]["per_seed"]["e2e_ratio"]]
+    values = [math.inf if math.isnan(v) else v for v in values]
+    return sorted(values)[(len(values) - 1) // 2] if values else None
+
+
+def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> list[str]:
+    """One row per cell: outcomes, convergence, quality, explosion at init and mid-training, throughput.
+
+    marks: cell_id -> environment name for rows from another environment than the main one (E1).
+    """
+    marks = marks or {}
+    mark = lambda r: f" [{marks[r['cell_id']]}]" if r["cell_id"] in marks else ""  # noqa: E731
+    lines = ["| cell | failed (95% CI) | diverged | collapsed | converged | median steps (95% CI) | "
+             "validation loss | held-out loss | e2e ratio at init | e2e at 50% | steps/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        ps, n = r["per_seed"], len(r["per_seed"]["diverged"])
+        median = "not reached" if r["median_steps_to_converge"] is None else _fmt(r["median_steps_to_converge"])
         lines.append(
-            f"| {r['label']} | {r['divergence_rate']:.2f} {_interval(r['divergence_rate_ci'], 2)} | "
-            f"{r['converged']}/{n} | {_fmt(r['median_steps_to_converge'])} {_interval(r['steps_to_converge_ci'])} | "
-            f"{_fmt(r['quality']['final_heldout_loss'])} | {_fmt(r['quality']['generalization_gap'])} | "
-            f"{_fmt(growth)} | {r['throughput']['steps_per_s']:.0f} |")
+            f"| {r['label']}{mark(r)} | {r['failure_rate']:.2f} {_interval(r['failure_rate_ci'], 2)} | "
+            f"{sum(ps['diverged'])} | "
+            f"{sum(ps['collapsed'])} | {r['converged']}/{n} | {median} {_interval(r['steps_to_converge_ci'])} | "
+            f"{_fmt(r['quality']['final_validation_loss'])} | {_fmt(r['quality']['final_heldout_loss'])} | "
+            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | {r['throughput']['steps_per_s']:.0f} |")
     return lines
 
 
-def lr_view(records: list[dict]) -> list[str]:
-    """Largest learning rate with divergence rate <= 10%, per variant."""
-    by_variant: dict[str, dict] = {}
+def arms_table(records: list[dict]) -> list[str]:
+    """Per arm (one variant over the learning-rate grid): critical learning rate, sensitivity, tuned quality."""
+    by_variant: dict[str, list] = {}
     for r in records:
-        by_variant.setdefault(variant(r), {})[r["config"]["optimizer"]["lr"]] = r["divergence_rate"]
-    lines = ["| variant | learning rates tried | largest with divergence rate <= 10% |", "|---|---|---|"]
-    for name, rates in by_variant.items():
-        stable = metrics.largest_stable_lr(rates)
-        lines.append(f"| {name} | {', '.join(f'{lr:g}' for lr in sorted(rates))} | "
-                     f"{'none' if stable is None else f'{stable:g}'} |")
+        by_variant.setdefault(variant(r), []).append(r)
+    lines = ["| variant | learning rates | median critical lr | lr sensitivity | trainable decades | tuned lr | "
+             "tuned held-out loss | tuned held-out metric |", "|---|---|---|---|---|---|---|---|"]
+    for name, recs in by_variant.items():
+        s = claims_lib.Arm(recs).summary()
+        lrs = s["lrs"]
+        grid = f"{len(lrs)}: {lrs[0]:g} to {lrs[-1]:g}" if len(lrs) > 3 else ", ".join(f"{x:g}" for x in lrs)
+        critical = {"above": f"> {s['critical_lr']:g} (top)", "below": f"< {s['critical_lr']:g} (bottom)"}.get(
+            s["critical_lr_censored"], f"{s['critical_lr']:g}")
+        lines.append(f"| {name} | {grid} | {critical} | {_fmt(s['lr_sensitivity'])} | {_fmt(s['trainable_decades'])} "
+                     f"| {s['tuned_lr']:g} | {_fmt(s['tuned_heldout_loss'])} | {_fmt(s['tuned_heldout_metric'])} |")
     return lines
+
+
+def _answer(q: dict | None) -> str:
+    """One question's answer for a table cell: verdict, effect with its interval, corrected p."""
+    if not q:
+        return "–"
+    if q.get("p") is None:
+        return f"{q['verdict']} ({q.get('note', '')})"
+    kind = "x" if q["log_scale"] else "+"
+    text = (f"{q['verdict']}: {kind}{q['effect']:.3g} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}], "
+            f"p={q['p_adjusted']:.2g}")
+    return text + (f"; {q['note']}" if q.get("note") else "")
 
 
 def _plot_jobs(experiment: str, records: list[dict], plot_dir: Path) -> dict[str, tuple]:
@@ -72,39 +143,37 @@ def _plot_jobs(experiment: str, records: list[dict], plot_dir: Path) -> dict[str
     slug = "".join(c if c.isalnum() else "-" for c in experiment).strip("-")
     lines: dict[str, list] = {}
     for r in records:
-        lo, hi = r["divergence_rate_ci"]
-        lines.setdefault(variant(r), []).append((r["config"]["optimizer"]["lr"], r["divergence_rate"], lo, hi))
+        lo, hi = r["failure_rate_ci"]
+        lines.setdefault(variant(r), []).append((r["config"]["optimizer"]["lr"], r["failure_rate"], lo, hi))
     lrs = sorted({r["config"]["optimizer"]["lr"] for r in records})
-    # Loss curves at the learning rate where the variants differ most in divergence rate.
-    spread = {lr: [r["divergence_rate"] for r in records if r["config"]["optimizer"]["lr"] == lr] for lr in lrs}
+    # Loss curves at the learning rate where the variants differ most in failure rate.
+    spread = {lr: [r["failure_rate"] for r in records if r["config"]["optimizer"]["lr"] == lr] for lr in lrs}
     lr = max(lrs, key=lambda x: (max(spread[x]) - min(spread[x]), -abs(lrs.index(x) - len(lrs) // 2)))
     curves = {variant(r): (r["trace"]["step"], r["trace"]["loss"]) for r in records
               if r["config"]["optimizer"]["lr"] == lr}
-    probes = {}
+    profiles = {}
     for r in records:
-        if r.get("probe") and variant(r) not in probes:
-            probes[variant(r)] = r["probe"]
-    jobs = {
-        f"{slug}-divergence.png": (plots.divergence_vs_lr, lines, f"{experiment}: divergence rate vs learning rate"),
+        if variant(r) not in profiles:
+            e = r["explosion"]
+            profiles[variant(r)] = (e["axis"], e["per_seed"]["log10_preact_grad_init"])
+    return {str(plot_dir / name): job for name, job in {
+        f"{slug}-failure.png": (plots.failure_vs_lr, lines, f"{experiment}: failure rate vs learning rate"),
         f"{slug}-loss.png": (plots.loss_curves, curves, f"{experiment}: training loss at lr={lr:g}"),
-    }
-    if probes:
-        jobs[f"{slug}-gradients.png"] = (plots.probe_profile, probes, f"{experiment}: gradient norms at init")
-    return {str(plot_dir / name): job for name, job in jobs.items()}
+        f"{slug}-gradients.png": (plots.gradient_profile, profiles, f"{experiment}: gradient norms at init"),
+    }.items()}
 
 
 def render(results_dir, output) -> tuple[str, dict]:
     """The report's Markdown text for `output`, and the plots it links (path -> job)."""
     results_dir, output = Path(results_dir), Path(output)
     suite = json.loads((results_dir / SUITE_FILE).read_text())
-    records = ResultsStore(results_dir).records
-    if not records:
-        raise ValueError(f"{results_dir}: no results records")
+    records = read_results(results_dir)
     plot_dir = results_dir / "plots"
     link = lambda p: os.path.relpath(p, output.parent)  # noqa: E731
     shown = link(results_dir)  # paths as seen from the report, so the text does not depend on the cwd
-    command = f"python -m bench run {suite['path']} --out {shown}"
-    env = environment_line(records)
+    command = reproduce_command(suite, results_dir, output)
+    env_names = {r["cell_id"]: name for name, recs in environments(records).items() for r in recs}
+    marks = {cid: name for cid, name in env_names.items() if name != "E1"}
     by_experiment: dict[str, list] = {}
     for r in records:
         by_experiment.setdefault(r["experiment"], []).append(r)
@@ -117,22 +186,37 @@ def render(results_dir, output) -> tuple[str, dict]:
 
     out = [f"# Results: {suite['name']}", "",
            f"Generated by `python -m bench report {shown}` from `{shown}/results.jsonl`; "
-           "do not edit by hand.", "", f"Reproduce: `{command}`", "", f"Environment: {env}", ""]
+           "do not edit by hand.", "", f"Reproduce (paths relative to the directory of this report): `{command}`",
+           "", *environment_lines(records, env_names), ""]
     settings = suite["settings"]
-    out += [f"Thresholds: a seed diverges at the first step whose loss or gradient norm is non-finite or whose "
-            f"loss exceeds {settings['divergence_factor']:g} x its initial loss; it converges when its training "
-            f"loss (moving average, smoothing {settings['smoothing']:g}) reaches the task's target. Tests: "
-            f"Fisher's exact test (rates) and Mann-Whitney U (per-seed values), two-sided, Holm-corrected over "
-            f"all comparisons, alpha {claims_lib.ALPHA:g}.", ""]
-    judged = claims_lib.verdicts(suite["claims"], records) if suite["claims"] else []
+    min_effect = settings.get("min_effect", 1.25)
+    t = records[0]["thresholds"]
+    out += [f"How to read it (definitions: `docs/METHODS.md` of the gradbench repository). Per seed, a run "
+            f"*diverged* at the first step whose loss or gradient norm is non-finite or whose loss exceeds "
+            f"{t['divergence_factor']:g} x the task's trivial loss (the best constant predictor's) and its initial "
+            f"loss; it *collapsed* "
+            f"when it finished with a training loss of at least {t['collapse_fraction']:g} x the trivial loss; "
+            f"*failed* is either. Explosion is the end-to-end gradient ratio ||dL/dh_first|| / ||dL/dh_last|| "
+            f"(input side over output side; below 1: vanishing), at initialisation and during training. Each "
+            f"claim is judged on three questions per comparison: explosion at init, explosion in training and "
+            f"trainability. An answer gives the effect of the variant against the baseline (x: ratio of "
+            f"Hodges-Lehmann medians, +: difference) with its bootstrap 95% interval and the Holm-corrected p "
+            f"of an exact permutation test over seeds; it is decisive only when p < {claims_lib.ALPHA:g} and the "
+            f"effect reaches the minimum effect {min_effect:g}x.", ""]
+    judged = claims_lib.verdicts(suite["claims"], records, min_effect=min_effect) if suite["claims"] else []
     if judged:
-        out += ["## Verdicts", "", "| claim | experiments | verdict | evidence |", "|---|---|---|---|"]
+        out += ["## Verdicts", "", "| claim | verdict | comparison | explosion at init | explosion in training | "
+                "trainability |", "|---|---|---|---|---|---|"]
         for c in judged:
-            evidence = "<br>".join(f"{x.get('regime') or x['experiment']}: {x['metric']} {x['effect']}, "
-                                   f"p={x['p']:.2g} (Holm {x['p_adjusted']:.2g})" for x in c["comparisons"])
-            exps = ", ".join(dict.fromkeys(x["experiment"] for x in c["comparisons"]))
-            out.append(f"| {c['id']}. {c.get('title', '')} | {exps} | **{c['verdict']}** | {evidence} |")
-        out.append("")
+            for i, x in enumerate(c["comparisons"]):
+                head = f"{c['id']}. {c.get('title', '')} | **{c['verdict']}**" if i == 0 else " | "
+                q = x["questions"]
+                out.append(f"| {head} | {x.get('regime') or x['experiment']} | {_answer(q.get('init'))} | "
+                           f"{_answer(q.get('training'))} | {_answer(q.get('trainability'))} |")
+        out += ["", "A claim's verdict follows from the answers on the questions it is judged on: decisive answers "
+                "that all agree give it; answers that disagree give `depends`, naming which regime and question "
+                "gave which; with no decisive answer it is `inconclusive` if any answer is, else `no detectable "
+                "effect`.", ""]
     sections = [(f"Claim {c['id']}: {c.get('title', '')}", c) for c in judged] or \
                [(f"Experiment: {e}", None) for e in by_experiment]
     for title, claim in sections:
@@ -140,25 +224,47 @@ def render(results_dir, output) -> tuple[str, dict]:
         if claim:
             if claim.get("text"):
                 out += [claim["text"], ""]
-            out += ["| experiment | baseline | variant | metric | claim expects variant | effect | p | "
-                    "p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+            out += [f"Judged on: {', '.join(claim['judged_on'])}.", "",
+                    "| comparison | baseline | variant | claim expects variant | question | measured | medians "
+                    "(baseline, variant) | effect [95% CI] | p | p (Holm) | verdict |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|"]
             for x in claim["comparisons"]:
-                out.append(f"| {x.get('regime') or x['experiment']} | {_selector(x['baseline'])} | "
-                           f"{_selector(x['variant'])} | {x['metric']} | {x['expect']} | {x['effect']} | "
-                           f"{x['p']:.3g} | {x['p_adjusted']:.3g} | {x['verdict']} |")
+                for name, q in x["questions"].items():
+                    medians = ", ".join(_ratio(m) for m in q["median"])
+                    effect = "–" if q.get("effect") is None else \
+                        f"{q['effect']:.3g} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}]"
+                    p = "– | –" if q.get("p") is None else f"{q['p']:.2g} | {q['p_adjusted']:.2g}"
+                    out.append(f"| {x.get('regime') or x['experiment']} | {_selector(x['baseline'])} | "
+                               f"{_selector(x['variant'])} | {x['expect']} | {name} | {q['what']} | {medians} | "
+                               f"{effect} | {p} | {q['verdict']} |")
             out.append("")
-            experiments = dict.fromkeys(x["experiment"] for x in claim["comparisons"])
+            sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
+                [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
+            experiments = dict.fromkeys(e for e, _ in sides)
         else:
             experiments = [title.split(": ", 1)[1]]
         for experiment in experiments:
             recs = by_experiment[experiment]
             if claim:
-                selectors = [x[s] for x in claim["comparisons"] if x["experiment"] == experiment
-                             for s in ("baseline", "variant")]
+                selectors = [s for e, s in sides if e == experiment]
                 recs = [r for r in recs if any(claims_lib.matches(r["config"], s) for s in selectors)]
-            out += [f"### {experiment}", "", *cells_table(recs), "", *lr_view(recs), "", *figures[experiment], "",
-                    f"Reproduce: `{command}`  ", f"Environment: {environment_line(recs)}", ""]
+            out += [f"### {experiment}", "", *arms_table(recs), "", "<details><summary>every cell</summary>", "",
+                    *cells_table(recs, marks), "", "</details>", "", *figures[experiment], ""]
+            if len(environments(records)) > 1:
+                out += [*environment_lines(recs, env_names), ""]
     return "\n".join(out), jobs
+
+
+def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:
+    """The exact `bench run` command, seeds and steps as run, paths relative to the report's directory."""
+    where = suite.get("suite_from_out")
+    if where and not os.path.isabs(where):
+        suite_path = os.path.relpath(results_dir / where, output.parent)
+    else:
+        suite_path = where or suite["path"]  # older suite.json: the path as given on the command line
+    settings = suite["settings"]
+    flags = f" --seeds {settings['seeds']}" + (f" --steps {settings['steps']}" if settings.get("steps") else "")
+    return f"python -m bench run {suite_path}{flags} --out {os.path.relpath(results_dir, output.parent)}"
 
 
 def _selector(selector: dict) -> str:

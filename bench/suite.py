@@ -1,11 +1,30 @@
 """Suite files (TOML) -> validated, expanded cells.
 
 Validation happens here, before any compute; everything downstream trusts the
-cells. A suite holds one experiment (top-level [task], [model], [optimizer],
+cells. Every key is stated once with its type, range and default (a
+`bench.schema.Key`): the tables below for [suite], [[experiment]] and
+[[claim]], `bench.optim` for optimiser keys and mitigation parameters, and the
+model and task Config dataclasses (type hints, CHOICES, __post_init__) for
+[model] and [task]. Every float must be finite.
+
+A suite holds one experiment (top-level [task], [model], [optimizer],
 [[mitigation]]) or several ([[experiment]] tables, whose sections override the
 top-level ones key by key; a section that names another task, family or
-optimiser starts from that one's defaults). Any scalar key of task/model/optimizer/mitigation
-may be a list: a grid axis.
+optimiser starts from that one's defaults). Any scalar key of
+task/model/optimizer/mitigation may be a list: a grid axis. A learning rate
+(`[optimizer] lr`, an optimizer mitigation's `lr`) may also be a log-spaced
+grid `{ min = 1e-3, max = 1.0, per_decade = 8 }`: n = round(per_decade x
+log10(max / min)) and the values 10 ** linspace(log10(min), log10(max), n + 1),
+both ends included, each rounded to 12 significant digits. The command line's
+--seeds and --steps override the suite's and every experiment's own.
+
+A `[[claim]]` has an `id`, `title`, `text`, `judged_on` (questions of
+bench.claims.QUESTIONS, default all) and `comparison`s: `experiment`,
+`regime`, `baseline` and `variant` (selectors matched against the cells'
+mitigation, each selecting at least one cell), `expect` (bench.claims.EXPECT),
+`metric` (default critical_lr), `lr` (one of the experiment's learning rates)
+and `at` (a fraction of the budget in bench.metrics.SNAPSHOT_FRACTIONS,
+default 0.5).
 """
 from __future__ import annotations
 
@@ -15,29 +34,82 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
 
 from bench import build, optim
-from models import FAMILIES
+from bench.schema import REQUIRED, Invalid, Key
+from models import FAMILIES, common
 from tasks import TASKS
 
-SETTINGS = {  # [suite] key -> (type, default)
-    "name": (str, None),
-    "description": (str, ""),
-    "seeds": (int, 8),
-    "steps": (int, None),  # None: the task's DEFAULT_STEPS
-    "divergence_factor": (float, 10.0),
-    "smoothing": (float, 0.9),
-    "early_stop": (bool, True),  # a converged seed stops training (final numbers at convergence)
-    "chunk_steps": (int, 100),
-    "trace_points": (int, 100),
-    "probe": (bool, True),  # record gradient diagnostics at initialisation with every cell
+MAX_SEEDS = 10_000  # seeds of one cell
+MAX_RUNS = 1_000_000  # seeds x cells of one suite: every run's state is held in memory at once per group
+
+# [suite] keys
+SETTINGS = {
+    "name": Key(str, doc="names the default output directory runs/NAME"),
+    "description": Key(str, ""),
+    "seeds": Key(int, 8, ge=1, le=MAX_SEEDS),
+    "steps": Key(int, None, ge=1),  # None: the task's DEFAULT_STEPS
+    "divergence_factor": Key(float, 10.0, gt=1),
+    "collapse_fraction": Key(float, 0.5, gt=0, le=1, doc="a finished seed whose training loss is >= this x the "
+                             "trivial loss collapsed"),
+    "min_effect": Key(float, 1.25, gt=1, doc="the smallest ratio a supported/contradicted verdict must clear"),
+    "smoothing": Key(float, 0.9, ge=0, lt=1),
+    "early_stop": Key(bool, True),  # a converged seed stops training (final numbers at convergence)
+    "chunk_steps": Key(int, 100, ge=1),
+    "trace_points": Key(int, 100, ge=2, le=1_000_000),
 }
-EXPERIMENT_KEYS = ("name", "description", "seeds", "steps", "early_stop", "task", "model", "optimizer", "mitigation")
-CLAIM_KEYS = ("id", "title", "text", "comparison")
-COMPARISON_KEYS = ("experiment", "regime", "baseline", "variant", "metric", "expect")
+# top-level keys of a suite file
+TOP_LEVEL = {
+    "suite": Key(dict),
+    "task": Key(dict, None),
+    "model": Key(dict, None),
+    "optimizer": Key(dict, None),
+    "mitigation": Key(list, None, of=dict, nonempty=True),
+    "experiment": Key(list, None, of=dict, nonempty=True),
+    "claim": Key(list, [], of=dict),
+}
+# [[experiment]] keys (None: the top level's)
+EXPERIMENT = {
+    "name": Key(str, None),
+    "description": Key(str, ""),
+    "seeds": dataclasses.replace(SETTINGS["seeds"], default=None),
+    "steps": dataclasses.replace(SETTINGS["steps"], default=None),
+    "early_stop": Key(bool, None),
+    "task": Key(dict, None),
+    "model": Key(dict, None),
+    "optimizer": Key(dict, None),
+    "mitigation": TOP_LEVEL["mitigation"],
+}
+
+
+def _claim_schema() -> tuple[dict, dict]:
+    """[[claim]] keys and comparison keys (their allowed names come from bench.claims and bench.metrics)."""
+    from bench.claims import EXPECT, METRICS, QUESTIONS
+    from bench.metrics import SNAPSHOT_FRACTIONS
+
+    claim = {
+        "id": Key((str, int)),
+        "title": Key(str, ""),
+        "text": Key(str, ""),
+        "judged_on": Key(list, list(QUESTIONS), of=str, choices=tuple(QUESTIONS)),
+        "comparison": Key(list, of=dict, nonempty=True),
+    }
+    comparison = {
+        "experiment": Key(str),
+        "variant_experiment": Key(str, None),  # the variant arm's experiment, when not `experiment`
+        "regime": Key(str, None),
+        "baseline": Key(dict),
+        "variant": Key(dict),
+        "expect": Key(str, choices=tuple(EXPECT)),
+        "metric": Key(str, "critical_lr", choices=tuple(METRICS)),
+        "lr": Key(float, None, gt=0),
+        "at": Key(float, 0.5, choices=tuple(SNAPSHOT_FRACTIONS)),
+    }
+    return claim, comparison
 
 
 class SuiteError(Exception):
@@ -82,12 +154,14 @@ def _choose(path, key, value, allowed):
                          f"{_suggest(value, allowed)}")
 
 
-def _check_type(path, key, value, typ):
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
-        raise SuiteError(path, key, f"expected {typ.__name__}, got {type(value).__name__} {value!r}")
-    return value
+def _check(path, key: str, value, spec: Key):
+    """One value against its Key; SuiteError naming the file and key otherwise."""
+    try:
+        return spec.check(value)
+    except Invalid as e:
+        if spec.choices is not None and isinstance(value, str):
+            _choose(path, key, value, spec.choices)
+        raise SuiteError(path, key, str(e)) from None
 
 
 def _check_keys(path, prefix, table, allowed):
@@ -97,28 +171,45 @@ def _check_keys(path, prefix, table, allowed):
                              f"{_suggest(key, allowed)}")
 
 
-def _axis(path, key, value, typ):
-    """A key's values as a list (a grid axis when the suite gave a list)."""
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise SuiteError(path, key, "an empty list gives no cells")
-    return [_check_type(path, key, v, typ) for v in values]
+def _table(path, prefix: str, table: dict, schema: dict[str, Key], what: str = "") -> dict:
+    """A table checked against a schema: no unknown keys, required keys present, defaults filled in."""
+    _check_keys(path, prefix, table, schema)
+    out = {}
+    for key, spec in schema.items():
+        if key in table:
+            out[key] = _check(path, f"{prefix}.{key}", table[key], spec)
+        elif spec.default is REQUIRED:
+            raise SuiteError(path, f"{prefix}.{key}", f"missing{what}; expected {spec.allowed()}")
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out
 
 
-def _dataclass_axes(path, prefix, table, config_cls, choices):
-    """Validates a table against a Config dataclass; returns key -> list of values."""
+def _axis(path, key, value, spec: Key):
+    """A key's values as a list (a grid axis when the suite gave a list or a log-spaced grid table)."""
+    if isinstance(value, list):
+        if not value:
+            raise SuiteError(path, key, "an empty list gives no cells")
+        spec = dataclasses.replace(spec, log_grid=False)  # a grid table inside a list is not a value
+        return [_check(path, key, v, spec) for v in value]
+    values = _check(path, key, value, spec)
+    return values if isinstance(values, list) else [values]
+
+
+def _field_keys(config_cls) -> dict[str, Key]:
+    """The Keys of a model or task Config dataclass: its type hints, defaults and CHOICES."""
     hints = typing.get_type_hints(config_cls)
-    fields = [f.name for f in dataclasses.fields(config_cls)]
-    _check_keys(path, prefix, table, fields)
-    axes = {}
-    for key in fields:
-        default = getattr(config_cls(), key)
-        values = _axis(path, f"{prefix}.{key}", table.get(key, default), hints[key])
-        for v in values:
-            if key in choices:
-                _choose(path, f"{prefix}.{key}", v, choices[key])
-        axes[key] = values
-    return axes
+    choices = getattr(config_cls, "CHOICES", {})
+    default = config_cls()
+    return {f.name: Key(hints[f.name], getattr(default, f.name), choices=choices.get(f.name))
+            for f in dataclasses.fields(config_cls)}
+
+
+def _dataclass_axes(path, prefix, table, config_cls):
+    """Validates a table against a Config dataclass; returns key -> list of values."""
+    keys = _field_keys(config_cls)
+    _check_keys(path, prefix, table, keys)
+    return {key: _axis(path, f"{prefix}.{key}", table.get(key, spec.default), spec) for key, spec in keys.items()}
 
 
 def _make_config(path, prefix, config_cls, values):
@@ -128,11 +219,24 @@ def _make_config(path, prefix, config_cls, values):
         raise SuiteError(path, prefix, str(e)) from None
 
 
+def _weight_var_used(path, prefix, given: dict, effective: dict, config_cls):
+    """Refuses a weight_var given beside an initialiser that ignores it (it sets its own scale)."""
+    if "weight_var" not in given or "init" not in {f.name for f in dataclasses.fields(config_cls)}:
+        return
+    inits = effective.get("init", config_cls().init)
+    inits = inits if isinstance(inits, list) else [inits]
+    if inits and all(isinstance(i, str) and i in common.SCALE_FREE for i in inits):
+        scaled = ", ".join(n for n in common.INITIALISERS if n not in common.SCALE_FREE and n != "identity")
+        raise SuiteError(path, f"{prefix}.weight_var", f"init {inits[0]!r} ignores weight_var (it sets its own "
+                         f"scale); drop weight_var or use an init that reads it: {scaled}")
+
+
 def _named(path, section, table, key, registry):
     if key not in table:
         raise SuiteError(path, f"{section}.{key}", f"missing; allowed: {', '.join(registry)}")
     if not isinstance(table[key], str):
-        raise SuiteError(path, f"{section}.{key}", "must be one name (grid over experiments instead)")
+        raise SuiteError(path, f"{section}.{key}", f"must be one name, one of {', '.join(registry)} "
+                         "(grid over experiments instead)")
     _choose(path, f"{section}.{key}", table[key], list(registry))
     return table[key]
 
@@ -142,34 +246,35 @@ def _product(axes: dict) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
 
 
+def _size(axes: dict) -> int:
+    return math.prod(len(v) for v in axes.values())
+
+
 def _optimizer_axes(path, table):
     name = _named(path, "optimizer", table, "name", optim.OPTIMIZERS)
-    defaults = {"lr": 0.01, "warmup_steps": 0, **optim.optimizer_defaults(name)}
-    _check_keys(path, "optimizer", {k: v for k, v in table.items() if k != "name"}, defaults)
-    axes = {k: _axis(path, f"optimizer.{k}", table.get(k, d), type(d)) for k, d in defaults.items()}
-    if any(lr <= 0 for lr in axes["lr"]):
-        raise SuiteError(path, "optimizer.lr", "must be > 0")
-    return name, axes
+    keys = optim.optimizer_keys(name)
+    _check_keys(path, "optimizer", {k: v for k, v in table.items() if k != "name"}, keys)
+    return name, {k: _axis(path, f"optimizer.{k}", table.get(k, spec.default), spec) for k, spec in keys.items()}
 
 
-def _mitigation_axes(path, key, table):
+def _mitigation_axes(path, key, table, model_table):
     name = _named(path, key, table, "name", optim.MITIGATIONS)
     spec = optim.MITIGATIONS[name]
-    _check_keys(path, key, {k: v for k, v in table.items() if k != "name"}, spec.params)
+    params = {k: v for k, v in table.items() if k != "name"}
+    _check_keys(path, key, params, spec.params)
     axes = {}
-    for param, default in spec.params.items():
-        if param not in table and default is optim.REQUIRED:
-            raise SuiteError(path, f"{key}.{param}", f"required by mitigation {name!r}")
-        value = table.get(param, default)
-        is_axis = isinstance(value, list) and (param not in spec.lists or all(isinstance(v, list) for v in value))
-        axes[param] = value if is_axis else [value]
-        for v in axes[param]:
-            if name in _TRACED_MITIGATIONS and not (isinstance(v, (int, float)) and v > 0):
-                raise SuiteError(path, f"{key}.{param}", f"must be a number > 0, got {v!r}")
+    for param, param_spec in spec.params.items():
+        if param not in table and param_spec.default is REQUIRED:
+            raise SuiteError(path, f"{key}.{param}", f"required by mitigation {name!r}; expected "
+                             f"{param_spec.allowed()}")
+        value = table.get(param, param_spec.default)
+        if param in spec.lists and isinstance(value, list) and not all(isinstance(v, list) for v in value):
+            value = [value]  # one list-valued parameter (combo's `apply`), not a grid axis over its items
+        axes[param] = [None] if value is None else _axis(path, f"{key}.{param}", value, param_spec)
+    family = FAMILIES.get(model_table.get("family"))
+    if family is not None and name == "init":
+        _weight_var_used(path, key, params, params, family.Config)
     return name, axes
-
-
-_TRACED_MITIGATIONS = optim.TRACED_MITIGATIONS  # mitigations whose parameters are traced numbers
 
 
 def _plan(path, key, config) -> dict:
@@ -189,18 +294,16 @@ def _plan(path, key, config) -> dict:
     if extra:
         raise SuiteError(path, key, f"mitigation {name!r} does not apply to family "
                          f"{plan['model']['family']!r} (it has no key {sorted(extra)[0]!r})")
-    axes = _dataclass_axes(path, f"{key} ({name})", model_table, family.Config, family.Config.CHOICES)
+    axes = _dataclass_axes(path, f"{key} ({name})", model_table, family.Config)
     if any(len(v) > 1 for v in axes.values()):
         raise SuiteError(path, key, "a mitigation's model keys take one value each here")
     plan["model"] = {"family": plan["model"]["family"],
                      **_make_config(path, key, family.Config, {k: v[0] for k, v in axes.items()})}
-    if plan["optimizer"]["name"] not in optim.OPTIMIZERS:
-        _choose(path, f"{key}.optimizer", plan["optimizer"]["name"], list(optim.OPTIMIZERS))
     try:
         build.check(plan["task"], plan["model"])
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, OverflowError, MemoryError) as e:
         raise SuiteError(path, f"task {plan['task']['name']!r} with family {plan['model']['family']!r}",
-                         str(e)) from None
+                         str(e) or type(e).__name__) from None
     return plan
 
 
@@ -209,11 +312,13 @@ def canonical_section(source, section: str, table: dict) -> dict:
     name_key, registry = {"task": ("name", TASKS), "model": ("family", FAMILIES)}[section]
     name = _named(source, section, table, name_key, registry)
     cls = registry[name].Config
-    axes = _dataclass_axes(source, section, {k: v for k, v in table.items() if k != name_key}, cls,
-                           getattr(cls, "CHOICES", {}))
+    own = {k: v for k, v in table.items() if k != name_key}
+    axes = _dataclass_axes(source, section, own, cls)
     for key, values in axes.items():
         if len(values) > 1:
             raise SuiteError(source, f"{section}.{key}", "takes one value here")
+    if section == "model":
+        _weight_var_used(source, section, own, own, cls)
     return {name_key: name, **_make_config(source, section, cls, {k: v[0] for k, v in axes.items()})}
 
 
@@ -246,31 +351,30 @@ def _lookup(config, dotted):
     return config[section][key]
 
 
-def _expand(path, settings, exp, index) -> list[Cell]:
-    where = f"experiment[{index}]" if index is not None else "suite"
+def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
+    """The cells of one resolved experiment (sections merged, seeds and steps settled)."""
     task_name = _named(path, "task", exp["task"], "name", TASKS)
     task_mod = TASKS[task_name]
     task_axes = _dataclass_axes(path, "task", {k: v for k, v in exp["task"].items() if k != "name"},
-                                task_mod.Config, getattr(task_mod.Config, "CHOICES", {}))
+                                task_mod.Config)
     family = _named(path, "model", exp["model"], "family", FAMILIES)
     model_cls = FAMILIES[family].Config
     model_axes = _dataclass_axes(path, "model", {k: v for k, v in exp["model"].items() if k != "family"},
-                                 model_cls, model_cls.CHOICES)
+                                 model_cls)
     opt_name, opt_axes = _optimizer_axes(path, exp["optimizer"])
-    mitigations = exp.get("mitigation", [{"name": "none"}])
-    if not isinstance(mitigations, list) or not mitigations:
-        raise SuiteError(path, "mitigation", "expected one or more [[mitigation]] tables")
-    seeds = _check_type(path, f"{where}.seeds", exp.get("seeds", settings["seeds"]), int)
-    steps = exp.get("steps", settings["steps"]) or task_mod.DEFAULT_STEPS
-    steps = _check_type(path, f"{where}.steps", steps, int)
-    if seeds < 1 or steps < 1:
-        raise SuiteError(path, f"{where}.seeds", "seeds and steps must be >= 1")
+    seeds = exp["seeds"]
+    steps = _check(path, f"{exp['where']}.steps", exp["steps"] or task_mod.DEFAULT_STEPS, SETTINGS["steps"])
     varying = [f"{s}.{k}" for s, axes in (("task", task_axes), ("model", model_axes), ("optimizer", opt_axes))
                for k, v in axes.items() if len(v) > 1]
+    mitigations = [(f"mitigation[{i}]", *_mitigation_axes(path, f"mitigation[{i}]", m, exp["model"]))
+                   for i, m in enumerate(exp["mitigation"])]
+    n_cells = _size(task_axes) * _size(model_axes) * _size(opt_axes) * sum(_size(a) for _, _, a in mitigations)
+    if runs_before + n_cells * seeds > MAX_RUNS:
+        raise SuiteError(path, f"{exp['where']}.seeds", f"{n_cells} cells x {seeds} seeds (with the experiments "
+                         f"before: {runs_before + n_cells * seeds} runs) is more than {MAX_RUNS:,} runs; use fewer "
+                         "seeds or a coarser grid, or split the suite")
     cells = []
-    for m_index, m_table in enumerate(mitigations):
-        m_key = f"mitigation[{m_index}]"
-        m_name, m_axes = _mitigation_axes(path, m_key, m_table)
+    for m_key, m_name, m_axes in mitigations:
         for t, m, o, mp in itertools.product(_product(task_axes), _product(model_axes), _product(opt_axes),
                                              _product(m_axes)):
             config = {
@@ -281,56 +385,84 @@ def _expand(path, settings, exp, index) -> list[Cell]:
                 "seeds": seeds,
                 "steps": steps,
                 "divergence_factor": settings["divergence_factor"],
+                "collapse_fraction": settings["collapse_fraction"],
                 "smoothing": settings["smoothing"],
-                "early_stop": _check_type(path, f"{where}.early_stop", exp.get("early_stop", settings["early_stop"]),
-                                          bool),
+                "early_stop": exp["early_stop"],
             }
             plan = _plan(path, m_key, config)
             cells.append(Cell(cell_id(config), settings["name"], exp["name"], _label(config, varying), config, plan))
     return cells
 
 
-def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
-    """Reads, validates and expands a suite file; raises SuiteError on bad input."""
+def read_toml(path) -> dict:
+    """A suite file's TOML; SuiteError (one line) for a missing, unreadable, binary or non-UTF-8 file."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SuiteError(path, "-", "no such file") from None
+    except IsADirectoryError:
+        raise SuiteError(path, "-", "is a directory; give a suite file (.toml)") from None
+    except PermissionError:
+        raise SuiteError(path, "-", "not readable (permission denied)") from None
+    except OSError as e:
+        raise SuiteError(path, "-", f"cannot be read ({e.strerror or type(e).__name__})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise SuiteError(path, "-", f"not UTF-8 text{hint}: byte {e.start}; save the suite as UTF-8") from None
+    if "\x00" in text:
+        raise SuiteError(path, "-", "not a text file (it holds NUL bytes); give a suite file (.toml)")
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SuiteError(path, "-", f"not valid TOML: {e}") from None
-    _check_keys(path, "top level", raw, ("suite", "task", "model", "optimizer", "mitigation", "experiment", "claim"))
-    table = raw.get("suite", {})
-    _check_keys(path, "suite", table, SETTINGS)
-    settings = {k: (_check_type(path, f"suite.{k}", table[k], t) if k in table else d)
-                for k, (t, d) in SETTINGS.items()}
-    if settings["name"] is None:
-        raise SuiteError(path, "suite.name", "missing; give the suite a name")
-    settings["seeds"] = seeds or settings["seeds"]
-    settings["steps"] = steps or settings["steps"]
-    if not settings["divergence_factor"] > 1 or not 0 <= settings["smoothing"] < 1:
-        raise SuiteError(path, "suite", "divergence_factor must be > 1 and smoothing in [0, 1)")
-    if settings["chunk_steps"] < 1 or settings["trace_points"] < 2:
-        raise SuiteError(path, "suite", "chunk_steps must be >= 1 and trace_points >= 2")
-    base = {k: raw[k] for k in ("task", "model", "optimizer") if k in raw}
-    if "mitigation" in raw:
-        base["mitigation"] = raw["mitigation"]
-    experiments = raw.get("experiment") or [{"name": settings["name"]}]
-    cells, resolved = [], []
-    for i, exp in enumerate(experiments):
-        index = i if "experiment" in raw else None
-        _check_keys(path, f"experiment[{i}]", exp, EXPERIMENT_KEYS)
-        merged = {"name": exp.get("name", f"experiment{i}"), **{k: v for k, v in exp.items() if k != "name"}}
+
+
+def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
+    """Reads, validates and expands a suite file; raises SuiteError on bad input.
+
+    `seeds` and `steps` (the command line's --seeds and --steps) override the suite's and every experiment's.
+    """
+    path = Path(path)
+    raw = _table(path, "top level", read_toml(path), TOP_LEVEL)
+    settings = _table(path, "suite", raw["suite"], SETTINGS)
+    for flag, value in (("seeds", seeds), ("steps", steps)):
+        if value is not None:
+            settings[flag] = _check(path, f"--{flag}", value, SETTINGS[flag])
+    base = {k: raw[k] for k in ("task", "model", "optimizer", "mitigation") if raw[k] is not None}
+    if "model" in base:
+        _weight_var_used(path, "model", base["model"], base["model"],
+                         getattr(FAMILIES.get(base["model"].get("family")), "Config", _NoInit))
+    experiments = raw["experiment"] or [{"name": settings["name"]}]
+    cells, resolved, names = [], [], {}
+    for i, table in enumerate(experiments):
+        where = f"experiment[{i}]" if raw["experiment"] else "suite"
+        exp = _table(path, where, table, EXPERIMENT)
+        exp["name"] = exp["name"] if exp["name"] is not None else f"experiment{i}"
+        if exp["name"] in names:
+            raise SuiteError(path, f"{where}.name", f"{exp['name']!r} is already the name of {names[exp['name']]}; "
+                             "experiment names must differ")
+        names[exp["name"]] = where
         for section, name_key in (("task", "name"), ("model", "family"), ("optimizer", "name")):
-            inherited, own = base.get(section, {}), exp.get(section, {})
+            inherited, own = base.get(section, {}), exp[section] or {}
             if name_key in own and own[name_key] != inherited.get(name_key):
                 inherited = {}  # another task / family / optimiser: its own defaults, not the top level's keys
-            merged[section] = {**inherited, **own}
-            if not merged[section]:
-                raise SuiteError(path, section, "missing section")
-        merged.setdefault("mitigation", base.get("mitigation", [{"name": "none"}]))
-        resolved.append(merged)
-        cells += _expand(path, settings, merged, index)
+            exp[section] = {**inherited, **own}
+            if not exp[section]:
+                raise SuiteError(path, f"{where}.{section}" if raw["experiment"] else section,
+                                 f"missing section; give a [{section}] table")
+            if section == "model" and exp[section].get(name_key) in FAMILIES:
+                _weight_var_used(path, f"{where}.model", own, exp[section], FAMILIES[exp[section][name_key]].Config)
+        exp["mitigation"] = exp["mitigation"] or base.get("mitigation") or [{"name": "none"}]
+        # --seeds/--steps beat the experiment's own, which beat the suite's.
+        exp["seeds"] = seeds or exp["seeds"] or settings["seeds"]
+        exp["steps"] = steps or exp["steps"] or settings["steps"]
+        exp["early_stop"] = settings["early_stop"] if exp["early_stop"] is None else exp["early_stop"]
+        exp["where"] = where
+        cells += _expand(path, settings, exp, sum(c.config["seeds"] for c in cells))
+        resolved.append({k: v for k, v in exp.items() if k != "where"})
     seen: dict[str, Cell] = {}
     for c in cells:
         if c.cell_id in seen:
@@ -338,37 +470,54 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
                              f"{seen[c.cell_id].label!r} of {seen[c.cell_id].experiment!r}; compare within one "
                              "experiment instead")
         seen[c.cell_id] = c
-    claims = _claims(path, raw.get("claim", []), cells, settings)
+    claims = _claims(path, raw["claim"], cells)
     return Suite(str(path), settings["name"], settings, resolved, cells, claims)
 
 
-def _claims(path, tables, cells, settings) -> list[dict]:
-    """Validates `[[claim]]` tables: every comparison names an experiment and selects cells in it."""
-    from bench.claims import METRICS, matches
+class _NoInit:
+    """Stands in for an unknown family's Config (the family itself is refused later, by name)."""
 
-    claims = []
-    for i, claim in enumerate(tables):
+
+def _claims(path, tables, cells) -> list[dict]:
+    """Validates `[[claim]]` tables: every comparison names an experiment and selects cells in it."""
+    from bench.claims import matches
+
+    claim_keys, comparison_keys = _claim_schema()
+    experiments = list(dict.fromkeys(c.experiment for c in cells))
+    claims, ids = [], {}
+    for i, table in enumerate(tables):
         key = f"claim[{i}]"
-        _check_keys(path, key, claim, CLAIM_KEYS)
-        if "id" not in claim or not claim.get("comparison"):
-            raise SuiteError(path, key, "needs an id and at least one [[claim.comparison]]")
-        for j, comp in enumerate(claim["comparison"]):
+        claim = _table(path, key, table, claim_keys)
+        claim["id"] = str(claim["id"])
+        if claim["id"] in ids:
+            raise SuiteError(path, f"{key}.id", f"{claim['id']!r} is already the id of {ids[claim['id']]}")
+        ids[claim["id"]] = key
+        comparisons = []
+        for j, comp_table in enumerate(claim["comparison"]):
             ckey = f"{key}.comparison[{j}]"
-            _check_keys(path, ckey, comp, COMPARISON_KEYS)
-            for field in ("experiment", "baseline", "variant", "metric", "expect"):
-                if field not in comp:
-                    raise SuiteError(path, f"{ckey}.{field}", "missing")
+            comp = _table(path, ckey, comp_table, comparison_keys)
+            _choose(path, f"{ckey}.experiment", comp["experiment"], experiments)
             in_exp = [c for c in cells if c.experiment == comp["experiment"]]
-            if not in_exp:
-                _choose(path, f"{ckey}.experiment", comp["experiment"], sorted({c.experiment for c in cells}))
-            _choose(path, f"{ckey}.metric", comp["metric"], list(METRICS))
-            _choose(path, f"{ckey}.expect", comp["expect"], ["higher", "lower"])
-            if comp["metric"] == "probe_growth" and not settings["probe"]:
-                raise SuiteError(path, f"{ckey}.metric", "probe_growth needs suite.probe = true")
-            for side in ("baseline", "variant"):
-                selector = comp[side]
-                if not isinstance(selector, dict) or not any(matches(c.config, selector) for c in in_exp):
-                    raise SuiteError(path, f"{ckey}.{side}", f"{selector!r} selects no cell of experiment "
-                                     f"{comp['experiment']!r} (it is matched against the cells' mitigation)")
-        claims.append({**claim, "id": str(claim["id"])})
+            sides = {"baseline": comp["experiment"], "variant": comp["variant_experiment"] or comp["experiment"]}
+            for side, experiment in sides.items():
+                _choose(path, f"{ckey}.variant_experiment", experiment, experiments)
+                in_exp = [c for c in cells if c.experiment == experiment]
+                if not any(matches(c.config, comp[side]) for c in in_exp):
+                    raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects no cell of experiment "
+                                     f"{experiment!r} (it is matched against the cells' mitigation)")
+                lrs = [c.config["optimizer"]["lr"] for c in in_exp if matches(c.config, comp[side])]
+                if len(lrs) != len(set(lrs)):
+                    raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
+                                     "rate; an arm is one configuration over the learning-rate grid (name every "
+                                     "mitigation parameter that varies)")
+            if comp["lr"] is not None:
+                grid = sorted({c.config["optimizer"]["lr"] for c in in_exp}
+                              | {c.plan["optimizer"]["lr"] for c in in_exp})
+                same = [lr for lr in grid if math.isclose(lr, comp["lr"], rel_tol=1e-9)]
+                if not same:
+                    raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not a learning rate of experiment "
+                                     f"{comp['experiment']!r}; its grid: {', '.join(f'{x:g}' for x in grid)}")
+                comp["lr"] = same[0]
+            comparisons.append(comp)
+        claims.append({**claim, "comparison": comparisons})
     return claims

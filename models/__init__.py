@@ -14,8 +14,8 @@ Optional, read by the harness where a family has them:
 `lr_groups(adaptive)` -> None or (param_labels function, {group: learning-rate
 multiplier}) for per-group learning rates (muP; `adaptive`: the optimiser is
 Adam-like); a module-level DIAGNOSTICS dict {name: ("max" | "min",
-description)} with a model method `diagnostics(x, train=...)` ->
-(prediction, {name: scalar}), the scalars reduced over training steps.
+description)} with a model method `diagnostics(x, train=..., shifts=None)`
+-> (prediction, {name: scalar}), the scalars reduced over training steps.
 A task whose examples are shaped (T,) gives integer tokens in [0, output_dim).
 """
 from models import mlp

@@ -58,6 +58,7 @@ INITIALISERS = {
     "constant": (_constant, "every weight equal to sqrt(weight_var / fan_in)"),
     "identity": (_identity, "identity matrix (square weights, recurrent)"),
 }
+SCALE_FREE = ("xavier", "he", "lecun")  # initialisers that set their own scale and ignore weight_var
 
 
 def kernel_init(name: str, weight_var: float):

@@ -222,10 +222,10 @@ class Model(nnx.Module):
         out, streams, _, _ = self._run(x, shifts)
         return out, streams, streams
 
-    def diagnostics(self, x, *, train: bool = True):
-        """(prediction, {name: scalar}) with the instability measures of DIAGNOSTICS."""
+    def diagnostics(self, x, *, train: bool = True, shifts=None):
+        """(prediction, {name: scalar}) with the instability measures of DIAGNOSTICS; shifts as in `forward`."""
         del train
-        logits, _, max_logits, entropies = self._run(x, None)
+        logits, _, max_logits, entropies = self._run(x, shifts)
         log_z = jax.nn.logsumexp(logits, axis=-1)
         return logits, {
             "max_attn_logit": jnp.max(jnp.stack(max_logits)),

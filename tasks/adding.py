@@ -8,15 +8,16 @@ marked values. Sequence length is the knob: the first marker lies about
 `length` / 2 steps or more before the read-out, so the gradient that teaches
 the model to keep it crosses that many recurrent steps.
 
-Loss and metric: mean squared error. The trivial predictor (always 1.0, the
-mean of the sum) has loss Var(u1 + u2) = 2 / 12 = 1/6 ~ 0.1667; a model that
+Loss and metric: mean squared error. The trivial predictor (always the mean
+of the sum, 1.0) has loss Var(u1 + u2) = 2 / 12 = 1/6 ~ 0.1667 (the task
+states the value computed on its training-evaluation set); a model that
 remembers only one of the two values at best reaches 1/12 ~ 0.083. Converged:
 smoothed training MSE <= `target` (default 0.05, which needs both values).
 
 Training batches are generated fresh from the step's key (an endless stream,
-cheap: uniform values and two integer positions per example); `train_eval`
-and `heldout` are two fixed sets of `n_heldout` examples drawn from
-`data_seed`, so their losses differ only by sampling error.
+cheap: uniform values and two integer positions per example); `train_eval`,
+`validation` and `heldout` are three fixed sets of `n_heldout` examples drawn
+from `data_seed`, so their losses differ only by sampling error.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ DESCRIPTION = "adding problem: sum of two marked values in a long sequence (MSE;
 
 DEFAULT_STEPS = 1000
 
-TRIVIAL_LOSS = 1.0 / 6.0  # Var(u1 + u2) with u1, u2 ~ U(0, 1): the loss of always predicting 1.0
+TRIVIAL_LOSS = 1.0 / 6.0  # Var(u1 + u2) with u1, u2 ~ U(0, 1): the closed form of the trivial loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +75,12 @@ def _sample(data, key, *, batch_size: int, length: int):
 
 
 def make(config: Config) -> base.Task:
-    """Draws the fixed train_eval and heldout sets from `data_seed`."""
-    k_train_eval, k_heldout = jax.random.split(jax.random.key(config.data_seed))
+    """Draws the fixed train_eval, validation and heldout sets from `data_seed`."""
+    keys = jax.random.split(jax.random.key(config.data_seed), 3)
+    data = {split: examples(k, config.n_heldout, config.length)
+            for split, k in zip(("train_eval", "heldout", "validation"), keys)}
     return base.Task(
-        data={"train_eval": examples(k_train_eval, config.n_heldout, config.length),
-              "heldout": examples(k_heldout, config.n_heldout, config.length)},
+        data=data,
         sample=functools.partial(_sample, batch_size=config.batch_size, length=config.length),
         loss=base.mse,
         metric=base.mse,
@@ -86,5 +88,5 @@ def make(config: Config) -> base.Task:
         input_shape=(config.length, 2),
         output_dim=1,
         target=config.target,
-        trivial_loss=TRIVIAL_LOSS,
+        trivial_loss=base.trivial_mse(data["train_eval"][1]),
     )

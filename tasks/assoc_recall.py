@@ -13,14 +13,15 @@ example, so it must be read from the context. The best predictor that
 ignores the context is uniform over the values: loss log(n_values); the best
 achievable loss is 0. Converged: smoothed training loss <= `target`.
 
-Training batches are sampled fresh from the step's key; `train_eval` and
-`heldout` are two fixed sets of `n_heldout` examples drawn from `data_seed`.
+Training batches are sampled fresh from the step's key; `train_eval`,
+`validation` and `heldout` are three fixed sets of `n_heldout` examples drawn
+from `data_seed`. `trivial_loss` is measured like every task's: the loss of
+the best constant predictor on `train_eval` (close to log(n_values)).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -71,11 +72,12 @@ def _sample(data, key, *, config: Config):
 
 
 def make(config: Config) -> base.Task:
-    """Draws the fixed train_eval and heldout sets from `data_seed`."""
-    k_train_eval, k_heldout = jax.random.split(jax.random.key(config.data_seed))
+    """Draws the fixed train_eval, validation and heldout sets from `data_seed`."""
+    keys = jax.random.split(jax.random.key(config.data_seed), 3)
+    splits = ("train_eval", "heldout", "validation")
+    data = {split: examples(k, config.n_heldout, config) for split, k in zip(splits, keys)}
     return base.Task(
-        data={"train_eval": examples(k_train_eval, config.n_heldout, config),
-              "heldout": examples(k_heldout, config.n_heldout, config)},
+        data=data,
         sample=functools.partial(_sample, config=config),
         loss=base.cross_entropy,
         metric=base.accuracy,
@@ -83,6 +85,6 @@ def make(config: Config) -> base.Task:
         input_shape=(2 * config.n_pairs + 1,),
         output_dim=config.n_keys + config.n_values,
         target=config.target,
-        trivial_loss=math.log(config.n_values),
+        trivial_loss=base.trivial_cross_entropy(data["train_eval"][1], config.n_keys + config.n_values),
         best_loss=0.0,
     )

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -20,7 +20,9 @@ class Task:
     """A made task.
 
     Attributes:
-      data: pytree of arrays; must hold `train_eval` and `heldout`, each (x, y).
+      data: pytree of arrays; must hold `train_eval`, `validation` and `heldout`, each (x, y):
+        the training-evaluation set (final training loss, trivial loss), the split that picks an
+        arm's best learning rate, and the split its tuned quality is reported on.
       sample: (data, key) -> (x, y), one training batch.
       loss: (prediction, y) -> scalar mean loss.
       metric: (prediction, y) -> scalar held-out metric.
@@ -28,7 +30,8 @@ class Task:
       input_shape: shape of one example.
       output_dim: width of the model's output.
       target: convergence target on the smoothed training loss.
-      trivial_loss: loss of the best input-independent predictor (for scale).
+      trivial_loss: loss of the best constant (input-independent) predictor on `train_eval`: the
+        scale every threshold is relative to (`trivial_mse`, `trivial_cross_entropy`).
       sequence_output: the model must predict at every time step, not once per example.
       best_loss: the best achievable loss where the task knows it (e.g. a Markov chain's entropy rate).
     """
@@ -57,6 +60,25 @@ def sample_rows(data, key, batch_size: int):
     return x[idx], y[idx]
 
 
+def trivial_mse(y) -> float:
+    """Loss of the best constant predictor under `mse`: the targets' variance (mean over outputs)."""
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    return float(np.mean(np.var(y, axis=0)))
+
+
+def trivial_cross_entropy(labels, n_classes: int) -> float:
+    """Loss of the best constant predictor under `cross_entropy`: the entropy of the label frequencies."""
+    p = np.bincount(np.asarray(labels).ravel(), minlength=n_classes) / np.asarray(labels).size
+    p = p[p > 0]
+    return float(-np.sum(p * np.log(p)))
+
+
+def split_off(x, y, fraction: float):
+    """(rest, last) of stored rows: the last `fraction` of them (at least one) split off, e.g. for validation."""
+    n_last = max(1, round(fraction * len(y)))
+    return (x[:-n_last], y[:-n_last]), (x[-n_last:], y[-n_last:])
+
+
 def mse(pred, y):
     """Mean squared error over examples and outputs."""
     return jnp.mean((pred - y) ** 2)
@@ -72,10 +94,12 @@ def accuracy(logits, labels):
     return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def classification(train, heldout, *, batch_size: int, n_classes: int, target: float, train_eval=None) -> Task:
+def classification(train, validation, heldout, *, batch_size: int, n_classes: int, target: float,
+                   train_eval=None) -> Task:
     """A classification task over stored (x, labels) arrays: cross-entropy, accuracy, rows drawn per batch."""
+    train_eval = train if train_eval is None else train_eval
     return Task(
-        data={"train": train, "train_eval": train if train_eval is None else train_eval, "heldout": heldout},
+        data={"train": train, "train_eval": train_eval, "validation": validation, "heldout": heldout},
         sample=functools.partial(sample_rows, batch_size=batch_size),
         loss=cross_entropy,
         metric=accuracy,
@@ -83,5 +107,5 @@ def classification(train, heldout, *, batch_size: int, n_classes: int, target: f
         input_shape=tuple(train[0].shape[1:]),
         output_dim=n_classes,
         target=target,
-        trivial_loss=math.log(n_classes),
+        trivial_loss=trivial_cross_entropy(train_eval[1], n_classes),
     )

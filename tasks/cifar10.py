@@ -8,7 +8,10 @@ b"labels". Pickles can run code when read: point this only at files you
 trust. Images become (N, 32, 32, 3) float32 in [0, 1], standardised per
 channel with training statistics. `n_train` / `n_heldout` (0: all) keep the
 first rows; the final training loss is measured on the first `n_train_eval`
-training rows (the engine evaluates a split in one batch). The trivial predictor (uniform) has loss log(10). Converged:
+training rows (the engine evaluates a split in one batch). The last
+`validation_fraction` of the training rows (after the `n_train` cap) pick
+learning rates. The trivial predictor (the training label frequencies) has
+loss close to log(10). Converged:
 smoothed training cross-entropy <= `target`.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Config:
     n_train: int = 0  # 0: all 50000
     n_heldout: int = 0  # 0: all 10000
     n_train_eval: int = 10000  # 0: the whole training split
+    validation_fraction: float = 0.1
     batch_size: int = 128
     target: float = 1.0
 
@@ -47,6 +51,8 @@ class Config:
         if min(self.n_train, self.n_heldout, self.n_train_eval) < 0 or self.batch_size < 1 or self.target <= 0:
             raise ValueError("n_train, n_heldout and n_train_eval must be >= 0 (0: all), batch_size >= 1 "
                              "and target > 0")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError("validation_fraction must be in (0, 1)")
 
 
 def directory(config: Config) -> Path:
@@ -105,7 +111,8 @@ def make(config: Config) -> base.Task:
     def standardise(x):
         return jnp.asarray((x.astype(np.float32) / 255.0 - mean) / std)
 
-    train = (standardise(x_train), jnp.asarray(y_train))
+    train, validation = base.split_off(standardise(x_train), jnp.asarray(y_train), config.validation_fraction)
     train_eval = tuple(a[: config.n_train_eval or None] for a in train)
-    return base.classification(train, (standardise(x_heldout), jnp.asarray(y_heldout)), train_eval=train_eval,
+    return base.classification(train, validation, (standardise(x_heldout), jnp.asarray(y_heldout)),
+                               train_eval=train_eval,
                                batch_size=config.batch_size, n_classes=10, target=config.target)

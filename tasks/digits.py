@@ -27,14 +27,15 @@ class Config:
     """Suite `[task]` keys."""
 
     heldout_fraction: float = 0.25
+    validation_fraction: float = 0.1  # of the training images, split off to pick learning rates
     n_train: int = 0  # 0: every training image
     batch_size: int = 64
     target: float = 0.1
     data_seed: int = 0
 
     def __post_init__(self):
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError("heldout_fraction must be in (0, 1)")
+        if not 0 < self.heldout_fraction < 1 or not 0 < self.validation_fraction < 1:
+            raise ValueError("heldout_fraction and validation_fraction must be in (0, 1)")
         if self.n_train < 0 or self.batch_size < 1 or self.target <= 0:
             raise ValueError("n_train must be >= 0 (0: all), batch_size >= 1 and target > 0")
 
@@ -61,6 +62,6 @@ def make(config: Config) -> base.Task:
         x = ((images[idx] - mean) / std).astype(np.float32)[..., None]
         return jnp.asarray(x), jnp.asarray(labels[idx], jnp.int32)
 
-    train = split(train_idx)
-    return base.classification(train, split(heldout_idx), batch_size=config.batch_size, n_classes=10,
+    train, validation = base.split_off(*split(train_idx), config.validation_fraction)
+    return base.classification(train, validation, split(heldout_idx), batch_size=config.batch_size, n_classes=10,
                                target=config.target)

@@ -11,12 +11,15 @@ Loss: mean next-token cross-entropy. The best achievable loss is the entropy
 rate H = -sum_i pi_i sum_j P_ij log P_ij (the model sees the current token,
 and the chain is Markov); the best predictor that ignores the context
 (unigram) has loss H(pi) = -sum_i pi_i log pi_i. Both are stated in closed
-form (`entropy_rate`, `unigram_entropy`). Metric: next-token accuracy.
+form (`entropy_rate`, `unigram_entropy`); the task's `best_loss` is the
+entropy rate and its `trivial_loss`, like every task's, the loss of the best
+constant predictor on `train_eval` (the sample's unigram entropy, close to
+H(pi)). Metric: next-token accuracy.
 Converged: smoothed training loss <= entropy rate + `target_excess` nats.
 
 Training batches are sampled fresh from the step's key (a scan of T
-categorical draws over the batch); `train_eval` and `heldout` are two fixed
-sets of `n_heldout` sequences drawn from `data_seed`.
+categorical draws over the batch); `train_eval`, `validation` and `heldout`
+are three fixed sets of `n_heldout` sequences drawn from `data_seed`.
 """
 from __future__ import annotations
 
@@ -113,16 +116,17 @@ def _sample(data, key, *, batch_size: int, length: int):
 
 
 def make(config: Config) -> base.Task:
-    """Draws the chain and the fixed train_eval and heldout sets from `data_seed`."""
+    """Draws the chain and the fixed train_eval, validation and heldout sets from `data_seed`."""
     p = transition_matrix(config)
     with np.errstate(divide="ignore"):
         log_p, log_pi = jnp.asarray(np.log(p), jnp.float32), jnp.asarray(np.log(stationary(p)), jnp.float32)
-    k_train_eval, k_heldout = jax.random.split(jax.random.key(config.data_seed))
+    keys = jax.random.split(jax.random.key(config.data_seed), 3)
     n, t = config.n_heldout, config.length
     h = entropy_rate(p)
+    splits = ("train_eval", "heldout", "validation")
+    data = {split: sequences(k, n, t, log_p, log_pi) for split, k in zip(splits, keys)}
     return base.Task(
-        data={"train_eval": sequences(k_train_eval, n, t, log_p, log_pi),
-              "heldout": sequences(k_heldout, n, t, log_p, log_pi), "log_p": log_p, "log_pi": log_pi},
+        data={**data, "log_p": log_p, "log_pi": log_pi},
         sample=functools.partial(_sample, batch_size=config.batch_size, length=t),
         loss=base.cross_entropy,
         metric=base.accuracy,
@@ -130,7 +134,7 @@ def make(config: Config) -> base.Task:
         input_shape=(t,),
         output_dim=config.vocab,
         target=h + config.target_excess,
-        trivial_loss=unigram_entropy(p),
+        trivial_loss=base.trivial_cross_entropy(data["train_eval"][1], config.vocab),
         sequence_output=True,
         best_loss=h,
     )

@@ -43,3 +43,15 @@ def tiny_suite(tmp_path, name="suite.toml", seeds=4, steps=60, lr="[0.05, 1e4]",
 def module_tmp(tmp_path_factory):
     """A temporary directory shared by one test module."""
     return tmp_path_factory.mktemp("m")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny run shared by the session: lr 0.05 (no seed diverges) and 0.5 (most do), 16 seeds, 30 steps."""
+    from bench.__main__ import main
+
+    directory = tmp_path_factory.mktemp("tiny_run")
+    path = tiny_suite(directory, seeds=16, steps=30, lr="[0.05, 0.5]")
+    out = directory / "run"
+    assert main(["run", str(path), "--out", str(out), "--quiet", "--no-report"]) == 0
+    return out

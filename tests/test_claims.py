@@ -1,48 +1,63 @@
 """Verdicts come from the data: made-up records in, verdicts out, and they flip when the data flips."""
+import itertools
 import math
 
+import numpy as np
 import pytest
 
 from bench import claims
 
+LRS = (0.01, 0.1, 1.0)
 
-def record(mitigation, lr, diverged, steps=None, experiment="e", heldout=None, growth=None):
-    n = len(diverged)
+
+def record(mitigation, lr, trained, e2e_init=None, e2e_mid=None, validation=None, heldout=None, steps=None):
+    """A made-up results record: per-seed outcomes and explosion measurements."""
+    n = len(trained)
+    e2e_init = e2e_init or [1.0] * n
+    e2e_mid = e2e_mid or [1.0] * n
     return {
-        "experiment": experiment,
+        "experiment": "e",
         "config": {"mitigation": mitigation, "optimizer": {"lr": lr}},
+        "thresholds": {"trivial_loss": 1.0},
+        "failure_rate": 1 - sum(trained) / n,
+        "quality": {"final_heldout_loss": 0.3, "final_heldout_metric": 0.3},
         "per_seed": {
-            "diverged": diverged,
-            "steps_to_converge": steps or [None] * n,
-            "final_heldout_loss": heldout or [None if d else 1.0 for d in diverged],
-            "final_train_loss": [None if d else 0.5 for d in diverged],
-            "max_grad_norm": [1.0] * n,
+            "trained": trained,
+            "diverged": [not t for t in trained],
+            "steps_to_converge": steps or [10 if t else None for t in trained],
+            "final_validation_loss": validation or [0.3 if t else None for t in trained],
+            "final_heldout_loss": heldout or [0.3 if t else None for t in trained],
+            "final_train_loss": [0.2 if t else None for t in trained],
         },
-        "probe": {"growth_per_layer_per_seed": growth or [1.0] * n},
+        "explosion": {"fractions": [0.0, 0.1, 0.5, 1.0],
+                      "per_seed": {"e2e_ratio": [[a, b, b, b] for a, b in zip(e2e_init, e2e_mid)]}},
     }
 
 
 BASE, CURE = {"name": "none"}, {"name": "clip_by_global_norm", "max_norm": 1.0}
 
 
-def grid(mitigation, diverge_from_lr, seeds=16):
-    """Seeds diverge at every lr >= diverge_from_lr."""
-    return [record(mitigation, lr, [lr >= diverge_from_lr] * seeds) for lr in (0.01, 0.1, 1.0)]
+def grid(mitigation, fails_from_lr, seeds=16, **kw):
+    """Seeds train at every lr below fails_from_lr and fail from it on."""
+    return [record(mitigation, lr, [lr < fails_from_lr] * seeds, **kw) for lr in LRS]
 
 
-CLAIM = [{"id": "7", "title": "clipping cures", "comparison": [
-    {"experiment": "e", "baseline": BASE, "variant": {"name": "clip_by_global_norm"}, "metric": "max_stable_lr",
-     "expect": "higher"}]}]
+def claim(expect="better", **extra):
+    return [{"id": "7", "title": "clipping cures", "judged_on": ["trainability"], "comparison": [
+        {"experiment": "e", "baseline": BASE, "variant": {"name": "clip_by_global_norm"}, "expect": expect,
+         **extra}]}]
 
 
-def verdict(records, claim=CLAIM):
-    return claims.verdicts(claim, records)[0]
+def verdict(records, claim_tables=None):
+    return claims.verdicts(claim_tables or claim(), records)[0]
 
 
-def test_cure_that_raises_the_stable_learning_rate_is_supported():
+def test_cure_that_raises_the_critical_learning_rate_is_supported():
     v = verdict(grid(BASE, 0.1) + grid(CURE, 1.0))
+    q = v["comparisons"][0]["questions"]["trainability"]
     assert v["verdict"] == claims.SUPPORTED
-    assert v["comparisons"][0]["p"] < 1e-6
+    assert q["effect"] == pytest.approx(10.0) and q["median"] == [0.01, 0.1]
+    assert q["p"] < 1e-4
 
 
 def test_the_same_data_swapped_contradicts_the_claim():
@@ -51,42 +66,68 @@ def test_the_same_data_swapped_contradicts_the_claim():
 
 def test_no_difference_gives_no_detectable_effect():
     v = verdict(grid(BASE, 0.1) + grid(CURE, 0.1))
-    assert v["verdict"] == claims.NO_EFFECT and v["comparisons"][0]["p"] == 1.0
+    assert v["verdict"] == claims.NO_EFFECT and v["comparisons"][0]["questions"]["trainability"]["p"] == 1.0
 
 
-def test_a_small_difference_is_not_enough_with_few_seeds():
-    base = [record(BASE, 0.1, [True, False, False, False])]
-    cure = [record(CURE, 0.1, [False, False, False, False])]
-    claim = [{"id": "x", "comparison": [{"experiment": "e", "baseline": BASE, "variant": CURE,
-                                          "metric": "divergence_rate", "expect": "lower"}]}]
-    assert verdict(base + cure, claim)["verdict"] == claims.NO_EFFECT
+def test_both_arms_censored_at_the_top_is_inconclusive():
+    v = verdict(grid(BASE, 10.0) + grid(CURE, 10.0))
+    q = v["comparisons"][0]["questions"]["trainability"]
+    assert v["verdict"] == claims.INCONCLUSIVE and "censored above" in q["note"]
 
 
-def test_fisher_test_on_divergence_rates():
-    base = [record(BASE, 0.1, [True] * 12 + [False] * 4)]
-    cure = [record(CURE, 0.1, [True] * 2 + [False] * 14)]
-    row = claims.test(claims.sample(base, "divergence_rate"), claims.sample(cure, "divergence_rate"),
-                      "divergence_rate")
-    # two-sided Fisher p for [[2, 14], [12, 4]]: sum of hypergeometric tables as or less likely (by hand: 9.65e-4)
-    assert row["p"] == pytest.approx(9.6505e-4, rel=1e-3)
-    assert row["direction"] == -1
+def test_an_underpowered_comparison_is_inconclusive_not_no_effect():
+    # 3 seeds each: the variant's critical lr is 10x higher in 2 of 3 seeds, but 3 vs 3 cannot reach p < 0.05.
+    base = [record(BASE, lr, [lr < 0.1] * 3) for lr in LRS]
+    cure = [record(CURE, lr, [lr < f for f in (1.0, 1.0, 0.1)]) for lr in LRS]
+    v = verdict(base + cure)
+    q = v["comparisons"][0]["questions"]["trainability"]
+    assert q["p_adjusted"] > 0.05 and q["ci"][1] >= 1.25
+    assert v["verdict"] == claims.INCONCLUSIVE
 
 
-def test_max_stable_lr_per_seed():
-    recs = [record(BASE, 0.01, [False, False, True]), record(BASE, 0.1, [False, True, False]),
-            record(BASE, 1.0, [True, False, False])]
-    # seed 2 diverged at the smallest lr: 0 even though it survived larger ones
-    assert claims.sample(recs, "max_stable_lr") == [0.1, 0.01, 0.0]
+def test_a_significant_effect_below_the_minimum_effect_is_not_supported():
+    base = grid(BASE, 10.0, e2e_init=[1.0] * 16)
+    cure = grid(CURE, 10.0, e2e_init=[1.1] * 16)  # 1.1x: every seed higher, far below the 1.25x minimum effect
+    tables = [{"id": "x", "judged_on": ["init"], "comparison": [
+        {"experiment": "e", "baseline": BASE, "variant": CURE, "expect": "worse"}]}]
+    v = verdict(base + cure, tables)
+    q = v["comparisons"][0]["questions"]["init"]
+    assert q["p_adjusted"] < 1e-3 and q["effect"] == pytest.approx(1.1)
+    assert v["verdict"] == claims.NO_EFFECT
 
 
-def test_steps_count_never_converged_and_diverged_as_infinity():
-    recs = [record(BASE, 0.1, [False, False, True], steps=[10, None, None])]
-    assert claims.sample(recs, "steps_to_converge") == [10, math.inf, math.inf]
+def test_explosion_questions_read_the_e2e_ratio_at_init_and_in_training():
+    rng = np.random.default_rng(0)
+    base = grid(BASE, 1.0, e2e_init=list(rng.uniform(20, 40, 16)), e2e_mid=list(rng.uniform(50, 90, 16)))
+    cure = grid(CURE, 1.0, e2e_init=list(rng.uniform(20, 40, 16)), e2e_mid=list(rng.uniform(1, 2, 16)))
+    tables = [{"id": "x", "judged_on": ["init", "training"], "comparison": [
+        {"experiment": "e", "baseline": BASE, "variant": CURE, "expect": "better", "lr": 0.1}]}]
+    v = verdict(base + cure, tables)
+    q = v["comparisons"][0]["questions"]
+    assert q["training"]["verdict"] == claims.SUPPORTED and q["training"]["effect"] < 0.1
+    assert q["init"]["verdict"] in (claims.NO_EFFECT, claims.INCONCLUSIVE)
+    assert v["verdict"] == claims.SUPPORTED  # the only decisive answer
 
 
-def test_probe_growth_is_read_once_not_per_learning_rate():
-    recs = [record(BASE, lr, [False] * 3, growth=[1.0, 2.0, 3.0]) for lr in (0.1, 1.0)]
-    assert claims.sample(recs, "probe_growth") == [1.0, 2.0, 3.0]
+def test_permutation_p_value_equals_a_brute_force_count():
+    base, var = np.array([1.0, 2.0, 2.0, 5.0]), np.array([2.0, 6.0, 7.0, 7.0])  # ties on purpose
+    pooled = np.concatenate([base, var])
+    ranks = __import__("scipy").stats.rankdata(pooled)
+    observed = abs(ranks[4:].mean() - ranks[:4].mean())
+    hits = total = 0
+    for idx in itertools.combinations(range(8), 4):
+        v = np.zeros(8, bool)
+        v[list(idx)] = True
+        hits += abs(ranks[v].mean() - ranks[~v].mean()) >= observed - 1e-12
+        total += 1
+    assert claims.permutation_p(base, var) == pytest.approx(hits / total)
+
+
+def test_hodges_lehmann_and_degenerate_values():
+    assert claims.hodges_lehmann(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == pytest.approx(2.0)
+    # a vanished (0) and an overflowed (inf) seed are kept: ranked at the ends, effect bounded
+    out = claims.compare([0.0, 1.0, 1.0, 1.0], [math.inf, 10.0, 10.0, 10.0], log_scale=True)
+    assert out["n"] == [4, 4] and out["dropped"] == 0 and math.isfinite(out["effect"]) and out["effect"] > 1
 
 
 def test_holm_correction():
@@ -94,14 +135,23 @@ def test_holm_correction():
     assert claims.holm([0.5]) == [0.5]
 
 
-def test_mixed_verdicts_say_the_regime():
-    other = [{"name": "init", "init": "he"}]
-    recs = grid(BASE, 0.1) + grid(CURE, 1.0) + grid(other[0], 0.1)
-    claim = [{"id": "8", "comparison": [
-        {"experiment": "e", "regime": "clip", "baseline": BASE, "variant": CURE, "metric": "max_stable_lr",
-         "expect": "higher"},
-        {"experiment": "e", "regime": "he", "baseline": BASE, "variant": other[0], "metric": "max_stable_lr",
-         "expect": "higher"}]}]
-    v = verdict(recs, claim)
-    assert v["verdict"].startswith("depends on regime")
-    assert "supported for clip" in v["verdict"] and "no detectable effect for he" in v["verdict"]
+def test_mixed_verdicts_say_the_regime_and_question():
+    other = {"name": "init", "init": "he"}
+    recs = grid(BASE, 1.0) + grid(CURE, 10.0) + grid(other, 0.1)  # critical lr 0.1, > 1 (censored), 0.01
+    tables = [{"id": "8", "judged_on": ["trainability"], "comparison": [
+        {"experiment": "e", "regime": "clip", "baseline": BASE, "variant": CURE, "expect": "better"},
+        {"experiment": "e", "regime": "he", "baseline": BASE, "variant": other, "expect": "better"}]}]
+    v = verdict(recs, tables)
+    assert v["verdict"].startswith("depends")
+    assert "supported on trainability for clip" in v["verdict"]
+    assert "contradicted on trainability for he" in v["verdict"]
+
+
+def test_tuned_quality_uses_the_validation_split():
+    # validation picks lr 0.1 (loss 0.2); the held-out loss reported is the one at 0.1, not the lowest held-out.
+    recs = [record(BASE, lr, [True] * 4, validation=[v] * 4, heldout=[h] * 4)
+            for lr, v, h in ((0.01, 0.5, 0.1), (0.1, 0.2, 0.4), (1.0, 0.6, 0.2))]
+    arm = claims.Arm(recs)
+    assert arm.tuned_index() == 1
+    values, _ = claims.METRICS["tuned_heldout_loss"].values(arm, None)
+    np.testing.assert_allclose(values, [0.4] * 4)

@@ -23,9 +23,8 @@ title = "clipping cures explosion"
 [[claim.comparison]]
 experiment = "tiny"
 baseline = { name = "none" }
-variant = { name = "clip_by_global_norm" }
-metric = "max_stable_lr"
-expect = "higher"
+variant = { name = "clip_by_global_norm", max_norm = 2.0 }
+expect = "better"
 """
 
 
@@ -95,10 +94,12 @@ def test_engine_criteria_agree_with_the_trace_functions(first_run):
                 if converged is not None:  # a converged seed stops: its trace ends there
                     assert np.all(np.isnan(loss[converged + 1:]))
                     loss, norm = loss[: converged + 1], norm[: converged + 1]
-                assert metrics.divergence_step(loss, norm, 10.0, r["per_seed"]["loss_0"][seed]) is None
+                assert metrics.divergence_step(loss, norm, 10.0, r["thresholds"]["trivial_loss"],
+                                               r["per_seed"]["loss_0"][seed]) is None
                 assert metrics.steps_to_converge(loss, 0.4, 0.9) == r["per_seed"]["steps_to_converge"][seed]
             else:  # the trace stops (NaN) after the divergence step
-                assert metrics.divergence_step(loss, norm, 10.0, r["per_seed"]["loss_0"][seed]) == step
+                assert metrics.divergence_step(loss, norm, 10.0, r["thresholds"]["trivial_loss"],
+                                               r["per_seed"]["loss_0"][seed]) == step
                 assert np.all(np.isnan(loss[step + 1:]))
 
 
@@ -173,9 +174,12 @@ def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
     path = report.write(module_tmp / "a")
     text = path.read_text()
     assert text.index("## Verdicts") < text.index("## Claim 7")
-    assert "| 7. clipping cures explosion | tiny |" in text
-    assert "none lr=10000.0 | 1.00 [0.51, 1]" in text  # 4/4 diverged, Wilson interval
-    assert f"Reproduce: `python -m bench run {first_run[0]} --out .`" in text
-    for name in ("tiny-divergence.png", "tiny-loss.png", "tiny-gradients.png"):
+    assert "| 7. clipping cures explosion | **" in text and "| tiny | " in text
+    assert "<summary>every cell</summary>" in text and "median critical lr" in text
+    assert "none lr=10000.0 | 1.00 [0.51, 1] | 4 | 0 |" in text  # 4/4 diverged, Wilson interval
+    settings = json.loads((module_tmp / "a" / "suite.json").read_text())["settings"]
+    assert (f"Reproduce (paths relative to the directory of this report): `python -m bench run {first_run[0]} "
+            f"--seeds {settings['seeds']} --steps {settings['steps']} --out .`") in text
+    for name in ("tiny-failure.png", "tiny-loss.png", "tiny-gradients.png"):
         png = module_tmp / "a" / "plots" / name
         assert png.read_bytes()[:4] == b"\x89PNG" and f"(plots/{name})" in text

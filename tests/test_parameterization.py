@@ -14,7 +14,6 @@ name = "width-sweep"
 seeds = 1
 steps = 10
 chunk_steps = 10
-probe = false
 early_stop = false
 
 [task]

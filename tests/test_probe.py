@@ -55,7 +55,7 @@ def test_linear_network_gradients_equal_the_hand_computation():
 
 def test_probe_command_prints_json(capsys):
     args = ["probe", "--model", "mlp", "--set", "depth=4", "--set", "width=16", "--set", "activation=tanh",
-            "--set", "weight_var=2.0", "--set", "bias_var=0.05", "--batch", "8", "--seeds", "2", "--json"]
+            "--set", "init=normal", "--set", "weight_var=2.0", "--set", "bias_var=0.05", "--batch", "8", "--seeds", "2", "--json"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["model"]["weight_var"] == 2.0 and out["config"]["task"]["batch_size"] == 8

@@ -44,7 +44,6 @@ name = "images"
 seeds = 2
 steps = 4
 chunk_steps = 2
-probe = false
 
 [[experiment]]
 name = "resnet-digits"
@@ -172,11 +171,17 @@ def test_probe_reports_one_entry_per_block():
 def test_digits_split_and_standardisation():
     t = digits.make(digits.Config())
     x, y = t.data["train"]
-    assert x.shape == (1348, 8, 8, 1) and t.data["heldout"][0].shape == (449, 8, 8, 1)
-    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-5
-    assert set(np.unique(y).tolist()) == set(range(10)) and t.trivial_loss == pytest.approx(math.log(10))
+    # 1797 images: 449 held out, 1348 for training of which the last 10% (135) validate.
+    assert x.shape == (1213, 8, 8, 1) and t.data["heldout"][0].shape == (449, 8, 8, 1)
+    assert t.data["validation"][0].shape == (135, 8, 8, 1)
+    whole = np.concatenate([x, t.data["validation"][0]])  # standardised with every training image's statistics
+    assert abs(float(whole.mean())) < 1e-5 and abs(float(whole.std()) - 1) < 1e-5
+    # The trivial loss is the entropy of the training labels: close to log(10) for balanced classes.
+    freq = np.bincount(np.asarray(t.data["train_eval"][1]), minlength=10) / len(y)
+    assert set(np.unique(y).tolist()) == set(range(10))
+    assert t.trivial_loss == pytest.approx(-np.sum(freq * np.log(freq))) and abs(t.trivial_loss - math.log(10)) < 0.01
     other = digits.make(digits.Config(data_seed=1, n_train=100))
-    assert other.data["train"][0].shape[0] == 100
+    assert other.data["train"][0].shape[0] == 90
     assert not np.array_equal(other.data["heldout"][1], t.data["heldout"][1])
 
 
@@ -189,13 +194,15 @@ def test_cifar_reader_reads_the_pickle_format(cifar_dir):
     assert images[3, 5, 7, 2] == data[3, 2 * 1024 + 5 * 32 + 7] and images[3, 5, 7, 0] == data[3, 5 * 32 + 7]
     task = cifar10.make(cifar10.Config(path=str(root)))
     x, y = task.data["train"]
-    assert x.shape == (5 * ROWS, 32, 32, 3) and x.dtype == jnp.float32
-    assert task.data["heldout"][0].shape == (ROWS, 32, 32, 3)
-    assert y.tolist() == sum((written[n][1] for n in cifar10.TRAIN_FILES), [])
-    np.testing.assert_allclose(x.mean((0, 1, 2)), 0.0, atol=1e-4)
-    np.testing.assert_allclose(x.std((0, 1, 2)), 1.0, atol=1e-4)
+    assert x.shape == (5 * ROWS - 10, 32, 32, 3) and x.dtype == jnp.float32  # the last 10% validate
+    assert task.data["heldout"][0].shape == (ROWS, 32, 32, 3) and task.data["validation"][0].shape[0] == 10
+    labels = sum((written[n][1] for n in cifar10.TRAIN_FILES), [])
+    assert y.tolist() + task.data["validation"][1].tolist() == labels
+    whole = np.concatenate([x, task.data["validation"][0]])  # standardised with all training rows' statistics
+    np.testing.assert_allclose(whole.mean((0, 1, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(whole.std((0, 1, 2)), 1.0, atol=1e-4)
     capped = cifar10.make(cifar10.Config(path=str(root), n_train=30, n_heldout=5, n_train_eval=10))
-    assert capped.data["train"][0].shape[0] == 30 and capped.data["heldout"][0].shape[0] == 5
+    assert capped.data["train"][0].shape[0] == 27 and capped.data["heldout"][0].shape[0] == 5
     assert capped.data["train_eval"][0].shape[0] == 10
 
 

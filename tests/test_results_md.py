@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report
+from bench import claims, report, store
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "claims"
@@ -24,4 +24,29 @@ def test_every_claim_has_a_computed_verdict():
     verdicts = text.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in verdicts.splitlines() if line.startswith("| ") and "**" in line]
     assert len(rows) == 12
-    assert all(any(v in row for v in ("supported", "contradicted", "no detectable effect")) for row in rows)
+    verdicts = (claims.SUPPORTED, claims.CONTRADICTED, claims.NO_EFFECT, claims.INCONCLUSIVE, "depends")
+    assert all(any(f"**{v}" in row for v in verdicts) for row in rows)
+
+
+def test_committed_results_come_from_the_code_at_head():
+    records = store.ResultsStore(RESULTS).records
+    hashes = {r["env"]["code_sha256"] for r in records}
+    assert hashes == {store._code_hash(ROOT)}, (
+        "results/claims was made by other code than bench/, models/ and tasks/ at HEAD: rerun "
+        "`python -m bench run --out results/claims` and `python -m bench report results/claims --output RESULTS.md`")
+    assert not any(r["env"]["git_dirty"] for r in records)
+
+
+def test_every_cure_claim_has_a_baseline_that_really_explodes():
+    records = store.ResultsStore(RESULTS).records
+    suite = __import__("json").loads((RESULTS / "suite.json").read_text())
+    for claim in suite["claims"]:
+        if int(claim["id"]) < 7:
+            continue
+        medians = []
+        for comp in claim["comparison"]:
+            arm = [r for r in records if r["experiment"] == comp["experiment"]
+                   and claims.matches(r["config"], comp["baseline"])]
+            e2e = sorted(float(v) for v in arm[0]["explosion"]["e2e_ratio_init"])
+            medians.append(e2e[(len(e2e) - 1) // 2])
+        assert max(medians) >= 10, f"claim {claim['id']}: no baseline with median e2e ratio at init >= 10"

@@ -22,7 +22,6 @@ HEADER = """
 name = "tiny-transformer"
 seeds = 2
 steps = 40
-probe = false
 early_stop = false
 """
 
@@ -82,7 +81,9 @@ def test_markov_entropy_rate_matches_a_long_sample():
     assert abs(nll.mean() - task.best_loss) < 6 * nll.std() / math.sqrt(nll.size)
     counts = np.bincount(np.asarray(x).ravel(), minlength=12) / x.size
     unigram = -np.sum(counts[counts > 0] * np.log(counts[counts > 0]))
-    assert abs(unigram - task.trivial_loss) < 0.01
+    chain = markov_lm.transition_matrix(markov_lm.Config(vocab=12, data_seed=3))
+    assert abs(unigram - markov_lm.unigram_entropy(chain)) < 0.01  # the closed form H(pi)
+    assert abs(task.trivial_loss - markov_lm.unigram_entropy(chain)) < 0.05
     assert task.best_loss < task.trivial_loss
 
 
@@ -95,7 +96,7 @@ def test_assoc_recall_examples_pair_the_query_with_its_value():
         keys, values = row[0:6:2], row[1:6:2]
         assert len(set(keys)) == 3 and np.all(keys < 6) and np.all(values >= 6)
         assert target == values[list(keys).index(row[-1])]
-    assert assoc_recall.make(config).trivial_loss == pytest.approx(math.log(5))
+    assert assoc_recall.make(config).trivial_loss == pytest.approx(math.log(5), abs=0.02)
 
 
 def test_a_trained_tiny_model_approaches_the_entropy_rate(stability):
@@ -287,7 +288,7 @@ name = "adam"
 @pytest.mark.parametrize("mitigation, words", [
     ('{name = "combo", apply = [{name = "qk_norm"}, {name = "z_los"}]}', ["combo", "z_los", "allowed"]),
     ('{name = "combo", apply = [{name = "z_loss", coefficient = -1.0}]}', ["z_loss", "coefficient", "> 0"]),
-    ('{name = "loss_scaling", mode = "sometimes"}', ["loss_scaling", "mode", "dynamic"]),
+    ('{name = "loss_scaling", mode = "sometimes"}', ["mode", "sometimes", "dynamic"]),
 ])
 def test_bad_mitigations_exit_2_naming_the_key(tmp_path, capsys, mitigation, words):
     text = BASE + f'\n[[experiment]]\nname = "e"\nmitigation = [{mitigation}]\n'
@@ -316,8 +317,8 @@ def test_stability_suites_load_with_every_claim_selecting_cells(stability):
 def test_higher_learning_rate_grows_attention_logits_in_the_shrunk_experiment(stability):
     _, shrunk, records = stability
     (verdict,) = claims.verdicts(shrunk.claims, records)
-    assert [c["metric"] for c in verdict["comparisons"]] == ["max_attn_logit", "min_attn_entropy"]
-    assert all(c["n"] == [2, 2] for c in verdict["comparisons"])
+    (comparison,) = verdict["comparisons"]
+    assert comparison["metric"] == "max_attn_logit" and "trainability" in comparison["questions"]
     low, high = records
     # Already in 200 steps, every seed at lr 0.1 has larger attention logits and a more collapsed head.
     assert min(high["per_seed"]["max_attn_logit"]) > max(low["per_seed"]["max_attn_logit"])

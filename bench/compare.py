@@ -1,0 +1,245 @@
+"""Two runs of one suite -> per cell and metric: worse, better or unchanged (`python -m bench compare`).
+
+Records are paired by cell_id. Rates (divergence, and failure to train where
+records carry `per_seed.trained`) get Fisher's exact test on the seed counts;
+per-seed values get a Mann-Whitney test (exact when there are no ties and
+both sides have at most EXACT_MAX seeds, else a permutation test on the
+pooled ranks, PERMUTATIONS resamples, fixed seed), with a seed that diverged
+or never got a value ranked last. Test names in the output: Fisher, MW exact,
+MW permutation. Every p-value of the comparison is Holm-corrected
+(family-wise error) over all cells x metrics. Throughput (steps/s) is a ratio against a threshold; when
+the two records come from different machines it is first divided by each
+run's matmul calibration (env.matmul_flops_per_s).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+from bench.claims import holm
+
+ALPHA = 0.05
+THROUGHPUT_THRESHOLD = 0.8  # current / baseline steps/s below this is worse (above 1 / this: better)
+EXACT_MAX = 20  # seeds per side up to which an untied Mann-Whitney test is exact
+PERMUTATIONS = 9999
+WORSE, BETTER, UNCHANGED, UNTESTED = "worse", "better", "unchanged", "untested"
+ORDER = {WORSE: 0, BETTER: 1, UNCHANGED: 2, UNTESTED: 3}
+MACHINE_KEYS = ("cpu", "cpu_count", "backend", "device_kind", "device_count")
+
+
+def _diverged(record):
+    return [bool(d) for d in record["per_seed"]["diverged"]]
+
+
+def _failed(record):
+    trained = record["per_seed"].get("trained")
+    return None if trained is None else [not t for t in trained]
+
+
+def _ranked_last(key, worst):
+    """Per-seed values of `key`; a diverged seed or a missing value counts as `worst` (ranked last)."""
+    def values(record):
+        ps = record["per_seed"]
+        if key not in ps:
+            return None
+        return [worst if d or v is None else float(v) for v, d in zip(ps[key], ps["diverged"])]
+    return values
+
+
+def _present(key):
+    """Per-seed values of `key`, seeds without a value left out."""
+    def values(record):
+        vs = record["per_seed"].get(key)
+        return None if vs is None else [float(v) for v in vs if v is not None]
+    return values
+
+
+# metric -> (record -> per-seed values or None when the record lacks it, kind, which direction is worse)
+METRICS = {
+    "divergence_rate": (_diverged, "rate", "higher"),
+    "failure_rate": (_failed, "rate", "higher"),
+    "steps_to_converge": (_ranked_last("steps_to_converge", math.inf), "values", "higher"),
+    "final_heldout_loss": (_ranked_last("final_heldout_loss", math.inf), "values", "higher"),
+    "critical_lr": (_present("critical_lr"), "values", "lower"),
+}
+
+
+def rate_test(baseline: list[bool], current: list[bool]) -> dict:
+    """Fisher's exact test (two-sided) on the counts of True; direction +1 when current's rate is higher."""
+    kb, kc, nb, nc = sum(baseline), sum(current), len(baseline), len(current)
+    p = float(stats.fisher_exact([[kc, nc - kc], [kb, nb - kb]]).pvalue)
+    diff = kc / nc - kb / nb
+    return {"p": p, "direction": int(np.sign(diff)), "test": "Fisher",
+            "baseline": f"{kb}/{nb}", "current": f"{kc}/{nc}", "effect": f"{diff:+.2f}"}
+
+
+def _median(x):
+    return float(np.quantile(x, 0.5, method="lower"))  # defined with infinities (never converged)
+
+
+def _fmt(x):
+    return "never" if math.isinf(x) else f"{x:.4g}"
+
+
+def rank_test(baseline: list[float], current: list[float]) -> dict:
+    """Two-sided Mann-Whitney test; exact without ties and with small samples, else a permutation test on ranks."""
+    b, c = np.asarray(baseline, float), np.asarray(current, float)
+    pooled = np.concatenate([b, c])
+    described = {"baseline": f"median {_fmt(_median(b))}", "current": f"median {_fmt(_median(c))}"}
+    if np.all(pooled == pooled[0]):
+        return {"p": 1.0, "direction": 0, "test": "all equal", "effect": "P(current > baseline) = 0.50", **described}
+    ranks = stats.rankdata(pooled)  # midranks; infinities (never converged, diverged) tie for last
+    u = float(ranks[len(b):].sum() - len(c) * (len(c) + 1) / 2)  # U of current
+    superiority = u / (len(b) * len(c))
+    if len(np.unique(pooled)) == len(pooled) and max(len(b), len(c)) <= EXACT_MAX:
+        p, test = float(stats.mannwhitneyu(c, b, method="exact").pvalue), "MW exact"
+    else:
+        result = stats.permutation_test(
+            (ranks[len(b):], ranks[:len(b)]), lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
+            vectorized=True, n_resamples=PERMUTATIONS, rng=np.random.default_rng(0))
+        p, test = float(result.pvalue), "MW permutation"
+    return {"p": p, "direction": int(np.sign(round(superiority - 0.5, 12))), "test": test,
+            "effect": f"P(current > baseline) = {superiority:.2f}", **described}
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Whether two environments name the same machine (keys that one of them lacks are not compared)."""
+    return all(a[k] == b[k] for k in MACHINE_KEYS if a.get(k) is not None and b.get(k) is not None)
+
+
+def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
+    """Steps/s of current over baseline, normalised by the matmul calibration when the machines differ."""
+    sb, sc = base["throughput"]["steps_per_s"], cur["throughput"]["steps_per_s"]
+    fb, fc = base["env"].get("matmul_flops_per_s"), cur["env"].get("matmul_flops_per_s")
+    if same_machine(base["env"], cur["env"]):
+        ratio, mode = sc / sb, "raw (same machine)"
+    elif fb and fc:
+        ratio, mode = (sc / fc) / (sb / fb), "normalised by matmul FLOP/s (machines differ)"
+    else:
+        ratio, mode = sc / sb, "raw (machines differ, a side has no calibration)"
+    verdict = WORSE if ratio < threshold else BETTER if threshold > 0 and ratio > 1 / threshold else UNCHANGED
+    test = f"ratio vs {threshold:g}"
+    rb, rc = base["throughput"].get("runs_per_program"), cur["throughput"].get("runs_per_program")
+    if rb != rc:  # steps/s is of the whole compiled program: other run counts are other programs
+        verdict, test = UNTESTED, f"not comparable: {rb} vs {rc} runs per program"
+    return {"metric": "steps_per_s", "test": test, "p": None, "p_adjusted": None,
+            "baseline": f"{sb:.4g}", "current": f"{sc:.4g}", "effect": f"x{ratio:.2f}", "ratio": ratio,
+            "throughput": mode, "verdict": verdict}
+
+
+def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
+            throughput_threshold: float = THROUGHPUT_THRESHOLD) -> dict:
+    """Every paired cell and metric tested and judged; raises ValueError when the runs are not of one suite."""
+    suites = {side: sorted({r["suite"] for r in recs}) for side, recs in (("baseline", baseline), ("current", current))}
+    if suites["baseline"] != suites["current"]:
+        raise ValueError(f"different suites: baseline {', '.join(suites['baseline'])}, "
+                         f"current {', '.join(suites['current'])}")
+    base_by, cur_by = {r["cell_id"]: r for r in baseline}, {r["cell_id"]: r for r in current}
+    paired = [cid for cid in base_by if cid in cur_by]
+    if not paired:
+        raise ValueError("no cell_id in common (different --seeds/--steps overrides or suite edits give new cells)")
+    rows = []
+    for cid in paired:
+        b, c = base_by[cid], cur_by[cid]
+        cell = {"cell_id": cid, "experiment": c["experiment"], "label": c["label"]}
+        for metric, (values, kind, worse_if) in METRICS.items():
+            vb, vc = values(b), values(c)
+            if vb is None and vc is None:
+                continue  # neither record has this metric
+            if not vb or not vc:
+                rows.append({**cell, "metric": metric, "test": "no data on one side", "p": None,
+                             "p_adjusted": None, "baseline": "-" if not vb else str(len(vb)),
+                             "current": "-" if not vc else str(len(vc)), "effect": "", "verdict": UNTESTED})
+                continue
+            result = rate_test(vb, vc) if kind == "rate" else rank_test(vb, vc)
+            result["worse_direction"] = 1 if worse_if == "higher" else -1
+            rows.append({**cell, "metric": metric, **result})
+        rows.append({**cell, **throughput_row(b, c, throughput_threshold)})
+    tested = [r for r in rows if r["p"] is not None]
+    for row, p_adj in zip(tested, holm([r["p"] for r in tested])):
+        worse_direction = row.pop("worse_direction")
+        row["p_adjusted"] = p_adj
+        row["verdict"] = (UNCHANGED if p_adj >= alpha or row["direction"] == 0
+                          else WORSE if row["direction"] == worse_direction else BETTER)
+    # Worst first: verdict, then tests before throughput, then the smallest p (or ratio).
+    rows.sort(key=lambda r: (ORDER[r["verdict"]], r["p"] is None,
+                             r["p_adjusted"] if r["p"] is not None else r.get("ratio", 1.0)))
+    regressed = list(dict.fromkeys(r["cell_id"] for r in rows if r["verdict"] == WORSE))
+    modes = sorted({r["throughput"] for r in rows if "throughput" in r})
+    return {
+        "alpha": alpha, "correction": f"Holm over {len(tested)} tests (cells x metrics)",
+        "throughput_threshold": throughput_threshold, "throughput": modes,
+        "paired": len(paired), "rows": rows, "regressed": regressed,
+        "only_baseline": [{"cell_id": k, "experiment": r["experiment"], "label": r["label"]}
+                          for k, r in base_by.items() if k not in cur_by],
+        "only_current": [{"cell_id": k, "experiment": r["experiment"], "label": r["label"]}
+                         for k, r in cur_by.items() if k not in base_by],
+    }
+
+
+def _p(x):
+    return "-" if x is None else f"{x:.2g}"
+
+
+def summary(result: dict) -> str:
+    """One paragraph: what was compared, how, and what regressed."""
+    names = {r["cell_id"]: f"{r['experiment']}: {r['label']}" for r in result["rows"]}
+    regressed = "; ".join(names[c] for c in result["regressed"])
+    return (f"{result['paired']} cells paired; {result['correction']}, alpha {result['alpha']:g}; throughput: "
+            f"worse below x{result['throughput_threshold']:g}, {' / '.join(result['throughput'])}. "
+            + (f"REGRESSED: {len(result['regressed'])} cells ({regressed})." if regressed else "Nothing regressed."))
+
+
+def _shown(result: dict, show_all: bool) -> list[dict]:
+    return [r for r in result["rows"] if show_all or r["verdict"] in (WORSE, BETTER)]
+
+
+COLUMNS = ("verdict", "experiment", "cell", "metric", "baseline", "current", "effect", "test", "p", "p (Holm)")
+
+
+def _cells(row: dict) -> list[str]:
+    return [row["verdict"], row["experiment"], row["label"], row["metric"], row["baseline"], row["current"],
+            row["effect"], row["test"], _p(row["p"]), _p(row["p_adjusted"])]
+
+
+def one_side(result: dict) -> list[str]:
+    """Lines naming the cells found on one side only."""
+    return [f"only in {side} ({len(result[key])}): " + ", ".join(f"{c['experiment']}: {c['label']}"
+                                                                  for c in result[key])
+            for side, key in (("baseline", "only_baseline"), ("current", "only_current")) if result[key]]
+
+
+def table(result: dict, show_all: bool = False):
+    """A rich table, worst first (unchanged rows only with show_all; a line when nothing is shown)."""
+    from rich.table import Table
+
+    rows = _shown(result, show_all)
+    hidden = len(result["rows"]) - len(rows)
+    if not rows:
+        return f"all {hidden} cell-metrics unchanged"
+    tbl = Table(title="compare: current vs baseline", caption=f"{hidden} cell-metrics unchanged (--all lists them)"
+                if hidden else None)
+    for column in COLUMNS:
+        tbl.add_column(column, justify="right" if column in ("p", "p (Holm)") else "left")
+    style = {WORSE: "bold red", BETTER: "green"}
+    for row in rows:
+        tbl.add_row(*_cells(row), style=style.get(row["verdict"]))
+    return tbl
+
+
+def markdown(result: dict, show_all: bool = False) -> str:
+    """The comparison as a pull-request comment."""
+    rows = _shown(result, show_all)
+    hidden = len(result["rows"]) - len(rows)
+    lines = ["### gradbench compare", "", summary(result), ""]
+    if rows:
+        lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
+        lines.append("")
+    if hidden:
+        lines += [f"{hidden} cell-metrics unchanged.", ""]
+    lines += [f"{line}  " for line in one_side(result)]
+    return "\n".join(lines).rstrip() + "\n"
+

@@ -1,0 +1,151 @@
+"""The type-and-range primitive of suite validation: one `Key` per key, stated once.
+
+bench/suite.py holds the tables of keys (suite settings, claims) and checks
+every suite with them; bench/optim.py declares its optimiser keys and each
+mitigation's parameters with the same `Key`; model and task keys come from
+their Config dataclasses (type hints, CHOICES, __post_init__). Adding a key
+is one line: `"name": Key(float, 1.0, gt=0)`.
+
+Every float must be finite (NaN and Inf are results, never inputs); a bool is
+never a number; an int is accepted where a float is wanted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+REQUIRED = ...  # the default of a key the suite must give
+INT_LIMIT = 2**31  # ints (steps, sizes, counts) must stay below this: XLA indexes with int32
+
+
+class Invalid(ValueError):
+    """A value that breaks its key's rule; the message says what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One key: its type, default, range and allowed values.
+
+    Attributes:
+      type: bool, int, float, str, dict (a table), or list (with `of`: the type of its items).
+      default: REQUIRED, None (optional, no value), or the value used when the key is absent.
+      gt, ge, lt, le: the range of a number (strict or not).
+      choices: the allowed values (a tuple), or None for any.
+      of: for type list, the type of each item.
+      nonempty: a list must have at least one item.
+      log_grid: a float that may also be a log-spaced grid table {min, max, per_decade}.
+      doc: a few words for `bench list`.
+    """
+
+    type: Any
+    default: Any = REQUIRED
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple | None = None
+    of: Any = None
+    nonempty: bool = False
+    log_grid: bool = False
+    doc: str = ""
+
+    def allowed(self) -> str:
+        """What the key accepts, in words (for messages and `bench list`)."""
+        name = f"a list of {_PLURAL.get(self.of, 'values')}" if self.type is list else _name(self.type)
+        parts = []
+        if self.type in (int, float):
+            bounds = [f"> {self.gt:g}" if self.gt is not None else None, f">= {self.ge:g}" if self.ge is not None
+                      else None, f"< {self.lt:g}" if self.lt is not None else None,
+                      f"<= {self.le:g}" if self.le is not None else None]
+            parts = [b for b in bounds if b]
+            if self.type is float:
+                parts.append("finite")
+        if self.choices is not None:
+            parts.append("(one of " + ", ".join(map(str, self.choices)) + ")")
+        text = name + (" " + ", ".join(parts) if parts else "")
+        return text + (" (or a log-spaced grid {min, max, per_decade})" if self.log_grid else "")
+
+    def check(self, value):
+        """The value converted (int -> float) and checked; Invalid saying what is allowed otherwise."""
+        if self.type is list:
+            if not isinstance(value, list) or (self.of is not None and not all(_is(v, self.of) for v in value)):
+                raise Invalid(f"expected {self.allowed()}, got {_show(value)}")
+            if self.nonempty and not value:
+                raise Invalid("must not be empty")
+            item = dataclasses.replace(self, type=self.of, of=None) if self.of is not None else None
+            return [item.check(v) for v in value] if item else value
+        if self.log_grid and isinstance(value, dict):
+            return log_grid(value)
+        if not _is(value, self.type):
+            raise Invalid(f"expected {self.allowed()}, got {_show(value)}")
+        if self.type is float:
+            value = float(value)
+            if not math.isfinite(value):
+                raise Invalid(f"must be finite, got {value}")
+        if self.type in (int, float) and not isinstance(value, bool):
+            limit = INT_LIMIT if self.type is int else math.inf
+            if (self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge) \
+                    or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le) \
+                    or abs(value) >= limit:
+                below = " (below 2**31)" if self.type is int and self.lt is None and self.le is None else ""
+                raise Invalid(f"must be {self.allowed()}{below}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise Invalid(f"{value!r} is not allowed; allowed: {', '.join(map(str, self.choices))}")
+        return value
+
+
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+_PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings", dict: "tables"}
+
+
+def _name(typ) -> str:
+    if isinstance(typ, tuple):
+        return " or ".join(map(_name, typ))
+    return _NAMES.get(typ, getattr(typ, "__name__", str(typ)))
+
+
+def _is(value, typ) -> bool:
+    if isinstance(typ, tuple):
+        return any(_is(value, t) for t in typ)
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+GRID_KEYS = {"min": Key(float, gt=0), "max": Key(float, gt=0), "per_decade": Key(int, ge=1, le=1000)}
+MAX_GRID = 10_000  # values in one log-spaced grid
+
+
+def log_grid(table: dict) -> list[float]:
+    """{min, max, per_decade} -> log-spaced values, both ends included, each rounded to 12 significant digits.
+
+    n = round(per_decade * log10(max / min)); values = 10 ** linspace(log10(min), log10(max), n + 1).
+    """
+    import numpy as np
+
+    extra = set(table) - set(GRID_KEYS)
+    if extra:
+        raise Invalid(f"unknown grid key {sorted(extra)[0]!r}; a log-spaced grid is {{min, max, per_decade}}")
+    values = {}
+    for k, key in GRID_KEYS.items():
+        if k not in table:
+            raise Invalid(f"a log-spaced grid needs min, max and per_decade (missing {k})")
+        try:
+            values[k] = key.check(table[k])
+        except Invalid as e:
+            raise Invalid(f"grid {k}: {e}") from None
+    lo, hi, per_decade = values["min"], values["max"], values["per_decade"]
+    if hi < lo:
+        raise Invalid(f"grid max ({hi:g}) must be >= min ({lo:g})")
+    n = round(per_decade * (math.log10(hi) - math.log10(lo)))
+    if n + 1 > MAX_GRID:
+        raise Invalid(f"the grid has {n + 1} values; at most {MAX_GRID}")
+    return [float(f"{v:.12g}") for v in 10.0 ** np.linspace(math.log10(lo), math.log10(hi), n + 1)]
