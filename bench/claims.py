@@ -148,6 +148,12 @@ def _gap(record):
     return np.where(np.asarray(ps["trained"], bool), gap, np.nan)
 
 
+def _recorded(record, key):
+    """A per-seed model diagnostic of every seed, trained or not (None, a non-finite value, -> inf)."""
+    values = _as_float(record["per_seed"][key])
+    return np.where(np.isnan(values), np.inf, values)
+
+
 @dataclasses.dataclass(frozen=True)
 class Metric:
     """A trainability metric: per-seed values of an arm at a learning rate (or over the grid)."""
@@ -181,6 +187,12 @@ METRICS = {
                                 "steps to the target at the tuned (or stated) learning rate; never = inf"),
     "generalization_gap": Metric(_record_metric(_gap), +1, False,
                                  "held-out minus training loss at the tuned (or stated) learning rate, trained seeds"),
+    "max_attn_logit": Metric(_record_metric(lambda r: _recorded(r, "max_attn_logit")), +1, True,
+                             "largest attention logit during training at the tuned (or stated) learning rate; "
+                             "overflow = inf"),
+    "max_abs_log_z": Metric(_record_metric(lambda r: _recorded(r, "max_abs_log_z")), +1, True,
+                            "largest mean |log Z| of the output softmax during training at the tuned (or stated) "
+                            "learning rate; overflow = inf"),
 }
 
 

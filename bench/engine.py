@@ -13,6 +13,14 @@ pre-activation (every time step's hidden state for recurrent models), which
 backpropagation computes anyway, so the per-layer gradient norms come almost
 for free. They are kept, with per-parameter weight and update norms, at the
 steps of `metrics.SNAPSHOT_FRACTIONS` of each run's budget (docs/METHODS.md).
+
+Diagnostics: per run the carry reduces scalars over the steps it trains:
+the fractions of exactly-zero and of non-finite gradient entries (largest
+over steps: underflow and overflow), and, for a model with `diagnostics`
+(models/__init__.py), each of its scalars by its declared reduction (max or
+min, starting from the value at initialisation); their per-step values
+form traces. Loss scaling (optim.loss_scale_*) multiplies the loss before the
+backward pass; a step it skips is counted, not treated as divergence.
 """
 from __future__ import annotations
 
@@ -65,6 +73,9 @@ class Program:
         self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
+        lr_groups = getattr(abstract, "lr_groups", None)
+        self.lr_groups = lr_groups(optim.adaptive(plan)) if lr_groups else None
+        self.model_diagnostics = dict(getattr(abstract, "DIAGNOSTICS", {}))  # name -> ("max" | "min", text)
         x_abstract, _ = jax.eval_shape(lambda: self.task.sample(self.task.data, jax.random.key(0)))
         self.preact_shapes = jax.eval_shape(
             lambda x: make_model(plan["model"], self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
@@ -86,13 +97,15 @@ class Program:
         zero = jnp.zeros((), jnp.float32)
         # loss_0: the training loss before the first update on the whole training-evaluation set (in training
         # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
-        loss_0, _ = self._loss(params, rest, *data["train_eval"], True)
+        loss_0, (_, _, diag_0) = self._loss(params, rest, *data["train_eval"], True)
         n_snap, n_params = len(metrics.SNAPSHOT_FRACTIONS), len(self.param_names)
         return {
-            "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper).init(params),
+            "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper, self.lr_groups).init(params),
             "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
             "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
+            "diagnostics": {**diag_0, "grad_zero_fraction": zero, "grad_nonfinite_fraction": zero},
+            "loss_scale": optim.loss_scale_init(self.plan, hyper), "skipped_steps": jnp.zeros((), jnp.int32),
             "snap_step": jnp.full((n_snap,), -1, jnp.int32),
             "snap_log_preact_grad": jnp.full((n_snap, len(self.preact_shapes)), jnp.nan, jnp.float32),
             "snap_weight_norm": jnp.full((n_snap, n_params), jnp.nan, jnp.float32),
@@ -100,9 +113,29 @@ class Program:
         }
 
     def _loss(self, params, rest, x, y, train, shifts=None):
+        """(task loss, (prediction, non-parameter state, model diagnostics)); shifts as in `forward`."""
         model = nnx.merge(self.graphdef, params, rest, copy=True)
-        pred = model.forward(x, train=train, shifts=shifts)[0] if shifts is not None else model(x, train=train)
-        return self.task.loss(pred, y), (pred, nnx.split(model, nnx.Param, ...)[2])
+        if self.model_diagnostics:
+            pred, diag = model.diagnostics(x, train=train, shifts=shifts)
+        elif shifts is not None:
+            pred, diag = model.forward(x, train=train, shifts=shifts)[0], {}
+        else:
+            pred, diag = model(x, train=train), {}
+        return self.task.loss(pred, y), (pred, nnx.split(model, nnx.Param, ...)[2], diag)
+
+    def _objective(self, hyper, scale, params, rest, x, y, shifts):
+        """The training objective (task loss plus auxiliary losses) times the loss scale."""
+        loss, aux = self._loss(params, rest, x, y, True, shifts)
+        return (loss + optim.aux_loss(self.plan, hyper, aux[0])) * scale, (loss, aux)
+
+    def _reduce(self, old: dict, new: dict, active) -> dict:
+        """Folds one step's diagnostics into the running ones (NaN steps leave them unchanged)."""
+        out = {}
+        for name, value in new.items():
+            kind = self.model_diagnostics.get(name, ("max",))[0]
+            folded = jnp.minimum(old[name], value) if kind == "min" else jnp.maximum(old[name], value)
+            out[name] = jnp.where(active & ~jnp.isnan(value), folded, old[name])
+        return out
 
     def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, updates):
         """Keeps this step's explosion measurements in snapshot k while t <= its step.
@@ -126,8 +159,16 @@ class Program:
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
         shifts = [jnp.zeros(s.shape, s.dtype) for s in self.preact_shapes]
-        (loss, (_, rest)), (grads, g_shifts) = jax.value_and_grad(self._loss, argnums=(0, 5), has_aux=True)(
-            c["params"], c["rest"], x, y, True, shifts)
+        scale = c["loss_scale"]["scale"]
+        (_, (loss, (_, rest, diag))), (grads, g_shifts) = jax.value_and_grad(
+            self._objective, argnums=(2, 6), has_aux=True)(hyper, scale, c["params"], c["rest"], x, y, shifts)
+        grads, g_shifts = jax.tree.map(lambda g: g / scale, (grads, g_shifts))
+        leaves = jax.tree.leaves(grads)
+        n_entries = sum(g.size for g in leaves)
+        nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in leaves)
+        diag = {**diag, "grad_zero_fraction": sum(jnp.sum(g == 0) for g in leaves) / n_entries,
+                "grad_nonfinite_fraction": nonfinite / n_entries}
+        loss_scale, skip = optim.loss_scale_update(self.plan, hyper, c["loss_scale"], nonfinite == 0)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, c["opt_state"], c["params"])
         params = optax.apply_updates(c["params"], updates)
@@ -136,8 +177,10 @@ class Program:
         # its results do not depend on which other runs share the program.
         done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
         active = ~done & (t < hyper["budget"])
-        boom = active & metrics.exploded(loss, grad_norm, self.task.trivial_loss, hyper["factor"], t, c["loss_0"])
-        keep = active & ~boom
+        # A step that dynamic loss scaling skips (non-finite gradients) is not divergence; its loss still counts.
+        boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), self.task.trivial_loss,
+                                         hyper["factor"], t, c["loss_0"])
+        keep = active & ~boom & ~skip
         ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
         n_updates = c["n_updates"] + keep
         smoothed = metrics.debiased(ema, hyper["smoothing"], n_updates)
@@ -152,14 +195,18 @@ class Program:
             "divergence_step": jnp.where(boom, t, c["divergence_step"]),
             "converge_step": jnp.where(converged, t, c["converge_step"]),
             "max_grad_norm": jnp.where(active, jnp.maximum(c["max_grad_norm"], safe_norm), c["max_grad_norm"]),
+            "diagnostics": self._reduce(c["diagnostics"], diag, active),
+            "loss_scale": jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c["loss_scale"]),
+            "skipped_steps": c["skipped_steps"] + (active & ~boom & skip),
             **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], updates),
         }
-        return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan))
+        traced = {k: jnp.where(active, diag[k], jnp.nan) for k in self.model_diagnostics}
+        return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)
 
     def _chunk_one(self, carry, hyper, seed, data, start):
         TRACE_COUNT["chunk"] += 1
         _, data_key = seed_keys(seed)
-        tx = optim.build(self.plan, hyper)
+        tx = optim.build(self.plan, hyper, self.lr_groups)
         step = functools.partial(self._step, hyper, tx, data_key, data)
         return jax.lax.scan(step, carry, start + jnp.arange(self.chunk_steps))
 
@@ -167,7 +214,7 @@ class Program:
         out = {}
         for split in ("train_eval", "validation", "heldout"):
             x, y = data[split]
-            loss, (pred, _) = self._loss(carry["params"], carry["rest"], x, y, False)
+            loss, (pred, _, _) = self._loss(carry["params"], carry["rest"], x, y, False)
             out[split] = (loss, self.task.metric(pred, y))
         return out
 
@@ -213,6 +260,8 @@ class GroupResult:
     loss_trace: np.ndarray  # runs x steps run
     grad_norm_trace: np.ndarray
     throughput: dict
+    diagnostic_traces: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # model diagnostics
+    diagnostics: dict[str, tuple] = dataclasses.field(default_factory=dict)  # name -> (reduction, description)
 
 
 def _shard(tree):
@@ -247,24 +296,28 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     data = prog.task.data
     hyper, seeds = _shard(hyper), _shard(seeds)
     carry = prog.init(seeds, hyper, data)
-    losses, norms, chunk_times = [], [], []
+    losses, norms, diag_traces, chunk_times = [], [], [], []
     done = 0
     while done < steps:
         t0 = time.perf_counter()
-        carry, (loss, norm) = prog.chunk(carry, hyper, seeds, data, done)
+        carry, (loss, norm, diag) = prog.chunk(carry, hyper, seeds, data, done)
         status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
         chunk_times.append(time.perf_counter() - t0)
         losses.append(np.asarray(loss))
         norms.append(np.asarray(norm))
+        diag_traces.append(jax.device_get(diag))
         done += chunk_steps
         if on_chunk:
             on_chunk(min(done, steps), status["diverged"], status["converge_step"] >= 0)
         if np.all(status["diverged"] | ((status["converge_step"] >= 0) & stops)):
             break
     evaluation = jax.device_get(prog.evaluate(carry, data))
-    arrays = {k: np.asarray(v) for k, v in jax.device_get(carry).items()
-              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm")
+    host = jax.device_get(carry)
+    arrays = {k: np.asarray(v) for k, v in host.items()
+              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
               or k.startswith("snap_")}
+    arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
+    arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
     # the calls after it, with one extra (discarded) chunk when the runs were all done after the first.
     if len(chunk_times) == 1:
@@ -285,6 +338,9 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     return GroupResult(
         runs=runs, arrays=arrays, param_names=prog.param_names,
         loss_trace=np.concatenate(losses, 1)[:, :steps], grad_norm_trace=np.concatenate(norms, 1)[:, :steps],
+        diagnostic_traces={k: np.concatenate([d[k] for d in diag_traces], 1)[:, :steps]
+                           for k in prog.model_diagnostics},
+        diagnostics=prog.model_diagnostics,
         throughput={
             "steps_per_s": steps_per_s,
             "examples_per_s": steps_per_s * batch * len(runs),

@@ -2,9 +2,11 @@
 
 A *plan* is the effective training recipe of a cell, a plain dict:
   {"task": {...}, "model": {...}, "optimizer": {"name", "lr", "warmup_steps", **kwargs},
-   "transforms": [{"name", **params}, ...], "skip_nonfinite": int}
-A mitigation is a documented edit of the baseline plan. The learning rate and
-every transform parameter are *traced*: they are inputs of the compiled
+   "transforms": [{"name", **params}, ...], "skip_nonfinite": int,
+   "aux_losses": [{"name", **params}, ...], "loss_scaling": None | {"mode", "scale", "period"}}
+A mitigation is a documented edit of the baseline plan; `combo` applies
+several. The learning rate, every transform and auxiliary-loss parameter and
+the loss scale and its period are *traced*: they are inputs of the compiled
 program, so sweeping them never recompiles.
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ import dataclasses
 import inspect
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from bench.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
@@ -30,7 +34,17 @@ OPTIMIZERS = {
     "lion": (optax.lion, {}, "Lion (Chen et al. 2023)"),
 }
 
-# name -> (factory(**params), description); every parameter is traced.
+# Optimisers whose update is invariant to the gradient's scale (muP gives them other learning-rate groups).
+ADAPTIVE = frozenset({"adam", "adamw", "adagrad", "rmsprop", "lion"})
+
+
+def _independent_weight_decay(weight_decay):
+    """theta <- theta - weight_decay * theta every step, added after the optimiser: not scaled by the lr."""
+    return optax.add_decayed_weights(-weight_decay)
+
+
+# name -> (factory(**params), description); every parameter is traced. Transforms in AFTER_OPTIMIZER act on
+# the optimiser's update, the others on the gradient before it.
 TRANSFORMS = {
     "clip_by_global_norm": (lambda max_norm: optax.clip_by_global_norm(max_norm),
                             "rescale the gradient so its global norm is at most max_norm"),
@@ -38,7 +52,24 @@ TRANSFORMS = {
                       "clip every gradient entry to [-max_value, max_value]"),
     "adaptive_grad_clip": (lambda clipping: optax.adaptive_grad_clip(clipping),
                            "clip each unit's gradient to clipping x its weight norm (Brock et al. 2021)"),
+    "weight_decay": (_independent_weight_decay,
+                     "independent weight decay: theta -= weight_decay * theta each step, independent of the "
+                     "learning rate and its schedule (Loshchilov and Hutter 2019; Wortsman et al. 2023)"),
 }
+AFTER_OPTIMIZER = frozenset({"weight_decay"})
+
+
+def _z_loss(pred, coefficient):
+    """coefficient x mean over predictions of log^2 Z, Z the softmax normaliser of the logits (PaLM's z-loss)."""
+    return coefficient * jnp.mean(jax.nn.logsumexp(pred.astype(jnp.float32), axis=-1) ** 2)
+
+
+# name -> ((prediction, **params) -> scalar added to the training loss, description); parameters traced.
+AUX_LOSSES = {
+    "z_loss": (_z_loss, "coefficient x log^2 Z of the output softmax (Chowdhery et al. 2022)"),
+}
+
+LOSS_SCALING_MODES = ("static", "dynamic")
 
 
 # The range of every optimiser keyword that has one (any other keyword: its default's type, finite).
@@ -80,8 +111,11 @@ def optimizer_defaults(name: str) -> dict:
 def traced_values(plan: dict) -> dict[str, float]:
     """The plan's traced hyperparameters, as a flat name -> value dict."""
     values = {"lr": float(plan["optimizer"]["lr"])}
-    for i, t in enumerate(plan["transforms"]):
-        values.update({f"transforms.{i}.{k}": float(v) for k, v in t.items() if k != "name"})
+    for group in ("transforms", "aux_losses"):
+        for i, t in enumerate(plan.get(group, [])):
+            values.update({f"{group}.{i}.{k}": float(v) for k, v in t.items() if k != "name"})
+    if plan.get("loss_scaling"):
+        values.update({f"loss_scaling.{k}": float(plan["loss_scaling"][k]) for k in ("scale", "period")})
     return values
 
 
@@ -89,12 +123,24 @@ def static_plan(plan: dict) -> dict:
     """The plan with traced values blanked: equal static plans share a compiled program."""
     plan = copy.deepcopy(plan)
     plan["optimizer"]["lr"] = None
-    plan["transforms"] = [{k: (v if k == "name" else None) for k, v in t.items()} for t in plan["transforms"]]
+    for group in ("transforms", "aux_losses"):
+        plan[group] = [{k: (v if k == "name" else None) for k, v in t.items()} for t in plan.get(group, [])]
+    if plan.get("loss_scaling"):
+        plan["loss_scaling"] = {"mode": plan["loss_scaling"]["mode"], "scale": None, "period": None}
     return plan
 
 
-def build(plan: dict, hyper: dict) -> optax.GradientTransformation:
-    """The optax chain of a (static) plan with traced hyperparameters `hyper` filled in."""
+def adaptive(plan: dict) -> bool:
+    """Whether the plan's optimiser is Adam-like (scale-invariant updates)."""
+    return plan["optimizer"]["name"] in ADAPTIVE
+
+
+def build(plan: dict, hyper: dict, lr_groups=None) -> optax.GradientTransformation:
+    """The optax chain of a (static) plan with traced hyperparameters `hyper` filled in.
+
+    `lr_groups` (from the model's `lr_groups`, or None): (param_labels, {group: multiplier}); each
+    group's update is scaled by its multiplier, i.e. a per-group learning rate (optax.multi_transform).
+    """
     opt = dict(plan["optimizer"])
     name, warmup = opt.pop("name"), opt.pop("warmup_steps")
     opt.pop("lr")
@@ -102,12 +148,49 @@ def build(plan: dict, hyper: dict) -> optax.GradientTransformation:
     if warmup > 0:
         lr = optax.linear_schedule(0.0, lr, warmup)
     factory = OPTIMIZERS[name][0]
-    chain = [TRANSFORMS[t["name"]][0](**{k: hyper[f"transforms.{i}.{k}"] for k in t if k != "name"})
-             for i, t in enumerate(plan["transforms"])]
-    tx = optax.chain(*chain, factory(learning_rate=lr, **opt))
+    made = [(t["name"], TRANSFORMS[t["name"]][0](**{k: hyper[f"transforms.{i}.{k}"] for k in t if k != "name"}))
+            for i, t in enumerate(plan["transforms"])]
+    chain = [tx for name, tx in made if name not in AFTER_OPTIMIZER] + [factory(learning_rate=lr, **opt)]
+    if lr_groups is not None:
+        labels, multipliers = lr_groups
+        chain.append(optax.multi_transform({g: optax.scale(m) for g, m in multipliers.items()}, labels))
+    chain += [tx for name, tx in made if name in AFTER_OPTIMIZER]
+    tx = optax.chain(*chain)
     if plan["skip_nonfinite"] > 0:
         tx = optax.apply_if_finite(tx, plan["skip_nonfinite"])
     return tx
+
+
+def aux_loss(plan: dict, hyper: dict, pred):
+    """The sum of the plan's auxiliary training losses on the prediction (0.0 when it has none)."""
+    total = jnp.zeros((), jnp.float32)
+    for i, term in enumerate(plan.get("aux_losses", [])):
+        fn = AUX_LOSSES[term["name"]][0]
+        total = total + fn(pred, **{k: hyper[f"aux_losses.{i}.{k}"] for k in term if k != "name"})
+    return total
+
+
+def loss_scale_init(plan: dict, hyper: dict) -> dict:
+    """The loss-scaling state of a run: the current scale (1 without loss scaling) and finite steps in a row."""
+    scale = hyper["loss_scaling.scale"] if plan.get("loss_scaling") else 1.0
+    return {"scale": jnp.asarray(scale, jnp.float32), "good_steps": jnp.zeros((), jnp.int32)}
+
+
+def loss_scale_update(plan: dict, hyper: dict, state: dict, grads_finite):
+    """(next state, skip this update) after a step whose unscaled gradients were finite or not.
+
+    Dynamic (as jmp.DynamicLossScale): on overflow halve the scale (not below 1) and skip the update;
+    after `period` finite steps in a row double it. Static and none: the scale never changes, nothing skipped.
+    """
+    scaling = plan.get("loss_scaling")
+    if not scaling or scaling["mode"] != "dynamic":
+        return state, jnp.zeros((), bool)
+    good = state["good_steps"] + 1
+    grow = good >= hyper["loss_scaling.period"]
+    scale = jnp.where(grads_finite, jnp.where(grow, state["scale"] * 2.0, state["scale"]),
+                      jnp.maximum(state["scale"] / 2.0, 1.0))
+    good = jnp.where(grads_finite & ~grow, good, 0)
+    return {"scale": scale, "good_steps": good.astype(jnp.int32)}, ~grads_finite
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,17 +200,54 @@ class Mitigation:
     Attributes:
       description: one line for `bench list` and reports.
       params: parameter name -> Key (its type, range and default; REQUIRED: must be given; None: keep the
-        baseline's). Any parameter may be a list in a suite (a grid axis).
-      apply: (plan, params) -> None, edits the plan in place.
+        baseline's). Any parameter may be a list in a suite (a grid axis), except those in `lists`.
+      apply: (plan, params) -> None, edits the plan in place; ValueError on a bad parameter.
+      lists: parameters whose value is one list (a list of lists is a grid axis over them).
     """
 
     description: str
     params: dict[str, Key]
     apply: Callable[[dict, dict], None]
+    lists: tuple = ()
 
 
 def _transform(name):
     return lambda plan, p: plan["transforms"].append({"name": name, **p})
+
+
+def _aux_loss(name):
+    return lambda plan, p: plan.setdefault("aux_losses", []).append({"name": name, **p})
+
+
+def _loss_scaling(plan, params):
+    plan["loss_scaling"] = {"mode": params["mode"], "scale": params["scale"], "period": params["period"]}
+
+
+def apply_mitigation(plan: dict, table: dict) -> None:
+    """Applies one mitigation table {name, **params} (checked, defaults filled in) to the plan; ValueError if bad."""
+    name = table.get("name")
+    if name not in MITIGATIONS or name == "combo":
+        allowed = ", ".join(n for n in MITIGATIONS if n != "combo")
+        raise ValueError(f"{name!r} is not a mitigation that combo can apply; allowed: {allowed}")
+    spec = MITIGATIONS[name]
+    unknown = sorted(set(table) - {"name"} - set(spec.params))
+    if unknown:
+        raise ValueError(f"{name}: unknown key {unknown[0]!r}; allowed: {', '.join(spec.params) or 'none'}")
+    params = {}
+    for key, key_spec in spec.params.items():
+        if key not in table and key_spec.default is REQUIRED:
+            raise ValueError(f"{name}: {key} is required ({key_spec.allowed()})")
+        value = table.get(key, key_spec.default)
+        try:
+            params[key] = None if value is None else key_spec.check(value)
+        except ValueError as e:
+            raise ValueError(f"{name}: {key}: {e}") from None
+    spec.apply(plan, params)
+
+
+def _combo(plan, params):
+    for table in params["apply"]:
+        apply_mitigation(plan, table)
 
 
 def _model_keys(plan, params):
@@ -168,4 +288,21 @@ MITIGATIONS = {
     "optimizer": Mitigation("another optimiser (optax name; optional lr)",
                             {"optimizer": Key(str, choices=tuple(OPTIMIZERS)),
                              "lr": dataclasses.replace(OPTIMIZER_KEYS["lr"], default=None)}, _optimizer),
+    "weight_decay": Mitigation("independent weight decay (not scaled by the learning rate) after the optimiser",
+                               {"weight_decay": Key(default=1e-4, **_POSITIVE)}, _transform("weight_decay")),
+    "z_loss": Mitigation("auxiliary loss coefficient x log^2 Z of the output softmax (z-loss)",
+                         {"coefficient": Key(default=1e-4, **_POSITIVE)}, _aux_loss("z_loss")),
+    "loss_scaling": Mitigation(
+        "loss scaling: the loss x scale before the backward pass, gradients / scale after; dynamic: halve "
+        "and skip on overflow, double after `period` finite steps (jmp.DynamicLossScale)",
+        {"mode": Key(str, "dynamic", choices=LOSS_SCALING_MODES), "scale": Key(float, 2.0**15, ge=1),
+         "period": Key(int, 2000, ge=1)}, _loss_scaling),
+    "qk_norm": Mitigation("LayerNorm on attention queries and keys (transformer)", {"qk_norm": Key(bool, True)},
+                          _model_keys),
+    "parameterization": Mitigation("another parameterisation (standard, ntk, mup)",
+                                   {"parameterization": Key(str)}, _model_keys),
+    "dtype": Mitigation("another compute precision (float32, bfloat16, float16)", {"dtype": Key(str)}, _model_keys),
+    "combo": Mitigation("several mitigations at once, applied in order: apply = [{name = ...}, ...]",
+                        {"apply": Key(list, of=dict, nonempty=True)}, _combo, lists=("apply",)),
 }
+

@@ -30,7 +30,7 @@ from bench.records import json_extended, json_number
 from bench.build import make_model, make_task
 
 
-DEFAULT_TASK = {"mlp": "teacher_student", "rnn": "adding", "resnet": "digits"}  # a task that fits each family
+DEFAULT_TASK = {"mlp": "teacher_student", "rnn": "adding", "resnet": "digits", "transformer": "markov_lm"}  # a task that fits each family
 
 
 @functools.lru_cache(maxsize=None)

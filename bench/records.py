@@ -100,7 +100,12 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, task) ->
         "final_validation_loss": alive("final_validation_loss"),
         "final_validation_metric": alive("final_validation_metric"),
         "max_grad_norm": [json_number(v) for v in a["max_grad_norm"]],
+        "grad_zero_fraction": [json_number(v) for v in a["grad_zero_fraction"]],
+        "grad_nonfinite_fraction": [json_number(v) for v in a["grad_nonfinite_fraction"]],
+        "skipped_steps": [int(v) for v in a["skipped_steps"]],
+        "final_loss_scale": [json_number(v) for v in a["final_loss_scale"]],
     }
+    per_seed.update({name: [json_number(v) for v in a[name]] for name in group.diagnostics})
     outcomes = [metrics.outcome(d, loss, task.trivial_loss, collapse_fraction)
                 for d, loss in zip(diverged, per_seed["final_train_loss"])]
     per_seed["collapsed"] = [o == metrics.COLLAPSED for o in outcomes]
@@ -138,12 +143,16 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, task) ->
             "over": "median over non-diverged seeds",
         },
         "max_grad_norm": _median(per_seed["max_grad_norm"]),
+        "diagnostics": {name: {"reduction": kind, "description": text, "median": _median(per_seed[name])}
+                        for name, (kind, text) in group.diagnostics.items()},
         "per_seed": per_seed,
         "explosion": explosion(a, group.param_names, axis),
         "trace": {
             "step": kept.tolist(),
             "loss": [[json_number(v) for v in group.loss_trace[i, kept]] for i in run_indices],
             "grad_norm": [[json_number(v) for v in group.grad_norm_trace[i, kept]] for i in run_indices],
+            **{name: [[json_number(v) for v in trace[i, kept]] for i in run_indices]
+               for name, trace in group.diagnostic_traces.items()},
         },
         "throughput": group.throughput,
         "env": env,

@@ -268,6 +268,8 @@ def _mitigation_axes(path, key, table, model_table):
             raise SuiteError(path, f"{key}.{param}", f"required by mitigation {name!r}; expected "
                              f"{param_spec.allowed()}")
         value = table.get(param, param_spec.default)
+        if param in spec.lists and isinstance(value, list) and not all(isinstance(v, list) for v in value):
+            value = [value]  # one list-valued parameter (combo's `apply`), not a grid axis over its items
         axes[param] = [None] if value is None else _axis(path, f"{key}.{param}", value, param_spec)
     family = FAMILIES.get(model_table.get("family"))
     if family is not None and name == "init":
@@ -278,10 +280,14 @@ def _mitigation_axes(path, key, table, model_table):
 def _plan(path, key, config) -> dict:
     """Applies the mitigation to the baseline and validates the result."""
     plan = {"task": config["task"], "model": copy.deepcopy(config["model"]),
-            "optimizer": copy.deepcopy(config["optimizer"]), "transforms": [], "skip_nonfinite": 0}
+            "optimizer": copy.deepcopy(config["optimizer"]), "transforms": [], "skip_nonfinite": 0,
+            "aux_losses": [], "loss_scaling": None}
     mitigation = config["mitigation"]
     name = mitigation["name"]
-    optim.MITIGATIONS[name].apply(plan, {k: v for k, v in mitigation.items() if k != "name"})
+    try:
+        optim.MITIGATIONS[name].apply(plan, {k: v for k, v in mitigation.items() if k != "name"})
+    except ValueError as e:
+        raise SuiteError(path, key, f"mitigation {name!r}: {e}") from None
     family = FAMILIES[plan["model"]["family"]]
     model_table = {k: v for k, v in plan["model"].items() if k != "family"}
     extra = set(model_table) - {f.name for f in dataclasses.fields(family.Config)}
@@ -321,10 +327,21 @@ def cell_id(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _mitigation_label(m: dict) -> str:
+    """name(k=v,...); a list of mitigation tables (combo's `apply`) reads name(...)+name(...)."""
+    parts = []
+    for k, v in m.items():
+        if k == "name" or v is None:
+            continue
+        if isinstance(v, list) and v and all(isinstance(t, dict) for t in v):
+            parts.append("+".join(_mitigation_label(t) for t in v))
+        else:
+            parts.append(f"{k}={v}")
+    return m["name"] + (f"({','.join(parts)})" if parts else "")
+
+
 def _label(config, varying) -> str:
-    m = config["mitigation"]
-    params = ",".join(f"{k}={v}" for k, v in m.items() if k != "name" and v is not None)
-    parts = [m["name"] + (f"({params})" if params else "")]
+    parts = [_mitigation_label(config["mitigation"])]
     parts += [f"{key.split('.')[-1]}={_lookup(config, key)}" for key in varying]
     return " ".join(parts)
 

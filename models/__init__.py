@@ -9,13 +9,23 @@ reports that as bad input). `forward(x, train=..., shifts=None)` returns
 per entry shaped like it, is added to each pre-activation, so the loss
 gradient with respect to a zero shift is the gradient with respect to that
 pre-activation (gradient probes).
+
+Optional, read by the harness where a family has them:
+`lr_groups(adaptive)` -> None or (param_labels function, {group: learning-rate
+multiplier}) for per-group learning rates (muP; `adaptive`: the optimiser is
+Adam-like); a module-level DIAGNOSTICS dict {name: ("max" | "min",
+description)} with a model method `diagnostics(x, train=..., shifts=None)`
+-> (prediction, {name: scalar}), the scalars reduced over training steps.
+A task whose examples are shaped (T,) gives integer tokens in [0, output_dim).
 """
 from models import mlp
 from models import resnet
 from models import rnn
+from models import transformer
 
 FAMILIES = {
     "mlp": mlp,
     "resnet": resnet,
     "rnn": rnn,
+    "transformer": transformer,
 }

@@ -74,3 +74,74 @@ def bias_init(bias_var: float):
 def activation(name: str):
     """The activation function registered under `name`."""
     return ACTIVATIONS[name][0]
+
+
+# Mixed precision: activations and matrix products run in `dtype`; parameters (and so the optimiser state)
+# stay float32, and every family casts its output to float32 so the loss is computed in float32.
+DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+}
+
+
+def compute_dtype(name: str):
+    """The jnp dtype of a `dtype` model key."""
+    return DTYPES[name]
+
+
+# name -> description. Roles of a dense layer: "input" (fan_in fixed as width grows: the first layer,
+# embeddings), "hidden" (fan_in and fan_out grow with width), "output" (the read-out: fan_out fixed).
+PARAMETERIZATIONS = {
+    "standard": "W ~ init(weight_var / fan_in) for every layer, one learning rate for every parameter",
+    "ntk": "NTK parameterisation: W drawn sqrt(fan_in) times larger and the layer's input multiplied by "
+           "1/sqrt(fan_in): the same function at init, gradients of W scaled by 1/fan_in",
+    "mup": "maximal update parameterisation (Yang and Hu 2021; Tensor Programs V, Table 3) relative to "
+           "base_width: read-out variance divided by width_mult = width / base_width, per-group learning "
+           "rates (SGD: input weights and hidden biases x width_mult, hidden x 1, read-out / width_mult; "
+           "Adam-like: input and biases x 1, hidden and read-out / width_mult; read-out bias x 1); attention "
+           "logits scaled 1/head_dim",
+}
+
+
+def _scaled(init, factor: float):
+    """`init` times a constant factor."""
+    return lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) * factor
+
+
+def dense_init(name: str, weight_var: float, parameterization: str, role: str, fan_in: int,
+               width_mult: float):
+    """(kernel initialiser, input multiplier) of a dense layer of `role` (input | hidden | output)."""
+    init = kernel_init(name, weight_var)
+    if parameterization == "ntk":
+        return _scaled(init, math.sqrt(fan_in)), 1.0 / math.sqrt(fan_in)
+    if parameterization == "mup" and role == "output":
+        return _scaled(init, 1.0 / math.sqrt(width_mult)), 1.0
+    return init, 1.0
+
+
+def mup_lr_multipliers(adaptive: bool, width_mult: float) -> dict:
+    """Learning-rate multiplier per parameter group under muP (Tensor Programs V, Table 3).
+
+    Groups: "input" (input weights, hidden biases and norm parameters: fan_out grows with width),
+    "hidden", "output" (the read-out kernel) and "output_bias" (fan_in 1, fan_out fixed: unchanged).
+    """
+    if adaptive:
+        return {"input": 1.0, "hidden": 1.0 / width_mult, "output": 1.0 / width_mult, "output_bias": 1.0}
+    return {"input": width_mult, "hidden": 1.0, "output": 1.0 / width_mult, "output_bias": 1.0}
+
+
+def _key_name(entry):
+    """A key-path entry as a plain string or int."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return str(entry)
+
+
+def path_labels(group_of):
+    """An optax.multi_transform param_labels function: each parameter's group, `group_of(path)`."""
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: group_of(tuple(_key_name(k) for k in path)), params)
+    return labels

@@ -3,7 +3,9 @@
 Cells: `tanh` is the Elman cell h_t = act(W_x x_t + W_h h_{t-1} + b), written
 here so its activation and recurrent initialiser are free knobs; `lstm` and
 `gru` are Flax's own cells. The read-out sees the top layer's hidden state at
-the last step (or at every step, for sequence tasks). For gradient probes the
+the last step (or at every step, for sequence tasks). `dtype` sets the
+precision of activations and matrix products (parameters stay float32; the
+output is cast to float32). For gradient probes the
 "layers" of `forward` are the time steps of the top layer: its hidden states.
 """
 from __future__ import annotations
@@ -58,9 +60,11 @@ class Config:
     init: str = "lecun"
     weight_var: float = 1.0
     bias_var: float = 0.0
+    dtype: str = "float32"
 
     CHOICES: ClassVar[dict] = {
         "cell": ("tanh", "lstm", "gru"),
+        "dtype": tuple(common.DTYPES),
         "activation": tuple(common.ACTIVATIONS),
         "recurrent_init": tuple(RECURRENT_INITS),
         "init": tuple(n for n in common.INITIALISERS if n != "identity"),
@@ -82,16 +86,17 @@ class ElmanCell(nnx.Module):
     """h_t = act(W_x x_t + W_h h_{t-1} + b) with a free activation and recurrent initialiser."""
 
     def __init__(self, in_features: int, hidden: int, *, activation, kernel_init, bias_init, recurrent_init,
-                 rngs: nnx.Rngs):
+                 dtype, rngs: nnx.Rngs):
         self.activation = activation
-        self.input = nnx.Linear(in_features, hidden, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+        self.input = nnx.Linear(in_features, hidden, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype,
+                                rngs=rngs)
         recurrent_init = recurrent_init or jinit.orthogonal()  # nnx.SimpleCell's default
         self.recurrent = nnx.Param(recurrent_init(rngs.params(), (hidden, hidden), jnp.float32))
 
     def scan(self, x_TxBxF, shift_TxBxH):
         """Hidden states (T, B, H) of the whole sequence; shift_t (if not None) is added to h_t."""
         xw_TxBxH = self.input(x_TxBxF)  # the input projection of every step in one matmul
-        w_hh_HxH = self.recurrent[...]
+        w_hh_HxH = self.recurrent[...].astype(xw_TxBxH.dtype)
 
         def step(h_BxH, inputs):
             xw_BxH, shift_BxH = inputs
@@ -107,9 +112,10 @@ class FlaxCell(nnx.Module):
     """An nnx.LSTMCell or nnx.GRUCell run over a sequence."""
 
     def __init__(self, cell_cls, in_features: int, hidden: int, *, kernel_init, bias_init, recurrent_init,
-                 rngs: nnx.Rngs):
+                 dtype, rngs: nnx.Rngs):
         extra = {"recurrent_kernel_init": recurrent_init} if recurrent_init is not None else {}
-        self.cell = cell_cls(in_features, hidden, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs, **extra)
+        self.cell = cell_cls(in_features, hidden, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype,
+                             rngs=rngs, **extra)
         self.hidden = hidden
 
     def scan(self, x_TxBxF, shift_TxBxH):
@@ -149,23 +155,26 @@ class Model(nnx.Module):
         self.sequence_output = sequence_output
         kernel = common.kernel_init(config.init, config.weight_var)
         bias = common.bias_init(config.bias_var)
+        dtype = common.compute_dtype(config.dtype)
         inits = {"kernel_init": kernel, "bias_init": bias,
-                 "recurrent_init": RECURRENT_INITS[config.recurrent_init][0](config)}
+                 "recurrent_init": RECURRENT_INITS[config.recurrent_init][0](config), "dtype": dtype}
         widths = [input_shape[1]] + [config.hidden] * config.layers
         self.cells = nnx.List([CELLS[config.cell](w_in, config.hidden, config, rngs, **inits)
                                for w_in in widths[:-1]])
-        self.readout = nnx.Linear(config.hidden, output_dim, kernel_init=kernel, bias_init=bias, rngs=rngs)
+        self.readout = nnx.Linear(config.hidden, output_dim, kernel_init=kernel, bias_init=bias, dtype=dtype,
+                                  rngs=rngs)
 
     def _top_states(self, x_BxTxF, shift_TxBxH):
         """The top layer's hidden states (T, B, H); the shift (or None) applies to that layer."""
-        h_TxBxH = jnp.swapaxes(x_BxTxF, 0, 1)
+        h_TxBxH = jnp.swapaxes(x_BxTxF, 0, 1).astype(common.compute_dtype(self.config.dtype))
         for i, cell in enumerate(self.cells):
             h_TxBxH = cell.scan(h_TxBxH, shift_TxBxH if i == len(self.cells) - 1 else None)
         return h_TxBxH
 
     def _read(self, h_TxBxH):
-        """(B, output_dim) from the last step, or (B, T, output_dim) with sequence_output."""
-        return self.readout(jnp.swapaxes(h_TxBxH, 0, 1) if self.sequence_output else h_TxBxH[-1])
+        """(B, output_dim) from the last step, or (B, T, output_dim) with sequence_output; float32."""
+        out = self.readout(jnp.swapaxes(h_TxBxH, 0, 1) if self.sequence_output else h_TxBxH[-1])
+        return out.astype(jnp.float32)
 
     def forward(self, x_BxTxF, *, train: bool = True, shifts=None):
         """Returns (output, top-layer hidden state per step, the same states).

@@ -2,6 +2,7 @@
 from tasks import clusters, teacher_student
 from tasks import cifar10, digits
 from tasks import adding, copy_memory
+from tasks import assoc_recall, markov_lm
 
 TASKS = {
     "teacher_student": teacher_student,
@@ -10,4 +11,6 @@ TASKS = {
     "cifar10": cifar10,
     "adding": adding,
     "copy_memory": copy_memory,
+    "markov_lm": markov_lm,
+    "assoc_recall": assoc_recall,
 }

@@ -33,6 +33,7 @@ class Task:
       trivial_loss: loss of the best constant (input-independent) predictor on `train_eval`: the
         scale every threshold is relative to (`trivial_mse`, `trivial_cross_entropy`).
       sequence_output: the model must predict at every time step, not once per example.
+      best_loss: the best achievable loss where the task knows it (e.g. a Markov chain's entropy rate).
     """
 
     data: Any
@@ -45,6 +46,7 @@ class Task:
     target: float
     trivial_loss: float
     sequence_output: bool = False
+    best_loss: float | None = None
 
 
 def sample_rows(data, key, batch_size: int):
