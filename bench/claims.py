@@ -318,24 +318,60 @@ def judge(result: dict, expected_sign: int, threshold: float, alpha: float = ALP
 
 
 def _questions(comp: dict, base: Arm, var: Arm) -> dict:
-    """The three questions' per-seed data for one comparison: values, scale, direction, censoring, lr used."""
+    """The three questions' per-seed data for one comparison on one dataset: values, scale, direction,
+    per-seed censoring, what was measured."""
     metric = METRICS[comp.get("metric", "critical_lr")]
     lr, at = comp.get("lr"), comp.get("at", 0.5)
     out = {}
     init_lr = base.lrs[0] if lr is None else lr
+    n_b, n_v = len(base.records[0]["per_seed"]["trained"]), len(var.records[0]["per_seed"]["trained"])
+    no_censoring = ([None] * n_b, [None] * n_v)
     out["init"] = dict(values=(_explosion(base.at(init_lr), 0.0), _explosion(var.at(init_lr), 0.0)),
-                       log_scale=True, worse_when=+1, censored=(None, None),
+                       log_scale=True, worse_when=+1, censored=no_censoring,
                        what="end-to-end gradient ratio at initialisation")
     b_rec, v_rec = base.at(lr), var.at(lr)
     where = f"lr {lr:g}" if lr is not None else f"tuned lr {_lr(b_rec):g} / {_lr(v_rec):g}"
     out["training"] = dict(values=(_explosion(b_rec, at), _explosion(v_rec, at)), log_scale=True, worse_when=+1,
-                           censored=(None, None), what=f"end-to-end gradient ratio at {at:.0%} of training, {where}")
+                           censored=no_censoring, what=f"end-to-end gradient ratio at {at:.0%} of training, {where}")
     (b_vals, b_cens), (v_vals, v_cens) = metric.values(base, lr), metric.values(var, lr)
-    median_censor = lambda vals, cens: cens[int(np.argsort(vals, kind="stable")[(len(vals) - 1) // 2])]  # noqa: E731
     out["trainability"] = dict(values=(b_vals, v_vals), log_scale=metric.log_scale, worse_when=metric.worse_when,
-                               censored=(median_censor(b_vals, b_cens), median_censor(v_vals, v_cens)),
-                               what=comp.get("metric", "critical_lr"))
+                               censored=(list(b_cens), list(v_cens)), what=comp.get("metric", "critical_lr"))
     return out
+
+
+def _median_censor(values, censored):
+    """The censoring of an arm's median seed."""
+    return censored[int(np.argsort(values, kind="stable")[(len(values) - 1) // 2])] if len(values) else None
+
+
+def _by_dataset(records: list[dict]) -> dict:
+    """An arm's records split by the task's data_seed: each part is one configuration over the grid."""
+    parts: dict = {}
+    for r in records:
+        parts.setdefault(r["config"].get("task", {}).get("data_seed"), []).append(r)
+    return parts
+
+
+def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[dict, Arm, Arm]:
+    """The questions over every dataset both arms were trained on: (dataset, seed) pairs are the replicates."""
+    base_parts, var_parts = _by_dataset(base), _by_dataset(var)
+    shared = [k for k in base_parts if k in var_parts] or [next(iter(base_parts))]
+    pooled: dict = {}
+    for key in shared:
+        b_arm, v_arm = Arm(base_parts[key]), Arm(var_parts.get(key, next(iter(var_parts.values()))))
+        for name, q in _questions(comp, b_arm, v_arm).items():
+            if name not in pooled:
+                pooled[name] = {**q, "values": ([], []), "censored": ([], [])}
+            for side in (0, 1):
+                pooled[name]["values"][side].extend(q["values"][side])
+                pooled[name]["censored"][side].extend(q["censored"][side])
+    for q in pooled.values():
+        q["values"] = tuple(np.asarray(v, np.float64) for v in q["values"])
+        q["censored"] = tuple(_median_censor(v, c) for v, c in zip(q["values"], q["censored"]))
+    if len(shared) > 1:
+        for q in pooled.values():
+            q["what"] += f" ({len(shared)} datasets)"
+    return pooled, Arm(base_parts[shared[0]]), Arm(var_parts.get(shared[0], next(iter(var_parts.values()))))
 
 
 def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, alpha: float = ALPHA) -> list[dict]:
@@ -348,10 +384,10 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
             var = [r for r in records if r["experiment"] == var_experiment and matches(r["config"], comp["variant"])]
             row = {"claim": claim["id"], **comp, "questions": {}}
             if base and var:
-                base_arm, var_arm = Arm(base), Arm(var)
+                questions, base_arm, var_arm = _pooled_questions(comp, base, var)
                 row["arms"] = {"baseline": base_arm.summary(), "variant": var_arm.summary()}
                 expected = 1 if comp["expect"] == "worse" else -1
-                for question, q in _questions(comp, base_arm, var_arm).items():
+                for question, q in questions.items():
                     result = compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"],
                                      paired=base_arm.seeds is not None and base_arm.seeds == var_arm.seeds)
                     result.update(what=q["what"], expected_sign=expected * q["worse_when"],

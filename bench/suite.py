@@ -505,7 +505,9 @@ def _claims(path, tables, cells) -> list[dict]:
                 if not any(matches(c.config, comp[side]) for c in in_exp):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects no cell of experiment "
                                      f"{experiment!r} (it is matched against the cells' mitigation)")
-                lrs = [c.config["optimizer"]["lr"] for c in in_exp if matches(c.config, comp[side])]
+                # One configuration per dataset over the grid (data_seed: the datasets are replicates).
+                lrs = [(c.config["task"].get("data_seed"), c.config["optimizer"]["lr"]) for c in in_exp
+                       if matches(c.config, comp[side])]
                 if len(lrs) != len(set(lrs)):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
                                      "rate; an arm is one configuration over the learning-rate grid (name every "

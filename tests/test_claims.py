@@ -180,3 +180,19 @@ def test_identical_paired_arms_give_no_detectable_effect_with_a_tight_interval()
     assert claims.judge(out, +1, math.log(1.25)) == claims.NO_EFFECT
     unpaired = claims.compare(values, values.copy(), log_scale=True)
     assert unpaired["ci"][0] < 0.8 and unpaired["ci"][1] > 1.25  # the same data unpaired cannot tell
+
+
+def test_datasets_are_replicates_pooled_with_the_seeds():
+    def on(data_seed, recs):
+        for r in recs:
+            r["config"]["task"] = {"data_seed": data_seed}
+        return recs
+    # 3 seeds per dataset cannot decide; 4 datasets of 3 seeds (12 replicates) can.
+    recs = []
+    for k in range(4):
+        recs += on(k, [record(BASE, lr, [lr < 0.1] * 3) for lr in LRS])
+        recs += on(k, [record(CURE, lr, [lr < 10.0] * 3) for lr in LRS])
+    v = verdict(recs)
+    q = v["comparisons"][0]["questions"]["trainability"]
+    assert q["n"] == [12, 12] and "(4 datasets)" in q["what"]
+    assert v["verdict"] == claims.SUPPORTED and q["effect"] == pytest.approx(100.0)
