@@ -95,7 +95,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from bench import console, runner, store, suite as suite_lib
+    from bench import cluster, console, runner, store, suite as suite_lib
 
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
     suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
@@ -104,6 +104,8 @@ def cmd_run(args) -> int:
         raise UsageError(f"--shard {args.shard}: the suite has {len(suite.cells)} cells, so shard {index} of {count} "
                          f"has none; use at most {len(suite.cells)} shards")
     out = Path(args.out) if args.out else _default_out(suite)
+    process, processes = cluster.initialize()  # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS
+    index, count = cluster.compose((index, count), (process, processes))
     cells = runner.shard_cells(suite.cells, (index, count))
     # Opened here first so that a refused directory is one line, before any progress display starts.
     store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
@@ -121,7 +123,10 @@ def cmd_run(args) -> int:
         return 130
     out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
-    if not args.no_report:
+    if processes > 1:
+        out_console.print(f"process {process} of {processes} done; once every process is, write the report with "
+                          f"`python -m bench report {out}`", markup=False)
+    elif not args.no_report:
         from bench import report
 
         out_console.print(f"report: {report.write(out)}", markup=False)

@@ -65,6 +65,21 @@ def _over_runs(fn, in_axes, n_runs: int):
     return single
 
 
+def run_mesh(n_runs: int) -> Mesh:
+    """A one-axis mesh ("runs") over every local device, or over one device when their count does not
+    divide `n_runs` (train_group pads the runs so that it does)."""
+    devices = jax.local_devices()
+    if n_runs % len(devices):
+        devices = devices[:1]
+    return Mesh(np.array(devices), ("runs",))
+
+
+def padded_count(n_runs: int) -> int:
+    """The run count rounded up to a multiple of the local device count (the extra runs are dropped)."""
+    n_devices = jax.local_device_count()
+    return -(-n_runs // n_devices) * n_devices
+
+
 class Program:
     """The compiled init / chunk / evaluate functions of one static plan and run count."""
 
@@ -82,9 +97,17 @@ class Program:
         abstract_params = nnx.split(abstract, nnx.Param, ...)[1]
         self.param_names = [jax.tree_util.keystr(path) for path, _ in
                             jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
-        self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs))
-        self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs))
-        self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0)
+        # The run axis is sharded over the mesh; the task's data and the chunk's start step are replicated.
+        self.mesh = run_mesh(n_runs)
+        self.runs_sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        on_runs, once = self.runs_sharding, self.replicated
+        self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs),
+                            in_shardings=(on_runs, on_runs, once), out_shardings=on_runs)
+        self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs),
+                                in_shardings=(on_runs, once), out_shardings=on_runs)
+        self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0,
+                              in_shardings=(on_runs, on_runs, on_runs, once, once), out_shardings=on_runs)
         self.compiled = None
         self.compile_s = 0.0
         self.flops_per_step = None
@@ -264,16 +287,6 @@ class GroupResult:
     diagnostics: dict[str, tuple] = dataclasses.field(default_factory=dict)  # name -> (reduction, description)
 
 
-def _shard(tree):
-    """Spreads the run axis over local devices when they divide it (same numbers as one device)."""
-    devices = jax.local_devices()
-    n = jax.tree.leaves(tree)[0].shape[0]
-    if len(devices) < 2 or n % len(devices):
-        return tree
-    sharding = NamedSharding(Mesh(np.array(devices), ("runs",)), PartitionSpec("runs"))
-    return jax.device_put(tree, sharding)
-
-
 def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
                 on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> GroupResult:
     """Trains every run of one static plan together and returns their per-run results.
@@ -288,13 +301,17 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
       on_chunk: called after every chunk with (steps done, diverged, converged) per run.
     """
     chunk_steps = min(chunk_steps, steps)
-    prog = program(plan, len(runs), chunk_steps)
-    hyper = {k: jnp.asarray([r.hyper[k] for r in runs], jnp.int32 if k == "budget" else jnp.float32)
+    n_real = len(runs)
+    # Padding: copies of the last run fill the run axis up to a multiple of the device count; they finish
+    # when it does, and their results are dropped.
+    padded = runs + [runs[-1]] * (padded_count(n_real) - n_real)
+    prog = program(plan, len(padded), chunk_steps)
+    hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k == "budget" else np.float32)
              for k in runs[0].hyper}
-    stops = np.array([r.hyper["stop_at_convergence"] > 0 for r in runs])
-    seeds = jnp.asarray([r.seed for r in runs], jnp.int32)
-    data = prog.task.data
-    hyper, seeds = _shard(hyper), _shard(seeds)
+    stops = np.array([r.hyper["stop_at_convergence"] > 0 for r in padded])
+    seeds = np.asarray([r.seed for r in padded], np.int32)
+    hyper, seeds = jax.device_put((hyper, seeds), prog.runs_sharding)
+    data = jax.device_put(prog.task.data, prog.replicated)
     carry = prog.init(seeds, hyper, data)
     losses, norms, diag_traces, chunk_times = [], [], [], []
     done = 0
@@ -303,16 +320,16 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
         carry, (loss, norm, diag) = prog.chunk(carry, hyper, seeds, data, done)
         status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
         chunk_times.append(time.perf_counter() - t0)
-        losses.append(np.asarray(loss))
-        norms.append(np.asarray(norm))
-        diag_traces.append(jax.device_get(diag))
+        losses.append(np.asarray(loss)[:n_real])
+        norms.append(np.asarray(norm)[:n_real])
+        diag_traces.append({k: np.asarray(v)[:n_real] for k, v in diag.items()})
         done += chunk_steps
         if on_chunk:
-            on_chunk(min(done, steps), status["diverged"], status["converge_step"] >= 0)
+            on_chunk(min(done, steps), status["diverged"][:n_real], status["converge_step"][:n_real] >= 0)
         if np.all(status["diverged"] | ((status["converge_step"] >= 0) & stops)):
             break
-    evaluation = jax.device_get(prog.evaluate(carry, data))
-    host = jax.device_get(carry)
+    evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(carry, data)))
+    host = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(carry))
     arrays = {k: np.asarray(v) for k, v in host.items()
               if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
               or k.startswith("snap_")}
@@ -345,6 +362,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
             "steps_per_s": steps_per_s,
             "examples_per_s": steps_per_s * batch * len(runs),
             "runs_per_program": len(runs),
+            "devices": prog.mesh.size,  # the run axis (padded to a multiple of it) is sharded over these
             "compile_s": prog.compile_s,
             "flops_per_step": prog.flops_per_step,
             "achieved_flops_per_s": prog.flops_per_step * steps_per_s if prog.flops_per_step else None,
