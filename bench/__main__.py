@@ -95,7 +95,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from bench import cluster, console, runner, store, suite as suite_lib
+    from bench import cluster, console, engine, runner, store, suite as suite_lib
 
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
     suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
@@ -110,6 +110,7 @@ def cmd_run(args) -> int:
     # Opened here first so that a refused directory is one line, before any progress display starts.
     store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
+    compiles_before = dict(engine.COMPILES)
     try:
         shown = contextlib.nullcontext() if args.quiet else console.GroupProgress(err)
         with _Interrupts(out) as interrupts, shown as progress:
@@ -123,6 +124,8 @@ def cmd_run(args) -> int:
         return 130
     out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
+    out_console.print(f"compiled {engine.COMPILES['programs'] - compiles_before['programs']} programs in "
+                      f"{engine.COMPILES['seconds'] - compiles_before['seconds']:.1f} s", markup=False)
     if processes > 1:
         out_console.print(f"process {process} of {processes} done; once every process is, write the report with "
                           f"`python -m bench report {out}`", markup=False)

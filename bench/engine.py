@@ -41,6 +41,7 @@ from bench import flops, metrics, optim
 from bench.build import make_model, make_task
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
+COMPILES = {"programs": 0, "seconds": 0.0}  # Programs compiled in this process and their total compile seconds
 
 
 def seed_keys(seed):
@@ -102,14 +103,14 @@ class Program:
         self.runs_sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         on_runs, once = self.runs_sharding, self.replicated
-        self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs),
+        self._init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs),
                             in_shardings=(on_runs, on_runs, once), out_shardings=on_runs)
-        self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs),
+        self._evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs),
                                 in_shardings=(on_runs, once), out_shardings=on_runs)
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0,
                               in_shardings=(on_runs, on_runs, on_runs, once, once), out_shardings=on_runs)
-        self.compiled = None
-        self.compile_s = 0.0
+        self.compiled = {}  # name -> compiled executable
+        self.compile_s = 0.0  # init + chunk + evaluate
         self.flops_per_step = None
 
     # Pure per-run functions -------------------------------------------------
@@ -242,15 +243,31 @@ class Program:
         return out
 
     # Host side ----------------------------------------------------------------
-    def chunk(self, carry, hyper, seeds, data, start):
-        """Runs one chunk; compiles ahead of time on first use (timed apart; FLOPs counted from the jaxpr)."""
-        if self.compiled is None:
+    def _run(self, name: str, jitted, *args):
+        """Calls `jitted`, compiled ahead of time on first use (timed into compile_s and COMPILES)."""
+        if name not in self.compiled:
+            COMPILES["programs"] += not self.compiled
             t0 = time.perf_counter()
-            traced = self._chunk.trace(carry, hyper, seeds, data, jnp.int32(start))
-            self.compiled = traced.lower().compile()
-            self.compile_s = time.perf_counter() - t0
-            self.flops_per_step = flops.count(traced.jaxpr) / self.chunk_steps or None
-        return self.compiled(carry, hyper, seeds, data, jnp.int32(start))
+            traced = jitted.trace(*args)
+            self.compiled[name] = traced.lower().compile()
+            seconds = time.perf_counter() - t0
+            self.compile_s += seconds
+            COMPILES["seconds"] += seconds
+            if name == "chunk":  # FLOPs counted from the jaxpr
+                self.flops_per_step = flops.count(traced.jaxpr) / self.chunk_steps or None
+        return self.compiled[name](*args)
+
+    def init(self, seeds, hyper, data):
+        """The initial carry of every run."""
+        return self._run("init", self._init, seeds, hyper, data)
+
+    def chunk(self, carry, hyper, seeds, data, start):
+        """Runs one chunk of steps from step `start` (the carry is donated)."""
+        return self._run("chunk", self._chunk, carry, hyper, seeds, data, jnp.int32(start))
+
+    def evaluate(self, carry, data):
+        """Loss and metric of every run on the training-evaluation, validation and held-out sets."""
+        return self._run("evaluate", self._evaluate, carry, data)
 
 
 _PROGRAMS: dict = {}

@@ -1,6 +1,7 @@
 """The run axis sharded over 4 (forced host) devices gives the same per-seed results as one device."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ def test_four_devices_with_padding_equal_one_device(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--out", str(out), "--quiet",
                            "--no-report"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    compiled = re.search(r"compiled (\d+) programs in ([\d.]+) s", done.stdout)
+    assert compiled and compiled[1] == "1" and float(compiled[2]) > 0  # both learning rates share one program
     four = {r["label"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     one = {r["label"]: r for r in runner.run_suite(suite.load(path), tmp_path / "one")}
     assert set(four) == set(one) and len(one) == 2
