@@ -95,7 +95,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from bench import cluster, console, engine, runner, store, suite as suite_lib
+    from bench import cluster, compile_cache, console, engine, runner, store, suite as suite_lib
 
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
     suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
@@ -104,6 +104,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"--shard {args.shard}: the suite has {len(suite.cells)} cells, so shard {index} of {count} "
                          f"has none; use at most {len(suite.cells)} shards")
     out = Path(args.out) if args.out else _default_out(suite)
+    cache = compile_cache.enable(not args.no_compile_cache)
     process, processes = cluster.initialize()  # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS
     index, count = cluster.compose((index, count), (process, processes))
     cells = runner.shard_cells(suite.cells, (index, count))
@@ -125,7 +126,8 @@ def cmd_run(args) -> int:
     out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
     out_console.print(f"compiled {engine.COMPILES['programs'] - compiles_before['programs']} programs in "
-                      f"{engine.COMPILES['seconds'] - compiles_before['seconds']:.1f} s", markup=False)
+                      f"{engine.COMPILES['seconds'] - compiles_before['seconds']:.1f} s"
+                      f"{'' if cache is None else f' (persistent cache: {cache})'}", markup=False)
     if processes > 1:
         out_console.print(f"process {process} of {processes} done; once every process is, write the report with "
                           f"`python -m bench report {out}`", markup=False)
@@ -240,8 +242,9 @@ def cmd_export(args) -> int:
 def cmd_reproduce(args) -> int:
     import tempfile
 
-    from bench import console, reproduce, store
+    from bench import compile_cache, console, reproduce, store
 
+    compile_cache.enable(not args.no_compile_cache)
     try:
         records = store.read_results(args.results)
         cells = reproduce.cells(records, args.cell)
@@ -380,6 +383,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default="0/1", help="run shard i of n of the cells (e.g. 0/4)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--no-report", action="store_true", help="do not write DIR/REPORT.md at the end")
+    run.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache "
+                     "(default: $XDG_CACHE_HOME/gradbench/jax or ~/.cache/gradbench/jax; GRADBENCH_CACHE_DIR sets it, "
+                     "GRADBENCH_COMPILE_CACHE=0 turns it off)")
     run.set_defaults(func=cmd_run)
     lst = sub.add_parser("list", help="list model families, tasks, initialisers, activations, optimizers, mitigations")
     lst.set_defaults(func=cmd_list)
@@ -437,6 +443,7 @@ def parser() -> argparse.ArgumentParser:
     rpr.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
                      help="steps/s ratio below which throughput counts as different (default 0.8)")
     rpr.add_argument("--quiet", action="store_true", help="no progress display")
+    rpr.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     rpr.set_defaults(func=cmd_reproduce)
     return p
 

@@ -1,5 +1,10 @@
 """Shared helpers: tiny suite files written to a temporary directory."""
+import os
+
 import pytest
+
+# Tests (and the subprocesses they start) never write into the user's persistent compilation cache.
+os.environ["GRADBENCH_COMPILE_CACHE"] = "0"
 
 TINY = """
 [suite]
