@@ -358,8 +358,10 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
         t0 = time.perf_counter()
         jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, done))
         chunk_times.append(time.perf_counter() - t0)
-    timed = chunk_times[1:]
-    steps_per_s = chunk_steps * len(timed) / sum(timed)
+    # Per timed chunk steps/s: the median is the throughput, the quartiles its spread (a shared machine's noise).
+    rates = chunk_steps / np.asarray(chunk_times[1:])
+    steps_per_s = float(np.median(rates))
+    q25, q75 = (float(q) for q in np.percentile(rates, [25, 75]))
     batch = plan["task"].get("batch_size", 1)
     arrays.update({
         "final_train_loss": np.asarray(evaluation["train_eval"][0]),
@@ -376,7 +378,9 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
                            for k in prog.model_diagnostics},
         diagnostics=prog.model_diagnostics,
         throughput={
-            "steps_per_s": steps_per_s,
+            "steps_per_s": steps_per_s,  # median over the timed chunks
+            "steps_per_s_iqr": [q25, q75],
+            "timed_chunks": len(rates),
             "examples_per_s": steps_per_s * batch * len(runs),
             "runs_per_program": len(runs),
             "devices": prog.mesh.size,  # the run axis (padded to a multiple of it) is sharded over these

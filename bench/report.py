@@ -94,7 +94,7 @@ def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> lis
     marks = marks or {}
     mark = lambda r: f" [{marks[r['cell_id']]}]" if r["cell_id"] in marks else ""  # noqa: E731
     lines = ["| cell | failed (95% CI) | diverged | collapsed | converged | median steps (95% CI) | "
-             "validation loss | held-out loss | e2e ratio at init | e2e at 50% | steps/s |",
+             "validation loss | held-out loss | e2e ratio at init | e2e at 50% | steps/s median [IQR] |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         ps, n = r["per_seed"], len(r["per_seed"]["diverged"])
@@ -104,8 +104,15 @@ def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> lis
             f"{sum(ps['diverged'])} | "
             f"{sum(ps['collapsed'])} | {r['converged']}/{n} | {median} {_interval(r['steps_to_converge_ci'])} | "
             f"{_fmt(r['quality']['final_validation_loss'])} | {_fmt(r['quality']['final_heldout_loss'])} | "
-            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | {r['throughput']['steps_per_s']:.0f} |")
+            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | {_speed(r['throughput'])} |")
     return lines
+
+
+def _speed(throughput: dict) -> str:
+    """Steps/s: the median over timed chunks and its interquartile range (older records: the median alone)."""
+    iqr = throughput.get("steps_per_s_iqr")
+    spread = f" [{iqr[0]:.0f}, {iqr[1]:.0f}]" if iqr else ""
+    return f"{throughput['steps_per_s']:.0f}{spread}"
 
 
 def arms_table(records: list[dict]) -> list[str]:

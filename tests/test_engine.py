@@ -53,6 +53,9 @@ def test_every_cell_has_a_record_with_the_public_fields(first_run):
         assert all(len(v) == 4 for v in r["per_seed"].values())
         assert r["config"]["task"]["batch_size"] == 8 and r["config"]["model"]["bias_var"] == 0.0
         assert r["throughput"]["steps_per_s"] > 0 and r["throughput"]["compile_s"] > 0
+        low, high = r["throughput"]["steps_per_s_iqr"]
+        assert 0 < low <= r["throughput"]["steps_per_s"] <= high  # median over timed chunks, within its IQR
+        assert r["throughput"]["timed_chunks"] >= 1
         assert r["env"]["versions"]["jax"] and r["env"]["backend"] == jax.default_backend()
 
 
