@@ -352,6 +352,37 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_peers(args) -> int:
+    from bench import compile_cache, peers
+
+    if not peers.torch_available():
+        print("peers: skipped, PyTorch is not installed (pip install 'gradbench[peers]')")
+        return 0
+    compile_cache.enable(not args.no_compile_cache)
+    import jax
+    from rich.table import Table
+
+    names = args.case or list(peers.CASES)
+    rows = peers.compare(names)
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=1, allow_nan=False))
+        return 0
+    table = Table(title=f"suite vs PyTorch {rows[0]['pytorch']['torch']} eager (at its faster thread count), "
+                        f"seed-steps/s: median [IQR] over timed chunks; JAX on {jax.devices()[0].device_kind}, "
+                        f"{os.cpu_count()} CPUs")
+    for column in ("case", "seeds x steps", "suite", "PyTorch", "suite / PyTorch"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    speed = lambda side: f"{side['seed_steps_per_s']:.0f} [{side['iqr'][0]:.0f}, {side['iqr'][1]:.0f}]"  # noqa: E731
+    for row in rows:
+        table.add_row(row["case"], f"{row['seeds']} x {row['steps']}", speed(row["suite"]),
+                      f"{speed(row['pytorch'])} ({row['pytorch']['threads']} threads)",
+                      f"{row['ratio']:.2f}x")
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    return 0
+
+
 def version() -> str:
     """`gradbench VERSION` from the installed package's metadata."""
     from importlib import metadata
@@ -445,7 +476,20 @@ def parser() -> argparse.ArgumentParser:
     rpr.add_argument("--quiet", action="store_true", help="no progress display")
     rpr.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     rpr.set_defaults(func=cmd_reproduce)
+    per = sub.add_parser("peers", help="the suite vs an idiomatic PyTorch eager loop on the same cases (seed-steps/s)",
+                         description="Needs PyTorch (pip install 'gradbench[peers]'); skipped with one line without it.")
+    per.add_argument("--case", action="append", choices=sorted(_peer_cases()), help="run this case only "
+                     "(repeatable; default: every case)")
+    per.add_argument("--json", action="store_true", help="print one JSON array")
+    per.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
+    per.set_defaults(func=cmd_peers)
     return p
+
+
+def _peer_cases():
+    from bench.peers import CASES
+
+    return CASES
 
 
 def main(argv=None) -> int:
