@@ -80,7 +80,7 @@ class Program:
         self.preact_shapes = jax.eval_shape(
             lambda x: make_model(plan["model"], self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
         abstract_params = nnx.split(abstract, nnx.Param, ...)[1]
-        self.param_names = [jax.tree_util.keystr(path) for path, _ in
+        self.param_names = [jax.tree_util.keystr(path).removesuffix(".value") for path, _ in
                             jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
         self.init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs))
         self.evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs))
