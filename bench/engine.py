@@ -96,7 +96,7 @@ class Program:
         self.preact_shapes = jax.eval_shape(
             lambda x: make_model(plan["model"], self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
         abstract_params = nnx.split(abstract, nnx.Param, ...)[1]
-        self.param_names = [jax.tree_util.keystr(path) for path, _ in
+        self.param_names = [jax.tree_util.keystr(path).removesuffix(".value") for path, _ in
                             jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
         # The run axis is sharded over the mesh; the task's data and the chunk's start step are replicated.
         self.mesh = run_mesh(n_runs)

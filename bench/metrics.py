@@ -20,14 +20,18 @@ SNAPSHOT_FRACTIONS = (0.0, 0.1, 0.5, 1.0)
 TRAINED, COLLAPSED, DIVERGED = "trained", "collapsed", "diverged"
 
 
+STARTED_HIGH_MARGIN = 2.0  # a run that starts above the threshold diverges at twice its initial loss
+
+
 def exploded(loss, grad_norm, trivial_loss, factor, step, loss_0):
     """True where a step counts as divergence: non-finite loss or gradient norm, or loss > factor x trivial loss.
 
     The threshold is the same for every arm. A network that merely starts far from the data has not
-    diverged: the loss threshold applies from step 1 on, and only to a loss also above the initial loss
-    loss_0 (non-finite values count at any step).
+    diverged: the loss threshold applies from step 1 on, and only to a loss also above
+    STARTED_HIGH_MARGIN x the initial loss loss_0 (which binds only for a network that started above
+    half the threshold; non-finite values count at any step).
     """
-    too_high = (loss > factor * trivial_loss) & (loss > loss_0) & (step > 0)
+    too_high = (loss > factor * trivial_loss) & (loss > STARTED_HIGH_MARGIN * loss_0) & (step > 0)
     return ~jnp.isfinite(loss) | ~jnp.isfinite(grad_norm) | too_high
 
 

@@ -200,8 +200,8 @@ def render(results_dir, output) -> tuple[str, dict]:
     t = records[0]["thresholds"]
     out += [f"How to read it (definitions: `docs/METHODS.md` of the gradbench repository). Per seed, a run "
             f"*diverged* at the first step whose loss or gradient norm is non-finite or whose loss exceeds "
-            f"{t['divergence_factor']:g} x the task's trivial loss (the best constant predictor's) and its initial "
-            f"loss; it *collapsed* "
+            f"{t['divergence_factor']:g} x the task's trivial loss (the best constant predictor's) and twice its "
+            f"initial loss; it *collapsed* "
             f"when it finished with a training loss of at least {t['collapse_fraction']:g} x the trivial loss; "
             f"*failed* is either. Explosion is the end-to-end gradient ratio ||dL/dh_first|| / ||dL/dh_last|| "
             f"(input side over output side; below 1: vanishing), at initialisation and during training. Each "

@@ -21,7 +21,7 @@ BAD = [  # (edit of the tiny suite, words the message must contain)
     (("name = \"teacher_student\"", "name = \"teacher\""), ["task.name", "teacher_student"]),
     (("name = \"sgd\"", "name = \"sdg\""), ["optimizer.name", "did you mean 'sgd'"]),
     (("seeds = 2", "seeds = \"2\""), ["suite.seeds", "expected an integer"]),
-    (("depth = 2", "depth = 0"), ["model", "depth and width must be >= 1"]),
+    (("depth = 2", "depth = 0"), ["model", "depth, width and base_width must be >= 1"]),
     (("lr = 0.05", "lr = -1.0"), ["optimizer.lr", "> 0"]),
     (("lr = 0.05", "lr = []"), ["optimizer.lr", "empty list"]),
     (("lr = 0.05", "lr = 0.05\nmomentum = 0.9"), ["optimizer.momentum", "unknown key"]),

@@ -136,3 +136,16 @@ def test_no_seed_is_dropped_when_gradients_underflow():
     assert all(isinstance(g, float) for g in result["growth_per_layer_per_seed"])
     assert result["growth_per_layer"] == pytest.approx(0.01, rel=0.25)
     assert all(0 < r < 1e-20 for r in result["e2e_ratio_per_seed"])
+
+
+def test_matched_scale_sigmoid_is_a_rescaled_tanh_network_plus_a_bias():
+    # sigmoid(x) = 1/2 + tanh(x/2)/2: a sigmoid layer V sigmoid(W x) is the tanh layer (V/2) tanh((W/2) x) plus
+    # the bias V 1/2. Halving both W and V (the next layer's weights) is a factor 4 in variance each: a sigmoid
+    # network at 16 x the weight variance computes a tanh network at the baseline's, plus a bias per layer.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 7))
+    w, v = rng.normal(size=(7, 6)), rng.normal(size=(6, 3))
+    sigmoid_net = jax.nn.sigmoid(x @ w) @ v
+    tanh_net = np.tanh(x @ (w / 2)) @ (v / 2) + 0.5 * np.ones(6) @ v
+    np.testing.assert_allclose(sigmoid_net, tanh_net, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.nn.sigmoid(x), 0.5 + 0.5 * np.tanh(x / 2), rtol=1e-6)

@@ -25,7 +25,7 @@ def test_the_threshold_is_the_trivial_loss_not_the_arms_own_initial_loss():
     # A seed at 3 x trivial is judged against 10 x trivial whatever its arm's initial loss (25 x trivial
     # here, which under a threshold relative to loss_0 would have tolerated losses up to 250 x trivial).
     assert metrics.divergence_step([25.0, 3.0, 3.0], [1, 1, 1], 10.0, trivial_loss=1.0, loss_0=25.0) is None
-    assert metrics.divergence_step([25.0, 12.0, 40.0], [1, 1, 1], 10.0, trivial_loss=1.0, loss_0=25.0) == 2
+    assert metrics.divergence_step([25.0, 30.0, 12.0, 51.0], [1] * 4, 10.0, trivial_loss=1.0, loss_0=25.0) == 3
     # An arm that starts at 2 x trivial diverges at 10.5 x trivial, far below the other arm's initial loss.
     assert metrics.divergence_step([2.0, 10.5], [1, 1], 10.0, trivial_loss=1.0, loss_0=2.0) == 1
     assert metrics.divergence_step([1.0, 3.0], [1, 1], factor=2.0, trivial_loss=1.0) == 1
