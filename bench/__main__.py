@@ -97,6 +97,9 @@ def _shard(text: str) -> tuple[int, int]:
 def cmd_run(args) -> int:
     from bench import cluster, compile_cache, console, engine, runner, store, suite as suite_lib
 
+    cache = compile_cache.enable(not args.no_compile_cache)
+    # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS; before anything touches a JAX backend.
+    process, processes = cluster.initialize()
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
     suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
     index, count = _shard(args.shard)
@@ -104,8 +107,6 @@ def cmd_run(args) -> int:
         raise UsageError(f"--shard {args.shard}: the suite has {len(suite.cells)} cells, so shard {index} of {count} "
                          f"has none; use at most {len(suite.cells)} shards")
     out = Path(args.out) if args.out else _default_out(suite)
-    cache = compile_cache.enable(not args.no_compile_cache)
-    process, processes = cluster.initialize()  # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS
     index, count = cluster.compose((index, count), (process, processes))
     cells = runner.shard_cells(suite.cells, (index, count))
     # Opened here first so that a refused directory is one line, before any progress display starts.

@@ -7,6 +7,11 @@ of steps, `vmap`ped over runs. The host only loops over chunks: for progress,
 timing and early stop. A run that diverges is frozen (its updates masked), so
 it neither poisons the others nor crashes the program.
 
+The run axis is sharded over every local device (a one-axis `Mesh`, the
+compiled programs given their shardings explicitly); a run count that the
+device count does not divide is padded with copies of the last run, whose
+results are dropped. Per-run results do not depend on the device count.
+
 Explosion is measured in the training step itself: the loss is also
 differentiated with respect to a zero shift added to every layer's
 pre-activation (every time step's hidden state for recurrent models), which
