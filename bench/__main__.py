@@ -478,7 +478,8 @@ def parser() -> argparse.ArgumentParser:
     rpr.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     rpr.set_defaults(func=cmd_reproduce)
     per = sub.add_parser("peers", help="the suite vs an idiomatic PyTorch eager loop on the same cases (seed-steps/s)",
-                         description="Needs PyTorch (pip install 'gradbench[peers]'); skipped with one line without it.")
+                         description="Needs PyTorch (pip install 'gradbench[peers]'); without it, one line says "
+                                     "it was skipped.")
     per.add_argument("--case", action="append", choices=sorted(_peer_cases()), help="run this case only "
                      "(repeatable; default: every case)")
     per.add_argument("--json", action="store_true", help="print one JSON array")
