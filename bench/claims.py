@@ -160,7 +160,7 @@ class Metric:
 
     values: Callable[[Arm, float | None], tuple[np.ndarray, list]]  # -> (values, censoring per seed)
     worse_when: int  # +1: a higher value is worse; -1: lower is worse
-    log_scale: bool  # effect as a ratio (True) or a difference in units of the trivial loss (False)
+    log_scale: bool  # effect as a ratio (True) or a difference, relative to the baseline median (False)
     description: str
 
 
@@ -305,6 +305,13 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
             "ci": [transform(low), transform(high)], "note": note}
 
 
+def _linear_scale(result: dict, trivial_loss: float) -> float:
+    """What a difference is relative to: the baseline's median (at least 1% of the trivial loss)."""
+    base_median = result["median"][0]
+    return max(abs(base_median) if base_median is not None and math.isfinite(base_median) else 0.0,
+               0.01 * trivial_loss)
+
+
 def judge(result: dict, expected_sign: int, threshold: float, alpha: float = ALPHA) -> str:
     """The verdict of one tested question, given its Holm-corrected p-value."""
     if result.get("p") is None or result.get("note"):
@@ -392,7 +399,7 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
                                      paired=base_arm.seeds is not None and base_arm.seeds == var_arm.seeds)
                     result.update(what=q["what"], expected_sign=expected * q["worse_when"],
                                   threshold=math.log(min_effect) if q["log_scale"]
-                                  else (min_effect - 1) * base_arm.trivial_loss)
+                                  else (min_effect - 1) * _linear_scale(result, base_arm.trivial_loss))
                     row["questions"][question] = result
                     if result["p"] is not None:
                         tests.append(result)
