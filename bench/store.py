@@ -22,12 +22,16 @@ SUITE_FILE = "suite.json"  # the validated suite beside its results: what report
 LOCK_FILE = "results.jsonl.lock"  # held (fcntl.flock) while the directory is read, merged and rewritten
 CODE_DIRS = ("bench", "models", "tasks")
 CODE_PATHS = (*CODE_DIRS, "pyproject.toml")
+# The code that produces a record's numbers (reports, comparisons and the command line only read them).
+NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
+    "build", "engine", "flops", "metrics", "optim", "probe", "records", "runner", "schema", "suite")))
 
 
 def _code_hash(root: Path) -> str:
-    """sha256 over the .py files of bench/, models/ and tasks/ (relative path and contents, sorted by path)."""
+    """sha256 over the .py files of NUMBER_CODE (relative path and contents, sorted by path)."""
     digest = hashlib.sha256()
-    for path in sorted(p for d in CODE_DIRS for p in (root / d).rglob("*.py") if "__pycache__" not in p.parts):
+    files = [p for d in NUMBER_CODE for p in ((root / d).rglob("*.py") if (root / d).is_dir() else [root / d])]
+    for path in sorted(p for p in files if "__pycache__" not in p.parts):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

@@ -32,7 +32,7 @@ def test_committed_results_come_from_the_code_at_head():
     records = store.ResultsStore(RESULTS).records
     hashes = {r["env"]["code_sha256"] for r in records}
     assert hashes == {store._code_hash(ROOT)}, (
-        "results/claims was made by other code than bench/, models/ and tasks/ at HEAD: rerun "
+        "results/claims was made by other code than HEAD's (store.NUMBER_CODE: the code that produces records): rerun "
         "`python -m bench run --out results/claims` and `python -m bench report results/claims --output RESULTS.md`")
     assert not any(r["env"]["git_dirty"] for r in records)
 
