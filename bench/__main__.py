@@ -142,11 +142,11 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from bench import report, store
 
-    directory = Path(args.dir)
-    if not (directory / store.RESULTS_FILE).is_file() or not (directory / store.SUITE_FILE).is_file():
-        raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
+    for directory in map(Path, [args.dir, *args.also]):
+        if not (directory / store.RESULTS_FILE).is_file() or not (directory / store.SUITE_FILE).is_file():
+            raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
     try:
-        print(report.write(directory, args.output))
+        print(report.write(args.dir, args.output, also=args.also))
     except ValueError as e:  # unreadable records or suite.json, or no records
         raise UsageError(str(e)) from None
     return 0
@@ -424,6 +424,8 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write a Markdown report with plots and verdicts from a results directory")
     rep.add_argument("dir", help="results directory (results.jsonl and suite.json)")
     rep.add_argument("--output", help="report path (default: DIR/REPORT.md)")
+    rep.add_argument("--also", action="append", default=[], metavar="DIR",
+                     help="another results directory, appended as a section 'Beyond the article' (repeatable)")
     rep.set_defaults(func=cmd_report)
     mrg = sub.add_parser("merge", help="merge the results directories of --shard i/n jobs")
     mrg.add_argument("out", help="output directory")

@@ -278,13 +278,30 @@ def _selector(selector: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in selector.items())
 
 
-def write(results_dir, output=None) -> Path:
-    """Writes the report (default DIR/REPORT.md) and its plots; returns the report's path."""
+def render_all(results_dirs: list, output) -> tuple[str, dict]:
+    """The report of the first directory, then each further one as a section "Beyond the article: NAME"."""
+    text, jobs = render(results_dirs[0], output)
+    for extra in results_dirs[1:]:
+        more, more_jobs = render(extra, output)
+        lines = more.splitlines()
+        title = lines[0].removeprefix("# Results: ")
+        demoted = ["#" + line if line.startswith("#") else line for line in lines[1:]]
+        text += "\n\n" + "\n".join([f"## Beyond the article: {title}", *demoted])
+        jobs.update(more_jobs)
+    return text, jobs
+
+
+def write(results_dir, output=None, also=()) -> Path:
+    """Writes the report (default DIR/REPORT.md) and its plots; returns the report's path.
+
+    `also`: further results directories, appended as sections "Beyond the article: NAME".
+    """
     from bench.store import atomic_write
 
     output = Path(output or Path(results_dir) / "REPORT.md")
-    text, jobs = render(results_dir, output)
-    Path(results_dir, "plots").mkdir(parents=True, exist_ok=True)
+    text, jobs = render_all([results_dir, *also], output)
+    for directory in (results_dir, *also):
+        Path(directory, "plots").mkdir(parents=True, exist_ok=True)
     for path, (fn, data, title) in jobs.items():
         fn(data, path, title)
     atomic_write(output, text + "\n")

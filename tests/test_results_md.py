@@ -7,14 +7,16 @@ from bench import claims, report, store
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "claims"
+BEYOND = ROOT / "results" / "transformer_stability"
 
 
 def test_results_md_matches_the_committed_results():
     if not (RESULTS / "results.jsonl").exists():
         pytest.fail("results/claims/results.jsonl is missing: run `python -m bench run --out results/claims`")
-    text, plots = report.render(RESULTS, ROOT / "RESULTS.md")
+    text, plots = report.render_all([RESULTS, BEYOND], ROOT / "RESULTS.md")
     assert (ROOT / "RESULTS.md").read_text() == text + "\n", (
-        "RESULTS.md is stale: run `python -m bench report results/claims --output RESULTS.md`")
+        "RESULTS.md is stale: run `python -m bench report results/claims --also results/transformer_stability "
+        "--output RESULTS.md`")
     for path in plots:
         assert Path(path).exists(), f"{path} is linked from RESULTS.md but missing"
 
@@ -22,6 +24,7 @@ def test_results_md_matches_the_committed_results():
 def test_every_claim_has_a_computed_verdict():
     text = (ROOT / "RESULTS.md").read_text()
     verdicts = text.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+    assert "\n## Beyond the article: " in text and "\n### Verdicts" in text.split("## Beyond the article", 1)[1]
     rows = [line for line in verdicts.splitlines() if line.startswith("| ") and "**" in line]
     assert len(rows) == 12
     verdicts = (claims.SUPPORTED, claims.CONTRADICTED, claims.NO_EFFECT, claims.INCONCLUSIVE, "depends")
