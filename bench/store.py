@@ -134,6 +134,19 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+_NOT_JSON = object()
+
+
+def _lines(text: str):
+    """(line number, decoded JSON value or _NOT_JSON) for every non-blank line of a results file."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                yield number, _NOT_JSON
+
+
 class StoreError(ValueError):
     """A results directory or file that cannot be used as asked; the message names it and says why (exit 2)."""
 
@@ -185,13 +198,7 @@ class ResultsStore:
         except OSError as e:
             raise StoreError(f"{self.path}: cannot be read ({_describe(e)})") from None
         records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
+        for number, record in _lines(text):
             if not isinstance(record, dict) or not isinstance(record.get("cell_id"), str):
                 raise StoreError(f"{self.path}: line {number} is not a results record (the file is truncated or "
                                  "corrupt); move it away, or delete that line to retrain its cell")
@@ -367,13 +374,9 @@ def read_results(path, oldest: int | None = None) -> list[dict]:
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{file}: cannot read it as text ({type(e).__name__})") from None
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{file}: line {number}: not JSON (expected one results record per line)") from None
+    for number, record in _lines(text):
+        if record is _NOT_JSON:
+            raise ValueError(f"{file}: line {number}: not JSON (expected one results record per line)")
         missing = [k for k in REQUIRED_KEYS if k not in record] if isinstance(record, dict) else ["cell_id"]
         if missing:
             raise ValueError(f"{file}: line {number}: not a results record (no {missing[0]!r})")
