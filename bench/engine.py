@@ -89,8 +89,11 @@ def padded_count(n_runs: int) -> int:
 class Program:
     """The compiled init / chunk / evaluate functions of one static plan and run count."""
 
-    def __init__(self, plan: dict, n_runs: int, chunk_steps: int):
-        self.plan, self.chunk_steps = plan, chunk_steps
+    def __init__(self, plan: dict, n_runs: int, chunk_steps: int, snapshot_steps: tuple = ()):
+        self.plan, self.chunk_steps, self.snapshot_steps = plan, chunk_steps, snapshot_steps
+        # Counting zero and non-finite gradient entries is two passes over every parameter per step: done
+        # where precision is the question (a low-precision dtype, or loss scaling), else recorded as null.
+        self.count_entries = bool(plan.get("loss_scaling")) or plan["model"].get("dtype", "float32") != "float32"
         self.task = make_task(plan["task"])
         abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
@@ -133,7 +136,8 @@ class Program:
             "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
             "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
-            "diagnostics": {**diag_0, "grad_zero_fraction": zero, "grad_nonfinite_fraction": zero},
+            "diagnostics": {**diag_0, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
+                                                      zero if self.count_entries else jnp.full((), jnp.nan))},
             "loss_scale": optim.loss_scale_init(self.plan, hyper), "skipped_steps": jnp.zeros((), jnp.int32),
             "snap_step": jnp.full((n_snap,), -1, jnp.int32),
             "snap_log_preact_grad": jnp.full((n_snap, len(self.preact_shapes)), jnp.nan, jnp.float32),
@@ -176,14 +180,21 @@ class Program:
         fractions = jnp.asarray(metrics.SNAPSHOT_FRACTIONS, jnp.float32)
         steps_K = jnp.round(fractions * (hyper["budget"] - 1).astype(jnp.float32)).astype(jnp.int32)
         take_K = jnp.where(steps_K == 0, active, applied) & (t <= steps_K)
+        now = {"snap_step": t, "snap_log_preact_grad": jnp.stack([metrics.log_norm(g) for g in g_shifts])}
+        out = {k: jnp.where(take_K.reshape((-1,) + (1,) * (c[k].ndim - 1)), v, c[k]) for k, v in now.items()}
+        # Parameter and update norms are passes over every parameter: taken only at snapshot steps. The step
+        # index is the same for every run (not batched), so under vmap this stays a branch, not a select.
+        # Weights are read at the snapshot step itself (a stopped run's are frozen at its last update);
+        # an update's norm only where it was applied.
         leaf_norms = lambda tree: jnp.stack([jnp.linalg.norm(x) for x in jax.tree.leaves(tree)])  # noqa: E731
-        now = {
-            "snap_step": t,
-            "snap_log_preact_grad": jnp.stack([metrics.log_norm(g) for g in g_shifts]),
-            "snap_weight_norm": leaf_norms(params),
-            "snap_update_norm": leaf_norms(updates),
-        }
-        return {k: jnp.where(take_K.reshape((-1,) + (1,) * (c[k].ndim - 1)), v, c[k]) for k, v in now.items()}
+        weights, update = jax.lax.cond(
+            jnp.isin(t, jnp.asarray(self.snapshot_steps, jnp.int32)),
+            lambda: (leaf_norms(params), leaf_norms(updates)),
+            lambda: (c["snap_weight_norm"][0], c["snap_update_norm"][0]))
+        at_K = (t == steps_K)[:, None]
+        out["snap_weight_norm"] = jnp.where(at_K, weights, c["snap_weight_norm"])
+        out["snap_update_norm"] = jnp.where(at_K & applied, update, c["snap_update_norm"])
+        return out
 
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
@@ -191,13 +202,20 @@ class Program:
         scale = c["loss_scale"]["scale"]
         (_, (loss, (_, rest, diag))), (grads, g_shifts) = jax.value_and_grad(
             self._objective, argnums=(2, 6), has_aux=True)(hyper, scale, c["params"], c["rest"], x, y, shifts)
-        grads, g_shifts = jax.tree.map(lambda g: g / scale, (grads, g_shifts))
-        leaves = jax.tree.leaves(grads)
-        n_entries = sum(g.size for g in leaves)
-        nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in leaves)
-        diag = {**diag, "grad_zero_fraction": sum(jnp.sum(g == 0) for g in leaves) / n_entries,
-                "grad_nonfinite_fraction": nonfinite / n_entries}
-        loss_scale, skip = optim.loss_scale_update(self.plan, hyper, c["loss_scale"], nonfinite == 0)
+        if self.plan.get("loss_scaling"):
+            grads, g_shifts = jax.tree.map(lambda g: g / scale, (grads, g_shifts))
+        grads_finite = jnp.ones((), bool)  # only dynamic loss scaling, which counts entries, needs it
+        if self.count_entries:
+            leaves = jax.tree.leaves(grads)
+            n_entries = sum(g.size for g in leaves)
+            nonfinite = sum(jnp.sum(~jnp.isfinite(g)) for g in leaves)
+            diag = {**diag, "grad_zero_fraction": sum(jnp.sum(g == 0) for g in leaves) / n_entries,
+                    "grad_nonfinite_fraction": nonfinite / n_entries}
+            grads_finite = nonfinite == 0
+        else:
+            diag = {**diag, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
+                                            jnp.full((), jnp.nan))}
+        loss_scale, skip = optim.loss_scale_update(self.plan, hyper, c["loss_scale"], grads_finite)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, c["opt_state"], c["params"])
         params = optax.apply_updates(c["params"], updates)
@@ -278,11 +296,18 @@ class Program:
 _PROGRAMS: dict = {}
 
 
-def program(plan: dict, n_runs: int, chunk_steps: int) -> Program:
-    """The Program of a static plan, shared by every group with the same structure."""
-    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps)
+def snapshot_steps(budgets) -> tuple:
+    """Every step at which some run of these budgets takes a snapshot (the engine's own rounding)."""
+    fractions = np.asarray(metrics.SNAPSHOT_FRACTIONS, np.float32)
+    return tuple(sorted({int(s) for b in set(budgets)
+                         for s in np.round(fractions * np.float32(b - 1)).astype(np.int32)}))
+
+
+def program(plan: dict, n_runs: int, chunk_steps: int, snapshots: tuple = ()) -> Program:
+    """The Program of a static plan, shared by every group with the same structure and snapshot steps."""
+    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps, snapshots)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)
+        _PROGRAMS[key] = Program(plan, n_runs, chunk_steps, snapshots)
     return _PROGRAMS[key]
 
 
@@ -327,7 +352,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     # Padding: copies of the last run fill the run axis up to a multiple of the device count; they finish
     # when it does, and their results are dropped.
     padded = runs + [runs[-1]] * (padded_count(n_real) - n_real)
-    prog = program(plan, len(padded), chunk_steps)
+    prog = program(plan, len(padded), chunk_steps, snapshot_steps(r.hyper["budget"] for r in padded))
     hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k == "budget" else np.float32)
              for k in runs[0].hyper}
     stops = np.array([r.hyper["stop_at_convergence"] > 0 for r in padded])
