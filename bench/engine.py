@@ -170,31 +170,33 @@ class Program:
             out[name] = jnp.where(active & ~jnp.isnan(value), folded, old[name])
         return out
 
-    def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, updates):
-        """Keeps this step's explosion measurements in snapshot k while t <= its step.
+    def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, new_params):
+        """Takes snapshot k at its step: per-layer gradient norms, parameter and update norms.
 
-        Snapshot 0 is at initialisation, whatever the first update does; later ones count only steps
-        whose update was applied, so a run that stopped early (converged, or diverged: recorded apart)
-        keeps the measurements of its last applied step.
+        Every measurement is a pass over activations or parameters, so it is taken only at the snapshot
+        steps: the step index is the same for every run (not batched), so under vmap this stays a branch,
+        not a select. A run that stopped earlier (converged with early stop, or diverged) holds the
+        parameters of its last applied update and is measured on them; `snap_step` says from which step
+        they are (for a diverged run, those whose loss exploded).
         """
         fractions = jnp.asarray(metrics.SNAPSHOT_FRACTIONS, jnp.float32)
         steps_K = jnp.round(fractions * (hyper["budget"] - 1).astype(jnp.float32)).astype(jnp.int32)
-        take_K = jnp.where(steps_K == 0, active, applied) & (t <= steps_K)
-        now = {"snap_step": t, "snap_log_preact_grad": jnp.stack([metrics.log_norm(g) for g in g_shifts])}
-        out = {k: jnp.where(take_K.reshape((-1,) + (1,) * (c[k].ndim - 1)), v, c[k]) for k, v in now.items()}
-        # Parameter and update norms are passes over every parameter: taken only at snapshot steps. The step
-        # index is the same for every run (not batched), so under vmap this stays a branch, not a select.
-        # Weights are read at the snapshot step itself (a stopped run's are frozen at its last update);
-        # an update's norm only where it was applied.
+        # The update is read as the difference of the parameters, which the carry holds anyway: the optimiser's
+        # update itself is fused into the parameters' and never written out.
         leaf_norms = lambda tree: jnp.stack([jnp.linalg.norm(x) for x in jax.tree.leaves(tree)])  # noqa: E731
-        weights, update = jax.lax.cond(
+        log_g, weights, update = jax.lax.cond(
             jnp.isin(t, jnp.asarray(self.snapshot_steps, jnp.int32)),
-            lambda: (leaf_norms(params), leaf_norms(updates)),
-            lambda: (c["snap_weight_norm"][0], c["snap_update_norm"][0]))
-        at_K = (t == steps_K)[:, None]
-        out["snap_weight_norm"] = jnp.where(at_K, weights, c["snap_weight_norm"])
-        out["snap_update_norm"] = jnp.where(at_K & applied, update, c["snap_update_norm"])
-        return out
+            lambda: (jnp.stack([metrics.log_norm(g) for g in g_shifts]), leaf_norms(params),
+                     leaf_norms(jax.tree.map(jnp.subtract, new_params, params))),
+            lambda: (c["snap_log_preact_grad"][0], c["snap_weight_norm"][0], c["snap_update_norm"][0]))
+        at_K = t == steps_K
+        stopped_at = jnp.where(c["diverged"], c["divergence_step"], c["converge_step"] + 1)
+        return {
+            "snap_step": jnp.where(at_K, jnp.where(active, t, stopped_at), c["snap_step"]),
+            "snap_log_preact_grad": jnp.where(at_K[:, None], log_g, c["snap_log_preact_grad"]),
+            "snap_weight_norm": jnp.where(at_K[:, None], weights, c["snap_weight_norm"]),
+            "snap_update_norm": jnp.where(at_K[:, None] & applied, update, c["snap_update_norm"]),
+        }
 
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
@@ -245,7 +247,7 @@ class Program:
             "diagnostics": self._reduce(c["diagnostics"], diag, active),
             "loss_scale": jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c["loss_scale"]),
             "skipped_steps": c["skipped_steps"] + (active & ~boom & skip),
-            **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], updates),
+            **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], params),
         }
         traced = {k: jnp.where(active, diag[k], jnp.nan) for k in self.model_diagnostics}
         return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)

@@ -115,9 +115,11 @@ def test_explosion_is_measured_during_training_at_fixed_fractions(measured):
     assert e["fractions"] == [0.0, 0.1, 0.5, 1.0]
     ps = r["per_seed"]
     for steps, converged, diverged_at in zip(e["per_seed"]["step"], ps["steps_to_converge"], ps["divergence_step"]):
-        # A run stops when it converges (after that step's update) or diverges (that step's update is not applied).
-        last = diverged_at - 1 if diverged_at is not None else 119 if converged is None else converged
-        expected = [0] + [min(b, last) if last >= 0 else None for b in (round(0.1 * 119), round(0.5 * 119), 119)]
+        # A run stops when it converges (after that step's update) or diverges (that step's update is not applied);
+        # later snapshots measure the parameters it holds, first used at the step after convergence or at the
+        # step whose loss crossed the threshold.
+        last = diverged_at if diverged_at is not None else 119 if converged is None else converged + 1
+        expected = [0] + [min(b, last) for b in (round(0.1 * 119), round(0.5 * 119), 119)]
         assert steps == expected
     assert len(e["params"]) == len(e["median_weight_norm"][0]) == 10  # 4 hidden layers + readout, kernel + bias
     kernels = [v for name, v in zip(e["params"], e["median_weight_norm"][0]) if "kernel" in name]

@@ -119,7 +119,9 @@ def test_instability_diagnostics_are_recorded_per_seed_and_traced(stability):
         assert ps["max_attn_logit"][seed] >= max(trace["max_attn_logit"][seed]) - 1e-6
         assert ps["min_attn_entropy"][seed] <= min(trace["min_attn_entropy"][seed]) + 1e-6
         assert 0.0 <= ps["min_attn_entropy"][seed] <= 1.0
-        assert ps["grad_nonfinite_fraction"][seed] == 0.0 and ps["skipped_steps"][seed] == 0
+        assert ps["skipped_steps"][seed] == 0
+        # Gradient entries are counted only where precision is the question (low precision or loss scaling).
+        assert ps["grad_nonfinite_fraction"][seed] is None and ps["grad_zero_fraction"][seed] is None
 
 
 def test_combined_mitigations_apply_every_change(tmp_path):
