@@ -370,7 +370,8 @@ def cmd_peers(args) -> int:
 
         print(json.dumps(rows, indent=1, allow_nan=False))
         return 0
-    table = Table(title=f"suite vs PyTorch {rows[0]['pytorch']['torch']} eager (at its faster thread count), "
+    table = Table(title=f"suite vs PyTorch {rows[0]['pytorch']['torch']} eager (at its fastest thread count and "
+                        f"strategy), "
                         f"seed-steps/s: median [IQR] over timed chunks; JAX on {jax.devices()[0].device_kind}, "
                         f"{os.cpu_count()} CPUs")
     for column in ("case", "seeds x steps", "suite", "PyTorch", "suite / PyTorch"):
@@ -378,7 +379,7 @@ def cmd_peers(args) -> int:
     speed = lambda side: f"{side['seed_steps_per_s']:.0f} [{side['iqr'][0]:.0f}, {side['iqr'][1]:.0f}]"  # noqa: E731
     for row in rows:
         table.add_row(row["case"], f"{row['seeds']} x {row['steps']}", speed(row["suite"]),
-                      f"{speed(row['pytorch'])} ({row['pytorch']['threads']} threads)",
+                      f"{speed(row['pytorch'])} ({row['pytorch']['strategy']}, {row['pytorch']['threads']} threads)",
                       f"{row['ratio']:.2f}x")
     Console(width=None if sys.stdout.isatty() else 140).print(table)
     return 0

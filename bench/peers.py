@@ -2,11 +2,13 @@
 
 Each case is a one-cell suite (the same TOML a user would write). The suite trains it through the
 ordinary runner (its steps/s: the median over timed chunks); PyTorch trains the same model (the same
-layers, activation and initial-weight variance), on the same training set (rows drawn uniformly with
-replacement), with the same optimiser chain (clip by global norm, then Adam with optax's defaults) for
-the same number of steps per seed, one seed after another, with one thread and with one per CPU (the faster
-counts). Both report seed-steps per second: steps/s
-times the seeds trained together. PyTorch is optional (`pip install 'gradbench[peers]'`).
+layers, activation and initial-weight variances: bench/peers_torch.py), on the same data (rows drawn uniformly
+with replacement from the stored training set, or fresh batches drawn as the task draws them:
+its TORCH_TASKS), with the same optimiser chain (clip by global norm, then Adam with optax's defaults) for
+the same number of steps per seed. PyTorch runs with one thread and with one per CPU and, for several
+seeds, one seed after another ("loop") and all seeds at once under torch.func.vmap ("vmap"): the
+fastest counts. Both report seed-steps per second: steps/s times the seeds trained together. PyTorch
+is optional (`pip install 'gradbench[peers]'`).
 """
 from __future__ import annotations
 
@@ -54,6 +56,75 @@ max_norm = 1.0
 """
 
 
+RNN_CASE = """
+[suite]
+name = "peer"
+seeds = {seeds}
+steps = {steps}
+chunk_steps = {chunk}
+trace_points = 2
+early_stop = false
+
+[task]
+name = "adding"
+length = {length}
+batch_size = {batch}
+n_heldout = 64
+target = 1e-9
+
+[model]
+family = "rnn"
+cell = "tanh"
+hidden = {hidden}
+recurrent_init = "normal"
+recurrent_weight_var = 1.0
+init = "lecun"
+
+[optimizer]
+name = "adam"
+lr = 1e-3
+
+[[mitigation]]
+name = "clip_by_global_norm"
+max_norm = 1.0
+"""
+
+# The small ResNet of bench/suites/resnet_example.toml (2 stages of 1 block, width 8, relu, He init) with the
+# family's default structure: BatchNorm after every conv and the skip connections on.
+RESNET_CASE = """
+[suite]
+name = "peer"
+seeds = {seeds}
+steps = {steps}
+chunk_steps = {chunk}
+trace_points = 2
+early_stop = false
+
+[task]
+name = "digits"
+batch_size = {batch}
+target = 1e-9
+
+[model]
+family = "resnet"
+stages = {stages}
+blocks_per_stage = 1
+width = {width}
+norm = "batch"
+residual = true
+activation = "relu"
+init = "he"
+
+[optimizer]
+name = "adam"
+lr = 1e-3
+
+[[mitigation]]
+name = "clip_by_global_norm"
+max_norm = 1.0
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One side-by-side comparison: a one-cell suite and how long to train it."""
@@ -63,16 +134,27 @@ class Case:
     seeds: int
     steps: int  # per seed, suite and PyTorch alike
     chunk: int  # steps per timed chunk (the first chunk, with compilation or warm-up, is not timed)
+    # How PyTorch trains the seeds: "loop" (one model and optimiser per seed, one after another) and, for
+    # several seeds, "vmap" (torch.func.vmap over the stacked seeds); each is measured, the faster counts.
+    strategies: tuple = ("loop",)
 
 
 CASES = {
     "mlp-d8-w256-b128-1seed": Case("MLP depth 8 width 256 batch 128, Adam after clip_by_global_norm, 1 seed",
                                    MLP_CASE.format(seeds=1, steps=1000, chunk=100, batch=128, depth=8, width=256),
                                    seeds=1, steps=1000, chunk=100),
-    "mlp-d4-w32-b32-64seeds": Case("MLP depth 4 width 32 batch 32, Adam after clip_by_global_norm, 64 seeds "
-                                   "(PyTorch: one seed after another)",
+    "mlp-d4-w32-b32-64seeds": Case("MLP depth 4 width 32 batch 32, Adam after clip_by_global_norm, 64 seeds",
                                    MLP_CASE.format(seeds=64, steps=300, chunk=50, batch=32, depth=4, width=32),
-                                   seeds=64, steps=300, chunk=50),
+                                   seeds=64, steps=300, chunk=50, strategies=("loop", "vmap")),
+    "rnn-h128-adding100-b64-16seeds": Case("tanh RNN hidden 128, adding task length 100, batch 64, Adam after "
+                                           "clip_by_global_norm, 16 seeds",
+                                           RNN_CASE.format(seeds=16, steps=40, chunk=10, length=100, batch=64,
+                                                           hidden=128),
+                                           seeds=16, steps=40, chunk=10, strategies=("loop", "vmap")),
+    "resnet-digits-b64-1seed": Case("small ResNet (2 stages x 1 block, width 8, BatchNorm, skips) on digits, "
+                                    "batch 64, Adam after clip_by_global_norm, 1 seed",
+                                    RESNET_CASE.format(seeds=1, steps=600, chunk=100, batch=64, stages=2, width=8),
+                                    seeds=1, steps=600, chunk=100),
 }
 
 
@@ -108,27 +190,8 @@ def run_suite_side(case: Case) -> dict:
             "timed_chunks": t.get("timed_chunks"), "compile_s": t["compile_s"], "plan": cell.plan}
 
 
-def torch_mlp(model: dict, in_dim: int, out_dim: int, generator):
-    """The suite's MLP in PyTorch: Linear + activation per hidden layer, LeCun-normal weights, zero biases."""
-    import torch
-    from torch import nn
-
-    activations = {"tanh": nn.Tanh, "relu": nn.ReLU}
-    widths = [in_dim] + [model["width"]] * model["depth"] + [out_dim]
-    layers = []
-    for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
-        linear = nn.Linear(w_in, w_out)
-        with torch.no_grad():
-            linear.weight.normal_(0.0, (1.0 / w_in) ** 0.5, generator=generator)
-            linear.bias.zero_()
-        layers.append(linear)
-        if i < model["depth"]:
-            layers.append(activations[model["activation"]]())
-    return nn.Sequential(*layers)
-
-
-def run_torch_side(case: Case, plan: dict, threads: int) -> dict:
-    """Trains the same model, data, optimiser chain and steps in a PyTorch eager loop, seed after seed."""
+def run_torch_side(case: Case, plan: dict, threads: int, strategy: str = "loop") -> dict:
+    """Trains the same model, data, optimiser chain and steps in a PyTorch eager loop (`strategy`: peers_torch.TRAINERS)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -136,48 +199,37 @@ def run_torch_side(case: Case, plan: dict, threads: int) -> dict:
 
     from bench.build import make_task
 
+    from bench import peers_torch
+
     task = make_task(plan["task"])
-    x_np, y_np = (np.array(a) for a in task.data["train"])  # writable copies
-    x_all, y_all = torch.from_numpy(x_np.reshape(len(x_np), -1)), torch.from_numpy(y_np)
-    opt, (clip,) = plan["optimizer"], plan["transforms"]
-    batch = plan["task"]["batch_size"]
-    runs = []
-    for seed in range(case.seeds):
-        generator = torch.Generator().manual_seed(seed)
-        net = torch_mlp(plan["model"], x_all.shape[1], y_all.shape[1], generator)
-        adam = torch.optim.Adam(net.parameters(), lr=opt["lr"], betas=(opt["b1"], opt["b2"]), eps=opt["eps"])
-        runs.append((net, adam, generator))
-
-    def train(net, adam, generator, steps):
-        for _ in range(steps):
-            idx = torch.randint(0, len(x_all), (batch,), generator=generator)
-            loss = F.mse_loss(net(x_all[idx]), y_all[idx])
-            adam.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), clip["max_norm"])
-            adam.step()
-        return loss.item()
-
+    batches, loss_name = peers_torch.TORCH_TASKS[plan["task"]["name"]]
+    sample = batches(task, plan["task"], peers_torch.TORCH_MODELS[plan["model"]["family"]][1])
+    train = peers_torch.TRAINERS[strategy](plan, case.seeds, sample, getattr(F, loss_name))
     seconds, last = [], []
     for chunk in range(case.steps // case.chunk):
         t0 = time.perf_counter()
-        last = [train(*run, case.chunk) for run in runs]
+        last = train(case.chunk)
         if chunk:  # the first chunk warms PyTorch up, like the suite's first (compiling) chunk
             seconds.append(time.perf_counter() - t0)
     return {**_rates(seconds, case.seeds * case.chunk), "final_batch_loss": float(np.median(last)),
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "threads": torch.get_num_threads(), "strategy": strategy, "torch": torch.__version__}
 
 
-def compare(names: list[str]) -> list[dict]:
-    """Runs every named case on both sides; one row per case with the ratio suite / PyTorch."""
+def compare(names: list[str], cases: dict | None = None) -> list[dict]:
+    """Runs every named case (of `cases`, default CASES) on both sides; one row per case, ratio suite / PyTorch."""
+    cases = CASES if cases is None else cases
     rows = []
     for name in names:
-        case = CASES[name]
+        case = cases[name]
         ours = run_suite_side(case)
         plan = ours.pop("plan")
-        # PyTorch at its faster thread count: one thread can beat all cores on small matrices or a busy machine.
-        theirs = max((run_torch_side(case, plan, n) for n in sorted({1, os.cpu_count() or 1})),
-                     key=lambda side: side["seed_steps_per_s"])
+        # PyTorch at its faster thread count and strategy: one thread can beat all cores on small matrices or
+        # a busy machine; vmap over seeds can beat a loop over them, or not.
+        tried = [run_torch_side(case, plan, n, strategy) for strategy in case.strategies
+                 for n in sorted({1, os.cpu_count() or 1})]
+        theirs = max(tried, key=lambda side: side["seed_steps_per_s"])
+        theirs["tried"] = {f"{side['strategy']}, {side['threads']} threads": side["seed_steps_per_s"]
+                           for side in tried}
         rows.append({"case": name, "description": case.description, "seeds": case.seeds, "steps": case.steps,
                      "suite": ours, "pytorch": theirs,
                      "ratio": ours["seed_steps_per_s"] / theirs["seed_steps_per_s"]})
