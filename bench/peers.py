@@ -2,13 +2,13 @@
 
 Each case is a one-cell suite (the same TOML a user would write). The suite trains it through the
 ordinary runner (its steps/s: the median over timed chunks); PyTorch trains the same model (the same
-layers, activation and initial-weight variances: bench/peers_torch.py), on the same data (rows drawn uniformly
-with replacement from the stored training set, or fresh batches drawn as the task draws them:
-its TORCH_TASKS), with the same optimiser chain (clip by global norm, then Adam with optax's defaults) for
-the same number of steps per seed. PyTorch runs with one thread and with one per CPU and, for several
-seeds, one seed after another ("loop") and all seeds at once under torch.func.vmap ("vmap"): the
-fastest counts. Both report seed-steps per second: steps/s times the seeds trained together. PyTorch
-is optional (`pip install 'gradbench[peers]'`).
+layers, activation and initial-weight variances: bench/peers_torch.py), on the same data (rows drawn
+uniformly with replacement from the stored training set, or fresh batches drawn as the task draws
+them), with the same optimiser chain (clip by global norm, then Adam with optax's defaults) for the
+same number of steps per seed. PyTorch is probed briefly with one thread and with one per CPU and, for
+several seeds, one seed after another ("loop") and all seeds at once under torch.func.vmap ("vmap");
+the fastest setting trains the case and counts. Both report seed-steps per second: steps/s times the
+seeds trained together. PyTorch is optional (`pip install 'gradbench[peers]'`).
 """
 from __future__ import annotations
 
@@ -144,13 +144,13 @@ CASES = {
                                    MLP_CASE.format(seeds=1, steps=1000, chunk=100, batch=128, depth=8, width=256),
                                    seeds=1, steps=1000, chunk=100),
     "mlp-d4-w32-b32-64seeds": Case("MLP depth 4 width 32 batch 32, Adam after clip_by_global_norm, 64 seeds",
-                                   MLP_CASE.format(seeds=64, steps=300, chunk=50, batch=32, depth=4, width=32),
-                                   seeds=64, steps=300, chunk=50, strategies=("loop", "vmap")),
+                                   MLP_CASE.format(seeds=64, steps=200, chunk=40, batch=32, depth=4, width=32),
+                                   seeds=64, steps=200, chunk=40, strategies=("loop", "vmap")),
     "rnn-h128-adding100-b64-16seeds": Case("tanh RNN hidden 128, adding task length 100, batch 64, Adam after "
                                            "clip_by_global_norm, 16 seeds",
-                                           RNN_CASE.format(seeds=16, steps=40, chunk=10, length=100, batch=64,
+                                           RNN_CASE.format(seeds=16, steps=20, chunk=5, length=100, batch=64,
                                                            hidden=128),
-                                           seeds=16, steps=40, chunk=10, strategies=("loop", "vmap")),
+                                           seeds=16, steps=20, chunk=5, strategies=("loop", "vmap")),
     "resnet-digits-b64-1seed": Case("small ResNet (2 stages x 1 block, width 8, BatchNorm, skips) on digits, "
                                     "batch 64, Adam after clip_by_global_norm, 1 seed",
                                     RESNET_CASE.format(seeds=1, steps=600, chunk=100, batch=64, stages=2, width=8),
@@ -190,21 +190,39 @@ def run_suite_side(case: Case) -> dict:
             "timed_chunks": t.get("timed_chunks"), "compile_s": t["compile_s"], "plan": cell.plan}
 
 
-def run_torch_side(case: Case, plan: dict, threads: int, strategy: str = "loop") -> dict:
-    """Trains the same model, data, optimiser chain and steps in a PyTorch eager loop (`strategy`: peers_torch.TRAINERS)."""
+def _torch_trainer(case: Case, plan: dict, threads: int, strategy: str):
+    """train(steps) -> per-seed last losses, for PyTorch on `threads` threads (`strategy`: peers_torch.TRAINERS)."""
     import torch
-
-    torch.set_num_threads(threads)
     import torch.nn.functional as F
 
+    from bench import peers_torch
     from bench.build import make_task
 
-    from bench import peers_torch
-
+    torch.set_num_threads(threads)
     task = make_task(plan["task"])
     batches, loss_name = peers_torch.TORCH_TASKS[plan["task"]["name"]]
     sample = batches(task, plan["task"], peers_torch.TORCH_MODELS[plan["model"]["family"]][1])
-    train = peers_torch.TRAINERS[strategy](plan, case.seeds, sample, getattr(F, loss_name))
+    return peers_torch.TRAINERS[strategy](plan, case.seeds, sample, getattr(F, loss_name))
+
+
+def probe_torch(case: Case, plan: dict, threads: int, strategy: str) -> float:
+    """A quick seed-steps/s of one PyTorch setting: one warm-up step, then the faster of two short timings."""
+    train = _torch_trainer(case, plan, threads, strategy)
+    train(1)
+    steps = max(1, case.chunk // 5)
+    seconds = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        train(steps)
+        seconds.append(time.perf_counter() - t0)
+    return case.seeds * steps / min(seconds)
+
+
+def run_torch_side(case: Case, plan: dict, threads: int, strategy: str = "loop") -> dict:
+    """Trains the same model, data, optimiser chain and steps in a PyTorch eager loop, timed per chunk."""
+    import torch
+
+    train = _torch_trainer(case, plan, threads, strategy)
     seconds, last = [], []
     for chunk in range(case.steps // case.chunk):
         t0 = time.perf_counter()
@@ -223,13 +241,14 @@ def compare(names: list[str], cases: dict | None = None) -> list[dict]:
         case = cases[name]
         ours = run_suite_side(case)
         plan = ours.pop("plan")
-        # PyTorch at its faster thread count and strategy: one thread can beat all cores on small matrices or
-        # a busy machine; vmap over seeds can beat a loop over them, or not.
-        tried = [run_torch_side(case, plan, n, strategy) for strategy in case.strategies
-                 for n in sorted({1, os.cpu_count() or 1})]
-        theirs = max(tried, key=lambda side: side["seed_steps_per_s"])
-        theirs["tried"] = {f"{side['strategy']}, {side['threads']} threads": side["seed_steps_per_s"]
-                           for side in tried}
+        # PyTorch at its fastest thread count and strategy: one thread can beat all cores on small matrices or
+        # a busy machine (there, all cores can be many times slower); vmap over seeds can beat a loop over
+        # them, or not. A short probe of each picks the one that trains the whole case.
+        settings = [(strategy, n) for strategy in case.strategies for n in sorted({1, os.cpu_count() or 1})]
+        probed = {s: probe_torch(case, plan, s[1], s[0]) for s in settings} if len(settings) > 1 else {}
+        strategy, threads = max(probed, key=probed.get) if probed else settings[0]
+        theirs = run_torch_side(case, plan, threads, strategy)
+        theirs["probed"] = {f"{s}, {n} threads": rate for (s, n), rate in probed.items()}
         rows.append({"case": name, "description": case.description, "seeds": case.seeds, "steps": case.steps,
                      "suite": ours, "pytorch": theirs,
                      "ratio": ours["seed_steps_per_s"] / theirs["seed_steps_per_s"]})

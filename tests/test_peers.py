@@ -138,5 +138,6 @@ def test_both_sides_train_the_rnn_and_resnet_cases():
         assert np.isfinite(row["pytorch"]["final_batch_loss"])
         assert row["ratio"] == row["suite"]["seed_steps_per_s"] / row["pytorch"]["seed_steps_per_s"]
     rnn = rows[1]["pytorch"]
-    assert {k.split(",")[0] for k in rnn["tried"]} == {"loop", "vmap"}
-    assert rnn["seed_steps_per_s"] == max(rnn["tried"].values())
+    assert {k.split(",")[0] for k in rnn["probed"]} == {"loop", "vmap"}
+    assert min(rnn["probed"].values()) > 0
+    assert f"{rnn['strategy']}, {rnn['threads']} threads" == max(rnn["probed"], key=rnn["probed"].get)
