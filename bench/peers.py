@@ -206,16 +206,18 @@ def _torch_trainer(case: Case, plan: dict, threads: int, strategy: str):
 
 
 def probe_torch(case: Case, plan: dict, threads: int, strategy: str) -> float:
-    """A quick seed-steps/s of one PyTorch setting: one warm-up step, then the faster of two short timings."""
-    train = _torch_trainer(case, plan, threads, strategy)
+    """A quick seed-steps/s of one PyTorch setting: a warm-up step, then the median of 2 to 10 single steps
+    (at most about 2 s of them, so a setting that collapses on a busy machine costs little). The loop over
+    seeds is probed on one seed: its seeds train one after another, each at the same rate."""
+    probe_case = dataclasses.replace(case, seeds=1) if strategy == "loop" else case
+    train = _torch_trainer(probe_case, plan, threads, strategy)
     train(1)
-    steps = max(1, case.chunk // 5)
-    seconds = []
-    for _ in range(2):
+    seconds, deadline = [], time.perf_counter() + 2.0
+    while len(seconds) < 2 or (len(seconds) < 10 and time.perf_counter() < deadline):
         t0 = time.perf_counter()
-        train(steps)
+        train(1)
         seconds.append(time.perf_counter() - t0)
-    return case.seeds * steps / min(seconds)
+    return probe_case.seeds / float(np.median(seconds))
 
 
 def run_torch_side(case: Case, plan: dict, threads: int, strategy: str = "loop") -> dict:
