@@ -151,9 +151,12 @@ def diagnostic_trace(series: dict[str, tuple[list[int], list[list]]], path, titl
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     arrays = {label: (steps, _nan(rows)) for label, (steps, rows) in series.items()}
     log = _spans_decades(np.concatenate([v.ravel() for _, v in arrays.values()] or [np.zeros(0)]))
-    for (label, (steps, values)), style in zip(arrays.items(), series_styles(len(arrays))):
+    for i, ((label, (steps, values)), style) in enumerate(zip(arrays.items(), series_styles(len(arrays)))):
         if not np.isfinite(values).any():
             continue
+        # Saturated diagnostics (entropy 0) put several variants on one line: earlier lines are wider, so
+        # the ones drawn over them leave them visible.
+        style = {**style, "linewidth": 1.2 + 2.0 * (len(arrays) - 1 - i) / max(len(arrays) - 1, 1)}
         with warnings.catch_warnings():  # steps where no seed has a finite value are expected
             warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(values, 0)
@@ -187,13 +190,16 @@ def diagnostic_vs_lr(series: dict[str, list[tuple[float, list]]], path, title: s
     all_values = np.array([v for points in series.values() for _, vs in points for v in vs if v is not None], float)
     log = _spans_decades(all_values)
     top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+    lrs = [lr for points in series.values() for lr, _ in points]
+    decades = max(np.log10(max(lrs) / min(lrs)), 0.5) if lrs else 1.0
     overflowed = False
     for i, ((label, points), style) in enumerate(zip(series.items(), series_styles(len(series)))):
         rows = []
         for lr, values in sorted(points, key=lambda p: p[0]):
             finite = np.array([v for v in values if v is not None and np.isfinite(v)], float)
             quartiles = np.quantile(finite, [0.25, 0.5, 0.75]) if finite.size else np.full(3, np.nan)
-            rows.append((lr * (1.0 + 0.04 * i), *quartiles, len(values) - finite.size, len(values)))
+            shifted = lr * 10 ** (0.012 * decades * i)  # a small offset per variant, so bars do not overlap
+            rows.append((shifted, *quartiles, len(values) - finite.size, len(values)))
         x, low, median, high, bad, n = (np.array(c) for c in zip(*rows))
         ok = np.isfinite(median)
         ax.errorbar(x[ok], median[ok], yerr=[median[ok] - low[ok], high[ok] - median[ok]], marker="o", capsize=3,
