@@ -1,4 +1,4 @@
-"""The engine: all runs (seeds x learning rates x traced hyperparameters) of cells
+"""The engine: all runs (seeds x learning rates x traced hyperparameters and initial scales) of cells
 that share a static plan train in ONE compiled program.
 
 Per run, a carry of pure pytrees (params, batch statistics, optimiser state
@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bench import flops, metrics, optim
+from bench import build, flops, metrics, optim
 from bench.build import make_model, make_task
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
@@ -95,14 +95,17 @@ class Program:
         # where precision is the question (a low-precision dtype, or loss scaling), else recorded as null.
         self.count_entries = bool(plan.get("loss_scaling")) or plan["model"].get("dtype", "float32") != "float32"
         self.task = make_task(plan["task"])
-        abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
+        # Traced initial scales (None in the static plan): the model is built at 1 and its leaves rescaled.
+        self.model_cfg = build.unit_scales(plan["model"])
+        self.init_powers = build.init_powers(plan["task"], self.model_cfg)
+        abstract = nnx.eval_shape(lambda: make_model(self.model_cfg, self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
         lr_groups = getattr(abstract, "lr_groups", None)
         self.lr_groups = lr_groups(optim.adaptive(plan)) if lr_groups else None
         self.model_diagnostics = dict(getattr(abstract, "DIAGNOSTICS", {}))  # name -> ("max" | "min", text)
         x_abstract, _ = jax.eval_shape(lambda: self.task.sample(self.task.data, jax.random.key(0)))
         self.preact_shapes = jax.eval_shape(
-            lambda x: make_model(plan["model"], self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
+            lambda x: make_model(self.model_cfg, self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
         abstract_params = nnx.split(abstract, nnx.Param, ...)[1]
         self.param_names = [jax.tree_util.keystr(path).removesuffix(".value") for path, _ in
                             jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
@@ -124,8 +127,8 @@ class Program:
     # Pure per-run functions -------------------------------------------------
     def _init_one(self, seed, hyper, data):
         k_init, _ = seed_keys(seed)
-        model = make_model(self.plan["model"], self.task, k_init)
-        _, params, rest = nnx.split(model, nnx.Param, ...)
+        _, params, rest = nnx.split(make_model(self.model_cfg, self.task, k_init), nnx.Param, ...)
+        params = build.scale_init(params, self.init_powers, {k: hyper[f"model.{k}"] for k in self.init_powers})
         zero = jnp.zeros((), jnp.float32)
         # loss_0: the training loss before the first update on the whole training-evaluation set (in training
         # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
