@@ -136,7 +136,7 @@ class Program:
         n_snap, n_params = len(metrics.SNAPSHOT_FRACTIONS), len(self.param_names)
         return {
             "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper, self.lr_groups).init(params),
-            "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
+            "loss_0": loss_0, "kernel_rank_0": metrics.kernel_rank(params), "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
             "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
             "diagnostics": {**diag_0, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
@@ -242,7 +242,7 @@ class Program:
         carry = {
             "params": pick(params, c["params"]), "rest": pick(rest, c["rest"]),
             "opt_state": pick(opt_state, c["opt_state"]),
-            "loss_0": c["loss_0"], "ema": ema, "n_updates": n_updates,
+            "loss_0": c["loss_0"], "kernel_rank_0": c["kernel_rank_0"], "ema": ema, "n_updates": n_updates,
             "diverged": c["diverged"] | boom,
             "divergence_step": jnp.where(boom, t, c["divergence_step"]),
             "converge_step": jnp.where(converged, t, c["converge_step"]),
@@ -268,6 +268,7 @@ class Program:
             x, y = data[split]
             loss, (pred, _, _) = self._loss(carry["params"], carry["rest"], x, y, False)
             out[split] = (loss, self.task.metric(pred, y))
+        out["kernel_rank"] = metrics.kernel_rank(carry["params"])
         return out
 
     # Host side ----------------------------------------------------------------
@@ -383,7 +384,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(carry, data)))
     host = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(carry))
     arrays = {k: np.asarray(v) for k, v in host.items()
-              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
+              if k in ("loss_0", "kernel_rank_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
               or k.startswith("snap_")}
     arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
     arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
@@ -405,6 +406,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
         "final_validation_metric": np.asarray(evaluation["validation"][1]),
         "final_heldout_loss": np.asarray(evaluation["heldout"][0]),
         "final_heldout_metric": np.asarray(evaluation["heldout"][1]),
+        "final_kernel_rank": np.asarray(evaluation["kernel_rank"]),
     })
     return GroupResult(
         runs=runs, arrays=arrays, param_names=prog.param_names,
