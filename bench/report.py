@@ -188,8 +188,8 @@ def _diagnostic_jobs(experiment: str, slug: str, records: list[dict], lr: float)
                 functools.partial(plots.diagnostic_trace, **keywords), traces,
                 f"{experiment}: {name} during training at lr={lr:g}",
                 f"{name} at each training step, median over seeds with the 25–75% band, per variant at "
-                f"lr={lr:g} (the learning rate of the loss curves); a seed whose value is not finite, or has "
-                f"diverged, drops out.")
+                f"lr={lr:g} (the learning rate of the loss curves); a seed is left out at steps where it has "
+                f"diverged or its value is not finite.")
         reduction = d.get("reduction", "max")
         jobs[f"{slug}-{name}-lr.png"] = (
             functools.partial(plots.diagnostic_vs_lr, reduction=reduction, **keywords), reduced,
