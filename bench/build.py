@@ -46,7 +46,7 @@ def check(task_cfg: dict, model_cfg: dict) -> None:
 
 # Initial scales that can be traced inputs: a sweep over them trains in one compiled program. The model is
 # initialised with every one of them at 1, and each parameter leaf is multiplied by value ** power.
-INIT_SCALES = ("weight_var", "bias_var", "recurrent_weight_var", "recurrent_scale")
+INIT_SCALES = ("weight_var", "bias_var", "recurrent_weight_var", "recurrent_scale", "readout_scale")
 _PROBES = (4.0, 16.0)
 
 

@@ -140,7 +140,8 @@ def test_combined_mitigations_apply_every_change(tmp_path):
                                   {"name": "clip_by_global_norm", "max_norm": 1.0}]
     # Every traced value of the combo is an input of the compiled program: a sweep does not recompile.
     assert optim.traced_values(plan) == {"lr": 0.01, "transforms.0.weight_decay": 1e-4,
-                                         "transforms.1.max_norm": 1.0, "aux_losses.0.coefficient": 1e-3}
+                                         "transforms.1.max_norm": 1.0, "aux_losses.0.coefficient": 1e-3,
+                                         "model.weight_var": 1.0, "model.bias_var": 0.0}
 
 
 def test_dynamic_loss_scaling_skips_float16_overflow_and_trains(float16_record):
