@@ -87,6 +87,12 @@ def _median_e2e(record: dict, fraction: float):
     return sorted(values)[(len(values) - 1) // 2] if values else None
 
 
+def _median_rank(per_seed: dict, key: str) -> str:
+    """Median over the seeds that have it of a per-seed kernel rank (symmetry), or a dash."""
+    values = sorted(v for v in per_seed.get(key, []) if v is not None)
+    return f"{values[(len(values) - 1) // 2]:.2f}" if values else "–"
+
+
 def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> list[str]:
     """One row per cell: outcomes, convergence, quality, explosion at init and mid-training, throughput.
 
@@ -95,8 +101,9 @@ def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> lis
     marks = marks or {}
     mark = lambda r: f" [{marks[r['cell_id']]}]" if r["cell_id"] in marks else ""  # noqa: E731
     lines = ["| cell | failed (95% CI) | diverged | collapsed | converged | median steps (95% CI) | "
-             "validation loss | held-out loss | e2e ratio at init | e2e at 50% | steps/s median [IQR] |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "validation loss | held-out loss | e2e ratio at init | e2e at 50% | unit rank init → end | "
+             "steps/s median [IQR] |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         ps, n = r["per_seed"], len(r["per_seed"]["diverged"])
         median = "not reached" if r["median_steps_to_converge"] is None else _fmt(r["median_steps_to_converge"])
@@ -105,7 +112,9 @@ def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> lis
             f"{sum(ps['diverged'])} | "
             f"{sum(ps['collapsed'])} | {r['converged']}/{n} | {median} {_interval(r['steps_to_converge_ci'])} | "
             f"{_fmt(r['quality']['final_validation_loss'])} | {_fmt(r['quality']['final_heldout_loss'])} | "
-            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | {_speed(r['throughput'])} |")
+            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | "
+            f"{_median_rank(ps, 'kernel_rank_init')} → {_median_rank(ps, 'kernel_rank_final')} | "
+            f"{_speed(r['throughput'])} |")
     return lines
 
 
