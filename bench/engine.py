@@ -1,4 +1,4 @@
-"""The engine: all runs (seeds x learning rates x traced hyperparameters) of cells
+"""The engine: all runs (seeds x learning rates x traced hyperparameters and initial scales) of cells
 that share a static plan train in ONE compiled program.
 
 Per run, a carry of pure pytrees (params, batch statistics, optimiser state
@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bench import flops, metrics, optim
+from bench import build, flops, metrics, optim
 from bench.build import make_model, make_task
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
@@ -95,14 +95,17 @@ class Program:
         # where precision is the question (a low-precision dtype, or loss scaling), else recorded as null.
         self.count_entries = bool(plan.get("loss_scaling")) or plan["model"].get("dtype", "float32") != "float32"
         self.task = make_task(plan["task"])
-        abstract = nnx.eval_shape(lambda: make_model(plan["model"], self.task, jax.random.key(0)))
+        # Traced initial scales (None in the static plan): the model is built at 1 and its leaves rescaled.
+        self.model_cfg = build.unit_scales(plan["model"])
+        self.init_powers = build.init_powers(plan["task"], self.model_cfg)
+        abstract = nnx.eval_shape(lambda: make_model(self.model_cfg, self.task, jax.random.key(0)))
         self.graphdef = nnx.split(abstract, nnx.Param, ...)[0]
         lr_groups = getattr(abstract, "lr_groups", None)
         self.lr_groups = lr_groups(optim.adaptive(plan)) if lr_groups else None
         self.model_diagnostics = dict(getattr(abstract, "DIAGNOSTICS", {}))  # name -> ("max" | "min", text)
         x_abstract, _ = jax.eval_shape(lambda: self.task.sample(self.task.data, jax.random.key(0)))
         self.preact_shapes = jax.eval_shape(
-            lambda x: make_model(plan["model"], self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
+            lambda x: make_model(self.model_cfg, self.task, jax.random.key(0)).forward(x, train=True)[1], x_abstract)
         abstract_params = nnx.split(abstract, nnx.Param, ...)[1]
         self.param_names = [jax.tree_util.keystr(path).removesuffix(".value") for path, _ in
                             jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
@@ -124,8 +127,8 @@ class Program:
     # Pure per-run functions -------------------------------------------------
     def _init_one(self, seed, hyper, data):
         k_init, _ = seed_keys(seed)
-        model = make_model(self.plan["model"], self.task, k_init)
-        _, params, rest = nnx.split(model, nnx.Param, ...)
+        _, params, rest = nnx.split(make_model(self.model_cfg, self.task, k_init), nnx.Param, ...)
+        params = build.scale_init(params, self.init_powers, {k: hyper[f"model.{k}"] for k in self.init_powers})
         zero = jnp.zeros((), jnp.float32)
         # loss_0: the training loss before the first update on the whole training-evaluation set (in training
         # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
@@ -133,7 +136,7 @@ class Program:
         n_snap, n_params = len(metrics.SNAPSHOT_FRACTIONS), len(self.param_names)
         return {
             "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper, self.lr_groups).init(params),
-            "loss_0": loss_0, "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
+            "loss_0": loss_0, "kernel_rank_0": metrics.kernel_rank(params), "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
             "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
             "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
             "diagnostics": {**diag_0, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
@@ -239,7 +242,7 @@ class Program:
         carry = {
             "params": pick(params, c["params"]), "rest": pick(rest, c["rest"]),
             "opt_state": pick(opt_state, c["opt_state"]),
-            "loss_0": c["loss_0"], "ema": ema, "n_updates": n_updates,
+            "loss_0": c["loss_0"], "kernel_rank_0": c["kernel_rank_0"], "ema": ema, "n_updates": n_updates,
             "diverged": c["diverged"] | boom,
             "divergence_step": jnp.where(boom, t, c["divergence_step"]),
             "converge_step": jnp.where(converged, t, c["converge_step"]),
@@ -265,6 +268,7 @@ class Program:
             x, y = data[split]
             loss, (pred, _, _) = self._loss(carry["params"], carry["rest"], x, y, False)
             out[split] = (loss, self.task.metric(pred, y))
+        out["kernel_rank"] = metrics.kernel_rank(carry["params"])
         return out
 
     # Host side ----------------------------------------------------------------
@@ -380,7 +384,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(carry, data)))
     host = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(carry))
     arrays = {k: np.asarray(v) for k, v in host.items()
-              if k in ("loss_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
+              if k in ("loss_0", "kernel_rank_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
               or k.startswith("snap_")}
     arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
     arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
@@ -402,6 +406,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
         "final_validation_metric": np.asarray(evaluation["validation"][1]),
         "final_heldout_loss": np.asarray(evaluation["heldout"][0]),
         "final_heldout_metric": np.asarray(evaluation["heldout"][1]),
+        "final_kernel_rank": np.asarray(evaluation["kernel_rank"]),
     })
     return GroupResult(
         runs=runs, arrays=arrays, param_names=prog.param_names,

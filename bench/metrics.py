@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
@@ -53,6 +54,25 @@ def log_norm(x):
     m = jnp.max(jnp.abs(x))
     safe = jnp.where(m > 0, m, 1.0)
     return jnp.where(m > 0, jnp.log(safe) + 0.5 * jnp.log(jnp.sum(jnp.square(x / safe))), -jnp.inf)
+
+
+def kernel_rank(params):
+    """Symmetry: the median over weight matrices of effective rank / smaller dimension (jittable).
+
+    Effective rank (Roy and Vetterli 2007): exp of the entropy of the normalised singular values. Matrices
+    are a parameter's leading axes against its last (the units), kept where both sides exceed 1. Units that
+    start equal (a constant initialisation) get equal gradients and stay equal: the rank stays 1 / n. NaN
+    when the model has no such matrix.
+    """
+    fractions = []
+    for w in jax.tree.leaves(params):
+        if w.ndim < 2 or min(w.size // w.shape[-1], w.shape[-1]) < 2:
+            continue
+        sv = jnp.linalg.svd(w.reshape(-1, w.shape[-1]).astype(jnp.float32), compute_uv=False)
+        p = sv / jnp.maximum(jnp.sum(sv), jnp.finfo(jnp.float32).tiny)
+        entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+        fractions.append(jnp.exp(entropy) / sv.size)
+    return jnp.median(jnp.stack(fractions)) if fractions else jnp.full((), jnp.nan)
 
 
 def fit_growth(log_norms_SxL) -> np.ndarray:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bench.build import init_powers
 from bench.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
 
 # name -> (optax factory, defaults that differ from optax's, description)
@@ -116,6 +117,7 @@ def traced_values(plan: dict) -> dict[str, float]:
             values.update({f"{group}.{i}.{k}": float(v) for k, v in t.items() if k != "name"})
     if plan.get("loss_scaling"):
         values.update({f"loss_scaling.{k}": float(plan["loss_scaling"][k]) for k in ("scale", "period")})
+    values.update({f"model.{k}": float(plan["model"][k]) for k in init_powers(plan["task"], plan["model"])})
     return values
 
 
@@ -127,6 +129,7 @@ def static_plan(plan: dict) -> dict:
         plan[group] = [{k: (v if k == "name" else None) for k, v in t.items()} for t in plan.get(group, [])]
     if plan.get("loss_scaling"):
         plan["loss_scaling"] = {"mode": plan["loss_scaling"]["mode"], "scale": None, "period": None}
+    plan["model"].update(dict.fromkeys(init_powers(plan["task"], plan["model"])))
     return plan
 
 
@@ -278,8 +281,9 @@ MITIGATIONS = {
     "warmup": Mitigation("linear learning-rate warm-up from 0 over warmup_steps",
                          {"warmup_steps": Key(int, 100, ge=1)},
                          lambda plan, p: plan["optimizer"].update(warmup_steps=p["warmup_steps"])),
-    "init": Mitigation("another weight initialiser (model key init, optional weight_var)",
-                       {"init": Key(str), "weight_var": Key(float, None, gt=0)}, _model_keys),
+    "init": Mitigation("another weight initialiser (model key init, optional weight_var and readout_scale)",
+                       {"init": Key(str), "weight_var": Key(float, None, gt=0),
+                        "readout_scale": Key(float, None, gt=0)}, _model_keys),
     "activation": Mitigation("another activation function", {"activation": Key(str)}, _model_keys),
     "norm": Mitigation("normalisation after each linear layer", {"norm": Key(str, "batch")}, _model_keys),
     "residual": Mitigation("residual connections around hidden layers", {"residual": Key(bool, True)}, _model_keys),

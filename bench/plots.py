@@ -1,6 +1,7 @@
 """Matplotlib figures for reports and the probe (PNG, labelled axes, log scales where data spans decades)."""
 from __future__ import annotations
 
+import textwrap
 import warnings
 
 import matplotlib
@@ -10,10 +11,49 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+MANY = 6  # with more series than this the legend goes beside the axes, where it hides no data
+
+
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": a legend beside the axes is kept
     plt.close(fig)
+
+
+def series_styles(n: int) -> list[dict]:
+    """Matplotlib line keywords for n series, pairwise distinct: the ten tab10 colours, then again dashed, ..."""
+    colors = plt.get_cmap("tab10").colors
+    return [{"color": colors[i % len(colors)], "linestyle": LINE_STYLES[(i // len(colors)) % len(LINE_STYLES)]}
+            for i in range(n)]
+
+
+def _legend(ax, n: int) -> None:
+    """The legend inside the axes for a few series, beside them for many (one column per 20 entries)."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
+    if n > MANY:
+        ncol = 1 + (n - 1) // 20
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, ncol=ncol,
+                  handlelength=3.0)
+        longest = max(len(label) for label in ax.get_legend_handles_labels()[1])
+        fig = ax.figure  # widened by the legend's width, so the axes keep theirs
+        fig.set_figwidth(fig.get_figwidth() + ncol * (0.6 + 0.055 * longest))
+    else:
+        ax.legend(fontsize=7, handlelength=3.0)
+
+
+def _nan(rows) -> np.ndarray:
+    """Rows of JSON numbers (None where missing or not finite) as a float array with NaN there."""
+    values = np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=float)
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+def _spans_decades(values: np.ndarray) -> bool:
+    """Whether positive data covers well over a decade, so that a log axis shows it better."""
+    finite = values[np.isfinite(values)]
+    return finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 30
 
 
 def gradient_profile(series: dict[str, tuple[str, list[list]]], path, title: str = "") -> None:
@@ -25,9 +65,9 @@ def gradient_profile(series: dict[str, tuple[str, list[list]]], path, title: str
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     axis = "layers"
-    for label, (axis, rows) in series.items():
-        logs = np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=float)
-        logs[~np.isfinite(logs)] = np.nan
+    alpha = 0.2 if len(series) <= MANY else 0.08  # many overlapping bands would hide the lines
+    for (label, (axis, rows)), style in zip(series.items(), series_styles(len(series))):
+        logs = _nan(rows)
         if not np.isfinite(logs).any():
             continue
         x = np.arange(1, logs.shape[1] + 1)
@@ -35,13 +75,12 @@ def gradient_profile(series: dict[str, tuple[str, list[list]]], path, title: str
             warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(logs, 0)
             low, high = np.nanquantile(logs, 0.1, 0), np.nanquantile(logs, 0.9, 0)
-        line, = ax.plot(x, median, label=label)
-        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+        ax.plot(x, median, label=label, **style)
+        ax.fill_between(x, low, high, color=style["color"], alpha=alpha)
     ax.set_xlabel(f"{axis[:-1]} (input side first)")
     ax.set_ylabel("log10 ‖∂loss/∂pre-activation‖ at init\n(median, 10–90% band)")
     ax.set_title(title or "gradient norm per layer at initialisation", fontsize=10)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+    _legend(ax, len(series))
     _save(fig, path)
 
 
@@ -52,18 +91,18 @@ def failure_vs_lr(series: dict[str, list[tuple[float, float, float, float]]], pa
       series: label -> [(lr, rate, ci_low, ci_high), ...].
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, (label, points) in enumerate(series.items()):
+    for i, ((label, points), style) in enumerate(zip(series.items(), series_styles(len(series)))):
         points = sorted(points)
         lr = np.array([p[0] for p in points]) * (1.0 + 0.04 * i)  # small offset so bars do not overlap
         rate = np.array([p[1] for p in points])
         err = np.array([[p[1] - p[2] for p in points], [p[3] - p[1] for p in points]])
-        ax.errorbar(lr, rate, yerr=err, marker="o", capsize=3, label=label)
+        ax.errorbar(lr, rate, yerr=err, marker="o", capsize=3, label=label, **style)
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("failure rate: diverged or collapsed (95% Wilson)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    _legend(ax, len(series))
     _save(fig, path)
 
 
@@ -74,24 +113,111 @@ def loss_curves(series: dict[str, tuple[list[int], list[list]]], path, title: st
       series: label -> (steps, per-seed losses with None where a seed had stopped).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for label, (steps, losses) in series.items():
-        values = np.array([[np.nan if v is None else v for v in row] for row in losses], dtype=float)
-        values[~(np.isfinite(values) & (values > 0))] = np.nan  # a log axis shows positive finite losses only
+    for (label, (steps, losses)), style in zip(series.items(), series_styles(len(series))):
+        values = _nan(losses)
+        values[~(values > 0)] = np.nan  # a log axis shows positive finite losses only
         if not np.isfinite(values).any():
             continue
         with warnings.catch_warnings():  # all-NaN columns (every seed stopped) are expected
             warnings.simplefilter("ignore", RuntimeWarning)
             median = np.nanmedian(values, 0)
             low, high = np.nanquantile(values, 0.25, 0), np.nanquantile(values, 0.75, 0)
-        line, = ax.plot(steps, median, label=label)
-        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        ax.plot(steps, median, label=label, **style)
+        ax.fill_between(steps, low, high, color=style["color"], alpha=0.2)
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (median over seeds, 25–75% band)")
     ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        _legend(ax, len(series))
     else:
         ax.text(0.5, 0.5, "no finite loss to show (every seed diverged at once)", ha="center", va="center",
                 transform=ax.transAxes)
+    _save(fig, path)
+
+
+def _diagnostic_title(title: str, description: str) -> str:
+    return f"{title}\n" + "\n".join(textwrap.wrap(description, 90))
+
+
+def diagnostic_trace(series: dict[str, tuple[list[int], list[list]]], path, title: str, *, name: str,
+                     description: str) -> None:
+    """A model diagnostic at each training step: median over seeds and a 25–75% band, one line per variant.
+
+    Args:
+      series: label -> (steps, per-seed values; None where a value was not finite or the seed had stopped).
+      name, description: the diagnostic (a model family's DIAGNOSTICS entry), for the axis and the title.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    arrays = {label: (steps, _nan(rows)) for label, (steps, rows) in series.items()}
+    log = _spans_decades(np.concatenate([v.ravel() for _, v in arrays.values()] or [np.zeros(0)]))
+    for i, ((label, (steps, values)), style) in enumerate(zip(arrays.items(), series_styles(len(arrays)))):
+        if not np.isfinite(values).any():
+            continue
+        # Saturated diagnostics (entropy 0) put several variants on one line: earlier lines are wider, so
+        # the ones drawn over them leave them visible.
+        style = {**style, "linewidth": 1.2 + 2.0 * (len(arrays) - 1 - i) / max(len(arrays) - 1, 1)}
+        with warnings.catch_warnings():  # steps where no seed has a finite value are expected
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(values, 0)
+            low, high = np.nanquantile(values, 0.25, 0), np.nanquantile(values, 0.75, 0)
+        ax.plot(steps, median, label=label, **style)
+        ax.fill_between(steps, low, high, color=style["color"], alpha=0.2)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"{name}{' (log scale)' if log else ''}\n(median over seeds, 25–75% band)")
+    ax.set_title(_diagnostic_title(title, description), fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        _legend(ax, len(arrays))
+    else:
+        ax.text(0.5, 0.5, f"no finite value of {name} to show", ha="center", va="center", transform=ax.transAxes)
+    _save(fig, path)
+
+
+def diagnostic_vs_lr(series: dict[str, list[tuple[float, list]]], path, title: str, *, name: str,
+                     description: str, reduction: str) -> None:
+    """A model diagnostic reduced over training (per seed) against learning rate: median and 25–75% bars per variant.
+
+    Seeds whose value is not finite (overflow) are left out of the median and counted beside the point; a
+    learning rate where no seed's value is finite is marked with a triangle at the top edge.
+
+    Args:
+      series: label -> [(lr, per-seed reduced values, None where not finite), ...].
+      name, description, reduction: the diagnostic and how it is reduced over the steps ("max" or "min").
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    all_values = np.array([v for points in series.values() for _, vs in points for v in vs if v is not None], float)
+    log = _spans_decades(all_values)
+    top = ax.get_xaxis_transform()  # x in data, y in axes coordinates
+    lrs = [lr for points in series.values() for lr, _ in points]
+    decades = max(np.log10(max(lrs) / min(lrs)), 0.5) if lrs else 1.0
+    overflowed = False
+    for i, ((label, points), style) in enumerate(zip(series.items(), series_styles(len(series)))):
+        rows = []
+        for lr, values in sorted(points, key=lambda p: p[0]):
+            finite = np.array([v for v in values if v is not None and np.isfinite(v)], float)
+            quartiles = np.quantile(finite, [0.25, 0.5, 0.75]) if finite.size else np.full(3, np.nan)
+            shifted = lr * 10 ** (0.012 * decades * i)  # a small offset per variant, so bars do not overlap
+            rows.append((shifted, *quartiles, len(values) - finite.size, len(values)))
+        x, low, median, high, bad, n = (np.array(c) for c in zip(*rows))
+        ok = np.isfinite(median)
+        ax.errorbar(x[ok], median[ok], yerr=[median[ok] - low[ok], high[ok] - median[ok]], marker="o", capsize=3,
+                    label=label, **style)
+        for xi, mi, bi, ni in zip(x, median, bad, n):
+            if not np.isfinite(mi):
+                overflowed = True
+                ax.plot([xi], [0.97], marker="^", color=style["color"], transform=top, clip_on=False)
+            elif bi:
+                ax.annotate(f"{bi}/{ni} not finite", (xi, mi), textcoords="offset points", xytext=(4, 4),
+                            fontsize=6, color=style["color"])
+    ax.set_xscale("log")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("learning rate (as run, log scale)")
+    ax.set_ylabel(f"{reduction} of {name} over training{' (log scale)' if log else ''}\n"
+                  "per seed: median, 25–75% bars")
+    note = " (▲ at the top: no seed's value finite)" if overflowed else ""
+    ax.set_title(_diagnostic_title(title + note, description), fontsize=9)
+    _legend(ax, len(series))
     _save(fig, path)

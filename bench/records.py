@@ -100,6 +100,8 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, task) ->
         "final_validation_loss": alive("final_validation_loss"),
         "final_validation_metric": alive("final_validation_metric"),
         "max_grad_norm": [json_number(v) for v in a["max_grad_norm"]],
+        "kernel_rank_init": [json_number(v) for v in a["kernel_rank_0"]],
+        "kernel_rank_final": alive("final_kernel_rank"),
         "grad_zero_fraction": [json_number(v) for v in a["grad_zero_fraction"]],
         "grad_nonfinite_fraction": [json_number(v) for v in a["grad_nonfinite_fraction"]],
         "skipped_steps": [int(v) for v in a["skipped_steps"]],

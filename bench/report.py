@@ -5,6 +5,7 @@ committed report can be checked against the raw results it came from.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -86,6 +87,12 @@ def _median_e2e(record: dict, fraction: float):
     return sorted(values)[(len(values) - 1) // 2] if values else None
 
 
+def _median_rank(per_seed: dict, key: str) -> str:
+    """Median over the seeds that have it of a per-seed kernel rank (symmetry), or a dash."""
+    values = sorted(v for v in per_seed.get(key, []) if v is not None)
+    return f"{values[(len(values) - 1) // 2]:.2f}" if values else "–"
+
+
 def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> list[str]:
     """One row per cell: outcomes, convergence, quality, explosion at init and mid-training, throughput.
 
@@ -94,8 +101,9 @@ def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> lis
     marks = marks or {}
     mark = lambda r: f" [{marks[r['cell_id']]}]" if r["cell_id"] in marks else ""  # noqa: E731
     lines = ["| cell | failed (95% CI) | diverged | collapsed | converged | median steps (95% CI) | "
-             "validation loss | held-out loss | e2e ratio at init | e2e at 50% | steps/s median [IQR] |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "validation loss | held-out loss | e2e ratio at init | e2e at 50% | unit rank init → end | "
+             "steps/s median [IQR] |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         ps, n = r["per_seed"], len(r["per_seed"]["diverged"])
         median = "not reached" if r["median_steps_to_converge"] is None else _fmt(r["median_steps_to_converge"])
@@ -104,7 +112,9 @@ def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> lis
             f"{sum(ps['diverged'])} | "
             f"{sum(ps['collapsed'])} | {r['converged']}/{n} | {median} {_interval(r['steps_to_converge_ci'])} | "
             f"{_fmt(r['quality']['final_validation_loss'])} | {_fmt(r['quality']['final_heldout_loss'])} | "
-            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | {_speed(r['throughput'])} |")
+            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | "
+            f"{_median_rank(ps, 'kernel_rank_init')} → {_median_rank(ps, 'kernel_rank_final')} | "
+            f"{_speed(r['throughput'])} |")
     return lines
 
 
@@ -145,29 +155,91 @@ def _answer(q: dict | None) -> str:
     return text + (f"; {q['note']}" if q.get("note") else "")
 
 
+def _lr(record: dict) -> float:
+    """The learning rate a record's runs used: its plan's (a mitigation may set its own), else the grid's."""
+    return record.get("plan", {}).get("optimizer", {}).get("lr", record["config"]["optimizer"]["lr"])
+
+
+def _contrast_lr(records: list[dict]) -> float:
+    """The grid learning rate of the loss curves and diagnostic traces: among those every variant was run at,
+    the one where the variants' failure rates differ most (ties: nearest the middle of the grid)."""
+    grid = lambda r: r["config"]["optimizer"]["lr"]  # noqa: E731
+    lrs = sorted({grid(r) for r in records})
+    by_variant: dict[str, set] = {}
+    for r in records:
+        by_variant.setdefault(variant(r), set()).add(grid(r))
+    shared = [lr for lr in lrs if all(lr in v for v in by_variant.values())] or lrs
+    spread = {lr: [r["failure_rate"] for r in records if grid(r) == lr] for lr in lrs}
+    return max(shared, key=lambda x: (max(spread[x]) - min(spread[x]), -abs(lrs.index(x) - len(lrs) // 2)))
+
+
+def _diagnostic_jobs(experiment: str, slug: str, records: list[dict], lr: float) -> dict[str, tuple]:
+    """Per model diagnostic the records carry (a family's DIAGNOSTICS): its trace against the step at the
+    grid learning rate `lr`, and its per-seed value reduced over training against the learning rate."""
+    declared: dict[str, dict] = {}
+    for r in records:
+        for name, d in (r.get("diagnostics") or {}).items():
+            declared.setdefault(name, d)
+    jobs = {}
+    for name, d in declared.items():
+        have = [r for r in records if name in r["per_seed"]]
+        traces = {}
+        for r in have:
+            if r["config"]["optimizer"]["lr"] == lr and name in r["trace"]:
+                ran = f" (run at lr={_lr(r):g})" if _lr(r) != lr else ""
+                traces[variant(r) + ran] = (r["trace"]["step"], r["trace"][name])
+        reduced: dict[str, list] = {}
+        for r in have:
+            reduced.setdefault(variant(r), []).append((_lr(r), r["per_seed"][name]))
+        keywords = dict(name=name, description=d.get("description", ""))
+        if traces:
+            jobs[f"{slug}-{name}-steps.png"] = (
+                functools.partial(plots.diagnostic_trace, **keywords), traces,
+                f"{experiment}: {name} during training at lr={lr:g}",
+                f"{name} at each training step, median over seeds with the 25–75% band, per variant at "
+                f"lr={lr:g} (the learning rate of the loss curves); a seed is left out at steps where it has "
+                f"diverged or its value is not finite.")
+        reduction = d.get("reduction", "max")
+        jobs[f"{slug}-{name}-lr.png"] = (
+            functools.partial(plots.diagnostic_vs_lr, reduction=reduction, **keywords), reduced,
+            f"{experiment}: {name} ({reduction} over training) against learning rate",
+            f"{name} per seed ({reduction} over the training steps) against the learning rate as run: median "
+            f"and 25–75% bars per variant, at every learning rate of the grid.")
+    return jobs
+
+
 def _plot_jobs(experiment: str, records: list[dict], plot_dir: Path) -> dict[str, tuple]:
-    """The experiment's figures: name -> (function, args)."""
+    """The experiment's figures: path -> (function, data, title, one-line caption)."""
     slug = "".join(c if c.isalnum() else "-" for c in experiment).strip("-")
     lines: dict[str, list] = {}
     for r in records:
         lo, hi = r["failure_rate_ci"]
-        lines.setdefault(variant(r), []).append((r["config"]["optimizer"]["lr"], r["failure_rate"], lo, hi))
-    lrs = sorted({r["config"]["optimizer"]["lr"] for r in records})
-    # Loss curves at the learning rate where the variants differ most in failure rate.
-    spread = {lr: [r["failure_rate"] for r in records if r["config"]["optimizer"]["lr"] == lr] for lr in lrs}
-    lr = max(lrs, key=lambda x: (max(spread[x]) - min(spread[x]), -abs(lrs.index(x) - len(lrs) // 2)))
-    curves = {variant(r): (r["trace"]["step"], r["trace"]["loss"]) for r in records
-              if r["config"]["optimizer"]["lr"] == lr}
+        lines.setdefault(variant(r), []).append((_lr(r), r["failure_rate"], lo, hi))
+    # Loss curves (and diagnostic traces) at the learning rate where the variants differ most in failure rate.
+    lr = _contrast_lr(records)
+    curves = {}
+    for r in records:
+        if r["config"]["optimizer"]["lr"] == lr:
+            ran = f" (run at lr={_lr(r):g})" if _lr(r) != lr else ""
+            curves[variant(r) + ran] = (r["trace"]["step"], r["trace"]["loss"])
     profiles = {}
     for r in records:
         if variant(r) not in profiles:
             e = r["explosion"]
             profiles[variant(r)] = (e["axis"], e["per_seed"]["log10_preact_grad_init"])
-    return {str(plot_dir / name): job for name, job in {
-        f"{slug}-failure.png": (plots.failure_vs_lr, lines, f"{experiment}: failure rate vs learning rate"),
-        f"{slug}-loss.png": (plots.loss_curves, curves, f"{experiment}: training loss at lr={lr:g}"),
-        f"{slug}-gradients.png": (plots.gradient_profile, profiles, f"{experiment}: gradient norms at init"),
-    }.items()}
+    jobs = {
+        f"{slug}-failure.png": (plots.failure_vs_lr, lines, f"{experiment}: failure rate vs learning rate",
+                                "Failure rate (diverged or collapsed, 95% Wilson interval) per variant against "
+                                "the learning rate as run."),
+        f"{slug}-loss.png": (plots.loss_curves, curves, f"{experiment}: training loss at lr={lr:g}",
+                             f"Training loss per step, median over seeds with the 25–75% band, at lr={lr:g} (where "
+                             f"the variants' failure rates differ most)."),
+        f"{slug}-gradients.png": (plots.gradient_profile, profiles, f"{experiment}: gradient norms at init",
+                                  "Pre-activation gradient norm per layer at initialisation (median over seeds, "
+                                  "10–90% band), per variant."),
+        **_diagnostic_jobs(experiment, slug, records, lr),
+    }
+    return {str(plot_dir / name): job for name, job in jobs.items()}
 
 
 def render(results_dir, output) -> tuple[str, dict]:
@@ -189,7 +261,8 @@ def render(results_dir, output) -> tuple[str, dict]:
     for experiment, recs in by_experiment.items():
         exp_jobs = _plot_jobs(experiment, recs, plot_dir)
         jobs.update(exp_jobs)
-        figures[experiment] = [f"![{Path(p).stem}]({link(p)})" for p in exp_jobs]
+        figures[experiment] = [line for p, job in exp_jobs.items()
+                               for line in (f"![{Path(p).stem}]({link(p)})", "", f"*{job[3]}*", "")]
 
     out = [f"# Results: {suite['name']}", "",
            f"Generated by `python -m bench report {shown}` from `{shown}/results.jsonl`; "
@@ -256,7 +329,7 @@ def render(results_dir, output) -> tuple[str, dict]:
                 selectors = [s for e, s in sides if e == experiment]
                 recs = [r for r in recs if any(claims_lib.matches(r["config"], s) for s in selectors)]
             out += [f"### {experiment}", "", *arms_table(recs), "", "<details><summary>every cell</summary>", "",
-                    *cells_table(recs, marks), "", "</details>", "", *figures[experiment], ""]
+                    *cells_table(recs, marks), "", "</details>", "", *figures[experiment]]
             if len(environments(records)) > 1:
                 out += [*environment_lines(recs, env_names), ""]
     return "\n".join(out), jobs
@@ -302,7 +375,7 @@ def write(results_dir, output=None, also=()) -> Path:
     text, jobs = render_all([results_dir, *also], output)
     for directory in (results_dir, *also):
         Path(directory, "plots").mkdir(parents=True, exist_ok=True)
-    for path, (fn, data, title) in jobs.items():
+    for path, (fn, data, title, _caption) in jobs.items():
         fn(data, path, title)
     atomic_write(output, text + "\n")
     return output

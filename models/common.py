@@ -104,7 +104,7 @@ PARAMETERIZATIONS = {
 }
 
 
-def _scaled(init, factor: float):
+def scaled(init, factor: float):
     """`init` times a constant factor."""
     return lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) * factor
 
@@ -114,9 +114,9 @@ def dense_init(name: str, weight_var: float, parameterization: str, role: str, f
     """(kernel initialiser, input multiplier) of a dense layer of `role` (input | hidden | output)."""
     init = kernel_init(name, weight_var)
     if parameterization == "ntk":
-        return _scaled(init, math.sqrt(fan_in)), 1.0 / math.sqrt(fan_in)
+        return scaled(init, math.sqrt(fan_in)), 1.0 / math.sqrt(fan_in)
     if parameterization == "mup" and role == "output":
-        return _scaled(init, 1.0 / math.sqrt(width_mult)), 1.0
+        return scaled(init, 1.0 / math.sqrt(width_mult)), 1.0
     return init, 1.0
 
 

@@ -38,6 +38,7 @@ class Config:
     parameterization: str = "standard"
     base_width: int = 64  # muP: the width at which it equals standard parameterisation
     dtype: str = "float32"
+    readout_scale: float = 1.0  # the read-out's initial weights times this: the starting function, not the body
 
     CHOICES: ClassVar[dict] = {
         "activation": tuple(common.ACTIVATIONS),
@@ -50,8 +51,8 @@ class Config:
     def __post_init__(self):
         if self.depth < 1 or self.width < 1 or self.base_width < 1:
             raise ValueError("depth, width and base_width must be >= 1")
-        if self.weight_var <= 0 or self.bias_var < 0:
-            raise ValueError("weight_var must be > 0 and bias_var >= 0")
+        if self.weight_var <= 0 or self.bias_var < 0 or self.readout_scale <= 0:
+            raise ValueError("weight_var and readout_scale must be > 0 and bias_var >= 0")
 
 
 NORMS = {
@@ -84,7 +85,10 @@ class Model(nnx.Module):
         make_norm = NORMS[config.norm]
         self.norms = (nnx.List([make_norm(config.width, dtype, rngs) for _ in range(config.depth)])
                       if make_norm else None)
-        self.readout = nnx.Linear(config.width, output_dim, kernel_init=inits[-1][0], bias_init=bias, dtype=dtype,
+        readout_init = inits[-1][0]
+        if config.readout_scale != 1.0:
+            readout_init = common.scaled(readout_init, config.readout_scale)
+        self.readout = nnx.Linear(config.width, output_dim, kernel_init=readout_init, bias_init=bias, dtype=dtype,
                                   rngs=rngs)
 
     def forward(self, x_BxI, *, train: bool = True, shifts=None):

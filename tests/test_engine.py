@@ -186,3 +186,37 @@ def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
     for name in ("tiny-failure.png", "tiny-loss.png", "tiny-gradients.png"):
         png = module_tmp / "a" / "plots" / name
         assert png.read_bytes()[:4] == b"\x89PNG" and f"(plots/{name})" in text
+
+
+INIT_SWEEP = """
+[[experiment]]
+name = "scales"
+model = { family = "mlp", depth = 3, width = 8, activation = "tanh", init = "normal", weight_var = [0.5, 2.0, 8.0], bias_var = [0.0, 0.3] }
+
+[[experiment]]
+name = "rnn"
+task = { name = "adding", length = 6, n_heldout = 32, batch_size = 8 }
+model = { family = "rnn", cell = "tanh", hidden = 8, recurrent_init = "orthogonal", recurrent_scale = [0.5, 1.5] }
+"""
+
+
+def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(module_tmp):
+    from bench import probe
+
+    path = tiny_suite(module_tmp, name="init_sweep.toml", seeds=2, steps=20, extra=INIT_SWEEP)
+    s = suite.load(path)
+    before = engine.TRACE_COUNT["chunk"]
+    records = runner.run_suite(s, module_tmp / "init_sweep")
+    # 6 (weight_var, bias_var) cells x 2 lrs, and 2 recurrent scales x 2 lrs: one program per architecture.
+    assert engine.TRACE_COUNT["chunk"] - before == 2
+    assert len({r["cell_id"] for r in records}) == 16
+    # Traced scales give the initialisation a static config gives: the record's ratio at init is the probe's.
+    checked = [r for r in records if r["config"]["model"].get("weight_var") in (0.5, 8.0)
+               or r["config"]["model"].get("recurrent_scale") == 1.5]
+    for r in {json.dumps(r["config"]["model"], sort_keys=True): r for r in checked}.values():
+        cfg = r["config"]
+        expected = probe.probe(cfg["task"], cfg["model"], 2)["e2e_ratio_per_seed"]
+        np.testing.assert_allclose(r["explosion"]["e2e_ratio_init"], expected, rtol=1e-4)
+    ratios = {r["config"]["model"].get("weight_var"): r["explosion"]["e2e_ratio_init"][0]
+              for r in records if r["experiment"] == "scales"}
+    assert ratios[8.0] > ratios[2.0] > ratios[0.5]  # the scales really differ inside the one program

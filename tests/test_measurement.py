@@ -68,6 +68,10 @@ model = { family = "mlp", depth = 8, width = 16, activation = "sigmoid", init = 
 [[experiment]]
 name = "linear"
 model = { family = "mlp", depth = 4, width = 8, activation = "linear", init = "normal", weight_var = 1.0 }
+
+[[experiment]]
+name = "constant"
+model = { family = "mlp", depth = 4, width = 8, activation = "tanh", init = "constant", weight_var = 1.0 }
 """
 
 
@@ -151,3 +155,14 @@ def test_matched_scale_sigmoid_is_a_rescaled_tanh_network_plus_a_bias():
     tanh_net = np.tanh(x @ (w / 2)) @ (v / 2) + 0.5 * np.ones(6) @ v
     np.testing.assert_allclose(sigmoid_net, tanh_net, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(jax.nn.sigmoid(x), 0.5 + 0.5 * np.tanh(x / 2), rtol=1e-6)
+
+
+def test_equal_initial_weights_stay_symmetric_through_training(measured):
+    # Equal units get equal gradients: every weight matrix stays rank 1 (effective rank / 8 = 1/8), while a
+    # random initialisation starts (and stays) well spread.
+    constant, random = measured[1]["constant"]["per_seed"], measured[1]["linear"]["per_seed"]
+    assert constant["kernel_rank_init"] == pytest.approx([1 / 8] * 4, rel=1e-3)
+    assert constant["kernel_rank_final"] == pytest.approx([1 / 8] * 4, rel=1e-3)
+    assert constant["final_train_loss"] != pytest.approx(constant["loss_0"], rel=1e-3)  # it did train
+    finished = [v for v in random["kernel_rank_final"] if v is not None]  # diverged seeds have no final rank
+    assert min(random["kernel_rank_init"]) > 0.5 and finished and min(finished) > 0.5

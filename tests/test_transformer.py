@@ -140,7 +140,8 @@ def test_combined_mitigations_apply_every_change(tmp_path):
                                   {"name": "clip_by_global_norm", "max_norm": 1.0}]
     # Every traced value of the combo is an input of the compiled program: a sweep does not recompile.
     assert optim.traced_values(plan) == {"lr": 0.01, "transforms.0.weight_decay": 1e-4,
-                                         "transforms.1.max_norm": 1.0, "aux_losses.0.coefficient": 1e-3}
+                                         "transforms.1.max_norm": 1.0, "aux_losses.0.coefficient": 1e-3,
+                                         "model.weight_var": 1.0, "model.bias_var": 0.0}
 
 
 def test_dynamic_loss_scaling_skips_float16_overflow_and_trains(float16_record):
@@ -325,3 +326,33 @@ def test_higher_learning_rate_grows_attention_logits_in_the_shrunk_experiment(st
     # Already in 200 steps, every seed at lr 0.1 has larger attention logits and a more collapsed head.
     assert min(high["per_seed"]["max_attn_logit"]) > max(low["per_seed"]["max_attn_logit"])
     assert max(high["per_seed"]["min_attn_entropy"]) < min(low["per_seed"]["min_attn_entropy"])
+
+
+def test_report_plots_every_model_diagnostic_against_step_and_learning_rate(stability, module_tmp):
+    from bench import report
+
+    _, _, records = stability
+    text = report.write(module_tmp / "stability", module_tmp / "REPORT.md").read_text()
+    plot_dir = module_tmp / "stability" / "plots"
+    for name in transformer.DIAGNOSTICS:
+        for kind in ("steps", "lr"):
+            path = plot_dir / f"learning-rate-{name}-{kind}.png"
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"](stability/plots/{path.name})" in text
+    # One-line captions name the learning rate of the traces: the grid's, shared by both arms here.
+    assert text.count("per variant at lr=0.003 (the learning rate of the loss curves)") == len(transformer.DIAGNOSTICS)
+    jobs = report._plot_jobs("learning-rate", records, plot_dir)
+    low, high = records
+    _, traces, _, _ = jobs[str(plot_dir / "learning-rate-max_attn_logit-steps.png")]
+    assert traces == {"none": (low["trace"]["step"], low["trace"]["max_attn_logit"]),
+                      "optimizer(optimizer=adam,lr=0.1) (run at lr=0.1)":
+                          (high["trace"]["step"], high["trace"]["max_attn_logit"])}
+    # Against the learning rate as run: the optimizer mitigation's 0.1, not the grid's 0.003.
+    _, reduced, _, caption = jobs[str(plot_dir / "learning-rate-min_attn_entropy-lr.png")]
+    assert reduced == {"none": [(0.003, low["per_seed"]["min_attn_entropy"])],
+                       "optimizer(optimizer=adam,lr=0.1)": [(0.1, high["per_seed"]["min_attn_entropy"])]}
+    assert "min over the training steps" in caption
+    # A family without DIAGNOSTICS (records without diagnostics) gets only the three usual figures.
+    bare = [{**r, "diagnostics": {}} for r in records]
+    assert sorted(Path(p).name for p in report._plot_jobs("x", bare, plot_dir)) == \
+        ["x-failure.png", "x-gradients.png", "x-loss.png"]
