@@ -57,21 +57,22 @@ def log_norm(x):
 
 
 def kernel_rank(params):
-    """Symmetry: the median over weight matrices of effective rank / smaller dimension (jittable).
+    """Symmetry: the median over weight matrices of participation-ratio rank / smaller dimension (jittable).
 
-    Effective rank (Roy and Vetterli 2007): exp of the entropy of the normalised singular values. Matrices
-    are a parameter's leading axes against its last (the units), kept where both sides exceed 1. Units that
-    start equal (a constant initialisation) get equal gradients and stay equal: the rank stays 1 / n. NaN
-    when the model has no such matrix.
+    The participation ratio of a matrix's squared singular values, (sum s^2)^2 / sum s^4, computed from its
+    Gram matrix with matrix products only (no decomposition, so no LAPACK call inside a compiled program).
+    Matrices are a parameter's leading axes against its last (the units), kept where both sides exceed 1.
+    Units that start equal (a constant initialisation) get equal gradients and stay equal: rank 1, the
+    fraction 1 / n; a square Gaussian matrix gives about 1/2. NaN when the model has no such matrix.
     """
     fractions = []
     for w in jax.tree.leaves(params):
         if w.ndim < 2 or min(w.size // w.shape[-1], w.shape[-1]) < 2:
             continue
-        sv = jnp.linalg.svd(w.reshape(-1, w.shape[-1]).astype(jnp.float32), compute_uv=False)
-        p = sv / jnp.maximum(jnp.sum(sv), jnp.finfo(jnp.float32).tiny)
-        entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
-        fractions.append(jnp.exp(entropy) / sv.size)
+        m = w.reshape(-1, w.shape[-1]).astype(jnp.float32)
+        m = m / jnp.maximum(jnp.max(jnp.abs(m)), jnp.finfo(jnp.float32).tiny)  # no overflow in the fourth powers
+        gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+        fractions.append(jnp.trace(gram) ** 2 / jnp.sum(gram * gram) / min(m.shape))
     return jnp.median(jnp.stack(fractions)) if fractions else jnp.full((), jnp.nan)
 
 

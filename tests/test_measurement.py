@@ -158,11 +158,11 @@ def test_matched_scale_sigmoid_is_a_rescaled_tanh_network_plus_a_bias():
 
 
 def test_equal_initial_weights_stay_symmetric_through_training(measured):
-    # Equal units get equal gradients: every weight matrix stays rank 1 (effective rank / 8 = 1/8), while a
-    # random initialisation starts (and stays) well spread.
+    # Equal units get equal gradients: every weight matrix stays rank 1 (rank / 8 = 1/8), while a random
+    # initialisation starts (and stays) spread (about 1/2 for a square Gaussian matrix).
     constant, random = measured[1]["constant"]["per_seed"], measured[1]["linear"]["per_seed"]
     assert constant["kernel_rank_init"] == pytest.approx([1 / 8] * 4, rel=1e-3)
     assert constant["kernel_rank_final"] == pytest.approx([1 / 8] * 4, rel=1e-3)
     assert constant["final_train_loss"] != pytest.approx(constant["loss_0"], rel=1e-3)  # it did train
     finished = [v for v in random["kernel_rank_final"] if v is not None]  # diverged seeds have no final rank
-    assert min(random["kernel_rank_init"]) > 0.5 and finished and min(finished) > 0.5
+    assert min(random["kernel_rank_init"]) > 0.3 and finished and min(finished) > 0.3

@@ -1,6 +1,7 @@
 """Metric functions on hand-made traces (docs/METHODS.md)."""
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -128,3 +129,16 @@ def test_interval_covers_the_median_at_the_stated_rate():
         _, (low, high) = metrics.censored_median(list(sample))
         hits += low <= math.log(2) <= high
     assert hits / 400 >= 0.93
+
+
+def test_kernel_rank_is_the_participation_ratio_of_the_singular_values():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(24, 16)).astype(np.float32)
+    s2 = np.linalg.svd(w, compute_uv=False) ** 2
+    expected = s2.sum() ** 2 / (s2 ** 2).sum() / 16
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    params = {"a": jnp.asarray(w), "bias": jnp.ones(16), "readout": jnp.ones((16, 1))}  # the last two are skipped
+    assert float(metrics.kernel_rank(params)) == pytest.approx(expected, rel=1e-4)
+    assert float(metrics.kernel_rank({"q": jnp.asarray(q, jnp.float32)})) == pytest.approx(1.0, rel=1e-4)
+    assert float(metrics.kernel_rank({"equal": jnp.full((8, 8), 1e30)})) == pytest.approx(1 / 8, rel=1e-4)
+    assert np.isnan(float(metrics.kernel_rank({"bias": jnp.ones(4)})))
