@@ -89,8 +89,8 @@ def padded_count(n_runs: int) -> int:
 class Program:
     """The compiled init / chunk / evaluate functions of one static plan and run count."""
 
-    def __init__(self, plan: dict, n_runs: int, chunk_steps: int, snapshot_steps: tuple = ()):
-        self.plan, self.chunk_steps, self.snapshot_steps = plan, chunk_steps, snapshot_steps
+    def __init__(self, plan: dict, n_runs: int, chunk_steps: int):
+        self.plan, self.chunk_steps = plan, chunk_steps
         # Counting zero and non-finite gradient entries is two passes over every parameter per step: done
         # where precision is the question (a low-precision dtype, or loss scaling), else recorded as null.
         self.count_entries = bool(plan.get("loss_scaling")) or plan["model"].get("dtype", "float32") != "float32"
@@ -173,32 +173,26 @@ class Program:
             out[name] = jnp.where(active & ~jnp.isnan(value), folded, old[name])
         return out
 
-    def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, new_params):
+    def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, updates):
         """Takes snapshot k at its step: per-layer gradient norms, parameter and update norms.
 
-        Every measurement is a pass over activations or parameters, so it is taken only at the snapshot
-        steps: the step index is the same for every run (not batched), so under vmap this stays a branch,
-        not a select. A run that stopped earlier (converged with early stop, or diverged) holds the
-        parameters of its last applied update and is measured on them; `snap_step` says from which step
-        they are (for a diverged run, those whose loss exploded).
+        A run that stopped earlier (converged with early stop, or diverged) holds the parameters of its last
+        applied update and is measured on them; `snap_step` says from which step they are (for a diverged
+        run, those whose loss exploded). The measurements are computed every step and kept by a select: a
+        `lax.cond` on the (unbatched) step index would skip them between snapshots, but XLA's CPU runtime
+        was seen to hang on such a conditional inside the training loop of an LSTM.
         """
         fractions = jnp.asarray(metrics.SNAPSHOT_FRACTIONS, jnp.float32)
         steps_K = jnp.round(fractions * (hyper["budget"] - 1).astype(jnp.float32)).astype(jnp.int32)
-        # The update is read as the difference of the parameters, which the carry holds anyway: the optimiser's
-        # update itself is fused into the parameters' and never written out.
         leaf_norms = lambda tree: jnp.stack([jnp.linalg.norm(x) for x in jax.tree.leaves(tree)])  # noqa: E731
-        log_g, weights, update = jax.lax.cond(
-            jnp.isin(t, jnp.asarray(self.snapshot_steps, jnp.int32)),
-            lambda: (jnp.stack([metrics.log_norm(g) for g in g_shifts]), leaf_norms(params),
-                     leaf_norms(jax.tree.map(jnp.subtract, new_params, params))),
-            lambda: (c["snap_log_preact_grad"][0], c["snap_weight_norm"][0], c["snap_update_norm"][0]))
         at_K = t == steps_K
         stopped_at = jnp.where(c["diverged"], c["divergence_step"], c["converge_step"] + 1)
         return {
             "snap_step": jnp.where(at_K, jnp.where(active, t, stopped_at), c["snap_step"]),
-            "snap_log_preact_grad": jnp.where(at_K[:, None], log_g, c["snap_log_preact_grad"]),
-            "snap_weight_norm": jnp.where(at_K[:, None], weights, c["snap_weight_norm"]),
-            "snap_update_norm": jnp.where(at_K[:, None] & applied, update, c["snap_update_norm"]),
+            "snap_log_preact_grad": jnp.where(at_K[:, None], jnp.stack([metrics.log_norm(g) for g in g_shifts]),
+                                              c["snap_log_preact_grad"]),
+            "snap_weight_norm": jnp.where(at_K[:, None], leaf_norms(params), c["snap_weight_norm"]),
+            "snap_update_norm": jnp.where(at_K[:, None] & applied, leaf_norms(updates), c["snap_update_norm"]),
         }
 
     def _step(self, hyper, tx, data_key, data, c, t):
@@ -250,7 +244,7 @@ class Program:
             "diagnostics": self._reduce(c["diagnostics"], diag, active),
             "loss_scale": jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c["loss_scale"]),
             "skipped_steps": c["skipped_steps"] + (active & ~boom & skip),
-            **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], params),
+            **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], updates),
         }
         traced = {k: jnp.where(active, diag[k], jnp.nan) for k in self.model_diagnostics}
         return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)
@@ -302,18 +296,11 @@ class Program:
 _PROGRAMS: dict = {}
 
 
-def snapshot_steps(budgets) -> tuple:
-    """Every step at which some run of these budgets takes a snapshot (the engine's own rounding)."""
-    fractions = np.asarray(metrics.SNAPSHOT_FRACTIONS, np.float32)
-    return tuple(sorted({int(s) for b in set(budgets)
-                         for s in np.round(fractions * np.float32(b - 1)).astype(np.int32)}))
-
-
-def program(plan: dict, n_runs: int, chunk_steps: int, snapshots: tuple = ()) -> Program:
-    """The Program of a static plan, shared by every group with the same structure and snapshot steps."""
-    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps, snapshots)
+def program(plan: dict, n_runs: int, chunk_steps: int) -> Program:
+    """The Program of a static plan, shared by every group with the same structure."""
+    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = Program(plan, n_runs, chunk_steps, snapshots)
+        _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)
     return _PROGRAMS[key]
 
 
@@ -358,7 +345,7 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     # Padding: copies of the last run fill the run axis up to a multiple of the device count; they finish
     # when it does, and their results are dropped.
     padded = runs + [runs[-1]] * (padded_count(n_real) - n_real)
-    prog = program(plan, len(padded), chunk_steps, snapshot_steps(r.hyper["budget"] for r in padded))
+    prog = program(plan, len(padded), chunk_steps)
     hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k == "budget" else np.float32)
              for k in runs[0].hyper}
     stops = np.array([r.hyper["stop_at_convergence"] > 0 for r in padded])

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-MLP_CASE = """
+# Every case: one cell, the same optimiser chain (clip by global norm, then Adam with optax's defaults).
+_HEAD = """
 [suite]
 name = "peer"
 seeds = {seeds}
@@ -28,7 +29,18 @@ steps = {steps}
 chunk_steps = {chunk}
 trace_points = 2
 early_stop = false
+"""
+_CHAIN = """
+[optimizer]
+name = "adam"
+lr = 1e-3
 
+[[mitigation]]
+name = "clip_by_global_norm"
+max_norm = 1.0
+"""
+
+MLP_CASE = _HEAD + """
 [task]
 name = "teacher_student"
 input_dim = 16
@@ -46,25 +58,10 @@ width = {width}
 activation = "tanh"
 init = "lecun"
 
-[optimizer]
-name = "adam"
-lr = 1e-3
-
-[[mitigation]]
-name = "clip_by_global_norm"
-max_norm = 1.0
-"""
+""" + _CHAIN
 
 
-RNN_CASE = """
-[suite]
-name = "peer"
-seeds = {seeds}
-steps = {steps}
-chunk_steps = {chunk}
-trace_points = 2
-early_stop = false
-
+RNN_CASE = _HEAD + """
 [task]
 name = "adding"
 length = {length}
@@ -80,26 +77,11 @@ recurrent_init = "normal"
 recurrent_weight_var = 1.0
 init = "lecun"
 
-[optimizer]
-name = "adam"
-lr = 1e-3
-
-[[mitigation]]
-name = "clip_by_global_norm"
-max_norm = 1.0
-"""
+""" + _CHAIN
 
 # The small ResNet of bench/suites/resnet_example.toml (2 stages of 1 block, width 8, relu, He init) with the
 # family's default structure: BatchNorm after every conv and the skip connections on.
-RESNET_CASE = """
-[suite]
-name = "peer"
-seeds = {seeds}
-steps = {steps}
-chunk_steps = {chunk}
-trace_points = 2
-early_stop = false
-
+RESNET_CASE = _HEAD + """
 [task]
 name = "digits"
 batch_size = {batch}
@@ -115,14 +97,7 @@ residual = true
 activation = "relu"
 init = "he"
 
-[optimizer]
-name = "adam"
-lr = 1e-3
-
-[[mitigation]]
-name = "clip_by_global_norm"
-max_norm = 1.0
-"""
+""" + _CHAIN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,7 @@ def harness_chunk(p, seeds):
     hyper = {**optim.traced_values(p), "budget": 10**9, "factor": 10.0, "smoothing": 0.9,
              "stop_at_convergence": 0.0}
     runs = [engine.Run(0, s, hyper) for s in range(seeds)]
-    prog = engine.program(optim.static_plan(p), len(runs), STEPS, engine.snapshot_steps([10**9]))
+    prog = engine.program(optim.static_plan(p), len(runs), STEPS)
     hyper = {k: jnp.asarray([r.hyper[k] for r in runs]) for k in hyper}
     hyper["budget"] = hyper["budget"].astype(jnp.int32)
     seeds_arr = jnp.arange(seeds, dtype=jnp.int32)
