@@ -12,12 +12,14 @@ compiled programs given their shardings explicitly); a run count that the
 device count does not divide is padded with copies of the last run, whose
 results are dropped. Per-run results do not depend on the device count.
 
-Explosion is measured in the training step itself: the loss is also
-differentiated with respect to a zero shift added to every layer's
-pre-activation (every time step's hidden state for recurrent models), which
-backpropagation computes anyway, so the per-layer gradient norms come almost
-for free. They are kept, with per-parameter weight and update norms, at the
-steps of `metrics.SNAPSHOT_FRACTIONS` of each run's budget (docs/METHODS.md).
+Explosion is measured by a third program, called between chunks at the
+snapshot steps (`metrics.SNAPSHOT_FRACTIONS` of each run's budget; the chunk
+length is chosen so that they are chunk boundaries): on that step's batch it
+differentiates the loss with respect to the parameters and to a zero shift
+added to every layer's pre-activation (every time step's hidden state for
+recurrent models), and keeps the per-layer gradient norms, the per-parameter
+weight norms and the norm of the update the optimiser makes from that
+gradient (docs/METHODS.md). The training step itself carries none of it.
 
 Diagnostics: per run the carry reduces scalars over the steps it trains:
 the fractions of exactly-zero and of non-finite gradient entries (largest
@@ -120,8 +122,10 @@ class Program:
                                 in_shardings=(on_runs, once), out_shardings=on_runs)
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0,
                               in_shardings=(on_runs, on_runs, on_runs, once, once), out_shardings=on_runs)
+        self._measure = jax.jit(_over_runs(self._measure_one, (0, 0, 0, 0, 0, None, None), n_runs),
+                                donate_argnums=1, in_shardings=(on_runs,) * 5 + (once, once), out_shardings=on_runs)
         self.compiled = {}  # name -> compiled executable
-        self.compile_s = 0.0  # init + chunk + evaluate
+        self.compile_s = 0.0  # init + chunk + measure + evaluate
         self.flops_per_step = None
 
     # Pure per-run functions -------------------------------------------------
@@ -133,7 +137,6 @@ class Program:
         # loss_0: the training loss before the first update on the whole training-evaluation set (in training
         # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
         loss_0, (_, _, diag_0) = self._loss(params, rest, *data["train_eval"], True)
-        n_snap, n_params = len(metrics.SNAPSHOT_FRACTIONS), len(self.param_names)
         return {
             "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper, self.lr_groups).init(params),
             "loss_0": loss_0, "kernel_rank_0": metrics.kernel_rank(params), "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
@@ -142,11 +145,16 @@ class Program:
             "diagnostics": {**diag_0, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
                                                       zero if self.count_entries else jnp.full((), jnp.nan))},
             "loss_scale": optim.loss_scale_init(self.plan, hyper), "skipped_steps": jnp.zeros((), jnp.int32),
-            "snap_step": jnp.full((n_snap,), -1, jnp.int32),
-            "snap_log_preact_grad": jnp.full((n_snap, len(self.preact_shapes)), jnp.nan, jnp.float32),
-            "snap_weight_norm": jnp.full((n_snap, n_params), jnp.nan, jnp.float32),
-            "snap_update_norm": jnp.full((n_snap, n_params), jnp.nan, jnp.float32),
         }
+
+    def snapshots(self, n_runs: int) -> dict:
+        """The empty snapshot arrays (runs x snapshots [x layers | parameters]) that `measure` fills."""
+        n_snap = len(metrics.SNAPSHOT_FRACTIONS)
+        empty = {"snap_step": np.full((n_runs, n_snap), -1, np.int32),
+                 "snap_log_preact_grad": np.full((n_runs, n_snap, len(self.preact_shapes)), np.nan, np.float32),
+                 "snap_weight_norm": np.full((n_runs, n_snap, len(self.param_names)), np.nan, np.float32),
+                 "snap_update_norm": np.full((n_runs, n_snap, len(self.param_names)), np.nan, np.float32)}
+        return jax.device_put(empty, self.runs_sharding)
 
     def _loss(self, params, rest, x, y, train, shifts=None):
         """(task loss, (prediction, non-parameter state, model diagnostics)); shifts as in `forward`."""
@@ -173,36 +181,49 @@ class Program:
             out[name] = jnp.where(active & ~jnp.isnan(value), folded, old[name])
         return out
 
-    def _snapshot(self, c, t, hyper, active, applied, g_shifts, params, updates):
-        """Takes snapshot k at its step: per-layer gradient norms, parameter and update norms.
+    @staticmethod
+    def _stopped(c, hyper):
+        """Whether a run is done training early: it diverged, or converged when it stops there."""
+        return c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
 
-        A run that stopped earlier (converged with early stop, or diverged) holds the parameters of its last
-        applied update and is measured on them; `snap_step` says from which step they are (for a diverged
-        run, those whose loss exploded). The measurements are computed every step and kept by a select: a
-        `lax.cond` on the (unbatched) step index would skip them between snapshots, but XLA's CPU runtime
-        was seen to hang on such a conditional inside the training loop of an LSTM.
+    def _measure_one(self, c, snaps, hyper, seed, snap_at, data, t):
+        """Takes the snapshots due at step `t` (where `snap_at == t`) on the parameters the run holds.
+
+        On step t's batch: the norm of the loss's gradient with respect to every layer's pre-activation (a
+        zero shift added there), the norm of every parameter, and the norm of the update the optimiser makes
+        from the parameter gradient (null for a run that no longer updates). A run that stopped earlier
+        (converged with early stop, diverged, or ran its budget) holds the parameters of its last applied
+        update; `snap_step` says from which step they are (for a diverged run, those whose loss exploded).
         """
-        fractions = jnp.asarray(metrics.SNAPSHOT_FRACTIONS, jnp.float32)
-        steps_K = jnp.round(fractions * (hyper["budget"] - 1).astype(jnp.float32)).astype(jnp.int32)
+        _, data_key = seed_keys(seed)
+        x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
+        shifts = [jnp.zeros(s.shape, s.dtype) for s in self.preact_shapes]
+        scale = c["loss_scale"]["scale"]
+        (grads, g_shifts), _ = jax.grad(self._objective, argnums=(2, 6), has_aux=True)(
+            hyper, scale, c["params"], c["rest"], x, y, shifts)
+        if self.plan.get("loss_scaling"):
+            grads, g_shifts = jax.tree.map(lambda g: g / scale, (grads, g_shifts))
+        updates, _ = optim.build(self.plan, hyper, self.lr_groups).update(grads, c["opt_state"], c["params"])
         leaf_norms = lambda tree: jnp.stack([jnp.linalg.norm(x) for x in jax.tree.leaves(tree)])  # noqa: E731
-        at_K = t == steps_K
-        stopped_at = jnp.where(c["diverged"], c["divergence_step"], c["converge_step"] + 1)
+        stopped = self._stopped(c, hyper)
+        at = snap_at == t
+        held_from = jnp.where(c["diverged"], c["divergence_step"],
+                              jnp.where(stopped, c["converge_step"] + 1, jnp.minimum(t, hyper["budget"])))
         return {
-            "snap_step": jnp.where(at_K, jnp.where(active, t, stopped_at), c["snap_step"]),
-            "snap_log_preact_grad": jnp.where(at_K[:, None], jnp.stack([metrics.log_norm(g) for g in g_shifts]),
-                                              c["snap_log_preact_grad"]),
-            "snap_weight_norm": jnp.where(at_K[:, None], leaf_norms(params), c["snap_weight_norm"]),
-            "snap_update_norm": jnp.where(at_K[:, None] & applied, leaf_norms(updates), c["snap_update_norm"]),
+            "snap_step": jnp.where(at, held_from, snaps["snap_step"]),
+            "snap_log_preact_grad": jnp.where(at[:, None], jnp.stack([metrics.log_norm(g) for g in g_shifts]),
+                                              snaps["snap_log_preact_grad"]),
+            "snap_weight_norm": jnp.where(at[:, None], leaf_norms(c["params"]), snaps["snap_weight_norm"]),
+            "snap_update_norm": jnp.where(at[:, None] & ~stopped, leaf_norms(updates), snaps["snap_update_norm"]),
         }
 
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
-        shifts = [jnp.zeros(s.shape, s.dtype) for s in self.preact_shapes]
         scale = c["loss_scale"]["scale"]
-        (_, (loss, (_, rest, diag))), (grads, g_shifts) = jax.value_and_grad(
-            self._objective, argnums=(2, 6), has_aux=True)(hyper, scale, c["params"], c["rest"], x, y, shifts)
+        (_, (loss, (_, rest, diag))), grads = jax.value_and_grad(self._objective, argnums=2, has_aux=True)(
+            hyper, scale, c["params"], c["rest"], x, y, None)
         if self.plan.get("loss_scaling"):
-            grads, g_shifts = jax.tree.map(lambda g: g / scale, (grads, g_shifts))
+            grads = jax.tree.map(lambda g: g / scale, grads)
         grads_finite = jnp.ones((), bool)  # only dynamic loss scaling, which counts entries, needs it
         if self.count_entries:
             leaves = jax.tree.leaves(grads)
@@ -221,8 +242,7 @@ class Program:
 
         # A run is done once it diverged, ran its budget, or converged when it stops there: then
         # its results do not depend on which other runs share the program.
-        done = c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
-        active = ~done & (t < hyper["budget"])
+        active = ~self._stopped(c, hyper) & (t < hyper["budget"])
         # A step that dynamic loss scaling skips (non-finite gradients) is not divergence; its loss still counts.
         boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), self.task.trivial_loss,
                                          hyper["factor"], t, c["loss_0"])
@@ -244,7 +264,6 @@ class Program:
             "diagnostics": self._reduce(c["diagnostics"], diag, active),
             "loss_scale": jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c["loss_scale"]),
             "skipped_steps": c["skipped_steps"] + (active & ~boom & skip),
-            **self._snapshot(c, t, hyper, active, keep, g_shifts, c["params"], updates),
         }
         traced = {k: jnp.where(active, diag[k], jnp.nan) for k in self.model_diagnostics}
         return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)
@@ -288,6 +307,10 @@ class Program:
         """Runs one chunk of steps from step `start` (the carry is donated)."""
         return self._run("chunk", self._chunk, carry, hyper, seeds, data, jnp.int32(start))
 
+    def measure(self, carry, snaps, hyper, seeds, snap_at, data, t):
+        """Takes the snapshots due at step `t` (the snapshot arrays are donated)."""
+        return self._run("measure", self._measure, carry, snaps, hyper, seeds, snap_at, data, jnp.int32(t))
+
     def evaluate(self, carry, data):
         """Loss and metric of every run on the training-evaluation, validation and held-out sets."""
         return self._run("evaluate", self._evaluate, carry, data)
@@ -302,6 +325,22 @@ def program(plan: dict, n_runs: int, chunk_steps: int) -> Program:
     if key not in _PROGRAMS:
         _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)
     return _PROGRAMS[key]
+
+
+def snapshot_plan(budgets, chunk_steps: int) -> tuple[int, np.ndarray]:
+    """The chunk length and every run's snapshot steps (runs x snapshots).
+
+    Snapshot k of a run is due at step round(f_k x budget), f_k in `metrics.SNAPSHOT_FRACTIONS`. The
+    chunk length is the largest up to `chunk_steps` that divides every such step, so that each is a chunk
+    boundary; where that would take more than 5x as many chunks, the length is `chunk_steps` and a snapshot
+    is taken at the first boundary at or after its step (`snap_step` records where it was taken).
+    """
+    due = np.round(np.asarray(metrics.SNAPSHOT_FRACTIONS)[None] * np.asarray(budgets)[:, None]).astype(np.int64)
+    common = int(np.gcd.reduce(due[due > 0])) if (due > 0).any() else chunk_steps
+    length = max(d for d in range(1, chunk_steps + 1) if common % d == 0)
+    if 5 * length < chunk_steps:
+        length = chunk_steps
+    return length, (-(-due // length) * length).astype(np.int32)
 
 
 @dataclasses.dataclass
@@ -340,22 +379,27 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
       chunk_steps: steps per compiled chunk (the host stops early once every run is done).
       on_chunk: called after every chunk with (steps done, diverged, converged) per run.
     """
-    chunk_steps = min(chunk_steps, steps)
     n_real = len(runs)
     # Padding: copies of the last run fill the run axis up to a multiple of the device count; they finish
     # when it does, and their results are dropped.
     padded = runs + [runs[-1]] * (padded_count(n_real) - n_real)
+    chunk_steps, snap_at = snapshot_plan([r.hyper["budget"] for r in padded], min(chunk_steps, steps))
     prog = program(plan, len(padded), chunk_steps)
     hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k == "budget" else np.float32)
              for k in runs[0].hyper}
     stops = np.array([r.hyper["stop_at_convergence"] > 0 for r in padded])
     seeds = np.asarray([r.seed for r in padded], np.int32)
-    hyper, seeds = jax.device_put((hyper, seeds), prog.runs_sharding)
+    due = sorted(set(snap_at.flat))
+    hyper, seeds, snap_at = jax.device_put((hyper, seeds, snap_at), prog.runs_sharding)
     data = jax.device_put(prog.task.data, prog.replicated)
-    carry = prog.init(seeds, hyper, data)
+    carry, snaps = prog.init(seeds, hyper, data), prog.snapshots(len(padded))
     losses, norms, diag_traces, chunk_times = [], [], [], []
     done = 0
-    while done < steps:
+    while True:
+        if done in due:  # finished before the next chunk's clock starts
+            snaps = jax.block_until_ready(prog.measure(carry, snaps, hyper, seeds, snap_at, data, done))
+        if done >= steps:
+            break
         t0 = time.perf_counter()
         carry, (loss, norm, diag) = prog.chunk(carry, hyper, seeds, data, done)
         status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
@@ -368,11 +412,13 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
             on_chunk(min(done, steps), status["diverged"][:n_real], status["converge_step"][:n_real] >= 0)
         if np.all(status["diverged"] | ((status["converge_step"] >= 0) & stops)):
             break
+    for t in due:  # every run stopped early: the snapshots still due measure the parameters they hold
+        if t > done:
+            snaps = prog.measure(carry, snaps, hyper, seeds, snap_at, data, t)
     evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(carry, data)))
-    host = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(carry))
-    arrays = {k: np.asarray(v) for k, v in host.items()
-              if k in ("loss_0", "kernel_rank_0", "diverged", "divergence_step", "converge_step", "max_grad_norm", "skipped_steps")
-              or k.startswith("snap_")}
+    host, arrays = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get((carry, snaps)))
+    arrays.update({k: host[k] for k in ("loss_0", "kernel_rank_0", "diverged", "divergence_step", "converge_step",
+                                        "max_grad_norm", "skipped_steps")})
     arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
     arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on

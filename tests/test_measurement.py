@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import engine, probe, runner, suite
+from bench import engine, optim, probe, runner, suite
 from bench.build import make_model, make_task
 from tasks import TASKS
 
@@ -122,12 +122,40 @@ def test_explosion_is_measured_during_training_at_fixed_fractions(measured):
         # A run stops when it converges (after that step's update) or diverges (that step's update is not applied);
         # later snapshots measure the parameters it holds, first used at the step after convergence or at the
         # step whose loss crossed the threshold.
-        last = diverged_at if diverged_at is not None else 119 if converged is None else converged + 1
-        expected = [0] + [min(b, last) for b in (round(0.1 * 119), round(0.5 * 119), 119)]
+        last = diverged_at if diverged_at is not None else 120 if converged is None else converged + 1
+        expected = [0] + [min(b, last) for b in (12, 60, 120)]  # round(f x budget); 120: after the last update
         assert steps == expected
     assert len(e["params"]) == len(e["median_weight_norm"][0]) == 10  # 4 hidden layers + readout, kernel + bias
     kernels = [v for name, v in zip(e["params"], e["median_weight_norm"][0]) if "kernel" in name]
     assert len(kernels) == 5 and all(v > 0 for v in kernels)  # biases start at exactly zero (bias_var 0)
+
+
+def test_snapshots_fall_on_chunk_boundaries():
+    assert engine.snapshot_plan([200], 50) == (20, pytest.approx(np.array([[0, 20, 100, 200]])))
+    length, due = engine.snapshot_plan([100, 200], 50)  # budgets of one group may differ
+    assert length == 10 and due.tolist() == [[0, 10, 50, 100], [0, 20, 100, 200]]
+    # No length of at least a fifth of chunk_steps divides 14, 68 and 137: the next boundary is taken.
+    length, due = engine.snapshot_plan([137], 50)
+    assert length == 50 and due.tolist() == [[0, 50, 100, 150]]
+
+
+def test_snapshot_update_is_the_sgd_step_on_that_steps_batch(module_tmp):
+    # Plain SGD: the update the snapshot measures is -lr x the gradient of the training step at the same step,
+    # so the norms of its parts make lr x that step's gradient norm (measured by the training step itself).
+    path = module_tmp / "sgd.toml"
+    path.write_text(SUITE.replace("target = 0.05", "target = 1e-9").split("[[experiment]]")[0]
+                    + '[[experiment]]\nname = "linear"\nmodel = { family = "mlp", depth = 3, width = 8, '
+                      'activation = "tanh", init = "normal", weight_var = 1.0 }\n')
+    cell = suite.load(path, seeds=2).cells[0]
+    runs = runner._runs([cell])
+    result = engine.train_group(optim.static_plan(cell.plan), runs, steps=120, chunk_steps=40)
+    a = result.arrays
+    assert a["snap_step"].tolist() == [[0, 12, 60, 120]] * 2
+    for run in range(2):
+        for k, step in enumerate((0, 12, 60)):
+            update = np.sqrt(np.sum(a["snap_update_norm"][run, k] ** 2))
+            assert update == pytest.approx(0.05 * result.grad_norm_trace[run, step], rel=1e-4)
+    assert np.all(np.isfinite(a["snap_update_norm"][:, 3]))  # at the end: the update one more step would make
 
 
 def test_no_seed_is_dropped_when_gradients_underflow():
