@@ -36,11 +36,13 @@ def make_model(model_cfg: dict, task, key):
 @functools.lru_cache(maxsize=None)
 def _check(task_json: str, model_json: str) -> None:
     task = _task(task_json)
-    nnx.eval_shape(lambda: make_model(json.loads(model_json), task, jax.random.key(0)))
+    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
+    jax.eval_shape(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True), x)
 
 
 def check(task_cfg: dict, model_cfg: dict) -> None:
-    """Builds the task and (abstractly) the model; raises ValueError/OSError if they do not fit."""
+    """Builds the task and (abstractly) the model and its prediction on a batch; raises ValueError/OSError if they
+    do not fit."""
     _check(json.dumps(task_cfg, sort_keys=True), json.dumps(model_cfg, sort_keys=True))
 
 

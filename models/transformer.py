@@ -186,7 +186,8 @@ class Model(nnx.Module):
         self.dtype = common.compute_dtype(config.dtype)
         d, t = config.d_model, input_shape[0]
         embed_init = jinit.normal(math.sqrt(0.5))
-        if len(input_shape) == 1:
+        self.tokens = len(input_shape) == 1
+        if self.tokens:
             self.embed = nnx.Embed(output_dim, d, embedding_init=embed_init, dtype=self.dtype, rngs=rngs)
         else:
             self.embed = Dense(input_shape[1], d, "input", config, rngs)
@@ -197,10 +198,10 @@ class Model(nnx.Module):
 
     def _run(self, x, shifts):
         """(logits float32, residual streams per block, per-layer max logits, per-layer head entropies)."""
-        if jnp.issubdtype(x.dtype, jnp.integer):
-            h_BxTxD = self.embed(x)
-        else:
-            h_BxTxD = self.embed(x.astype(self.dtype))
+        if self.tokens != jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"the transformer family reads examples shaped (time,) as integer tokens and (time, "
+                             f"features) as floats; this task's are shaped {x.shape[1:]} of {x.dtype}")
+        h_BxTxD = self.embed(x if self.tokens else x.astype(self.dtype))
         h_BxTxD = (h_BxTxD + self.position[...].astype(self.dtype)).astype(self.dtype)
         streams, max_logits, entropies = [], [], []
         for i, block in enumerate(self.blocks):

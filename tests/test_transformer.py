@@ -306,6 +306,15 @@ def test_transformer_keys_are_validated(tmp_path, capsys):
     assert status == 2 and "heads" in err and not (out / "results.jsonl").exists()
 
 
+def test_a_float_task_is_refused_not_read_as_tokens(tmp_path, capsys):
+    # teacher_student's examples are shaped (input_dim,) like a token sequence, but they are floats.
+    text = BASE.replace('name = "markov_lm"\nvocab = 4\nlength = 4', 'name = "teacher_student"') + '\n[[experiment]]\nname = "e"\n'
+    status, err, out = _exit_status(tmp_path, text, capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert all(w in err for w in ("teacher_student", "transformer", "integer tokens", "float32")), err
+    assert not (out / "results.jsonl").exists()
+
+
 def test_stability_suites_load_with_every_claim_selecting_cells(stability):
     large = suite.load(SUITES / "transformer_stability_large.toml")
     for loaded in (stability[0], large):
