@@ -287,6 +287,10 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
             b, v = np.log(b), np.log(v)
     both = np.concatenate([b, v])
     bf, vf = _finite(b, both), _finite(v, both)
+    # An infinite value (a run whose gradient overflowed, a seed that never converged) enters the effect as the
+    # most extreme finite value of both arms: the effect and its interval are then bounds, not estimates.
+    up, down = np.isposinf(v).any() or np.isneginf(b).any(), np.isneginf(v).any() or np.isposinf(b).any()
+    bound = "≥" if up and not down else "≤" if down and not up else "~" if up else ""
     rng = np.random.default_rng(0)
     if paired:
         d = vf - bf
@@ -302,7 +306,7 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     transform = math.exp if log_scale else float
     return {**out, "p": p, "paired": paired, "log_scale": log_scale, "effect_raw": effect,
             "ci_raw": [float(low), float(high)], "effect": transform(effect),
-            "ci": [transform(low), transform(high)], "note": note}
+            "ci": [transform(low), transform(high)], "bound": bound, "note": note}
 
 
 def _linear_scale(result: dict, trivial_loss: float) -> float:

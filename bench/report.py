@@ -149,10 +149,13 @@ def _answer(q: dict | None) -> str:
         return "–"
     if q.get("p") is None:
         return f"{q['verdict']} ({q.get('note', '')})"
-    kind = "x" if q["log_scale"] else "+"
-    text = (f"{q['verdict']}: {kind}{q['effect']:.3g} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}], "
-            f"p={q['p_adjusted']:.2g}")
+    text = f"{q['verdict']}: {_effect(q, 'x' if q['log_scale'] else '+')}, p={q['p_adjusted']:.2g}"
     return text + (f"; {q['note']}" if q.get("note") else "")
+
+
+def _effect(q: dict, kind: str = "") -> str:
+    """Effect [95% CI]; marked "≥" / "≤" (or "~", both ways) where infinite values made it a bound."""
+    return f"{q.get('bound', '')}{kind}{q['effect']:.3g} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}]"
 
 
 def _lr(record: dict) -> float:
@@ -311,8 +314,7 @@ def render(results_dir, output) -> tuple[str, dict]:
             for x in claim["comparisons"]:
                 for name, q in x["questions"].items():
                     medians = ", ".join(_ratio(m) for m in q["median"])
-                    effect = "–" if q.get("effect") is None else \
-                        f"{q['effect']:.3g} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}]"
+                    effect = "–" if q.get("effect") is None else _effect(q)
                     p = "– | –" if q.get("p") is None else f"{q['p']:.2g} | {q['p_adjusted']:.2g}"
                     out.append(f"| {x.get('regime') or x['experiment']} | {_selector(x['baseline'])} | "
                                f"{_selector(x['variant'])} | {x['expect']} | {name} | {q['what']} | {medians} | "

@@ -128,6 +128,14 @@ def test_hodges_lehmann_and_degenerate_values():
     # a vanished (0) and an overflowed (inf) seed are kept: ranked at the ends, effect bounded
     out = claims.compare([0.0, 1.0, 1.0, 1.0], [math.inf, 10.0, 10.0, 10.0], log_scale=True)
     assert out["n"] == [4, 4] and out["dropped"] == 0 and math.isfinite(out["effect"]) and out["effect"] > 1
+    assert out["bound"] == "≥"  # both infinities (log 0 in the baseline, inf in the variant) push it up
+    # A variant whose seeds all overflowed: the effect is the baseline's largest over its values, whatever the variant.
+    base = [1.0, 2.0, 3.0, 4.0]
+    out = claims.compare(base, [math.inf] * 4, log_scale=True, paired=True)
+    expected = math.exp(claims.paired_hodges_lehmann(np.log(4.0) - np.log(base)))
+    assert out["effect"] == pytest.approx(expected) and out["bound"] == "≥"
+    assert claims.compare([math.inf, 1.0, 2.0], [1.0, 1.5, 2.5], log_scale=True)["bound"] == "≤"
+    assert claims.compare([1.0, 2.0], [3.0, 4.0], log_scale=True)["bound"] == ""
 
 
 def test_holm_correction():
