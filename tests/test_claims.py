@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import claims
+from bench import claims, stats
 
 LRS = (0.01, 0.1, 1.0)
 
@@ -120,27 +120,27 @@ def test_permutation_p_value_equals_a_brute_force_count():
         v[list(idx)] = True
         hits += abs(ranks[v].mean() - ranks[~v].mean()) >= observed - 1e-12
         total += 1
-    assert claims.permutation_p(base, var) == pytest.approx(hits / total)
+    assert stats.permutation_p(base, var) == pytest.approx(hits / total)
 
 
 def test_hodges_lehmann_and_degenerate_values():
-    assert claims.hodges_lehmann(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == pytest.approx(2.0)
+    assert stats.hodges_lehmann(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == pytest.approx(2.0)
     # a vanished (0) and an overflowed (inf) seed are kept: ranked at the ends, effect bounded
-    out = claims.compare([0.0, 1.0, 1.0, 1.0], [math.inf, 10.0, 10.0, 10.0], log_scale=True)
+    out = stats.compare([0.0, 1.0, 1.0, 1.0], [math.inf, 10.0, 10.0, 10.0], log_scale=True)
     assert out["n"] == [4, 4] and out["dropped"] == 0 and math.isfinite(out["effect"]) and out["effect"] > 1
     assert out["bound"] == "≥"  # both infinities (log 0 in the baseline, inf in the variant) push it up
     # A variant whose seeds all overflowed: the effect is the baseline's largest over its values, whatever the variant.
     base = [1.0, 2.0, 3.0, 4.0]
-    out = claims.compare(base, [math.inf] * 4, log_scale=True, paired=True)
-    expected = math.exp(claims.paired_hodges_lehmann(np.log(4.0) - np.log(base)))
+    out = stats.compare(base, [math.inf] * 4, log_scale=True, paired=True)
+    expected = math.exp(stats.paired_hodges_lehmann(np.log(4.0) - np.log(base)))
     assert out["effect"] == pytest.approx(expected) and out["bound"] == "≥"
-    assert claims.compare([math.inf, 1.0, 2.0], [1.0, 1.5, 2.5], log_scale=True)["bound"] == "≤"
-    assert claims.compare([1.0, 2.0], [3.0, 4.0], log_scale=True)["bound"] == ""
+    assert stats.compare([math.inf, 1.0, 2.0], [1.0, 1.5, 2.5], log_scale=True)["bound"] == "≤"
+    assert stats.compare([1.0, 2.0], [3.0, 4.0], log_scale=True)["bound"] == ""
 
 
 def test_holm_correction():
-    assert claims.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert claims.holm([0.5]) == [0.5]
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5]) == [0.5]
 
 
 def test_mixed_verdicts_say_the_regime_and_question():
@@ -175,18 +175,18 @@ def test_paired_sign_flip_p_equals_a_brute_force_count():
         flipped = d * np.array(signs)
         hits += abs(np.sum(np.sign(flipped) * __import__("scipy").stats.rankdata(np.abs(flipped)))) >= observed - 1e-9
         total += 1
-    assert claims.paired_permutation_p(base, var) == pytest.approx(hits / total)
+    assert stats.paired_permutation_p(base, var) == pytest.approx(hits / total)
 
 
 def test_identical_paired_arms_give_no_detectable_effect_with_a_tight_interval():
     # The same initialisation measured in two arms (clipping cannot change the gradient at init): paired
     # differences are all zero, so the interval is exactly no effect, however spread the seeds are.
     values = np.exp(np.random.default_rng(1).normal(0, 1, 12))
-    out = claims.compare(values, values.copy(), log_scale=True, paired=True)
+    out = stats.compare(values, values.copy(), log_scale=True, paired=True)
     assert out["p"] == 1.0 and out["effect"] == 1.0 and out["ci"] == [1.0, 1.0]
     out["p_adjusted"] = 1.0
     assert claims.judge(out, +1, math.log(1.25)) == claims.NO_EFFECT
-    unpaired = claims.compare(values, values.copy(), log_scale=True)
+    unpaired = stats.compare(values, values.copy(), log_scale=True)
     assert unpaired["ci"][0] < 0.8 and unpaired["ci"][1] > 1.25  # the same data unpaired cannot tell
 
 
