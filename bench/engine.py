@@ -147,14 +147,16 @@ class Program:
             "loss_scale": optim.loss_scale_init(self.plan, hyper), "skipped_steps": jnp.zeros((), jnp.int32),
         }
 
+    def _empty_snapshots(self, n_runs: int) -> dict:
+        n_snap = len(metrics.SNAPSHOT_FRACTIONS)
+        return {"snap_step": np.full((n_runs, n_snap), -1, np.int32),
+                "snap_log_preact_grad": np.full((n_runs, n_snap, len(self.preact_shapes)), np.nan, np.float32),
+                "snap_weight_norm": np.full((n_runs, n_snap, len(self.param_names)), np.nan, np.float32),
+                "snap_update_norm": np.full((n_runs, n_snap, len(self.param_names)), np.nan, np.float32)}
+
     def snapshots(self, n_runs: int) -> dict:
         """The empty snapshot arrays (runs x snapshots [x layers | parameters]) that `measure` fills."""
-        n_snap = len(metrics.SNAPSHOT_FRACTIONS)
-        empty = {"snap_step": np.full((n_runs, n_snap), -1, np.int32),
-                 "snap_log_preact_grad": np.full((n_runs, n_snap, len(self.preact_shapes)), np.nan, np.float32),
-                 "snap_weight_norm": np.full((n_runs, n_snap, len(self.param_names)), np.nan, np.float32),
-                 "snap_update_norm": np.full((n_runs, n_snap, len(self.param_names)), np.nan, np.float32)}
-        return jax.device_put(empty, self.runs_sharding)
+        return jax.device_put(self._empty_snapshots(n_runs), self.runs_sharding)
 
     def _loss(self, params, rest, x, y, train, shifts=None):
         """(task loss, (prediction, non-parameter state, model diagnostics)); shifts as in `forward`."""
@@ -285,19 +287,35 @@ class Program:
         return out
 
     # Host side ----------------------------------------------------------------
+    def _compile(self, name: str, jitted, *args) -> None:
+        """Compiles `jitted` for `args` (arrays or ShapeDtypeStructs) once (timed into compile_s and COMPILES)."""
+        if name in self.compiled:
+            return
+        COMPILES["programs"] += not self.compiled
+        t0 = time.perf_counter()
+        traced = jitted.trace(*args)
+        self.compiled[name] = traced.lower().compile()
+        seconds = time.perf_counter() - t0
+        self.compile_s += seconds
+        COMPILES["seconds"] += seconds
+        if name == "chunk":  # FLOPs counted from the jaxpr
+            self.flops_per_step = flops.count(traced.jaxpr) / self.chunk_steps or None
+
     def _run(self, name: str, jitted, *args):
-        """Calls `jitted`, compiled ahead of time on first use (timed into compile_s and COMPILES)."""
-        if name not in self.compiled:
-            COMPILES["programs"] += not self.compiled
-            t0 = time.perf_counter()
-            traced = jitted.trace(*args)
-            self.compiled[name] = traced.lower().compile()
-            seconds = time.perf_counter() - t0
-            self.compile_s += seconds
-            COMPILES["seconds"] += seconds
-            if name == "chunk":  # FLOPs counted from the jaxpr
-                self.flops_per_step = flops.count(traced.jaxpr) / self.chunk_steps or None
+        """Calls `jitted`, compiled ahead of time on first use."""
+        self._compile(name, jitted, *args)
         return self.compiled[name](*args)
+
+    def compile_all(self, seeds, hyper, snap_at, data) -> None:
+        """Compiles init, chunk, measure and evaluate for these inputs without running anything."""
+        carry = jax.eval_shape(self._init, seeds, hyper, data)
+        snaps = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding),
+                             self._empty_snapshots(len(seeds)))
+        step = jax.ShapeDtypeStruct((), jnp.int32)
+        self._compile("init", self._init, seeds, hyper, data)
+        self._compile("chunk", self._chunk, carry, hyper, seeds, data, step)
+        self._compile("measure", self._measure, carry, snaps, hyper, seeds, snap_at, data, step)
+        self._compile("evaluate", self._evaluate, carry, data)
 
     def init(self, seeds, hyper, data):
         """The initial carry of every run."""
@@ -366,8 +384,43 @@ class GroupResult:
     diagnostics: dict[str, tuple] = dataclasses.field(default_factory=dict)  # name -> (reduction, description)
 
 
+@dataclasses.dataclass
+class Prepared:
+    """A group's compiled program and its inputs on the devices, ready to train (made by `prepare`)."""
+
+    prog: Program
+    n_real: int  # runs before padding
+    chunk_steps: int
+    inputs: tuple  # (hyper, seeds, snap_at, data) on the devices
+    stops: np.ndarray  # per padded run: stops training at convergence
+    due: list[int]  # the steps at which some run takes a snapshot
+
+
+def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Prepared:
+    """Builds and compiles the program of one group and puts its inputs on the devices (no training).
+
+    Thread-safe: the runner prepares the next groups in a background thread while one trains, so that
+    compiling (one core on a CPU) overlaps training.
+    """
+    # Padding: copies of the last run fill the run axis up to a multiple of the device count; they finish
+    # when it does, and their results are dropped.
+    padded = runs + [runs[-1]] * (padded_count(len(runs)) - len(runs))
+    chunk_steps, snap_at = snapshot_plan([r.hyper["budget"] for r in padded], min(chunk_steps, steps))
+    prog = program(plan, len(padded), chunk_steps)
+    hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k == "budget" else np.float32)
+             for k in runs[0].hyper}
+    seeds = np.asarray([r.seed for r in padded], np.int32)
+    due = sorted(set(snap_at.flat))
+    inputs = (*jax.device_put((hyper, seeds, snap_at), prog.runs_sharding),
+              jax.device_put(prog.task.data, prog.replicated))
+    prog.compile_all(inputs[1], inputs[0], inputs[2], inputs[3])
+    return Prepared(prog, len(runs), chunk_steps, inputs,
+                    np.array([r.hyper["stop_at_convergence"] > 0 for r in padded]), due)
+
+
 def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
-                on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> GroupResult:
+                on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                prepared: Prepared | None = None) -> GroupResult:
     """Trains every run of one static plan together and returns their per-run results.
 
     Args:
@@ -378,21 +431,12 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
       steps: the largest budget among the runs.
       chunk_steps: steps per compiled chunk (the host stops early once every run is done).
       on_chunk: called after every chunk with (steps done, diverged, converged) per run.
+      prepared: `prepare`'s result for these arguments, if made ahead.
     """
-    n_real = len(runs)
-    # Padding: copies of the last run fill the run axis up to a multiple of the device count; they finish
-    # when it does, and their results are dropped.
-    padded = runs + [runs[-1]] * (padded_count(n_real) - n_real)
-    chunk_steps, snap_at = snapshot_plan([r.hyper["budget"] for r in padded], min(chunk_steps, steps))
-    prog = program(plan, len(padded), chunk_steps)
-    hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k == "budget" else np.float32)
-             for k in runs[0].hyper}
-    stops = np.array([r.hyper["stop_at_convergence"] > 0 for r in padded])
-    seeds = np.asarray([r.seed for r in padded], np.int32)
-    due = sorted(set(snap_at.flat))
-    hyper, seeds, snap_at = jax.device_put((hyper, seeds, snap_at), prog.runs_sharding)
-    data = jax.device_put(prog.task.data, prog.replicated)
-    carry, snaps = prog.init(seeds, hyper, data), prog.snapshots(len(padded))
+    p = prepared or prepare(plan, runs, steps=steps, chunk_steps=chunk_steps)
+    prog, n_real, chunk_steps, stops, due = p.prog, p.n_real, p.chunk_steps, p.stops, p.due
+    hyper, seeds, snap_at, data = p.inputs
+    carry, snaps = prog.init(seeds, hyper, data), prog.snapshots(len(stops))
     losses, norms, diag_traces, chunk_times = [], [], [], []
     done = 0
     while True:

@@ -1,6 +1,7 @@
 """Suite -> groups of cells that share a compiled program -> engine -> records in the store."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from typing import Callable
 
@@ -72,20 +73,30 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
 
     if progress:
         progress.begin([(label, steps, len(runs)) for _, runs, steps, label in groups])
-    for group, runs, steps, label in groups:
-        check_stop()
-        on_chunk = chunk_callback(progress.group(label, steps, runs) if progress else None)
-        result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
-                                    chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk)
-        task = make_task(group[0].plan["task"])
-        env = environment()
-        new = []
-        for index, cell in enumerate(group):
-            record = records.cell_record(cell, [i for i, r in enumerate(runs) if r.cell_index == index], result,
-                                         env, suite.settings["trace_points"], task)
-            new.append(record)
-        store.add(new)
-        if progress:
-            progress.group_done(new)
+    # One background thread compiles the groups' programs in order while the main thread trains: on a CPU,
+    # compiling takes one core and training about one more, so most compile time is hidden.
+    compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+    try:
+        ready = [compiler.submit(engine.prepare, optim.static_plan(group[0].plan), runs, steps=steps,
+                                 chunk_steps=suite.settings["chunk_steps"]) for group, runs, steps, _ in groups]
+        for (group, runs, steps, label), prepared in zip(groups, ready):
+            check_stop()
+            on_chunk = chunk_callback(progress.group(label, steps, runs) if progress else None)
+            new = _train(suite, store, group, runs, steps, on_chunk, prepared.result())
+            if progress:
+                progress.group_done(new)
+    finally:
+        compiler.shutdown(wait=False, cancel_futures=True)
     by_id = {r["cell_id"]: r for r in store.records}
     return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]
+
+
+def _train(suite: Suite, store: ResultsStore, group: list[Cell], runs, steps: int, on_chunk, prepared) -> list[dict]:
+    """Trains one group, adds its records to the store and returns them."""
+    result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
+                                chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk, prepared=prepared)
+    task, env = make_task(group[0].plan["task"]), environment()
+    new = [records.cell_record(cell, [i for i, r in enumerate(runs) if r.cell_index == index], result, env,
+                               suite.settings["trace_points"], task) for index, cell in enumerate(group)]
+    store.add(new)
+    return new
