@@ -116,8 +116,8 @@ class Program:
         self.runs_sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         on_runs, once = self.runs_sharding, self.replicated
-        self._init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs),
-                            in_shardings=(on_runs, on_runs, once), out_shardings=on_runs)
+        self._init = jax.jit(_over_runs(self._init_one, (0, 0, 0, None), n_runs),
+                            in_shardings=(on_runs, on_runs, on_runs, once), out_shardings=on_runs)
         self._evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs),
                                 in_shardings=(on_runs, once), out_shardings=on_runs)
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0,
@@ -129,9 +129,25 @@ class Program:
         self.flops_per_step = None
 
     # Pure per-run functions -------------------------------------------------
-    def _init_one(self, seed, hyper, data):
+    def _unit_state_one(self, seed):
+        """A seed's model parameters and other state, every traced initial scale at 1."""
         k_init, _ = seed_keys(seed)
-        _, params, rest = nnx.split(make_model(self.model_cfg, self.task, k_init), nnx.Param, ...)
+        return nnx.split(make_model(self.model_cfg, self.task, k_init), nnx.Param, ...)[1:]
+
+    def unit_state(self, seeds: np.ndarray):
+        """`_unit_state_one` of every run, made op by op under vmap over the distinct seeds, not compiled.
+
+        The random initialisers (a threefry hash per layer) are most of what an init program would take to
+        compile; run op by op, each operation compiles once per shape and every later group with layers of
+        that shape reuses it. Runs of one seed share its state.
+        """
+        unique, index = np.unique(seeds, return_inverse=True)
+        state = jax.vmap(self._unit_state_one)(jnp.asarray(unique, jnp.int32))
+        return jax.tree.map(lambda x: x[index], state)
+
+    def _init_one(self, seed, hyper, unit_state, data):
+        del seed  # the state was made from it
+        params, rest = unit_state
         params = build.scale_init(params, self.init_powers, {k: hyper[f"model.{k}"] for k in self.init_powers})
         zero = jnp.zeros((), jnp.float32)
         # loss_0: the training loss before the first update on the whole training-evaluation set (in training
@@ -306,20 +322,22 @@ class Program:
         self._compile(name, jitted, *args)
         return self.compiled[name](*args)
 
-    def compile_all(self, seeds, hyper, snap_at, data) -> None:
+    def compile_all(self, hyper, seeds, snap_at, unit_state, data) -> None:
         """Compiles init, chunk, measure and evaluate for these inputs without running anything."""
-        carry = jax.eval_shape(self._init, seeds, hyper, data)
+        carry = jax.eval_shape(self._init, seeds, hyper, unit_state, data)
         snaps = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding),
                              self._empty_snapshots(len(seeds)))
         step = jax.ShapeDtypeStruct((), jnp.int32)
-        self._compile("init", self._init, seeds, hyper, data)
+        self._compile("init", self._init, seeds, hyper, unit_state, data)
         self._compile("chunk", self._chunk, carry, hyper, seeds, data, step)
         self._compile("measure", self._measure, carry, snaps, hyper, seeds, snap_at, data, step)
         self._compile("evaluate", self._evaluate, carry, data)
 
-    def init(self, seeds, hyper, data):
-        """The initial carry of every run."""
-        return self._run("init", self._init, seeds, hyper, data)
+    def init(self, seeds, hyper, data, unit_state=None):
+        """The initial carry of every run (`unit_state`: `unit_state(seeds)` on the devices, if made already)."""
+        if unit_state is None:
+            unit_state = jax.device_put(self.unit_state(np.asarray(seeds)), self.runs_sharding)
+        return self._run("init", self._init, seeds, hyper, unit_state, data)
 
     def chunk(self, carry, hyper, seeds, data, start):
         """Runs one chunk of steps from step `start` (the carry is donated)."""
@@ -391,7 +409,7 @@ class Prepared:
     prog: Program
     n_real: int  # runs before padding
     chunk_steps: int
-    inputs: tuple  # (hyper, seeds, snap_at, data) on the devices
+    inputs: tuple  # (hyper, seeds, snap_at, unit_state, data) on the devices
     stops: np.ndarray  # per padded run: stops training at convergence
     due: list[int]  # the steps at which some run takes a snapshot
 
@@ -411,9 +429,9 @@ def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Pre
              for k in runs[0].hyper}
     seeds = np.asarray([r.seed for r in padded], np.int32)
     due = sorted(set(snap_at.flat))
-    inputs = (*jax.device_put((hyper, seeds, snap_at), prog.runs_sharding),
+    inputs = (*jax.device_put((hyper, seeds, snap_at, prog.unit_state(seeds)), prog.runs_sharding),
               jax.device_put(prog.task.data, prog.replicated))
-    prog.compile_all(inputs[1], inputs[0], inputs[2], inputs[3])
+    prog.compile_all(*inputs)
     return Prepared(prog, len(runs), chunk_steps, inputs,
                     np.array([r.hyper["stop_at_convergence"] > 0 for r in padded]), due)
 
@@ -435,8 +453,8 @@ def train_group(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
     """
     p = prepared or prepare(plan, runs, steps=steps, chunk_steps=chunk_steps)
     prog, n_real, chunk_steps, stops, due = p.prog, p.n_real, p.chunk_steps, p.stops, p.due
-    hyper, seeds, snap_at, data = p.inputs
-    carry, snaps = prog.init(seeds, hyper, data), prog.snapshots(len(stops))
+    hyper, seeds, snap_at, unit_state, data = p.inputs
+    carry, snaps = prog.init(seeds, hyper, data, unit_state), prog.snapshots(len(stops))
     losses, norms, diag_traces, chunk_times = [], [], [], []
     done = 0
     while True:

@@ -28,9 +28,10 @@ def permutation_p(baseline: np.ndarray, variant: np.ndarray) -> float:
     return float(min(1.0, result.pvalue))
 
 
-def hodges_lehmann(baseline: np.ndarray, variant: np.ndarray) -> float:
-    """The median of all pairwise differences variant - baseline."""
-    return float(np.median(np.subtract.outer(variant, baseline)))
+def hodges_lehmann(baseline: np.ndarray, variant: np.ndarray):
+    """The median of all pairwise differences variant - baseline (per row, for 2-D arrays of resamples)."""
+    diffs = variant[..., :, None] - baseline[..., None, :]
+    return np.median(diffs.reshape(*diffs.shape[:-2], -1), axis=-1)
 
 
 def _finite(values: np.ndarray, both: np.ndarray) -> np.ndarray:
@@ -70,10 +71,11 @@ def paired_permutation_p(baseline: np.ndarray, variant: np.ndarray) -> float:
     return float(min(1.0, result.pvalue))
 
 
-def paired_hodges_lehmann(differences: np.ndarray) -> float:
-    """The median of the Walsh averages (d_i + d_j) / 2, i <= j, of paired differences."""
-    i, j = np.triu_indices(len(differences))
-    return float(np.median((differences[i] + differences[j]) / 2))
+def paired_hodges_lehmann(differences: np.ndarray):
+    """The median of the Walsh averages (d_i + d_j) / 2, i <= j, of paired differences (per row, for 2-D
+    arrays of resamples)."""
+    i, j = np.triu_indices(differences.shape[-1])
+    return np.median((differences[..., i] + differences[..., j]) / 2, axis=-1)
 
 
 def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired: bool = False) -> dict:
@@ -109,11 +111,11 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     rng = np.random.default_rng(0)
     if paired:
         d = vf - bf
-        boots = [paired_hodges_lehmann(d[rng.integers(0, len(d), len(d))]) for _ in range(N_BOOTSTRAP)]
-        effect, p = paired_hodges_lehmann(d), paired_permutation_p(b, v)
+        boots = paired_hodges_lehmann(d[rng.integers(0, len(d), (N_BOOTSTRAP, len(d)))])
+        effect, p = float(paired_hodges_lehmann(d)), paired_permutation_p(b, v)
     else:
-        boots = [hodges_lehmann(rng.choice(bf, len(bf)), rng.choice(vf, len(vf))) for _ in range(N_BOOTSTRAP)]
-        effect, p = hodges_lehmann(bf, vf), permutation_p(b, v)
+        boots = hodges_lehmann(rng.choice(bf, (N_BOOTSTRAP, len(bf))), rng.choice(vf, (N_BOOTSTRAP, len(vf))))
+        effect, p = float(hodges_lehmann(bf, vf)), permutation_p(b, v)
     low, high = np.quantile(boots, [0.025, 0.975])
     note = None
     if censored[0] and censored[0] == censored[1]:

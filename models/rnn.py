@@ -11,6 +11,7 @@ output is cast to float32). For gradient probes the
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar
 
 import jax
@@ -82,6 +83,46 @@ class Config:
             raise ValueError(f"activation applies to the Elman cell (cell = 'tanh') only, not {self.cell!r}")
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def elman_scan(activation, xw_TxBxH, w_HxH, shift_TxBxH):
+    """h_t = activation(xw_t + h_{t-1} W) + shift_t from h_0 = 0: every step's h, shaped (T, B, H).
+
+    Differentiated by hand so that the backward pass loops over time with one matrix product per step (the
+    gradient flowing to h_{t-1}); the gradient of W, a sum over steps that autodiff would accumulate inside
+    that loop with a second product per step, is one (T*B x H)^T (T*B x H) product after it.
+    """
+    return _elman_forward(activation, xw_TxBxH, w_HxH, shift_TxBxH)[0]
+
+
+def _elman_forward(activation, xw_TxBxH, w_HxH, shift_TxBxH):
+    def step(h_BxH, inputs):
+        xw_BxH, shift_BxH = inputs
+        z_BxH = xw_BxH + h_BxH @ w_HxH
+        h_BxH = activation(z_BxH) + shift_BxH
+        return h_BxH, (h_BxH, z_BxH)
+
+    _, (h_TxBxH, z_TxBxH) = jax.lax.scan(step, jnp.zeros_like(xw_TxBxH[0]), (xw_TxBxH, shift_TxBxH))
+    return h_TxBxH, (h_TxBxH, z_TxBxH, w_HxH)
+
+
+def _elman_backward(activation, residuals, g_TxBxH):
+    h_TxBxH, z_TxBxH, w_HxH = residuals
+
+    def step(from_next_BxH, inputs):
+        g_BxH, z_BxH = inputs
+        dh_BxH = g_BxH + from_next_BxH  # d loss / d h_t: its own cotangent plus what h_{t+1} passes back
+        dz_BxH = jax.vjp(activation, z_BxH)[1](dh_BxH)[0]
+        return dz_BxH @ w_HxH.T, (dz_BxH, dh_BxH)
+
+    _, (dz_TxBxH, dh_TxBxH) = jax.lax.scan(step, jnp.zeros_like(g_TxBxH[0]), (g_TxBxH, z_TxBxH), reverse=True)
+    h_prev_TxBxH = jnp.concatenate([jnp.zeros_like(h_TxBxH[:1]), h_TxBxH[:-1]])
+    dw_HxH = jnp.einsum("tbi,tbj->ij", h_prev_TxBxH, dz_TxBxH)
+    return dz_TxBxH, dw_HxH, dh_TxBxH  # shift_t enters h_t additively: its gradient is d loss / d h_t
+
+
+elman_scan.defvjp(_elman_forward, _elman_backward)
+
+
 class ElmanCell(nnx.Module):
     """h_t = act(W_x x_t + W_h h_{t-1} + b) with a free activation and recurrent initialiser."""
 
@@ -97,15 +138,8 @@ class ElmanCell(nnx.Module):
         """Hidden states (T, B, H) of the whole sequence; shift_t (if not None) is added to h_t."""
         xw_TxBxH = self.input(x_TxBxF)  # the input projection of every step in one matmul
         w_hh_HxH = self.recurrent[...].astype(xw_TxBxH.dtype)
-
-        def step(h_BxH, inputs):
-            xw_BxH, shift_BxH = inputs
-            h_BxH = self.activation(xw_BxH + h_BxH @ w_hh_HxH)
-            h_BxH = h_BxH if shift_BxH is None else h_BxH + shift_BxH
-            return h_BxH, h_BxH
-
-        h0_BxH = jnp.zeros(xw_TxBxH.shape[1:], xw_TxBxH.dtype)
-        return jax.lax.scan(step, h0_BxH, (xw_TxBxH, shift_TxBxH))[1]
+        shift_TxBxH = jnp.zeros_like(xw_TxBxH) if shift_TxBxH is None else shift_TxBxH.astype(xw_TxBxH.dtype)
+        return elman_scan(self.activation, xw_TxBxH, w_hh_HxH, shift_TxBxH)
 
 
 class FlaxCell(nnx.Module):

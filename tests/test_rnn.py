@@ -1,4 +1,5 @@
 """The rnn family and the sequence tasks (adding, copy_memory): harness runs, gradient scaling, baselines, bad input."""
+import functools
 import math
 
 import jax
@@ -116,6 +117,36 @@ def test_linear_rnn_gradient_scales_as_radius_to_the_distance(radius):
     norms = np.array([float(jnp.linalg.norm(g)) for g in grads])
     expected = radius ** np.arange(steps - 1, -1, -1) * float(jnp.linalg.norm(v_BxH))
     np.testing.assert_allclose(norms, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu", "sigmoid"])
+def test_elman_scan_gradients_equal_autodiff_of_the_plain_loop(name):
+    """The hand-written backward pass (one product per step, W's gradient after the loop) against autodiff of
+    the same recurrence written as a plain scan, for every input, under vmap over runs as the engine uses it."""
+    act = rnn.common.activation(name)
+
+    def plain(xw, w, shift):
+        def step(h, inputs):
+            h = act(inputs[0] + h @ w) + inputs[1]
+            return h, h
+        return jax.lax.scan(step, jnp.zeros_like(xw[0]), (xw, shift))[1]
+
+    keys = jax.random.split(jax.random.key(3), 4)
+    runs, T, B, H = 3, 7, 5, 6
+    xw = jax.random.normal(keys[0], (runs, T, B, H))
+    w = 1.3 * jax.random.normal(keys[1], (runs, H, H)) / math.sqrt(H)
+    shift = 0.1 * jax.random.normal(keys[2], (runs, T, B, H))
+    probe = jax.random.normal(keys[3], (T, B, H))
+
+    def grads(scan):
+        loss = lambda xw, w, shift: jnp.sum(jnp.tanh(scan(xw, w, shift)) * probe)  # noqa: E731
+        return jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 2)))(xw, w, shift)
+
+    (mine, mine_g), (ref, ref_g) = grads(functools.partial(rnn.elman_scan, act)), grads(plain)
+    np.testing.assert_allclose(mine, ref, rtol=1e-6)
+    for a, b in zip(mine_g, ref_g):
+        assert float(jnp.max(jnp.abs(b))) > 0.1
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_adding_trivial_predictor_has_the_documented_loss():

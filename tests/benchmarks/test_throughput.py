@@ -11,6 +11,9 @@ Pairs to read side by side (same group, one process):
   (MLP depth 4, width 32): the vmapped program should be >= 1.5x faster.
 - batch generation: indices into a stored training set vs a fresh Gaussian
   batch per step, with the threefry and rbg PRNGs.
+- efficiency: an MLP of width 1024 and batch 512 (plain SGD, one seed): the
+  harness's FLOP/s (FLOPs counted from the jaxpr) over the FLOP/s of a
+  1024 x 1024 matrix product timed alternately in the same process.
 """
 import functools
 
@@ -157,6 +160,32 @@ def interleaved_ratios(rounds: int = 15) -> dict[str, float]:
     return ratios
 
 
+def efficiency(rounds: int = 10) -> float:
+    """Achieved FLOP/s of the harness (MLP depth 4, width 1024, batch 512, SGD, one seed) over the FLOP/s of a
+    1024 x 1024 float32 matrix product, the two timed alternately; prints and returns the median ratio."""
+    import time
+
+    import numpy as np
+
+    from bench import calibrate
+
+    p = plan(4, 1024, 512)
+    p["optimizer"] = {"name": "sgd", "lr": 1e-3, "warmup_steps": 0, **optim.optimizer_defaults("sgd")}
+    run = harness_chunk(p, 1)
+    flops_per_chunk = engine.program(optim.static_plan(p), 1, STEPS).flops_per_step * STEPS
+    ratios = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        run()
+        achieved = flops_per_chunk / (time.perf_counter() - t0)
+        calibrate.matmul_flops_per_s.cache_clear()
+        ratios.append(achieved / calibrate.matmul_flops_per_s(1024))
+    print(f"MLP w1024 b512, SGD: {np.median(ratios):.2f} of the matrix product's FLOP/s "
+          f"(rounds: {min(ratios):.2f} to {max(ratios):.2f}; {achieved / 1e9:.1f} GFLOP/s last)")
+    return float(np.median(ratios))
+
+
 if __name__ == "__main__":
     print(jax.devices())
     interleaved_ratios()
+    efficiency()
