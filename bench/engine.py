@@ -116,8 +116,8 @@ class Program:
         self.runs_sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         on_runs, once = self.runs_sharding, self.replicated
-        self._init = jax.jit(_over_runs(self._init_one, (0, 0, 0, None), n_runs),
-                            in_shardings=(on_runs, on_runs, on_runs, once), out_shardings=on_runs)
+        self._init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs),
+                            in_shardings=(on_runs, on_runs, once), out_shardings=on_runs)
         self._evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs),
                                 in_shardings=(on_runs, once), out_shardings=on_runs)
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0,
@@ -145,8 +145,7 @@ class Program:
         state = jax.vmap(self._unit_state_one)(jnp.asarray(unique, jnp.int32))
         return jax.tree.map(lambda x: x[index], state)
 
-    def _init_one(self, seed, hyper, unit_state, data):
-        del seed  # the state was made from it
+    def _init_one(self, hyper, unit_state, data):
         params, rest = unit_state
         params = build.scale_init(params, self.init_powers, {k: hyper[f"model.{k}"] for k in self.init_powers})
         zero = jnp.zeros((), jnp.float32)
@@ -324,11 +323,11 @@ class Program:
 
     def compile_all(self, hyper, seeds, snap_at, unit_state, data) -> None:
         """Compiles init, chunk, measure and evaluate for these inputs without running anything."""
-        carry = jax.eval_shape(self._init, seeds, hyper, unit_state, data)
+        carry = jax.eval_shape(self._init, hyper, unit_state, data)
         snaps = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding),
                              self._empty_snapshots(len(seeds)))
         step = jax.ShapeDtypeStruct((), jnp.int32)
-        self._compile("init", self._init, seeds, hyper, unit_state, data)
+        self._compile("init", self._init, hyper, unit_state, data)
         self._compile("chunk", self._chunk, carry, hyper, seeds, data, step)
         self._compile("measure", self._measure, carry, snaps, hyper, seeds, snap_at, data, step)
         self._compile("evaluate", self._evaluate, carry, data)
@@ -337,7 +336,7 @@ class Program:
         """The initial carry of every run (`unit_state`: `unit_state(seeds)` on the devices, if made already)."""
         if unit_state is None:
             unit_state = jax.device_put(self.unit_state(np.asarray(seeds)), self.runs_sharding)
-        return self._run("init", self._init, seeds, hyper, unit_state, data)
+        return self._run("init", self._init, hyper, unit_state, data)
 
     def chunk(self, carry, hyper, seeds, data, start):
         """Runs one chunk of steps from step `start` (the carry is donated)."""

@@ -18,7 +18,7 @@ def shard_cells(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
 
 
 def group_cells(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells with the same static plan train in one program, in file order."""
+    """Cells with the same static plan train in one program (groups in file order)."""
     groups: dict[str, list[Cell]] = {}
     for cell in cells:
         key = json.dumps(optim.static_plan(cell.plan), sort_keys=True)
@@ -59,6 +59,8 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
     todo = [c for c in cells if c.cell_id not in store.done()]
     groups = [(group, _runs(group), max(c.config["steps"] for c in group),
                f"{group[0].experiment}: " + "; ".join(c.label for c in group)) for group in group_cells(todo)]
+    # The longest budgets train first, so that the other groups compile while they do.
+    groups.sort(key=lambda g: -g[2])
 
     def check_stop():
         if stop is not None and stop():

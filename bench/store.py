@@ -184,6 +184,7 @@ class ResultsStore:
         self.dir = Path(out_dir)
         self.path = self.dir / RESULTS_FILE
         self.records: list[dict] = self._read()
+        self.order: dict[str, int] = {}  # cell_id -> position in the suite (set by `open`)
 
     def _read(self) -> list[dict]:
         try:
@@ -226,6 +227,7 @@ class ResultsStore:
         """Opens `out_dir` for a run of `suite` (its suite.json) whose cells are `cell_ids`; StoreError if refused."""
         store = cls.__new__(cls)
         store.dir, store.path = Path(out_dir), Path(out_dir) / RESULTS_FILE
+        store.order = {cell_id: i for i, cell_id in enumerate(cell_ids)}
         with store.locked():
             for name in (RESULTS_FILE, SUITE_FILE):  # temporary files of a writer that was killed (writers hold the lock)
                 for stale in store.dir.glob(f".{name}.*"):
@@ -246,10 +248,12 @@ class ResultsStore:
         return {r["cell_id"] for r in self.records}
 
     def add(self, records: list[dict]) -> None:
-        """Merges records into the file (replacing any with the same cell_id) under the lock, atomically."""
+        """Merges records into the file (replacing any with the same cell_id) under the lock, atomically; a
+        store opened for a run keeps them in the suite's cell order, whatever order the groups train in."""
         with self.locked():
             new = {r["cell_id"] for r in records}
             self.records = [r for r in self._read() if r["cell_id"] not in new] + records
+            self.records.sort(key=lambda r: self.order.get(r["cell_id"], len(self.order)))
             self._write()
 
     def _write(self) -> None:

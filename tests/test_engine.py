@@ -195,9 +195,26 @@ model = { family = "mlp", depth = 3, width = 8, activation = "tanh", init = "nor
 
 [[experiment]]
 name = "rnn"
+steps = 30
 task = { name = "adding", length = 6, n_heldout = 32, batch_size = 8 }
 model = { family = "rnn", cell = "tanh", hidden = 8, recurrent_init = "orthogonal", recurrent_scale = [0.5, 1.5] }
 """
+
+
+class _Order:
+    """A progress object that records the order in which groups train."""
+
+    def __init__(self):
+        self.trained = []
+
+    def begin(self, groups):
+        pass
+
+    def group(self, label, steps, runs):
+        self.trained.append(label.split(":")[0])
+
+    def group_done(self, records):
+        pass
 
 
 def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(module_tmp):
@@ -206,10 +223,14 @@ def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(
     path = tiny_suite(module_tmp, name="init_sweep.toml", seeds=2, steps=20, extra=INIT_SWEEP)
     s = suite.load(path)
     before = engine.TRACE_COUNT["chunk"]
-    records = runner.run_suite(s, module_tmp / "init_sweep")
+    order = _Order()
+    records = runner.run_suite(s, module_tmp / "init_sweep", progress=order)
     # 6 (weight_var, bias_var) cells x 2 lrs, and 2 recurrent scales x 2 lrs: one program per architecture.
     assert engine.TRACE_COUNT["chunk"] - before == 2
     assert len({r["cell_id"] for r in records}) == 16
+    # The longer budget (30 steps) trains first; the file keeps the suite's order all the same.
+    assert order.trained == ["rnn", "scales"]
+    assert [r["cell_id"] for r in ResultsStore(module_tmp / "init_sweep").records] == [c.cell_id for c in s.cells]
     # Traced scales give the initialisation a static config gives: the record's ratio at init is the probe's.
     checked = [r for r in records if r["config"]["model"].get("weight_var") in (0.5, 8.0)
                or r["config"]["model"].get("recurrent_scale") == 1.5]
