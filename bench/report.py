@@ -344,8 +344,11 @@ def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:
         suite_path = os.path.relpath(results_dir / where, output.parent)
     else:
         suite_path = where or suite["path"]  # older suite.json: the path as given on the command line
-    settings = suite["settings"]
-    flags = f" --seeds {settings['seeds']}" + (f" --steps {settings['steps']}" if settings.get("steps") else "")
+    settings, experiments = suite["settings"], suite.get("experiments") or []
+    # --seeds/--steps set every experiment's: given only where every experiment ran with the suite's value
+    # (as after such an override); a suite whose experiments set their own reruns as it is.
+    flags = "".join(f" --{key} {settings[key]}" for key in ("seeds", "steps") if settings.get(key)
+                    and all(e.get(key, settings[key]) == settings[key] for e in experiments))
     return f"python -m bench run {suite_path}{flags} --out {os.path.relpath(results_dir, output.parent)}"
 
 

@@ -77,6 +77,13 @@ def test_unknown_or_older_schema_versions_are_refused_by_merge_and_report(tiny_r
     assert "written by an older gradbench: rerun the suite" in capsys.readouterr().err
 
 
+def test_reproduce_line_leaves_out_seeds_and_steps_that_experiments_set_themselves(tmp_path):
+    suite = {"path": "s.toml", "settings": {"seeds": 16, "steps": 200},
+             "experiments": [{"name": "a", "seeds": 16, "steps": 2000}, {"name": "b", "seeds": 16, "steps": 200}]}
+    # --steps 200 would retrain "a" for 200 steps; --seeds 16 is what every experiment ran with.
+    assert report.reproduce_command(suite, tmp_path, tmp_path / "R.md") == "python -m bench run s.toml --seeds 16 --out ."
+
+
 @pytest.mark.parametrize("output", ["REPORT.md", "docs/deep/REPORT.md"])
 def test_reproduce_line_is_exact_with_paths_relative_to_the_report(tmp_path, output):
     results = tmp_path / "runs" / "x"
