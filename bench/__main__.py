@@ -95,7 +95,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from bench import cluster, compile_cache, console, engine, runner, store, suite as suite_lib
+    from bench import cluster, compile_cache, console, program, runner, store, suite as suite_lib
 
     cache = compile_cache.enable(not args.no_compile_cache)
     # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS; before anything touches a JAX backend.
@@ -112,7 +112,7 @@ def cmd_run(args) -> int:
     # Opened here first so that a refused directory is one line, before any progress display starts.
     store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
-    compiles_before = dict(engine.COMPILES)
+    compiles_before = dict(program.COMPILES)
     try:
         shown = contextlib.nullcontext() if args.quiet else console.GroupProgress(err)
         with _Interrupts(out) as interrupts, shown as progress:
@@ -126,8 +126,8 @@ def cmd_run(args) -> int:
         return 130
     out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
-    out_console.print(f"compiled {engine.COMPILES['programs'] - compiles_before['programs']} programs in "
-                      f"{engine.COMPILES['seconds'] - compiles_before['seconds']:.1f} s"
+    out_console.print(f"compiled {program.COMPILES['programs'] - compiles_before['programs']} programs in "
+                      f"{program.COMPILES['seconds'] - compiles_before['seconds']:.1f} s"
                       f"{'' if cache is None else f' (persistent cache: {cache})'}", markup=False)
     if processes > 1:
         out_console.print(f"process {process} of {processes} done; once every process is, write the report with "

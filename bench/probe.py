@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bench import engine, metrics
+from bench import metrics, program
 from bench.records import json_extended, json_number
 from bench.build import make_model, make_task
 
@@ -39,7 +39,7 @@ def _program(task_json: str, model_json: str):
     model_cfg = json.loads(model_json)
 
     def one_seed(seed):
-        k_init, k_data = engine.seed_keys(seed)
+        k_init, k_data = program.seed_keys(seed)
         model = make_model(model_cfg, task, k_init)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         x, y = task.sample(task.data, jax.random.fold_in(k_data, 0))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 from typing import Callable
 
@@ -17,23 +18,40 @@ def shard_cells(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
     return cells[index::count]
 
 
-def group_cells(cells: list[Cell]) -> list[list[Cell]]:
-    """Cells with the same static plan train in one program (groups in file order)."""
-    groups: dict[str, list[Cell]] = {}
+@dataclasses.dataclass
+class Group:
+    """Cells with the same static plan: they train together in one program."""
+
+    plan: dict
+    cells: list[Cell]
+
+    @property
+    def runs(self) -> list[engine.Run]:
+        """Every (cell, seed) run with its traced hyperparameters, cell by cell."""
+        runs = []
+        for index, cell in enumerate(self.cells):
+            hyper = {**optim.traced_values(cell.plan), "budget": cell.config["steps"],
+                     "factor": cell.config["divergence_factor"], "smoothing": cell.config["smoothing"],
+                     "stop_at_convergence": float(cell.config["early_stop"])}
+            runs += [engine.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
+        return runs
+
+    @property
+    def steps(self) -> int:
+        return max(c.config["steps"] for c in self.cells)
+
+    @property
+    def label(self) -> str:
+        return f"{self.cells[0].experiment}: " + "; ".join(c.label for c in self.cells)
+
+
+def group_cells(cells: list[Cell]) -> list[Group]:
+    """The cells' groups, in file order."""
+    groups: dict[str, Group] = {}
     for cell in cells:
-        key = json.dumps(optim.static_plan(cell.plan), sort_keys=True)
-        groups.setdefault(key, []).append(cell)
+        plan = optim.static_plan(cell.plan)
+        groups.setdefault(json.dumps(plan, sort_keys=True), Group(plan, [])).cells.append(cell)
     return list(groups.values())
-
-
-def _runs(group: list[Cell]) -> list[engine.Run]:
-    runs = []
-    for index, cell in enumerate(group):
-        hyper = {**optim.traced_values(cell.plan), "budget": cell.config["steps"],
-                 "factor": cell.config["divergence_factor"], "smoothing": cell.config["smoothing"],
-                 "stop_at_convergence": float(cell.config["early_stop"])}
-        runs += [engine.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
-    return runs
 
 
 def suite_record(suite: Suite, out_dir) -> dict:
@@ -57,10 +75,7 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
     store = ResultsStore.open(out_dir, suite_record(suite, out_dir), [c.cell_id for c in suite.cells], force)
     cells = shard_cells(suite.cells, shard)
     todo = [c for c in cells if c.cell_id not in store.done()]
-    groups = [(group, _runs(group), max(c.config["steps"] for c in group),
-               f"{group[0].experiment}: " + "; ".join(c.label for c in group)) for group in group_cells(todo)]
-    # The longest budgets train first, so that the other groups compile while they do.
-    groups.sort(key=lambda g: -g[2])
+    groups = group_cells(todo)
 
     def check_stop():
         if stop is not None and stop():
@@ -74,17 +89,17 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
         return on_chunk
 
     if progress:
-        progress.begin([(label, steps, len(runs)) for _, runs, steps, label in groups])
+        progress.begin([(g.label, g.steps, len(g.runs)) for g in groups])
     # One background thread compiles the groups' programs in order while the main thread trains: on a CPU,
     # compiling takes one core and training about one more, so most compile time is hidden.
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
     try:
-        ready = [compiler.submit(engine.prepare, optim.static_plan(group[0].plan), runs, steps=steps,
-                                 chunk_steps=suite.settings["chunk_steps"]) for group, runs, steps, _ in groups]
-        for (group, runs, steps, label), prepared in zip(groups, ready):
+        ready = [compiler.submit(engine.prepare, g.plan, g.runs, steps=g.steps,
+                                 chunk_steps=suite.settings["chunk_steps"]) for g in groups]
+        for group, prepared in zip(groups, ready):
             check_stop()
-            on_chunk = chunk_callback(progress.group(label, steps, runs) if progress else None)
-            new = _train(suite, store, group, runs, steps, on_chunk, prepared.result())
+            on_chunk = chunk_callback(progress.group(group.label, group.steps, group.runs) if progress else None)
+            new = _train(suite, store, group, prepared.result(), on_chunk)
             if progress:
                 progress.group_done(new)
     finally:
@@ -93,12 +108,11 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
     return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]
 
 
-def _train(suite: Suite, store: ResultsStore, group: list[Cell], runs, steps: int, on_chunk, prepared) -> list[dict]:
-    """Trains one group, adds its records to the store and returns them."""
-    result = engine.train_group(optim.static_plan(group[0].plan), runs, steps=steps,
-                                chunk_steps=suite.settings["chunk_steps"], on_chunk=on_chunk, prepared=prepared)
-    task, env = make_task(group[0].plan["task"]), environment()
-    new = [records.cell_record(cell, [i for i, r in enumerate(runs) if r.cell_index == index], result, env,
-                               suite.settings["trace_points"], task) for index, cell in enumerate(group)]
+def _train(suite: Suite, store: ResultsStore, group: Group, prepared: engine.Prepared, on_chunk) -> list[dict]:
+    """Trains one prepared group, adds its records to the store and returns them."""
+    result = engine.train_group(prepared, on_chunk)
+    task, env = make_task(group.cells[0].plan["task"]), environment()
+    new = [records.cell_record(cell, [i for i, r in enumerate(result.runs) if r.cell_index == index], result, env,
+                               suite.settings["trace_points"], task) for index, cell in enumerate(group.cells)]
     store.add(new)
     return new

@@ -24,7 +24,7 @@ CODE_DIRS = ("bench", "models", "tasks")
 CODE_PATHS = (*CODE_DIRS, "pyproject.toml")
 # The code that produces a record's numbers (reports, comparisons and the command line only read them).
 NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
-    "build", "engine", "flops", "metrics", "optim", "probe", "records", "runner", "schema", "suite")))
+    "build", "engine", "flops", "metrics", "optim", "probe", "program", "records", "runner", "schema", "suite")))
 
 
 def _code_hash(root: Path) -> str:

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from bench import engine, metrics, report, runner, suite
+from bench import metrics, program, report, runner, suite
 from bench.store import ResultsStore
 from tests.conftest import tiny_suite
 
@@ -32,9 +32,9 @@ expect = "better"
 def first_run(module_tmp):
     """Runs the tiny suite once: 2 lrs x (none + clip at 2 thresholds) x 4 seeds."""
     path = tiny_suite(module_tmp, extra=CLIP)
-    before = engine.TRACE_COUNT["chunk"]
+    before = program.TRACE_COUNT["chunk"]
     records = runner.run_suite(suite.load(path), module_tmp / "a")
-    return path, records, engine.TRACE_COUNT["chunk"] - before
+    return path, records, program.TRACE_COUNT["chunk"] - before
 
 
 def by_label(records):
@@ -109,10 +109,10 @@ def test_engine_criteria_agree_with_the_trace_functions(first_run):
 def test_all_learning_rates_and_thresholds_share_one_compilation(first_run, module_tmp):
     _, _, traced = first_run
     assert traced == 2  # one program for `none`, one for clipping (both thresholds, both lrs)
-    before = engine.TRACE_COUNT["chunk"]
+    before = program.TRACE_COUNT["chunk"]
     path = tiny_suite(module_tmp, name="other_lrs.toml", lr="[0.2, 3.0]", extra=CLIP)
     runner.run_suite(suite.load(path), module_tmp / "b")
-    assert engine.TRACE_COUNT["chunk"] == before  # new values, same shapes: no retrace
+    assert program.TRACE_COUNT["chunk"] == before  # new values, same shapes: no retrace
 
 
 def test_one_seed_alone_equals_the_same_seed_in_a_batch(first_run, module_tmp):
@@ -222,14 +222,14 @@ def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(
 
     path = tiny_suite(module_tmp, name="init_sweep.toml", seeds=2, steps=20, extra=INIT_SWEEP)
     s = suite.load(path)
-    before = engine.TRACE_COUNT["chunk"]
+    before = program.TRACE_COUNT["chunk"]
     order = _Order()
     records = runner.run_suite(s, module_tmp / "init_sweep", progress=order)
     # 6 (weight_var, bias_var) cells x 2 lrs, and 2 recurrent scales x 2 lrs: one program per architecture.
-    assert engine.TRACE_COUNT["chunk"] - before == 2
+    assert program.TRACE_COUNT["chunk"] - before == 2
     assert len({r["cell_id"] for r in records}) == 16
-    # The longer budget (30 steps) trains first; the file keeps the suite's order all the same.
-    assert order.trained == ["rnn", "scales"]
+    # Groups train in the suite's order, and the file keeps it.
+    assert order.trained == ["scales", "rnn"]
     assert [r["cell_id"] for r in ResultsStore(module_tmp / "init_sweep").records] == [c.cell_id for c in s.cells]
     # Traced scales give the initialisation a static config gives: the record's ratio at init is the probe's.
     checked = [r for r in records if r["config"]["model"].get("weight_var") in (0.5, 8.0)

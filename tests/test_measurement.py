@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import engine, optim, probe, runner, suite
+from bench import engine, optim, probe, program, runner, suite
 from bench.build import make_model, make_task
 from tasks import TASKS
 
@@ -98,7 +98,7 @@ def test_e2e_ratio_of_a_linear_network_is_the_product_of_its_weights(measured):
     cell = next(c for c in s.cells if c.experiment == "linear")
     task = make_task(cell.plan["task"])
     for seed in range(2):
-        k_init, k_data = engine.seed_keys(seed)
+        k_init, k_data = program.seed_keys(seed)
         model = make_model(cell.plan["model"], task, k_init)
         x, y = task.sample(task.data, jax.random.fold_in(k_data, 0))  # the batch of step 0
         pred = model(x)
@@ -147,8 +147,8 @@ def test_snapshot_update_is_the_sgd_step_on_that_steps_batch(module_tmp):
                     + '[[experiment]]\nname = "linear"\nmodel = { family = "mlp", depth = 3, width = 8, '
                       'activation = "tanh", init = "normal", weight_var = 1.0 }\n')
     cell = suite.load(path, seeds=2).cells[0]
-    runs = runner._runs([cell])
-    result = engine.train_group(optim.static_plan(cell.plan), runs, steps=120, chunk_steps=40)
+    group = runner.Group(optim.static_plan(cell.plan), [cell])
+    result = engine.train_group(engine.prepare(group.plan, group.runs, steps=120, chunk_steps=40))
     a = result.arrays
     assert a["snap_step"].tolist() == [[0, 12, 60, 120]] * 2
     for run in range(2):

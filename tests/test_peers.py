@@ -93,7 +93,6 @@ def test_torch_model_has_the_suites_trainable_parameter_count(tmp_path, name):
 def test_torch_rnn_computes_the_suites_function(tmp_path):
     torch = pytest.importorskip("torch")
     import jax
-    from flax import nnx
 
     from bench import peers_torch
     from bench.build import make_model, make_task

@@ -36,11 +36,11 @@ def test_linear_network_gradients_equal_the_hand_computation():
     cfg = mlp(depth=3, width=8, activation="linear", weight_var=1.0)
     task = dict(TASK, batch_size=4)
     result = probe.probe(task, cfg, seeds=1)
-    from bench import engine
+    from bench import program
     from bench.build import make_model, make_task
 
     t = make_task(task)
-    k_init, k_data = engine.seed_keys(0)
+    k_init, k_data = program.seed_keys(0)
     model = make_model(cfg, t, k_init)
     x, y = t.sample(t.data, jax.random.fold_in(k_data, 0))
     pred = model(x)

@@ -23,7 +23,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bench import engine, optim
+from bench import engine, optim, program
 from bench.build import make_model, make_task
 
 pytestmark = pytest.mark.benchmark
@@ -47,7 +47,7 @@ def harness_chunk(p, seeds):
     hyper = {**optim.traced_values(p), "budget": 10**9, "factor": 10.0, "smoothing": 0.9,
              "stop_at_convergence": 0.0}
     runs = [engine.Run(0, s, hyper) for s in range(seeds)]
-    prog = engine.program(optim.static_plan(p), len(runs), STEPS)
+    prog = program.program(optim.static_plan(p), len(runs), STEPS)
     hyper = {k: jnp.asarray([r.hyper[k] for r in runs]) for k in hyper}
     hyper["budget"] = hyper["budget"].astype(jnp.int32)
     seeds_arr = jnp.arange(seeds, dtype=jnp.int32)
@@ -65,7 +65,7 @@ def harness_chunk(p, seeds):
 def bare_chunk(p, batch_fn=None):
     """The same training step as a bare jitted lax.scan, with no bookkeeping."""
     task = make_task(p["task"])
-    k_init, k_data = engine.seed_keys(0)
+    k_init, k_data = program.seed_keys(0)
     graphdef, params = nnx.split(make_model(p["model"], task, k_init), nnx.Param)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
     sample = batch_fn or task.sample
@@ -172,7 +172,7 @@ def efficiency(rounds: int = 10) -> float:
     p = plan(4, 1024, 512)
     p["optimizer"] = {"name": "sgd", "lr": 1e-3, "warmup_steps": 0, **optim.optimizer_defaults("sgd")}
     run = harness_chunk(p, 1)
-    flops_per_chunk = engine.program(optim.static_plan(p), 1, STEPS).flops_per_step * STEPS
+    flops_per_chunk = program.program(optim.static_plan(p), 1, STEPS).flops_per_step * STEPS
     ratios = []
     for _ in range(rounds):
         t0 = time.perf_counter()
