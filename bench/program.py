@@ -71,7 +71,7 @@ def _over_runs(fn, in_axes, n_runs: int):
 
 def run_mesh(n_runs: int) -> Mesh:
     """A one-axis mesh ("runs") over every local device, or over one device when their count does not
-    divide `n_runs` (train_group pads the runs so that it does)."""
+    divide `n_runs` (`bench.engine.prepare` pads the runs so that it does)."""
     devices = jax.local_devices()
     if n_runs % len(devices):
         devices = devices[:1]
@@ -297,7 +297,7 @@ class Program:
         out["kernel_rank"] = metrics.kernel_rank(carry["params"])
         return out
 
-    # Host side ----------------------------------------------------------------
+    # Compiling and calling the programs -----------------------------------------
     def _compile(self, name: str, jitted, *args) -> None:
         """Compiles `jitted` for `args` (arrays or ShapeDtypeStructs) once (timed into compile_s and COMPILES)."""
         if name in self.compiled:

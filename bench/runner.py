@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 from typing import Callable
 
@@ -25,7 +26,7 @@ class Group:
     plan: dict
     cells: list[Cell]
 
-    @property
+    @functools.cached_property
     def runs(self) -> list[engine.Run]:
         """Every (cell, seed) run with its traced hyperparameters, cell by cell."""
         runs = []

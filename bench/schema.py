@@ -1,17 +1,21 @@
 """The type-and-range primitive of suite validation: one `Key` per key, stated once.
 
-bench/suite.py holds the tables of keys (suite settings, claims) and checks
-every suite with them; bench/optim.py declares its optimiser keys and each
-mitigation's parameters with the same `Key`; model and task keys come from
-their Config dataclasses (type hints, CHOICES, __post_init__). Adding a key
-is one line: `"name": Key(float, 1.0, gt=0)`.
+Below it, the checks of a value, a choice and a table against their Keys,
+raising `SuiteError` (file, key, what is allowed). bench/suite.py holds the
+tables of keys of [suite] and [[experiment]], bench/claim_schema.py those of
+[[claim]]; bench/optim.py declares its optimiser keys and each mitigation's
+parameters with the same `Key`; model and task keys come from their Config
+dataclasses (type hints, CHOICES, __post_init__). Adding a key is one line:
+`"name": Key(float, 1.0, gt=0)`.
 
 Every float must be finite (NaN and Inf are results, never inputs); a bool is
 never a number; an int is accepted where a float is wanted.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import math
 from typing import Any
 
@@ -149,3 +153,55 @@ def log_grid(table: dict) -> list[float]:
     if n + 1 > MAX_GRID:
         raise Invalid(f"the grid has {n + 1} values; at most {MAX_GRID}")
     return [float(f"{v:.12g}") for v in 10.0 ** np.linspace(math.log10(lo), math.log10(hi), n + 1)]
+
+
+class SuiteError(Exception):
+    """Bad input: names the file, the key and what is allowed."""
+
+    def __init__(self, path, key: str, message: str):
+        super().__init__(f"{path}: {key}: {message}")
+
+
+def suggest(value, allowed) -> str:
+    """The hint ' (did you mean ...?)' naming the allowed value closest to `value`, or ''."""
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_choice(path, key, value, allowed):
+    """SuiteError unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise SuiteError(path, key, f"{value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+                         f"{suggest(value, allowed)}")
+
+
+def check_value(path, key: str, value, spec: Key):
+    """One value against its Key; SuiteError naming the file and key otherwise."""
+    try:
+        return spec.check(value)
+    except Invalid as e:
+        if spec.choices is not None and isinstance(value, str):
+            check_choice(path, key, value, spec.choices)
+        raise SuiteError(path, key, str(e)) from None
+
+
+def check_keys(path, prefix, table, allowed):
+    """SuiteError for the first key of `table` not in `allowed`."""
+    for key in table:
+        if key not in allowed:
+            raise SuiteError(path, f"{prefix}.{key}", f"unknown key; allowed: {', '.join(allowed)}"
+                             f"{suggest(key, allowed)}")
+
+
+def check_table(path, prefix: str, table: dict, schema: dict[str, Key], what: str = "") -> dict:
+    """A table checked against a schema: no unknown keys, required keys present, defaults filled in."""
+    check_keys(path, prefix, table, schema)
+    out = {}
+    for key, spec in schema.items():
+        if key in table:
+            out[key] = check_value(path, f"{prefix}.{key}", table[key], spec)
+        elif spec.default is REQUIRED:
+            raise SuiteError(path, f"{prefix}.{key}", f"missing{what}; expected {spec.allowed()}")
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out

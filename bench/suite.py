@@ -2,10 +2,10 @@
 
 Validation happens here, before any compute; everything downstream trusts the
 cells. Every key is stated once with its type, range and default (a
-`bench.schema.Key`): the tables below for [suite], [[experiment]] and
-[[claim]], `bench.optim` for optimiser keys and mitigation parameters, and the
-model and task Config dataclasses (type hints, CHOICES, __post_init__) for
-[model] and [task]. Every float must be finite.
+`bench.schema.Key`): the tables below for [suite] and [[experiment]],
+bench/claim_schema.py for [[claim]], `bench.optim` for optimiser keys and
+mitigation parameters, and the model and task Config dataclasses (type hints,
+CHOICES, __post_init__) for [model] and [task]. Every float must be finite.
 
 A suite holds one experiment (top-level [task], [model], [optimizer],
 [[mitigation]]) or several ([[experiment]] tables, whose sections override the
@@ -18,19 +18,12 @@ log10(max / min)) and the values 10 ** linspace(log10(min), log10(max), n + 1),
 both ends included, each rounded to 12 significant digits. The command line's
 --seeds and --steps override the suite's and every experiment's own.
 
-A `[[claim]]` has an `id`, `title`, `text`, `judged_on` (questions of
-bench.claims.QUESTIONS, default all) and `comparison`s: `experiment`,
-`regime`, `baseline` and `variant` (selectors matched against the cells'
-mitigation, each selecting at least one cell), `expect` (bench.claims.EXPECT),
-`metric` (default critical_lr), `lr` (one of the experiment's learning rates)
-and `at` (a fraction of the budget in bench.metrics.SNAPSHOT_FRACTIONS,
-default 0.5).
+`[[claim]]` tables are validated by bench/claim_schema.py once the cells exist.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -40,7 +33,7 @@ import typing
 from pathlib import Path
 
 from bench import build, optim
-from bench.schema import REQUIRED, Invalid, Key
+from bench.schema import REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value
 from models import FAMILIES, common
 from tasks import TASKS
 
@@ -86,39 +79,6 @@ EXPERIMENT = {
 }
 
 
-def _claim_schema() -> tuple[dict, dict]:
-    """[[claim]] keys and comparison keys (their allowed names come from bench.claims and bench.metrics)."""
-    from bench.claims import EXPECT, METRICS, QUESTIONS
-    from bench.metrics import SNAPSHOT_FRACTIONS
-
-    claim = {
-        "id": Key((str, int)),
-        "title": Key(str, ""),
-        "text": Key(str, ""),
-        "judged_on": Key(list, list(QUESTIONS), of=str, choices=tuple(QUESTIONS)),
-        "comparison": Key(list, of=dict, nonempty=True),
-    }
-    comparison = {
-        "experiment": Key(str),
-        "variant_experiment": Key(str, None),  # the variant arm's experiment, when not `experiment`
-        "regime": Key(str, None),
-        "baseline": Key(dict),
-        "variant": Key(dict),
-        "expect": Key(str, choices=tuple(EXPECT)),
-        "metric": Key(str, "critical_lr", choices=tuple(METRICS)),
-        "lr": Key(float, None, gt=0),
-        "at": Key(float, 0.5, choices=tuple(SNAPSHOT_FRACTIONS)),
-    }
-    return claim, comparison
-
-
-class SuiteError(Exception):
-    """Bad input: names the file, the key and what is allowed."""
-
-    def __init__(self, path, key: str, message: str):
-        super().__init__(f"{path}: {key}: {message}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One configuration to train: `config` is canonical (defaults filled), `plan` is effective."""
@@ -143,56 +103,14 @@ class Suite:
     claims: list[dict]
 
 
-def _suggest(value, allowed) -> str:
-    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _choose(path, key, value, allowed):
-    if value not in allowed:
-        raise SuiteError(path, key, f"{value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
-                         f"{_suggest(value, allowed)}")
-
-
-def _check(path, key: str, value, spec: Key):
-    """One value against its Key; SuiteError naming the file and key otherwise."""
-    try:
-        return spec.check(value)
-    except Invalid as e:
-        if spec.choices is not None and isinstance(value, str):
-            _choose(path, key, value, spec.choices)
-        raise SuiteError(path, key, str(e)) from None
-
-
-def _check_keys(path, prefix, table, allowed):
-    for key in table:
-        if key not in allowed:
-            raise SuiteError(path, f"{prefix}.{key}", f"unknown key; allowed: {', '.join(allowed)}"
-                             f"{_suggest(key, allowed)}")
-
-
-def _table(path, prefix: str, table: dict, schema: dict[str, Key], what: str = "") -> dict:
-    """A table checked against a schema: no unknown keys, required keys present, defaults filled in."""
-    _check_keys(path, prefix, table, schema)
-    out = {}
-    for key, spec in schema.items():
-        if key in table:
-            out[key] = _check(path, f"{prefix}.{key}", table[key], spec)
-        elif spec.default is REQUIRED:
-            raise SuiteError(path, f"{prefix}.{key}", f"missing{what}; expected {spec.allowed()}")
-        else:
-            out[key] = copy.deepcopy(spec.default)
-    return out
-
-
 def _axis(path, key, value, spec: Key):
     """A key's values as a list (a grid axis when the suite gave a list or a log-spaced grid table)."""
     if isinstance(value, list):
         if not value:
             raise SuiteError(path, key, "an empty list gives no cells")
         spec = dataclasses.replace(spec, log_grid=False)  # a grid table inside a list is not a value
-        return [_check(path, key, v, spec) for v in value]
-    values = _check(path, key, value, spec)
+        return [check_value(path, key, v, spec) for v in value]
+    values = check_value(path, key, value, spec)
     return values if isinstance(values, list) else [values]
 
 
@@ -208,7 +126,7 @@ def _field_keys(config_cls) -> dict[str, Key]:
 def _dataclass_axes(path, prefix, table, config_cls):
     """Validates a table against a Config dataclass; returns key -> list of values."""
     keys = _field_keys(config_cls)
-    _check_keys(path, prefix, table, keys)
+    check_keys(path, prefix, table, keys)
     return {key: _axis(path, f"{prefix}.{key}", table.get(key, spec.default), spec) for key, spec in keys.items()}
 
 
@@ -237,7 +155,7 @@ def _named(path, section, table, key, registry):
     if not isinstance(table[key], str):
         raise SuiteError(path, f"{section}.{key}", f"must be one name, one of {', '.join(registry)} "
                          "(grid over experiments instead)")
-    _choose(path, f"{section}.{key}", table[key], list(registry))
+    check_choice(path, f"{section}.{key}", table[key], list(registry))
     return table[key]
 
 
@@ -253,7 +171,7 @@ def _size(axes: dict) -> int:
 def _optimizer_axes(path, table):
     name = _named(path, "optimizer", table, "name", optim.OPTIMIZERS)
     keys = optim.optimizer_keys(name)
-    _check_keys(path, "optimizer", {k: v for k, v in table.items() if k != "name"}, keys)
+    check_keys(path, "optimizer", {k: v for k, v in table.items() if k != "name"}, keys)
     return name, {k: _axis(path, f"optimizer.{k}", table.get(k, spec.default), spec) for k, spec in keys.items()}
 
 
@@ -261,7 +179,7 @@ def _mitigation_axes(path, key, table, model_table):
     name = _named(path, key, table, "name", optim.MITIGATIONS)
     spec = optim.MITIGATIONS[name]
     params = {k: v for k, v in table.items() if k != "name"}
-    _check_keys(path, key, params, spec.params)
+    check_keys(path, key, params, spec.params)
     axes = {}
     for param, param_spec in spec.params.items():
         if param not in table and param_spec.default is REQUIRED:
@@ -363,7 +281,7 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
                                  model_cls)
     opt_name, opt_axes = _optimizer_axes(path, exp["optimizer"])
     seeds = exp["seeds"]
-    steps = _check(path, f"{exp['where']}.steps", exp["steps"] or task_mod.DEFAULT_STEPS, SETTINGS["steps"])
+    steps = check_value(path, f"{exp['where']}.steps", exp["steps"] or task_mod.DEFAULT_STEPS, SETTINGS["steps"])
     varying = [f"{s}.{k}" for s, axes in (("task", task_axes), ("model", model_axes), ("optimizer", opt_axes))
                for k, v in axes.items() if len(v) > 1]
     mitigations = [(f"mitigation[{i}]", *_mitigation_axes(path, f"mitigation[{i}]", m, exp["model"]))
@@ -426,11 +344,11 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
     `seeds` and `steps` (the command line's --seeds and --steps) override the suite's and every experiment's.
     """
     path = Path(path)
-    raw = _table(path, "top level", read_toml(path), TOP_LEVEL)
-    settings = _table(path, "suite", raw["suite"], SETTINGS)
+    raw = check_table(path, "top level", read_toml(path), TOP_LEVEL)
+    settings = check_table(path, "suite", raw["suite"], SETTINGS)
     for flag, value in (("seeds", seeds), ("steps", steps)):
         if value is not None:
-            settings[flag] = _check(path, f"--{flag}", value, SETTINGS[flag])
+            settings[flag] = check_value(path, f"--{flag}", value, SETTINGS[flag])
     base = {k: raw[k] for k in ("task", "model", "optimizer", "mitigation") if raw[k] is not None}
     if "model" in base:
         _weight_var_used(path, "model", base["model"], base["model"],
@@ -439,7 +357,7 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
     cells, resolved, names = [], [], {}
     for i, table in enumerate(experiments):
         where = f"experiment[{i}]" if raw["experiment"] else "suite"
-        exp = _table(path, where, table, EXPERIMENT)
+        exp = check_table(path, where, table, EXPERIMENT)
         exp["name"] = exp["name"] if exp["name"] is not None else f"experiment{i}"
         if exp["name"] in names:
             raise SuiteError(path, f"{where}.name", f"{exp['name']!r} is already the name of {names[exp['name']]}; "
@@ -470,56 +388,11 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
                              f"{seen[c.cell_id].label!r} of {seen[c.cell_id].experiment!r}; compare within one "
                              "experiment instead")
         seen[c.cell_id] = c
-    claims = _claims(path, raw["claim"], cells)
+    from bench.claim_schema import validate_claims  # bench.claims imports scipy: only once a suite has loaded
+
+    claims = validate_claims(path, raw["claim"], cells)
     return Suite(str(path), settings["name"], settings, resolved, cells, claims)
 
 
 class _NoInit:
     """Stands in for an unknown family's Config (the family itself is refused later, by name)."""
-
-
-def _claims(path, tables, cells) -> list[dict]:
-    """Validates `[[claim]]` tables: every comparison names an experiment and selects cells in it."""
-    from bench.claims import matches
-
-    claim_keys, comparison_keys = _claim_schema()
-    experiments = list(dict.fromkeys(c.experiment for c in cells))
-    claims, ids = [], {}
-    for i, table in enumerate(tables):
-        key = f"claim[{i}]"
-        claim = _table(path, key, table, claim_keys)
-        claim["id"] = str(claim["id"])
-        if claim["id"] in ids:
-            raise SuiteError(path, f"{key}.id", f"{claim['id']!r} is already the id of {ids[claim['id']]}")
-        ids[claim["id"]] = key
-        comparisons = []
-        for j, comp_table in enumerate(claim["comparison"]):
-            ckey = f"{key}.comparison[{j}]"
-            comp = _table(path, ckey, comp_table, comparison_keys)
-            _choose(path, f"{ckey}.experiment", comp["experiment"], experiments)
-            in_exp = [c for c in cells if c.experiment == comp["experiment"]]
-            sides = {"baseline": comp["experiment"], "variant": comp["variant_experiment"] or comp["experiment"]}
-            for side, experiment in sides.items():
-                _choose(path, f"{ckey}.variant_experiment", experiment, experiments)
-                in_exp = [c for c in cells if c.experiment == experiment]
-                if not any(matches(c.config, comp[side]) for c in in_exp):
-                    raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects no cell of experiment "
-                                     f"{experiment!r} (it is matched against the cells' mitigation)")
-                # One configuration per dataset over the grid (data_seed: the datasets are replicates).
-                lrs = [(c.config["task"].get("data_seed"), c.config["optimizer"]["lr"]) for c in in_exp
-                       if matches(c.config, comp[side])]
-                if len(lrs) != len(set(lrs)):
-                    raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
-                                     "rate; an arm is one configuration over the learning-rate grid (name every "
-                                     "mitigation parameter that varies)")
-            if comp["lr"] is not None:
-                grid = sorted({c.config["optimizer"]["lr"] for c in in_exp}
-                              | {c.plan["optimizer"]["lr"] for c in in_exp})
-                same = [lr for lr in grid if math.isclose(lr, comp["lr"], rel_tol=1e-9)]
-                if not same:
-                    raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not a learning rate of experiment "
-                                     f"{comp['experiment']!r}; its grid: {', '.join(f'{x:g}' for x in grid)}")
-                comp["lr"] = same[0]
-            comparisons.append(comp)
-        claims.append({**claim, "comparison": comparisons})
-    return claims

@@ -16,14 +16,16 @@ Pairs to read side by side (same group, one process):
   1024 x 1024 matrix product timed alternately in the same process.
 """
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from flax import nnx
 
-from bench import engine, optim, program
+from bench import calibrate, engine, optim, program
 from bench.build import make_model, make_task
 
 pytestmark = pytest.mark.benchmark
@@ -133,10 +135,6 @@ def test_batch_generation(benchmark, batches):
 
 def interleaved_ratios(rounds: int = 15) -> dict[str, float]:
     """Each pair timed alternately in one process (robust on a shared machine): median time ratios."""
-    import time
-
-    import numpy as np
-
     p_big, p_small = plan(8, 256, 128, CLIP), plan(4, 32, 64)
     one = harness_chunk(p_small, 1)
     pairs = {
@@ -163,12 +161,6 @@ def interleaved_ratios(rounds: int = 15) -> dict[str, float]:
 def efficiency(rounds: int = 10) -> float:
     """Achieved FLOP/s of the harness (MLP depth 4, width 1024, batch 512, SGD, one seed) over the FLOP/s of a
     1024 x 1024 float32 matrix product, the two timed alternately; prints and returns the median ratio."""
-    import time
-
-    import numpy as np
-
-    from bench import calibrate
-
     p = plan(4, 1024, 512)
     p["optimizer"] = {"name": "sgd", "lr": 1e-3, "warmup_steps": 0, **optim.optimizer_defaults("sgd")}
     run = harness_chunk(p, 1)
