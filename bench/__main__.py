@@ -103,12 +103,13 @@ def cmd_run(args) -> int:
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
     suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
     index, count = _shard(args.shard)
-    if index >= len(suite.cells):
-        raise UsageError(f"--shard {args.shard}: the suite has {len(suite.cells)} cells, so shard {index} of {count} "
-                         f"has none; use at most {len(suite.cells)} shards")
+    groups = runner.group_count(suite.cells)  # shards deal whole compiled groups
+    if index >= groups:
+        raise UsageError(f"--shard {args.shard}: the suite's {len(suite.cells)} cells make {groups} compiled groups, "
+                         f"so shard {index} of {count} has none; use at most {groups} shards")
     out = Path(args.out) if args.out else _default_out(suite)
-    index, count = cluster.compose((index, count), (process, processes))
-    cells = runner.shard_cells(suite.cells, (index, count))
+    shard = cluster.compose((index, count), (process, processes))
+    cells = runner.shard_cells(suite.cells, shard)
     # Opened here first so that a refused directory is one line, before any progress display starts.
     store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
@@ -116,7 +117,7 @@ def cmd_run(args) -> int:
     try:
         shown = contextlib.nullcontext() if args.quiet else console.GroupProgress(err)
         with _Interrupts(out) as interrupts, shown as progress:
-            records = runner.run_suite(suite, out, (index, count), progress=progress,
+            records = runner.run_suite(suite, out, shard, progress=progress,
                                        stop=lambda: interrupts.requested)
     except KeyboardInterrupt:
         kept = store.ResultsStore(out).done() & {c.cell_id for c in cells} if (out / store.RESULTS_FILE).exists() \
@@ -413,7 +414,8 @@ def parser() -> argparse.ArgumentParser:
                      "every experiment's own steps")
     run.add_argument("--force", action="store_true", help="use --out even if it holds another suite's records or "
                      "records from other --seeds/--steps (they are discarded)")
-    run.add_argument("--shard", default="0/1", help="run shard i of n of the cells (e.g. 0/4)")
+    run.add_argument("--shard", default="0/1", help="run shard i of n (e.g. 0/4): whole compiled groups of cells, "
+                     "dealt by cost (runs x steps), never one split")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--no-report", action="store_true", help="do not write DIR/REPORT.md at the end")
     run.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache "

@@ -1,6 +1,6 @@
 """Multi-host runs: `jax.distributed.initialize()` under a cluster launcher, each process a shard of the cells.
 
-Every process trains its own shard of the cells on its local devices (the run axis sharded over them) and
+Every process trains its own part of the cells (whole compiled groups) on its local devices (the run axis sharded over them) and
 merges its records into the shared results directory under its lock, like `--shard i/n` jobs.
 """
 from __future__ import annotations
@@ -35,10 +35,10 @@ def initialize(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
-def compose(shard: tuple[int, int], process: tuple[int, int]) -> tuple[int, int]:
-    """Shard i of n split further over P processes: process p runs shard i + n * p of n * P.
+def compose(shard: tuple[int, int], process: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shard i of n split further over P processes: process p runs part p of P of shard i of n.
 
-    With round-robin shards (cells[i::n]) the P processes together run exactly the cells of shard i of n.
+    Returns the levels that `bench.runner.shard_cells` takes: it deals shard i's compiled groups (whole, by
+    cost) over the P processes, so the P processes together run exactly the cells of shard i of n.
     """
-    (index, count), (p, processes) = shard, process
-    return index + count * p, count * processes
+    return tuple(shard), tuple(process)

@@ -8,7 +8,9 @@ boundaries).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 from typing import Callable
 
@@ -17,6 +19,59 @@ import numpy as np
 
 from bench import metrics
 from bench.program import Program, padded_count, program
+
+
+MIN_TIMED = 3  # timed chunks per group at least (extra chunks, results discarded, make up the count)
+
+
+class Quiet:
+    """Whether anything else compiles while a group trains: throughput is timed only on chunks with nothing
+    compiling beside them (on a CPU a compile takes a core that training would otherwise use).
+
+    The compiling thread wraps each compile in `compiling()`; the training thread asks `mark()` before a
+    chunk and `clean(mark)` after it, and `hold()` keeps new compiles from starting (waiting for the one in
+    flight) while it times extra chunks.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._compiling = self._held = self._epoch = 0
+
+    @contextlib.contextmanager
+    def compiling(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._held)
+            self._compiling += 1
+            self._epoch += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._compiling -= 1
+                self._epoch += 1
+                self._cond.notify_all()
+
+    def mark(self) -> int | None:
+        """None while something compiles, else a token that `clean` checks."""
+        with self._cond:
+            return None if self._compiling else self._epoch
+
+    def clean(self, mark: int | None) -> bool:
+        """Whether nothing compiled at any time since `mark`."""
+        with self._cond:
+            return mark is not None and mark == self._epoch and not self._compiling
+
+    @contextlib.contextmanager
+    def hold(self):
+        with self._cond:
+            self._held += 1
+            self._cond.wait_for(lambda: not self._compiling)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify_all()
 
 
 def snapshot_plan(budgets, chunk_steps: int) -> tuple[int, np.ndarray]:
@@ -101,28 +156,32 @@ def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Pre
 
 
 def train_group(prepared: Prepared,
-                on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> GroupResult:
+                on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+                quiet: Quiet | None = None) -> GroupResult:
     """Trains every run of a prepared group together and returns their per-run results.
 
     on_chunk: called after every chunk with (steps done, diverged, converged) per run; the host stops
     early once every run is done.
+    quiet: tells which chunks ran with nothing compiling beside them (None: every chunk did); only those
+    are timed, and extra chunks timed under `quiet.hold()` make up MIN_TIMED.
     """
     prog, runs, steps, chunk_steps, stops, due = (prepared.prog, prepared.runs, prepared.steps,
                                                   prepared.chunk_steps, prepared.stops, prepared.due)
     n_real = len(runs)
     hyper, seeds, snap_at, unit_state, data = prepared.inputs
     carry, snaps = prog.init(seeds, hyper, data, unit_state), prog.snapshots(len(stops))
-    losses, norms, diag_traces, chunk_times = [], [], [], []
+    losses, norms, diag_traces, chunk_times = [], [], [], []  # chunk_times: None where something compiled
+    quiet = quiet or Quiet()
     done = 0
     while True:
         if done in due:  # finished before the next chunk's clock starts
             snaps = jax.block_until_ready(prog.measure(carry, snaps, hyper, seeds, snap_at, data, done))
         if done >= steps:
             break
-        t0 = time.perf_counter()
+        mark, t0 = quiet.mark(), time.perf_counter()
         carry, (loss, norm, diag) = prog.chunk(carry, hyper, seeds, data, done)
         status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
-        chunk_times.append(time.perf_counter() - t0)
+        chunk_times.append(time.perf_counter() - t0 if quiet.clean(mark) else None)
         losses.append(np.asarray(loss)[:n_real])
         norms.append(np.asarray(norm)[:n_real])
         diag_traces.append({k: np.asarray(v)[:n_real] for k, v in diag.items()})
@@ -141,13 +200,17 @@ def train_group(prepared: Prepared,
     arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
     arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
-    # the calls after it, with one extra (discarded) chunk when the runs were all done after the first.
-    if len(chunk_times) == 1:
-        t0 = time.perf_counter()
-        jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, done))
-        chunk_times.append(time.perf_counter() - t0)
+    # the calls after it that ran with nothing compiling beside them, with extra (discarded) chunks, timed
+    # while no compile runs, when fewer than MIN_TIMED such calls were made.
+    timed = [t for t in chunk_times[1:] if t is not None]
+    if len(timed) < MIN_TIMED:
+        with quiet.hold():
+            for _ in range(MIN_TIMED - len(timed)):
+                t0 = time.perf_counter()
+                carry, _ = jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, done))
+                timed.append(time.perf_counter() - t0)
     # Per timed chunk steps/s: the median is the throughput, the quartiles its spread (a shared machine's noise).
-    rates = chunk_steps / np.asarray(chunk_times[1:])
+    rates = chunk_steps / np.asarray(timed)
     steps_per_s = float(np.median(rates))
     q25, q75 = (float(q) for q in np.percentile(rates, [25, 75]))
     batch = prog.plan["task"].get("batch_size", 1)
@@ -167,9 +230,11 @@ def train_group(prepared: Prepared,
                            for k in prog.model_diagnostics},
         diagnostics=prog.model_diagnostics,
         throughput={
-            "steps_per_s": steps_per_s,  # median over the timed chunks
+            "steps_per_s": steps_per_s,  # program steps/s: median over the timed chunks
             "steps_per_s_iqr": [q25, q75],
             "timed_chunks": len(rates),
+            "chunk_steps_per_s": [float(r) for r in rates],  # each timed chunk's program steps/s
+            "run_steps_per_s": steps_per_s * len(runs),  # steps of real runs (seeds x cells) per second
             "examples_per_s": steps_per_s * batch * len(runs),
             "runs_per_program": len(runs),
             "devices": prog.mesh.size,  # the run axis (padded to a multiple of it) is sharded over these

@@ -7,16 +7,38 @@ import functools
 import json
 from typing import Callable
 
-from bench import engine, optim, records
+from bench import calibrate, engine, optim, records
 from bench.build import make_task
 from bench.store import ResultsStore, environment, suite_from
 from bench.suite import Cell, Suite
 
 
-def shard_cells(cells: list[Cell], shard: tuple[int, int]) -> list[Cell]:
-    """Cells of shard i of n (round-robin, so shards get similar work)."""
-    index, count = shard
-    return cells[index::count]
+def _levels(shard) -> list[tuple[int, int]]:
+    """(i, n), or a sequence of such levels: shard i of n, then part p of P of it, ..."""
+    return [tuple(shard)] if isinstance(shard[0], int) else [tuple(level) for level in shard]
+
+
+def shard_cells(cells: list[Cell], shard) -> list[Cell]:
+    """Cells of shard i of n: whole compiled groups, dealt greedily by cost (runs x steps, largest first, each
+    to the shard with the least so far), never a group split; in file order.
+
+    shard: (i, n), or levels ((i, n), (p, P), ...): part p of P of shard i of n (`bench.cluster.compose`).
+    """
+    groups = group_cells(cells)
+    for index, count in _levels(shard):
+        load, dealt = [0] * count, [[] for _ in range(count)]
+        for group in sorted(groups, key=lambda g: -len(g.runs) * g.steps):  # stable: ties in file order
+            k = load.index(min(load))
+            load[k] += len(group.runs) * group.steps
+            dealt[k].append(group)
+        groups = dealt[index]
+    kept = {c.cell_id for g in groups for c in g.cells}
+    return [c for c in cells if c.cell_id in kept]
+
+
+def group_count(cells: list[Cell]) -> int:
+    """How many compiled groups (the most useful shards) the cells make."""
+    return len(group_cells(cells))
 
 
 @dataclasses.dataclass
@@ -34,6 +56,8 @@ class Group:
             hyper = {**optim.traced_values(cell.plan), "budget": cell.config["steps"],
                      "factor": cell.config["divergence_factor"], "smoothing": cell.config["smoothing"],
                      "stop_at_convergence": float(cell.config["early_stop"])}
+            if "init_perturbation" in cell.plan:
+                hyper["init_perturbation"] = cell.plan["init_perturbation"]
             runs += [engine.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
         return runs
 
@@ -51,6 +75,8 @@ def group_cells(cells: list[Cell]) -> list[Group]:
     groups: dict[str, Group] = {}
     for cell in cells:
         plan = optim.static_plan(cell.plan)
+        if "init_perturbation" in plan:
+            plan["init_perturbation"] = True  # traced (Group.runs): every value > 0 shares one program
         groups.setdefault(json.dumps(plan, sort_keys=True), Group(plan, [])).cells.append(cell)
     return list(groups.values())
 
@@ -62,7 +88,7 @@ def suite_record(suite: Suite, out_dir) -> dict:
             "cells": len(suite.cells)}
 
 
-def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
+def run_suite(suite: Suite, out_dir, shard=(0, 1),
               progress=None, force: bool = False, stop: Callable[[], bool] | None = None) -> list[dict]:
     """Trains every cell of the suite (this shard) not yet in `out_dir`; returns this shard's records.
 
@@ -92,15 +118,23 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
     if progress:
         progress.begin([(g.label, g.steps, len(g.runs)) for g in groups])
     # One background thread compiles the groups' programs in order while the main thread trains: on a CPU,
-    # compiling takes one core and training about one more, so most compile time is hidden.
+    # compiling takes one core and training about one more, so most compile time is hidden. Throughput is
+    # timed only on chunks with no compile beside them (`engine.Quiet`), and the matmul calibration of
+    # the records' env is measured here, before any compile starts.
+    calibrate.matmul_flops_per_s()
+    quiet = engine.Quiet()
+
+    def prepare(group):
+        with quiet.compiling():
+            return engine.prepare(group.plan, group.runs, steps=group.steps, chunk_steps=suite.settings["chunk_steps"])
+
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
     try:
-        ready = [compiler.submit(engine.prepare, g.plan, g.runs, steps=g.steps,
-                                 chunk_steps=suite.settings["chunk_steps"]) for g in groups]
+        ready = [compiler.submit(prepare, g) for g in groups]
         for group, prepared in zip(groups, ready):
             check_stop()
             on_chunk = chunk_callback(progress.group(group.label, group.steps, group.runs) if progress else None)
-            new = _train(suite, store, group, prepared.result(), on_chunk)
+            new = _train(suite, store, group, prepared.result(), on_chunk, quiet)
             if progress:
                 progress.group_done(new)
     finally:
@@ -109,9 +143,10 @@ def run_suite(suite: Suite, out_dir, shard: tuple[int, int] = (0, 1),
     return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]
 
 
-def _train(suite: Suite, store: ResultsStore, group: Group, prepared: engine.Prepared, on_chunk) -> list[dict]:
+def _train(suite: Suite, store: ResultsStore, group: Group, prepared: engine.Prepared, on_chunk,
+           quiet: engine.Quiet | None = None) -> list[dict]:
     """Trains one prepared group, adds its records to the store and returns them."""
-    result = engine.train_group(prepared, on_chunk)
+    result = engine.train_group(prepared, on_chunk, quiet)
     task, env = make_task(group.cells[0].plan["task"]), environment()
     new = [records.cell_record(cell, [i for i, r in enumerate(result.runs) if r.cell_index == index], result, env,
                                suite.settings["trace_points"], task) for index, cell in enumerate(group.cells)]

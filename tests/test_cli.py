@@ -80,17 +80,19 @@ def test_list_names_every_registry(capsys):
 
 
 def test_run_prints_a_summary_and_shards_split_the_cells(tmp_path, capsys):
-    path = tiny_suite(tmp_path, seeds=2, steps=20, lr="[0.05, 0.1, 1e4]")
+    # Two compiled groups (one per mitigation) of 2 learning rates: each shard runs one whole group.
+    path = tiny_suite(tmp_path, seeds=2, steps=20, lr="[0.05, 1e4]", extra='[[mitigation]]\nname = "none"\n'
+                      '[[mitigation]]\nname = "clip_by_global_norm"\nmax_norm = 1.0')
     for shard in ("0/2", "1/2"):
         assert main(["run", str(path), "--out", str(tmp_path / shard[0]), "--shard", shard, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "none" in out and "steps/s" in out
-    lrs = [[json.loads(line)["config"]["optimizer"]["lr"] for line in (tmp_path / d / "results.jsonl").open()]
-           for d in "01"]
-    assert lrs == [[0.05, 1e4], [0.1]]
+    cells = [[(r["config"]["mitigation"]["name"], r["config"]["optimizer"]["lr"])
+              for r in map(json.loads, (tmp_path / d / "results.jsonl").open())] for d in "01"]
+    assert cells == [[("none", 0.05), ("none", 1e4)], [("clip_by_global_norm", 0.05), ("clip_by_global_norm", 1e4)]]
     assert main(["merge", str(tmp_path / "all"), str(tmp_path / "0"), str(tmp_path / "1")]) == 0
     merged = [json.loads(line)["config"]["optimizer"]["lr"] for line in (tmp_path / "all" / "results.jsonl").open()]
-    assert sorted(merged) == [0.05, 0.1, 1e4]
+    assert sorted(merged) == [0.05, 0.05, 1e4, 1e4]
     assert main(["report", str(tmp_path / "all")]) == 0 and (tmp_path / "all" / "REPORT.md").exists()
 
 

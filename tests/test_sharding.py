@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import runner, suite
+from bench import cluster, runner, suite
 from tests.conftest import tiny_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,10 +48,29 @@ def test_cluster_launch_detection_and_shard_composition():
     assert cluster.launched({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"})
     assert cluster.launched({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"})
     assert cluster.initialize({}) == (0, 1)
-    cells = list(range(23))
-    for shard in ((0, 1), (1, 3)):
-        parts = [runner.shard_cells(cells, cluster.compose(shard, (p, 4))) for p in range(4)]
-        assert sorted(c for part in parts for c in part) == runner.shard_cells(cells, shard)
+
+
+def test_shards_deal_whole_compiled_groups_and_processes_split_a_shard(tmp_path):
+    ci = suite.load(ROOT / "bench" / "suites" / "ci.toml")
+    parts = [runner.shard_cells(ci.cells, (i, 2)) for i in range(2)]
+    # ci.toml: 2 groups (none, clip) of 3 learning rates x 8 seeds: each shard one whole program of 24 runs.
+    assert [[len(g.runs) for g in runner.group_cells(p)] for p in parts] == [[24], [24]]
+    # 3 groups of 2 cells, the clip_by_value group 4x the cost (8 seeds, not 2).
+    path = tiny_suite(tmp_path, seeds=2, steps=10, lr="[0.05, 0.5]", extra="\n".join(
+        f'[[mitigation]]\nname = "{m}"' for m in ("none", "clip_by_global_norm")) +
+        '\n[[experiment]]\nname = "small"\n[[experiment]]\nname = "big"\nseeds = 8\n[[experiment.mitigation]]\nname = "clip_by_value"')
+    cells = suite.load(path).cells
+    groups = runner.group_cells(cells)
+    assert sorted(len(g.runs) * g.steps for g in groups) == [40, 40, 160]
+    two = [runner.shard_cells(cells, (i, 2)) for i in range(2)]
+    assert [len(runner.group_cells(p)) for p in two] == [1, 2]  # the big group alone, the two small together
+    for shard in ((0, 1), (1, 2), (0, 3)):
+        whole = runner.shard_cells(cells, shard)
+        for g in groups:  # a group is wholly in or wholly out of a shard
+            assert len({c.cell_id in {w.cell_id for w in whole} for c in g.cells}) == 1
+        processes = [runner.shard_cells(cells, cluster.compose(shard, (p, 2))) for p in range(2)]
+        assert sorted(c.cell_id for part in processes for c in part) == sorted(c.cell_id for c in whole)
+        assert not {c.cell_id for c in processes[0]} & {c.cell_id for c in processes[1]}
 
 
 def test_compile_cache_directory_follows_the_environment(tmp_path):
