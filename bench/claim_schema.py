@@ -1,18 +1,21 @@
 """A suite's `[[claim]]` tables, validated against its cells (bench/suite.py calls this once the cells exist).
 
 A `[[claim]]` has an `id`, `title`, `text`, `judged_on` (questions of
-bench.claims.QUESTIONS, default all) and `comparison`s: `experiment`,
-`regime`, `baseline` and `variant` (selectors matched against the cells'
-mitigation, each selecting at least one cell), `expect` (bench.claims.EXPECT),
-`metric` (default critical_lr), `lr` (one of the experiment's learning rates)
-and `at` (a fraction of the budget in bench.metrics.SNAPSHOT_FRACTIONS,
-default 0.5).
+bench.claims.QUESTIONS, the default of its comparisons' `questions`: init,
+training and trainability) and `comparison`s: `experiment`, `regime`,
+`baseline` and `variant` (selectors matched against the cells' mitigation,
+each selecting at least one cell, not the same arm), `expect`
+(bench.claims.EXPECT), `questions` (the judged ones), `gradient` (what the
+init and training answers read: explosion, vanishing or either), `metric`
+(default stable_lr), `lr` (a learning rate of both arms' grids; needed by the
+`rate` question), `rate` (divergence or failure) and `at` (a fraction of the
+budget in bench.metrics.SNAPSHOT_FRACTIONS, default 0.5).
 """
 from __future__ import annotations
 
 import math
 
-from bench.claims import EXPECT, METRICS, QUESTIONS, matches
+from bench.claims import EXPECT, GRADIENT, JUDGED_BY_DEFAULT, METRICS, QUESTIONS, RATES, matches
 from bench.metrics import SNAPSHOT_FRACTIONS
 from bench.schema import Key, SuiteError, check_choice, check_table
 
@@ -20,7 +23,7 @@ CLAIM = {
     "id": Key((str, int)),
     "title": Key(str, ""),
     "text": Key(str, ""),
-    "judged_on": Key(list, list(QUESTIONS), of=str, choices=tuple(QUESTIONS)),
+    "judged_on": Key(list, list(JUDGED_BY_DEFAULT), of=str, choices=tuple(QUESTIONS), nonempty=True),
     "comparison": Key(list, of=dict, nonempty=True),
 }
 COMPARISON = {
@@ -30,7 +33,10 @@ COMPARISON = {
     "baseline": Key(dict),
     "variant": Key(dict),
     "expect": Key(str, choices=tuple(EXPECT)),
-    "metric": Key(str, "critical_lr", choices=tuple(METRICS)),
+    "questions": Key(list, None, of=str, choices=tuple(QUESTIONS), nonempty=True),
+    "gradient": Key(str, "explosion", choices=GRADIENT),
+    "metric": Key(str, "stable_lr", choices=tuple(METRICS)),
+    "rate": Key(str, "failure", choices=RATES),
     "lr": Key(float, None, gt=0),
     "at": Key(float, 0.5, choices=tuple(SNAPSHOT_FRACTIONS)),
 }
@@ -67,14 +73,30 @@ def validate_claims(path, tables, cells) -> list[dict]:
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
                                      "rate; an arm is one configuration over the learning-rate grid (name every "
                                      "mitigation parameter that varies)")
+            if comp["experiment"] == sides["variant"] and comp["baseline"] == comp["variant"]:
+                raise SuiteError(path, f"{ckey}.variant", f"{comp['variant']!r} is the baseline's arm of experiment "
+                                 f"{comp['experiment']!r}: a comparison needs two different arms")
+            judged = comp["questions"] or claim["judged_on"]
+            if "rate" in judged and comp["lr"] is None:
+                raise SuiteError(path, f"{ckey}.lr", "the rate question is judged at a stated learning rate; "
+                                 "allowed: a learning rate of both arms' grids")
             if comp["lr"] is not None:
-                grid = sorted({c.config["optimizer"]["lr"] for c in in_exp}
-                              | {c.plan["optimizer"]["lr"] for c in in_exp})
-                same = [lr for lr in grid if math.isclose(lr, comp["lr"], rel_tol=1e-9)]
-                if not same:
-                    raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not a learning rate of experiment "
-                                     f"{comp['experiment']!r}; its grid: {', '.join(f'{x:g}' for x in grid)}")
-                comp["lr"] = same[0]
+                comp["lr"] = _grid_lr(path, ckey, comp, sides, cells)
             comparisons.append(comp)
         claims.append({**claim, "comparison": comparisons})
     return claims
+
+
+def _grid_lr(path, ckey, comp, sides, cells) -> float:
+    """The stated learning rate as it is on both arms' grids (each arm is read there, never at a neighbour)."""
+    found = {}
+    for side, experiment in sides.items():
+        arm = [c for c in cells if c.experiment == experiment and matches(c.config, comp[side])]
+        grid = sorted({c.config["optimizer"]["lr"] for c in arm})
+        same = [lr for lr in grid if math.isclose(lr, comp["lr"], rel_tol=1e-9)]
+        if not same:
+            raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not on the {side} arm's grid (experiment "
+                             f"{experiment!r}: {', '.join(f'{x:g}' for x in grid)}); allowed: a learning rate of "
+                             f"both arms' grids (baseline in {sides['baseline']!r}, variant in {sides['variant']!r})")
+        found[side] = same[0]
+    return found["baseline"]

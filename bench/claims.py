@@ -4,31 +4,25 @@ A claim (a `[[claim]]` table of a suite) holds comparisons; each compares a
 baseline arm of an experiment with a variant arm of the same experiment (or of
 `variant_experiment`, say an optimiser swept over its own learning-rate range). An *arm* is the set of
 cells selected by a mitigation selector: the same configuration at every
-learning rate of the grid, trained on the same seeds. Every comparison is
-judged on three questions:
+learning rate of the grid, trained on the same seeds. A comparison answers the
+questions of QUESTIONS:
 
-- `init`: explosion at initialisation, the per-seed end-to-end gradient ratio
-  ||dL/dh_first|| / ||dL/dh_last||;
-- `training`: the same ratio at the fraction `at` of the budget, at the stated
+- `init`: the gradient at initialisation, the per-seed end-to-end ratio
+  ||dL/dh_first|| / ||dL/dh_last||, read as the comparison's `gradient` says:
+  explosion (a larger ratio is worse), vanishing (a smaller one is worse) or
+  either (the distance from 1, max(r, 1/r), is worse);
+- `training`: the same at the fraction `at` of the budget, at the stated
   learning rate `lr`, else at each arm's tuned learning rate;
 - `trainability`: a per-seed summary over the learning-rate grid, `metric`
-  (default the critical learning rate).
+  (default the divergence-free learning rate);
+- `rate`: the divergence or failure rate (`rate`) over seeds at the stated `lr`;
+- `symmetry`: the per-seed kernel rank at initialisation (a lower one is worse).
 
-Seeds are never pooled over the grid: every test compares one value per
-seed and arm. Arms trained on the same seeds are paired seed by seed (the
-same data order, and the same initialisation where the architecture is the
-same): the test is an exact sign-flip permutation test of the Wilcoxon
-signed-rank statistic and the effect the Hodges-Lehmann estimate of the
-paired differences. Otherwise the test is a permutation test of the rank-sum
-(Mann-Whitney) statistic and the effect the Hodges-Lehmann shift between the
-arms. Permutations are enumerated when there are at most 20,000, else drawn
-at random; effects are ratios on log-scale metrics, with a bootstrap 95%
-interval; p-values are
-Holm-corrected over every test of the suite. A verdict is `supported` or
-`contradicted` only when the corrected p < alpha and the effect clears the
-suite's minimum effect; `inconclusive` when both arms are censored at the
-same grid edge or the interval spans both no effect and the minimum effect;
-`no detectable effect` otherwise.
+The comparison's `questions` (default: its claim's `judged_on`) are *judged*:
+only they enter the claim's multiplicity correction and its verdict; the
+others are reported as descriptive. Seeds are never pooled over the grid:
+every test compares one value per seed and arm; arms trained on the same
+seeds are paired seed by seed (bench/stats.py names each test).
 """
 from __future__ import annotations
 
@@ -38,14 +32,19 @@ from typing import Callable
 
 import numpy as np
 
-from bench import metrics
-from bench.stats import compare, holm
+from bench import metrics, stats
 from bench.records import read_extended
 
 ALPHA = 0.05
-EXPECT = ("worse", "better")  # what the claim says the variant does to explosion and trainability
-QUESTIONS = ("init", "training", "trainability")  # the three questions every claim is judged on
+STABLE = 0.8  # an answer reproduced by fewer of the resamples of seeds than this is fragile
+MIN_RATE_EFFECT = 0.25  # the smallest difference of rates a `rate` answer counts as an effect
+EXPECT = ("worse", "better")  # what the claim says the variant does
+QUESTIONS = ("init", "training", "trainability", "rate", "symmetry")
+JUDGED_BY_DEFAULT = ("init", "training", "trainability")
+GRADIENT = ("explosion", "vanishing", "either")
+RATES = ("divergence", "failure")
 SUPPORTED, CONTRADICTED, NO_EFFECT, INCONCLUSIVE = "supported", "contradicted", "no detectable effect", "inconclusive"
+NOT_SUPPORTED, DESCRIPTIVE = "not supported", "descriptive"
 
 
 def matches(config: dict, selector: dict) -> bool:
@@ -58,8 +57,17 @@ def _lr(record) -> float:
     return record["config"]["optimizer"]["lr"]
 
 
+def run_lr(record) -> float:
+    """The learning rate a record's runs used: its plan's (a mitigation may set its own), else the grid's."""
+    return record.get("plan", {}).get("optimizer", {}).get("lr", _lr(record))
+
+
 def _as_float(values) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def _bools(record, key) -> np.ndarray:
+    return np.asarray(record["per_seed"][key], bool)
 
 
 @dataclasses.dataclass
@@ -73,66 +81,90 @@ class Arm:
         self.lrs = np.array([_lr(r) for r in self.records])
         self.trivial_loss = self.records[0]["thresholds"]["trivial_loss"]
         self.seeds = self.records[0]["per_seed"].get("seed")  # the same seeds in two arms: paired values
+        self.n_seeds = len(self.records[0]["per_seed"]["trained"])
 
     def per_seed(self, key: str) -> np.ndarray:
         """seeds x learning rates of a per-seed field (None -> NaN)."""
         return np.stack([_as_float(r["per_seed"][key]) for r in self.records], axis=1)
 
-    def trained(self) -> np.ndarray:
-        return np.stack([np.asarray(r["per_seed"]["trained"], bool) for r in self.records], axis=1)
-
-    def critical_lr(self):
-        """Per-seed critical learning rate and censoring ("above", "below" or None)."""
-        return metrics.critical_lr(self.lrs, self.trained())
+    def flags(self, key: str) -> np.ndarray:
+        """seeds x learning rates of a per-seed boolean field (trained, diverged, collapsed)."""
+        return np.stack([_bools(r, key) for r in self.records], axis=1)
 
     def tuned_index(self) -> int:
         """The grid index with the lowest median validation loss over seeds (a failed seed counts as infinity)."""
-        losses = np.where(self.trained(), self.per_seed("final_validation_loss"), np.inf)
+        losses = np.where(self.flags("trained"), self.per_seed("final_validation_loss"), np.inf)
         losses = np.where(np.isnan(losses), np.inf, losses)
         return int(np.argmin(np.quantile(losses, 0.5, axis=0, method="lower")))
 
     def at(self, lr: float | None) -> dict:
-        """The record at a stated learning rate (None: at the arm's tuned learning rate)."""
+        """The record at a stated learning rate of the grid (None: at the arm's tuned learning rate)."""
         if lr is None:
             return self.records[self.tuned_index()]
-        index = int(np.argmin(np.abs(np.log(self.lrs) - math.log(lr))))
-        return self.records[index]
+        index = [i for i, x in enumerate(self.lrs) if math.isclose(x, lr, rel_tol=1e-9)]
+        if not index:
+            raise ValueError(f"learning rate {lr:g} is not on the arm's grid {self.lrs.tolist()}")
+        return self.records[index[0]]
 
     def summary(self) -> dict:
-        """Trainability over the grid: medians of the per-seed summaries and the tuned quality."""
-        values, censored = self.critical_lr()
-        tuned = self.records[self.tuned_index()]
+        """Trainability over the grid: medians of the per-seed summaries, outcomes and the tuned quality."""
         median = lambda x: float(np.quantile(x, 0.5, method="lower"))  # noqa: E731
-        crit = median(values)
-        edge = [c for v, c in zip(values, censored) if v == crit and c]
+
+        def censored_median(values, censored):
+            value = median(values)
+            edge = [c for v, c in zip(values, censored) if v == value and c]
+            return value, edge[0] if edge else None
+
+        tuned = self.records[self.tuned_index()]
+        crit, crit_edge = censored_median(*metrics.critical_lr(self.lrs, self.flags("trained")))
+        stable, stable_edge = censored_median(*metrics.stable_lr(self.lrs, self.flags("diverged")))
         return {
             "lrs": self.lrs.tolist(),
-            "critical_lr": crit, "critical_lr_censored": edge[0] if edge else None,
+            "critical_lr": crit, "critical_lr_censored": crit_edge,
+            "stable_lr": stable, "stable_lr_censored": stable_edge,
             "lr_sensitivity": median(metrics.lr_sensitivity(self.per_seed("final_validation_loss"),
                                                              self.trivial_loss)),
-            "trainable_decades": float(np.nanmedian(metrics.trainable_range_decades(self.lrs, self.trained())))
-            if self.trained().any() else None,
+            "trained_decades": median(metrics.trained_width_decades(self.lrs, self.flags("trained"))),
+            "diverged": [int(r["per_seed"]["diverged"].count(True)) for r in self.records],
+            "collapsed": [int(r["per_seed"]["collapsed"].count(True)) for r in self.records],
+            "seeds": self.n_seeds,
             "failure_rate": [r["failure_rate"] for r in self.records],
-            "tuned_lr": _lr(tuned),
+            "tuned_lr": run_lr(tuned),
+            "tuned_converged": tuned["converged"],
             "tuned_heldout_loss": tuned["quality"]["final_heldout_loss"],
             "tuned_heldout_metric": tuned["quality"]["final_heldout_metric"],
         }
 
 
-def _explosion(record: dict, fraction: float) -> np.ndarray:
-    """Per-seed e2e gradient ratio at a snapshot fraction (NaN, a gradient that was not a number, -> inf)."""
+def e2e_ratio(record: dict, fraction: float) -> np.ndarray:
+    """Per-seed end-to-end gradient ratio at a snapshot fraction.
+
+    A ratio that is not a number is read from the layers' gradients: no gradient at the input side (0/0
+    included: every gradient zero) is total vanishing, ratio 0; a gradient that is not finite is explosion,
+    ratio infinity.
+    """
     k = record["explosion"]["fractions"].index(fraction)
-    values = np.array([read_extended(row[k]) for row in record["explosion"]["per_seed"]["e2e_ratio"]])
-    return np.where(np.isnan(values), np.inf, values)
+    per_seed = record["explosion"]["per_seed"]
+    values = np.array([read_extended(row[k]) for row in per_seed["e2e_ratio"]])
+    growth = np.array([read_extended(row[k]) for row in per_seed["growth_per_layer"]])
+    return np.where(np.isnan(values), np.where(growth == 0.0, 0.0, np.inf), values)
 
 
-def _at_lr(key: str, failed: float) -> Callable:
-    """A per-seed field of one record; seeds that did not train count as `failed`."""
-    def values(record):
-        raw = _as_float(record["per_seed"][key])
-        trained = np.asarray(record["per_seed"]["trained"], bool)
-        return np.where(trained & np.isfinite(raw), raw, failed)
-    return values
+def _gradient_values(ratio: np.ndarray, gradient: str) -> np.ndarray:
+    """The ratio as the comparison reads it: explosion and vanishing the ratio itself, either max(r, 1/r)."""
+    if gradient != "either":
+        return ratio
+    with np.errstate(divide="ignore"):
+        return np.exp(np.abs(np.log(ratio)))
+
+
+def _heldout(record) -> np.ndarray:
+    """Per-seed held-out loss; a failed seed keeps its own loss capped at the trivial loss (not a number ->
+    the trivial loss), as learning-rate sensitivity counts it."""
+    raw = _as_float(record["per_seed"]["final_heldout_loss"])
+    trivial = record["thresholds"]["trivial_loss"]
+    failed = np.where(np.isfinite(raw), np.minimum(raw, trivial), trivial)
+    return np.where(_bools(record, "trained") & np.isfinite(raw), raw, failed)
 
 
 def _steps(record):
@@ -143,7 +175,7 @@ def _steps(record):
 def _gap(record):
     ps = record["per_seed"]
     gap = _as_float(ps["final_heldout_loss"]) - _as_float(ps["final_train_loss"])
-    return np.where(np.asarray(ps["trained"], bool), gap, np.nan)
+    return np.where(_bools(record, "trained"), gap, np.nan)
 
 
 def _recorded(record, key):
@@ -158,29 +190,41 @@ class Metric:
 
     values: Callable[[Arm, float | None], tuple[np.ndarray, list]]  # -> (values, censoring per seed)
     worse_when: int  # +1: a higher value is worse; -1: lower is worse
-    log_scale: bool  # effect as a ratio (True) or a difference, relative to the baseline median (False)
+    log_scale: bool  # effect as a ratio (True) or a difference (False)
     description: str
+    # The minimum effect of a difference (log_scale False), given the suite's min_effect, the baseline's median
+    # and the trivial loss; default (min_effect - 1) x the baseline's median, at least 1% of the trivial loss.
+    min_difference: Callable[[float, float | None, float], float] | None = None
 
 
-def _critical(arm: Arm, lr) -> tuple[np.ndarray, list]:
-    del lr  # a summary over the whole grid
-    values, censored = arm.critical_lr()
-    return np.array(values), censored
+def _grid_metric(fn):
+    def values(arm, lr):
+        del lr  # a summary over the whole grid
+        values, censored = fn(arm)
+        return np.array(values, np.float64), list(censored)
+    return values
 
 
 def _record_metric(fn):
-    return lambda arm, lr: (fn(arm.at(lr)), [None] * len(arm.records[0]["per_seed"]["trained"]))
+    return lambda arm, lr: (fn(arm.at(lr)), [None] * arm.n_seeds)
 
 
 METRICS = {
-    "critical_lr": Metric(_critical, -1, True,
+    "stable_lr": Metric(_grid_metric(lambda a: metrics.stable_lr(a.lrs, a.flags("diverged"))), -1, True,
+                        "per seed, the largest grid learning rate below its first divergence"),
+    "critical_lr": Metric(_grid_metric(lambda a: metrics.critical_lr(a.lrs, a.flags("trained"))), -1, True,
                           "per seed, the largest grid learning rate at and below which it trained"),
+    "trained_decades": Metric(
+        _grid_metric(lambda a: (metrics.trained_width_decades(a.lrs, a.flags("trained")), [None] * a.n_seeds)),
+        -1, False, "per seed, the width in decades of the learning rates at which it trained",
+        min_difference=lambda min_effect, base, trivial: math.log10(min_effect)),
     "lr_sensitivity": Metric(
         lambda arm, lr: (metrics.lr_sensitivity(arm.per_seed("final_validation_loss"), arm.trivial_loss)
-                         / arm.trivial_loss, [None] * len(arm.trained())), +1, True,
+                         / arm.trivial_loss, [None] * arm.n_seeds), +1, True,
         "per seed, Wortsman et al.'s learning-rate sensitivity of the validation loss / trivial loss"),
-    "tuned_heldout_loss": Metric(_record_metric(_at_lr("final_heldout_loss", math.inf)), +1, True,
-                                 "held-out loss at the arm's tuned (or the stated) learning rate; failed = inf"),
+    "tuned_heldout_loss": Metric(_record_metric(_heldout), +1, True,
+                                 "held-out loss at the arm's tuned (or the stated) learning rate; a failed seed's "
+                                 "own loss capped at the trivial loss"),
     "steps_to_converge": Metric(_record_metric(_steps), +1, True,
                                 "steps to the target at the tuned (or stated) learning rate; never = inf"),
     "generalization_gap": Metric(_record_metric(_gap), +1, False,
@@ -194,45 +238,83 @@ METRICS = {
 }
 
 
-def _linear_scale(result: dict, trivial_loss: float) -> float:
-    """What a difference is relative to: the baseline's median (at least 1% of the trivial loss)."""
+def _min_difference(metric: Metric | None, min_effect: float, result: dict, trivial_loss: float) -> float:
+    """The minimum effect of a difference: see Metric.min_difference."""
     base_median = result["median"][0]
-    return max(abs(base_median) if base_median is not None and math.isfinite(base_median) else 0.0,
-               0.01 * trivial_loss)
+    base = base_median if base_median is not None and math.isfinite(base_median) else None
+    if metric is not None and metric.min_difference is not None:
+        return metric.min_difference(min_effect, base, trivial_loss)
+    return max(abs(base) if base is not None else 0.0, 0.01 * trivial_loss) * (min_effect - 1)
 
 
 def judge(result: dict, expected_sign: int, threshold: float, alpha: float = ALPHA) -> str:
-    """The verdict of one tested question, given its Holm-corrected p-value."""
+    """The verdict of one judged answer, given its corrected p-value.
+
+    Effects that are bounds (an infinite value in an arm) are decisive only where the bound does not point
+    towards no effect, and are never "no detectable effect" or "not supported" on the side the bound leaves open.
+    """
     if result.get("p") is None or result.get("note"):
         return INCONCLUSIVE
-    effect, (low, high) = result["effect_raw"], result["ci_raw"]
-    if result["p_adjusted"] < alpha and abs(effect) >= threshold and effect != 0:
-        return SUPPORTED if np.sign(effect) == expected_sign else CONTRADICTED
-    if -threshold < low and high < threshold:
+    if result.get("identical"):
         return NO_EFFECT
+    effect, (low, high) = result["effect_raw"], result["ci_raw"]
+    bound = result.get("bound", "")
+    open_up, open_down = bound in ("≥", "~"), bound in ("≤", "~")
+    towards_zero = (effect > 0 and open_down and not open_up) or (effect < 0 and open_up and not open_down)
+    if result["p_adjusted"] < alpha and abs(effect) >= threshold and effect != 0 and not towards_zero:
+        return SUPPORTED if np.sign(effect) == expected_sign else CONTRADICTED
+    claimed_open = open_up if expected_sign > 0 else open_down
+    other_open = open_down if expected_sign > 0 else open_up
+    claimed_end = high if expected_sign > 0 else -low
+    other_end = -low if expected_sign > 0 else high
+    if claimed_end < threshold and not claimed_open:
+        return NO_EFFECT if other_end < threshold and not other_open else NOT_SUPPORTED
     return INCONCLUSIVE
 
 
 def _questions(comp: dict, base: Arm, var: Arm) -> dict:
-    """The three questions' per-seed data for one comparison on one dataset: values, scale, direction,
-    per-seed censoring, what was measured."""
-    metric = METRICS[comp.get("metric", "critical_lr")]
-    lr, at = comp.get("lr"), comp.get("at", 0.5)
-    out = {}
+    """Every question's per-seed data for one comparison on one dataset: values, scale, direction, per-seed
+    censoring, what was measured."""
+    name = comp.get("metric", "stable_lr")
+    metric = METRICS[name]
+    lr, at, gradient = comp.get("lr"), comp.get("at", 0.5), comp.get("gradient", "explosion")
+    no_censoring = ([None] * base.n_seeds, [None] * var.n_seeds)
+    worse = -1 if gradient == "vanishing" else +1
     init_lr = base.lrs[0] if lr is None else lr
-    n_b, n_v = len(base.records[0]["per_seed"]["trained"]), len(var.records[0]["per_seed"]["trained"])
-    no_censoring = ([None] * n_b, [None] * n_v)
-    out["init"] = dict(values=(_explosion(base.at(init_lr), 0.0), _explosion(var.at(init_lr), 0.0)),
-                       log_scale=True, worse_when=+1, censored=no_censoring,
-                       what="end-to-end gradient ratio at initialisation")
+    read = {"explosion": "ratio", "vanishing": "ratio", "either": "max(ratio, 1/ratio)"}[gradient]
+    out = {"init": dict(values=tuple(_gradient_values(e2e_ratio(a.at(init_lr), 0.0), gradient) for a in (base, var)),
+                        log_scale=True, worse_when=worse, censored=no_censoring,
+                        what=f"{gradient}: end-to-end gradient {read} at initialisation")}
     b_rec, v_rec = base.at(lr), var.at(lr)
-    where = f"lr {lr:g}" if lr is not None else f"tuned lr {_lr(b_rec):g} / {_lr(v_rec):g}"
-    out["training"] = dict(values=(_explosion(b_rec, at), _explosion(v_rec, at)), log_scale=True, worse_when=+1,
-                           censored=no_censoring, what=f"end-to-end gradient ratio at {at:.0%} of training, {where}")
+    where = f"lr {lr:g}" if lr is not None else f"tuned lr {run_lr(b_rec):g} / {run_lr(v_rec):g}"
+    out["training"] = dict(values=tuple(_gradient_values(e2e_ratio(r, at), gradient) for r in (b_rec, v_rec)),
+                           log_scale=True, worse_when=worse, censored=no_censoring,
+                           what=f"{gradient}: end-to-end gradient {read} at {at:.0%} of training, {where}")
     (b_vals, b_cens), (v_vals, v_cens) = metric.values(base, lr), metric.values(var, lr)
     out["trainability"] = dict(values=(b_vals, v_vals), log_scale=metric.log_scale, worse_when=metric.worse_when,
-                               censored=(list(b_cens), list(v_cens)), what=comp.get("metric", "critical_lr"))
+                               censored=(list(b_cens), list(v_cens)), what=name, metric=metric)
+    if lr is not None:
+        rate = comp.get("rate", "failure")
+        flag = (lambda r: _bools(r, "diverged")) if rate == "divergence" else (lambda r: ~_bools(r, "trained"))
+        out["rate"] = dict(values=(flag(base.at(lr)), flag(var.at(lr))), rate=True, worse_when=+1,
+                           censored=no_censoring, what=f"{rate} rate at lr {lr:g}")
+    if all("kernel_rank_init" in a.records[0]["per_seed"] for a in (base, var)):
+        ranks = tuple(_as_float(a.at(init_lr)["per_seed"]["kernel_rank_init"]) for a in (base, var))
+        out["symmetry"] = dict(values=ranks,
+                               log_scale=True, worse_when=-1, censored=no_censoring,
+                               what="kernel rank at initialisation (1/n: every unit equal)")
     return out
+
+
+def _remark(question: str, comp: dict, result: dict) -> str | None:
+    """What a reader needs beside an explosion or vanishing answer: an arm whose gradient goes the other way."""
+    gradient = comp.get("gradient", "explosion")
+    if question not in ("init", "training") or gradient == "either" or None in result["median"]:
+        return None
+    other = [f"{side}'s median ratio {m:.3g}" for side, m in zip(("baseline", "variant"), result["median"])
+             if (m < 1 if gradient == "explosion" else m > 1)]
+    kind = "vanishes" if gradient == "explosion" else "explodes"
+    return f"the gradient {kind} towards the input ({'; '.join(other)})" if other else None
 
 
 def _median_censor(values, censored):
@@ -262,7 +344,7 @@ def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[di
                 pooled[name]["values"][side].extend(q["values"][side])
                 pooled[name]["censored"][side].extend(q["censored"][side])
     for q in pooled.values():
-        q["values"] = tuple(np.asarray(v, np.float64) for v in q["values"])
+        q["values"] = tuple(np.asarray(v, bool if q.get("rate") else np.float64) for v in q["values"])
         q["censored"] = tuple(_median_censor(v, c) for v, c in zip(q["values"], q["censored"]))
     if len(shared) > 1:
         for q in pooled.values():
@@ -270,47 +352,92 @@ def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[di
     return pooled, Arm(base_parts[shared[0]]), Arm(var_parts.get(shared[0], next(iter(var_parts.values()))))
 
 
+def _test_key(question: str, result: dict, values) -> tuple:
+    """What makes two answers the same test: the question's measure and both arms' values."""
+    return (question, result["what"], result["kind"], *(np.asarray(v, np.float64).tobytes() for v in values))
+
+
 def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, alpha: float = ALPHA) -> list[dict]:
-    """Every claim with its comparisons tested on the three questions, Holm-corrected and judged."""
-    rows, tests = [], []
+    """Every claim with its comparisons' answers: tested, corrected per claim over its distinct judged tests,
+    judged, and given a stability over resamples of seeds."""
+    rows, families = [], {}
     for claim in claims:
+        family: dict[tuple, list[dict]] = {}  # distinct judged test -> the answers that are it
         for comp in claim["comparison"]:
             var_experiment = comp.get("variant_experiment") or comp["experiment"]
             base = [r for r in records if r["experiment"] == comp["experiment"] and matches(r["config"], comp["baseline"])]
             var = [r for r in records if r["experiment"] == var_experiment and matches(r["config"], comp["variant"])]
-            row = {"claim": claim["id"], **comp, "questions": {}}
+            judged = comp.get("questions") or claim.get("judged_on") or list(JUDGED_BY_DEFAULT)
+            row = {"claim": claim["id"], **comp, "judged": list(judged), "questions": {}}
             if base and var:
                 questions, base_arm, var_arm = _pooled_questions(comp, base, var)
                 row["arms"] = {"baseline": base_arm.summary(), "variant": var_arm.summary()}
                 expected = 1 if comp["expect"] == "worse" else -1
+                paired = base_arm.seeds is not None and base_arm.seeds == var_arm.seeds
                 for question, q in questions.items():
-                    result = compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"],
-                                     paired=base_arm.seeds is not None and base_arm.seeds == var_arm.seeds)
-                    result.update(what=q["what"], expected_sign=expected * q["worse_when"],
-                                  threshold=math.log(min_effect) if q["log_scale"]
-                                  else (min_effect - 1) * _linear_scale(result, base_arm.trivial_loss))
+                    if q.get("rate"):
+                        result = stats.compare_rates(*q["values"], paired=paired)
+                        threshold = MIN_RATE_EFFECT
+                    else:
+                        result = stats.compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"],
+                                               paired=paired)
+                        threshold = math.log(min_effect) if q["log_scale"] else _min_difference(
+                            q.get("metric"), min_effect, result, base_arm.trivial_loss)
+                    result.update(what=q["what"], expected_sign=expected * q["worse_when"], threshold=threshold,
+                                  judged=question in judged, remark=_remark(question, comp, result))
                     row["questions"][question] = result
-                    if result["p"] is not None:
-                        tests.append(result)
+                    if result["judged"] and result["p"] is not None and not result["identical"] \
+                            and not result.get("note"):
+                        family.setdefault(_test_key(question, result, q["values"]), []).append(result)
             rows.append(row)
-    for result, p_adj in zip(tests, holm([t["p"] for t in tests])):
-        result["p_adjusted"] = p_adj
+        families[claim["id"]] = family
+    _correct(families, alpha)
     for row in rows:
         for result in row["questions"].values():
-            result["verdict"] = judge(result, result["expected_sign"], result["threshold"], alpha)
+            result["verdict"] = judge(result, result["expected_sign"], result["threshold"], alpha) \
+                if result["judged"] else DESCRIPTIVE
+            result.pop("_resample", None)
     return [_claim_verdict(claim, [r for r in rows if r["claim"] == claim["id"]]) for claim in claims]
 
 
-def _claim_verdict(claim: dict, comparisons: list[dict]) -> dict:
-    """The stated rule: decisive answers (supported / contradicted) on the judged questions decide.
+def _correct(families: dict, alpha: float) -> None:
+    """Holm's correction within each claim's family of distinct judged tests (each counted once), the
+    Benjamini-Hochberg q-value over every distinct judged test of the suite beside it, and each answer's
+    stability: the fraction of resamples of seeds that reach the same decision at the same Holm multiplier."""
+    suite = {}
+    for claim, family in families.items():
+        tests = [answers[0] for answers in family.values()]
+        pvalues = [t["p"] for t in tests]
+        for key, t, p_adj, k in zip(family, tests, stats.holm(pvalues), stats.holm_multipliers(pvalues)):
+            decided = judge({**t, "p_adjusted": p_adj}, t["expected_sign"], t["threshold"], alpha)
+            sign = np.sign(t["effect_raw"]) if decided in (SUPPORTED, CONTRADICTED) else 0
+            stability = float(np.mean(stats.decisions(t, k, t["threshold"], alpha) == sign))
+            for answer in family[key]:
+                answer.update(p_adjusted=p_adj, family=len(tests), stability=stability)
+            suite.setdefault(key, []).extend(family[key])
+    for answers, q in zip(suite.values(), stats.fdr([a[0]["p"] for a in suite.values()])):
+        for answer in answers:
+            answer["q_suite"] = q
 
-    All decisive answers agree: that answer. They disagree: "depends", naming which regime and
-    question gave which. None decisive: inconclusive if any answer is, else no detectable effect.
+
+def fragile(answer: dict) -> bool:
+    """Whether an answer's decision is reproduced by fewer than STABLE of the resamples of seeds."""
+    return answer.get("stability") is not None and answer["stability"] < STABLE
+
+
+def _claim_verdict(claim: dict, comparisons: list[dict]) -> dict:
+    """The stated rule: decisive answers that are not fragile, on the judged questions, decide.
+
+    They all agree: that answer. They disagree: "depends", naming which regime and question gave which.
+    None decisive: inconclusive if any judged answer is (or only fragile ones are decisive), else not supported
+    if any answer excludes the claimed effect, else no detectable effect.
     """
-    judged_on = claim.get("judged_on", list(QUESTIONS))
-    answers = [(c.get("regime") or c["experiment"], q, c["questions"][q]["verdict"])
-               for c in comparisons for q in judged_on if q in c["questions"]]
-    decisive = [a for a in answers if a[2] in (SUPPORTED, CONTRADICTED)]
+    answers = [(c.get("regime") or c["experiment"], q, c["questions"][q])
+               for c in comparisons for q in c["judged"] if q in c["questions"]]
+    decisive = [(r, q, a["verdict"]) for r, q, a in answers if a["verdict"] in (SUPPORTED, CONTRADICTED)
+                and not fragile(a)]
+    set_aside = [f"{a['verdict']} on {q} ({r}), stability {a['stability']:.2f}" for r, q, a in answers
+                 if a["verdict"] in (SUPPORTED, CONTRADICTED) and fragile(a)]
     kinds = sorted({a[2] for a in decisive})
     if len(kinds) == 1:
         verdict = kinds[0]
@@ -323,9 +450,11 @@ def _claim_verdict(claim: dict, comparisons: list[dict]) -> dict:
                     by_question.setdefault(q, []).append(regime)
             parts.append(f"{kind} on " + ", ".join(f"{q} ({'; '.join(r)})" for q, r in by_question.items()))
         verdict = "depends: " + "; ".join(parts)
-    elif not answers:
+    elif not answers or set_aside or any(a["verdict"] == INCONCLUSIVE for _, _, a in answers):
         verdict = INCONCLUSIVE
+    elif any(a["verdict"] == NOT_SUPPORTED for _, _, a in answers):
+        verdict = NOT_SUPPORTED
     else:
-        verdict = INCONCLUSIVE if any(a[2] == INCONCLUSIVE for a in answers) else NO_EFFECT
-    return {**{k: v for k, v in claim.items() if k != "comparison"}, "judged_on": judged_on, "verdict": verdict,
-            "comparisons": comparisons}
+        verdict = NO_EFFECT
+    return {**{k: v for k, v in claim.items() if k != "comparison"}, "verdict": verdict,
+            "fragile": set_aside, "comparisons": comparisons}

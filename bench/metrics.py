@@ -170,6 +170,37 @@ def trainable_range_decades(lrs, trained_SxL) -> np.ndarray:
     return out
 
 
+def stable_lr(lrs, diverged_SxL) -> tuple[list[float], list[str | None]]:
+    """Per seed, the divergence-free learning rate: the largest grid value below the seed's first divergence.
+
+    Unlike the critical learning rate, a run that collapsed (too slow for its budget) does not end the range:
+    only divergence does. Censored "above" when the seed diverged nowhere on the grid (the value is the top),
+    "below" when it diverged already at the smallest learning rate (the value is the bottom).
+    """
+    values, censored = [], []
+    for row in np.asarray(diverged_SxL, bool):
+        first = np.flatnonzero(row)
+        if first.size == 0:
+            values.append(float(lrs[-1]))
+            censored.append("above")
+        elif first[0] == 0:
+            values.append(float(lrs[0]))
+            censored.append("below")
+        else:
+            values.append(float(lrs[first[0] - 1]))
+            censored.append(None)
+    return values, censored
+
+
+def trained_width_decades(lrs, trained_SxL) -> np.ndarray:
+    """Per seed, the width in decades of the learning rates at which it trained, each grid point counting as one
+    grid step (the mean log10 spacing): 0 when it trained nowhere, one step when at a single learning rate."""
+    log_lrs = np.log10(np.asarray(lrs, np.float64))
+    step = float(np.mean(np.diff(log_lrs))) if len(log_lrs) > 1 else 0.0
+    trained = np.asarray(trained_SxL, bool)
+    return np.array([log_lrs[row].max() - log_lrs[row].min() + step if row.any() else 0.0 for row in trained])
+
+
 def ema_update(ema, loss, smoothing):
     """One step of the exponential moving average of the training loss (starts at 0)."""
     return smoothing * ema + (1.0 - smoothing) * loss

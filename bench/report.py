@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from bench import claims as claims_lib
-from bench import plots
+from bench import plots, stats
 from bench.records import read_extended
 from bench.store import read_results, read_suite
 
@@ -125,42 +125,58 @@ def _speed(throughput: dict) -> str:
     return f"{throughput['steps_per_s']:.0f}{spread}"
 
 
+def _censored(value: float, edge: str | None) -> str:
+    return {"above": f"> {value:g} (top)", "below": f"< {value:g} (bottom)"}.get(edge, f"{value:g}")
+
+
 def arms_table(records: list[dict]) -> list[str]:
-    """Per arm (one variant over the learning-rate grid): critical learning rate, sensitivity, tuned quality."""
+    """Per arm (one variant over the learning-rate grid): outcomes per learning rate, divergence-free and
+    critical learning rates, trained range, sensitivity, tuned quality."""
     by_variant: dict[str, list] = {}
     for r in records:
         by_variant.setdefault(variant(r), []).append(r)
-    lines = ["| variant | learning rates | median critical lr | lr sensitivity | trainable decades | tuned lr | "
-             "tuned held-out loss | tuned held-out metric |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | learning rates | diverged / collapsed of seeds, per lr | median divergence-free lr | "
+             "median critical lr | trained decades | lr sensitivity | tuned lr | converged at it | "
+             "tuned held-out loss | tuned held-out metric |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, recs in by_variant.items():
         s = claims_lib.Arm(recs).summary()
         lrs = s["lrs"]
         grid = f"{len(lrs)}: {lrs[0]:g} to {lrs[-1]:g}" if len(lrs) > 3 else ", ".join(f"{x:g}" for x in lrs)
-        critical = {"above": f"> {s['critical_lr']:g} (top)", "below": f"< {s['critical_lr']:g} (bottom)"}.get(
-            s["critical_lr_censored"], f"{s['critical_lr']:g}")
-        lines.append(f"| {name} | {grid} | {critical} | {_fmt(s['lr_sensitivity'])} | {_fmt(s['trainable_decades'])} "
-                     f"| {s['tuned_lr']:g} | {_fmt(s['tuned_heldout_loss'])} | {_fmt(s['tuned_heldout_metric'])} |")
+        outcomes = " ".join(f"{d}/{c}" for d, c in zip(s["diverged"], s["collapsed"])) + f" of {s['seeds']}"
+        lines.append(f"| {name} | {grid} | {outcomes} | {_censored(s['stable_lr'], s['stable_lr_censored'])} | "
+                     f"{_censored(s['critical_lr'], s['critical_lr_censored'])} | {_fmt(s['trained_decades'])} | "
+                     f"{_fmt(s['lr_sensitivity'])} | {s['tuned_lr']:g} | {s['tuned_converged']}/{s['seeds']} | "
+                     f"{_fmt(s['tuned_heldout_loss'])} | {_fmt(s['tuned_heldout_metric'])} |")
     return lines
 
 
-def _answer(q: dict | None) -> str:
-    """One question's answer for a table cell: verdict, effect with its interval, corrected p."""
-    if not q:
-        return "–"
+def _answer(name: str, q: dict) -> str:
+    """One answer for a table cell: question, verdict (judged) with effect, interval, corrected p, stability."""
     if q.get("p") is None:
-        return f"{q['verdict']} ({q.get('note', '')})"
-    text = f"{q['verdict']}: {_effect(q, 'x' if q['log_scale'] else '+')}, p={q['p_adjusted']:.2g}"
+        return f"{name}: {q['verdict']} ({q.get('note', '')})"
+    if not q["judged"]:
+        return f"*{name}: {_effect(q)}, p={q['p']:.2g}*"
+    if q["identical"] or "p_adjusted" not in q:
+        return f"{name}: {q['verdict']} ({'identical in both arms' if q['identical'] else q.get('note', '')})"
+    mark = " ⚠ fragile" if claims_lib.fragile(q) else ""
+    text = f"{name}: **{q['verdict']}**{mark}: {_effect(q)}, p={q['p_adjusted']:.2g}, stability {q['stability']:.2f}"
     return text + (f"; {q['note']}" if q.get("note") else "")
 
 
-def _effect(q: dict, kind: str = "") -> str:
-    """Effect [95% CI]; marked "≥" / "≤" (or "~", both ways) where infinite values made it a bound."""
+def _effect(q: dict) -> str:
+    """Effect [95% CI] (x: ratio, +: difference, Δ: difference of rates); marked "≥" / "≤" (or "~", both
+    ways) where infinite values made it a bound."""
+    kind = "Δ" if q["kind"] == "rate" else "x" if q["log_scale"] else "+"
     return f"{q.get('bound', '')}{kind}{q['effect']:.3g} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}]"
 
 
-def _lr(record: dict) -> float:
-    """The learning rate a record's runs used: its plan's (a mitigation may set its own), else the grid's."""
-    return record.get("plan", {}).get("optimizer", {}).get("lr", record["config"]["optimizer"]["lr"])
+def _medians(q: dict) -> str:
+    if q["kind"] == "rate":
+        return ", ".join(f"{k}/{n}" for k, n in zip(q["counts"], q["n"]))
+    return ", ".join(_ratio(m) for m in q["median"])
+
+
+_lr = claims_lib.run_lr
 
 
 def _contrast_lr(records: list[dict]) -> float:
@@ -281,25 +297,31 @@ def render(results_dir, output) -> tuple[str, dict]:
             f"when it finished with a training loss of at least {t['collapse_fraction']:g} x the trivial loss; "
             f"*failed* is either. Explosion is the end-to-end gradient ratio ||dL/dh_first|| / ||dL/dh_last|| "
             f"(input side over output side; below 1: vanishing), at initialisation and during training. Each "
-            f"claim is judged on three questions per comparison: explosion at init, explosion in training and "
-            f"trainability. An answer gives the effect of the variant against the baseline (x: ratio of "
-            f"Hodges-Lehmann medians, +: difference) with its bootstrap 95% interval and the Holm-corrected p "
-            f"of an exact permutation test over seeds; it is decisive only when p < {claims_lib.ALPHA:g} and the "
-            f"effect reaches the minimum effect {min_effect:g}x.", ""]
+            f"comparison names the questions it is judged on (in bold below); only those enter the claim's "
+            f"Holm correction and its verdict, the others (in italics) are descriptive, with an uncorrected p. "
+            f"A judged answer gives the effect of the variant against the baseline (x: ratio of Hodges-Lehmann "
+            f"medians, +: difference, Δ: difference of rates) with its 95% interval, the p of an exact test over "
+            f"seeds corrected within the claim, and its stability: the fraction of {stats.N_STABILITY} "
+            f"resamples of the seeds that reach the same decision. It is decisive only when p < "
+            f"{claims_lib.ALPHA:g} and the effect reaches the minimum effect ({min_effect:g}x, or a difference "
+            f"of {claims_lib.MIN_RATE_EFFECT:g} in a rate); a decisive answer with a stability under "
+            f"{claims_lib.STABLE:g} is fragile (⚠) and no verdict rests on it.", ""]
     judged = claims_lib.verdicts(suite["claims"], records, min_effect=min_effect) if suite["claims"] else []
     if judged:
-        out += ["## Verdicts", "", "| claim | verdict | comparison | explosion at init | explosion in training | "
-                "trainability |", "|---|---|---|---|---|---|"]
+        out += ["## Verdicts", "", "| claim | verdict | comparison | judged answers | descriptive |",
+                "|---|---|---|---|---|"]
         for c in judged:
             for i, x in enumerate(c["comparisons"]):
                 head = f"{c['id']}. {c.get('title', '')} | **{c['verdict']}**" if i == 0 else " | "
-                q = x["questions"]
-                out.append(f"| {head} | {x.get('regime') or x['experiment']} | {_answer(q.get('init'))} | "
-                           f"{_answer(q.get('training'))} | {_answer(q.get('trainability'))} |")
-        out += ["", "A claim's verdict follows from the answers on the questions it is judged on: decisive answers "
+                qs = x["questions"]
+                shown = lambda judged: "<br>".join(_answer(n, q) for n, q in qs.items()  # noqa: E731
+                                                   if q["judged"] == judged) or "–"
+                out.append(f"| {head} | {x.get('regime') or x['experiment']} | {shown(True)} | {shown(False)} |")
+        out += ["", "A claim's verdict follows from its judged answers that are not fragile: decisive answers "
                 "that all agree give it; answers that disagree give `depends`, naming which regime and question "
-                "gave which; with no decisive answer it is `inconclusive` if any answer is, else `no detectable "
-                "effect`.", ""]
+                "gave which; with no decisive answer it is `inconclusive` if any answer is (or only fragile ones "
+                "are decisive), else `not supported` if an answer's interval excludes the claimed effect, else "
+                "`no detectable effect`.", ""]
     sections = [(f"Claim {c['id']}: {c.get('title', '')}", c) for c in judged] or \
                [(f"Experiment: {e}", None) for e in by_experiment]
     for title, claim in sections:
@@ -307,18 +329,27 @@ def render(results_dir, output) -> tuple[str, dict]:
         if claim:
             if claim.get("text"):
                 out += [claim["text"], ""]
-            out += [f"Judged on: {', '.join(claim['judged_on'])}.", "",
-                    "| comparison | baseline | variant | claim expects variant | question | measured | medians "
-                    "(baseline, variant) | effect [95% CI] | p | p (Holm) | verdict |",
-                    "|---|---|---|---|---|---|---|---|---|---|---|"]
+            family = max((q.get("family", 0) for x in claim["comparisons"] for q in x["questions"].values()),
+                         default=0)
+            out += [f"Judged on: {', '.join(dict.fromkeys(q for x in claim['comparisons'] for q in x['judged']))}; "
+                    f"{family} distinct judged tests in the claim's Holm family.", ""]
+            if claim["fragile"]:
+                out += ["Set aside as fragile: " + "; ".join(claim["fragile"]) + ".", ""]
+            out += ["| comparison | baseline | variant | claim expects variant | question | measured | medians "
+                    "(baseline, variant) | effect [95% CI] | test | p | p (Holm, claim) | q (FDR, suite) | "
+                    "stability | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for x in claim["comparisons"]:
                 for name, q in x["questions"].items():
-                    medians = ", ".join(_ratio(m) for m in q["median"])
                     effect = "–" if q.get("effect") is None else _effect(q)
-                    p = "– | –" if q.get("p") is None else f"{q['p']:.2g} | {q['p_adjusted']:.2g}"
+                    p = "–" if q.get("p") is None else f"{q['p']:.2g}"
+                    adjusted = " | ".join(f"{q[k]:.2g}" if k in q else "–" for k in ("p_adjusted", "q_suite"))
+                    stability = f"{q['stability']:.2f}" if "stability" in q else "–"
+                    verdict = q["verdict"] + (" ⚠ fragile" if claims_lib.fragile(q) else "") + \
+                        (" (identical in both arms)" if q.get("identical") else "")
+                    what = q["what"] + (f"; {q['remark']}" if q.get("remark") else "")
                     out.append(f"| {x.get('regime') or x['experiment']} | {_selector(x['baseline'])} | "
-                               f"{_selector(x['variant'])} | {x['expect']} | {name} | {q['what']} | {medians} | "
-                               f"{effect} | {p} | {q['verdict']} |")
+                               f"{_selector(x['variant'])} | {x['expect']} | {name} | {what} | {_medians(q)} | "
+                               f"{effect} | {q.get('test', '–')} | {p} | {adjusted} | {stability} | {verdict} |")
             out.append("")
             sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
                 [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]

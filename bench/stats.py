@@ -1,37 +1,77 @@
-"""The statistics of a comparison of per-seed values: exact permutation tests, Hodges-Lehmann effects with
-bootstrap intervals, and Holm's correction (docs/METHODS.md, "Statistics")."""
+"""The statistics of a comparison of per-seed values (docs/METHODS.md, "Statistics").
+
+Exact tests wherever the null distribution can be enumerated (the signed-rank statistic over every sign
+pattern, the rank-sum statistic without ties, Fisher's and McNemar's tests on counts), Hodges-Lehmann
+effects with bootstrap intervals, Newcombe intervals for differences of rates, the multiplicity
+corrections of statsmodels, and the stability of an answer under resampling of seeds.
+"""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import confint_proportions_2indep
 
-N_PERMUTATIONS = 20_000
+EXACT_MAX_SEEDS = 20  # sign patterns enumerated up to 2^20; beyond, MONTE_CARLO random ones
+MONTE_CARLO = 200_000
 N_BOOTSTRAP = 2_000
+N_STABILITY = 200  # resamples of seeds behind an answer's stability
 
 
-def permutation_p(baseline: np.ndarray, variant: np.ndarray) -> float:
-    """Two-sided p-value of the rank-sum statistic under random relabelling (exact when enumerable)."""
+@functools.lru_cache(maxsize=None)
+def _sign_patterns(n: int) -> np.ndarray:
+    """Every pattern of n signs (2^n x n, +1/-1)."""
+    return 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
+
+
+def signed_rank_p(d: np.ndarray) -> tuple[float, str]:
+    """Two-sided p of the Wilcoxon signed-rank statistic of paired differences under sign flips, and the test.
+
+    Zero differences carry no sign (Wilcoxon's convention); tied |d| get mid-ranks. Exact (all 2^n patterns)
+    up to EXACT_MAX_SEEDS non-zero differences, else MONTE_CARLO random patterns.
+    """
+    d = d[d != 0]
+    if not len(d):
+        return 1.0, "signed-rank, exact"
+    ranks = stats.rankdata(np.abs(d))
+    observed = abs(float(np.sum(np.sign(d) * ranks)))
+    if len(d) <= EXACT_MAX_SEEDS:
+        null = np.abs(_sign_patterns(len(d)) @ ranks)
+        return float(np.mean(null >= observed - 1e-9)), "signed-rank, exact"
+    signs = 1 - 2 * np.random.default_rng(0).integers(0, 2, (MONTE_CARLO, len(d)))
+    null = np.abs(signs @ ranks)
+    return float((np.sum(null >= observed - 1e-9) + 1) / (MONTE_CARLO + 1)), f"signed-rank, {MONTE_CARLO:,} random"
+
+
+def rank_sum_p(baseline: np.ndarray, variant: np.ndarray) -> tuple[float, str]:
+    """Two-sided p of the Mann-Whitney rank-sum statistic: exact without ties, else a permutation test."""
     pooled = np.concatenate([baseline, variant])
     if np.all(pooled == pooled[0]):
-        return 1.0
+        return 1.0, "rank-sum, exact"
+    if len(np.unique(pooled)) == len(pooled):
+        return float(stats.mannwhitneyu(variant, baseline, method="exact").pvalue), "rank-sum, exact"
     ranks = stats.rankdata(pooled)
     n_b = len(baseline)
-
-    def statistic(rank_b, rank_v, axis=-1):
-        return np.mean(rank_v, axis=axis) - np.mean(rank_b, axis=axis)
-
-    result = stats.permutation_test((ranks[:n_b], ranks[n_b:]), statistic, permutation_type="independent",
-                                    alternative="two-sided", n_resamples=N_PERMUTATIONS, vectorized=True,
+    result = stats.permutation_test((ranks[:n_b], ranks[n_b:]), lambda x, y, axis=-1: np.mean(y, axis) - np.mean(x, axis),
+                                    permutation_type="independent", n_resamples=MONTE_CARLO, vectorized=True,
                                     rng=np.random.default_rng(0))
-    return float(min(1.0, result.pvalue))
+    exact = math.comb(len(pooled), n_b) <= MONTE_CARLO
+    return float(min(1.0, result.pvalue)), "rank-sum (ties), " + ("exact" if exact else f"{MONTE_CARLO:,} random")
 
 
 def hodges_lehmann(baseline: np.ndarray, variant: np.ndarray):
     """The median of all pairwise differences variant - baseline (per row, for 2-D arrays of resamples)."""
     diffs = variant[..., :, None] - baseline[..., None, :]
     return np.median(diffs.reshape(*diffs.shape[:-2], -1), axis=-1)
+
+
+def paired_hodges_lehmann(differences: np.ndarray):
+    """The median of the Walsh averages (d_i + d_j) / 2, i <= j, of paired differences (per row)."""
+    i, j = np.triu_indices(differences.shape[-1])
+    return np.median((differences[..., i] + differences[..., j]) / 2, axis=-1)
 
 
 def _finite(values: np.ndarray, both: np.ndarray) -> np.ndarray:
@@ -51,35 +91,19 @@ def _ordered(values: np.ndarray, both: np.ndarray) -> np.ndarray:
     return np.where(np.isposinf(values), high + span, np.where(np.isneginf(values), low - span, values))
 
 
-def paired_permutation_p(baseline: np.ndarray, variant: np.ndarray) -> float:
-    """Two-sided p of the Wilcoxon signed-rank statistic under random sign flips of the paired differences.
-
-    Exact (all 2^n sign patterns) up to N_PERMUTATIONS patterns; zero differences carry no sign.
-    """
-    both = np.concatenate([baseline, variant])
-    d = _ordered(variant, both) - _ordered(baseline, both)
-    if np.all(d == 0):
-        return 1.0
-
-    def statistic(x, y, axis=-1):
-        diff = y - x
-        return np.sum(np.sign(diff) * stats.rankdata(np.abs(diff), axis=axis), axis=axis)
-
-    result = stats.permutation_test((np.zeros_like(d), d), statistic, permutation_type="samples",
-                                    alternative="two-sided", n_resamples=N_PERMUTATIONS, vectorized=True,
-                                    rng=np.random.default_rng(0))
-    return float(min(1.0, result.pvalue))
-
-
-def paired_hodges_lehmann(differences: np.ndarray):
-    """The median of the Walsh averages (d_i + d_j) / 2, i <= j, of paired differences (per row, for 2-D
-    arrays of resamples)."""
-    i, j = np.triu_indices(differences.shape[-1])
-    return np.median((differences[..., i] + differences[..., j]) / 2, axis=-1)
+def _fast_p(b: np.ndarray, v: np.ndarray, paired: bool) -> np.ndarray:
+    """Per row of resampled arms, the normal approximation of the same test (for stability only)."""
+    with np.errstate(all="ignore"):
+        if paired:
+            d = v - b
+            p = stats.wilcoxon(d, axis=-1, method="approx", zero_method="wilcox").pvalue
+        else:
+            p = stats.mannwhitneyu(v, b, axis=-1, method="asymptotic").pvalue
+    return np.where(np.isnan(p), 1.0, p)
 
 
 def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired: bool = False) -> dict:
-    """Test, effect and bootstrap interval of one per-seed comparison (before the Holm correction).
+    """Test, effect and bootstrap interval of one per-seed comparison (before any multiplicity correction).
 
     Args:
       baseline, variant: per-seed values (NaN: left out, counted in `dropped`).
@@ -95,7 +119,7 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     else:
         dropped = int(np.isnan(b).sum() + np.isnan(v).sum())
         b, v = b[~np.isnan(b)], v[~np.isnan(v)]
-    out = {"n": [len(b), len(v)], "dropped": dropped,
+    out = {"n": [len(b), len(v)], "dropped": dropped, "kind": "values",
            "median": [float(np.quantile(x, 0.5, method="lower")) if len(x) else None for x in (b, v)]}
     if len(b) < 2 or len(v) < 2:
         return {**out, "p": None, "effect": None, "ci": None, "note": "fewer than 2 seeds in an arm"}
@@ -109,28 +133,92 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     up, down = np.isposinf(v).any() or np.isneginf(b).any(), np.isneginf(v).any() or np.isposinf(b).any()
     bound = "≥" if up and not down else "≤" if down and not up else "~" if up else ""
     rng = np.random.default_rng(0)
+    bo, vo = _ordered(b, both), _ordered(v, both)
     if paired:
         d = vf - bf
         boots = paired_hodges_lehmann(d[rng.integers(0, len(d), (N_BOOTSTRAP, len(d)))])
-        effect, p = float(paired_hodges_lehmann(d)), paired_permutation_p(b, v)
+        effect = float(paired_hodges_lehmann(d))
+        p, test = signed_rank_p(vo - bo)
     else:
         boots = hodges_lehmann(rng.choice(bf, (N_BOOTSTRAP, len(bf))), rng.choice(vf, (N_BOOTSTRAP, len(vf))))
-        effect, p = float(hodges_lehmann(bf, vf)), permutation_p(b, v)
+        effect = float(hodges_lehmann(bf, vf))
+        p, test = rank_sum_p(bo, vo)
     low, high = np.quantile(boots, [0.025, 0.975])
     note = None
     if censored[0] and censored[0] == censored[1]:
         note = f"both arms censored {censored[0]} the grid"
     transform = math.exp if log_scale else float
-    return {**out, "p": p, "paired": paired, "log_scale": log_scale, "effect_raw": effect,
+    identical = bool(paired and np.array_equal(bo, vo) or not paired and np.array_equal(np.sort(bo), np.sort(vo)))
+    return {**out, "p": p, "test": test, "paired": paired, "log_scale": log_scale, "effect_raw": effect,
             "ci_raw": [float(low), float(high)], "effect": transform(effect),
-            "ci": [transform(low), transform(high)], "bound": bound, "note": note}
+            "ci": [transform(low), transform(high)], "bound": bound, "note": note, "identical": identical,
+            "_resample": (bf, vf, bo, vo)}
+
+
+def compare_rates(baseline, variant, *, paired: bool = False) -> dict:
+    """Exact test and Newcombe interval of the difference of two rates (variant - baseline) of per-seed events.
+
+    Paired (the same seeds): McNemar's exact test (a binomial test on the discordant seeds); otherwise Fisher's
+    exact test. The interval is Newcombe's hybrid score interval for independent proportions.
+    """
+    b, v = np.asarray(baseline, bool), np.asarray(variant, bool)
+    kb, kv, nb, nv = int(b.sum()), int(v.sum()), len(b), len(v)
+    out = {"n": [nb, nv], "dropped": 0, "kind": "rate", "median": [kb / nb, kv / nv], "counts": [kb, kv],
+           "paired": paired, "log_scale": False, "bound": "", "note": None}
+    if paired:
+        up, down = int((v & ~b).sum()), int((b & ~v).sum())
+        p = float(stats.binomtest(up, up + down, 0.5).pvalue) if up + down else 1.0
+        test = "McNemar, exact"
+    else:
+        p, test = float(stats.fisher_exact([[kv, nv - kv], [kb, nb - kb]]).pvalue), "Fisher, exact"
+    low, high = confint_proportions_2indep(kv, nv, kb, nb, method="newcomb", compare="diff")
+    effect = kv / nv - kb / nb
+    identical = bool(np.array_equal(b, v) if paired else kb * nv == kv * nb and nb == nv)
+    return {**out, "p": min(1.0, p), "test": test, "effect_raw": effect, "ci_raw": [float(low), float(high)],
+            "effect": effect, "ci": [float(low), float(high)], "identical": identical, "_resample": (b, v)}
+
+
+def decisions(result: dict, multiplier: float, threshold: float, alpha: float, n: int = N_STABILITY) -> np.ndarray:
+    """Per bootstrap resample of seeds (pairs kept together when paired): the sign of a decisive answer
+    (+1 / -1) or 0, with the p-value of the resample multiplied by the answer's Holm multiplier.
+
+    Means and rates use their exact tests; rank tests their normal approximation (docs/METHODS.md).
+    """
+    rng = np.random.default_rng(1)
+    if result["kind"] == "rate":
+        b, v = result["_resample"]
+        ib = rng.integers(0, len(b), (n, len(b)))
+        iv = ib if result["paired"] else rng.integers(0, len(v), (n, len(v)))
+        out = np.zeros(n)
+        for k in range(n):
+            r = compare_rates(b[ib[k]], v[iv[k]], paired=result["paired"])
+            if r["p"] * multiplier < alpha and abs(r["effect_raw"]) >= threshold:
+                out[k] = np.sign(r["effect_raw"])
+        return out
+    bf, vf, bo, vo = result["_resample"]
+    ib = rng.integers(0, len(bf), (n, len(bf)))
+    iv = ib if result["paired"] else rng.integers(0, len(vf), (n, len(vf)))
+    if result["paired"]:
+        effect = paired_hodges_lehmann(vf[iv] - bf[ib])
+    else:
+        effect = hodges_lehmann(bf[ib], vf[iv])
+    p = _fast_p(bo[ib], vo[iv], result["paired"])
+    return np.where((p * multiplier < alpha) & (np.abs(effect) >= threshold) & (effect != 0), np.sign(effect), 0)
 
 
 def holm(pvalues: list[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (family-wise error control)."""
-    order = np.argsort(pvalues)
-    adjusted, running = [0.0] * len(pvalues), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
+    return multipletests(pvalues, method="holm")[1].tolist() if pvalues else []
+
+
+def holm_multipliers(pvalues: list[float]) -> list[float]:
+    """The factor each p is multiplied by in Holm's step-down (m - rank), before the running maximum."""
+    order = np.argsort(pvalues, kind="stable")
+    factors = np.empty(len(pvalues))
+    factors[order] = len(pvalues) - np.arange(len(pvalues))
+    return factors.tolist()
+
+
+def fdr(pvalues: list[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values: false discovery rate control)."""
+    return multipletests(pvalues, method="fdr_bh")[1].tolist() if pvalues else []

@@ -10,27 +10,34 @@ from bench import claims, stats
 LRS = (0.01, 0.1, 1.0)
 
 
-def record(mitigation, lr, trained, e2e_init=None, e2e_mid=None, validation=None, heldout=None, steps=None):
-    """A made-up results record: per-seed outcomes and explosion measurements."""
+def record(mitigation, lr, trained, e2e_init=None, e2e_mid=None, validation=None, heldout=None, steps=None,
+           diverged=None):
+    """A made-up results record: per-seed outcomes and explosion measurements (a failed seed diverged unless
+    `diverged` says which did)."""
     n = len(trained)
     e2e_init = e2e_init or [1.0] * n
     e2e_mid = e2e_mid or [1.0] * n
+    diverged = [not t for t in trained] if diverged is None else diverged
     return {
         "experiment": "e",
         "config": {"mitigation": mitigation, "optimizer": {"lr": lr}},
         "thresholds": {"trivial_loss": 1.0},
         "failure_rate": 1 - sum(trained) / n,
         "quality": {"final_heldout_loss": 0.3, "final_heldout_metric": 0.3},
+        "converged": sum(trained),
         "per_seed": {
+            "seed": list(range(n)),
             "trained": trained,
-            "diverged": [not t for t in trained],
+            "diverged": diverged,
+            "collapsed": [not t and not d for t, d in zip(trained, diverged)],
             "steps_to_converge": steps or [10 if t else None for t in trained],
             "final_validation_loss": validation or [0.3 if t else None for t in trained],
             "final_heldout_loss": heldout or [0.3 if t else None for t in trained],
             "final_train_loss": [0.2 if t else None for t in trained],
         },
         "explosion": {"fractions": [0.0, 0.1, 0.5, 1.0],
-                      "per_seed": {"e2e_ratio": [[a, b, b, b] for a, b in zip(e2e_init, e2e_mid)]}},
+                      "per_seed": {"e2e_ratio": [[a, b, b, b] for a, b in zip(e2e_init, e2e_mid)],
+                                   "growth_per_layer": [[1.0] * 4] * n}},
     }
 
 
@@ -120,7 +127,7 @@ def test_permutation_p_value_equals_a_brute_force_count():
         v[list(idx)] = True
         hits += abs(ranks[v].mean() - ranks[~v].mean()) >= observed - 1e-12
         total += 1
-    assert stats.permutation_p(base, var) == pytest.approx(hits / total)
+    assert stats.rank_sum_p(base, var)[0] == pytest.approx(hits / total)
 
 
 def test_hodges_lehmann_and_degenerate_values():
@@ -175,7 +182,7 @@ def test_paired_sign_flip_p_equals_a_brute_force_count():
         flipped = d * np.array(signs)
         hits += abs(np.sum(np.sign(flipped) * __import__("scipy").stats.rankdata(np.abs(flipped)))) >= observed - 1e-9
         total += 1
-    assert stats.paired_permutation_p(base, var) == pytest.approx(hits / total)
+    assert stats.signed_rank_p(var - base)[0] == pytest.approx(hits / total)
 
 
 def test_identical_paired_arms_give_no_detectable_effect_with_a_tight_interval():

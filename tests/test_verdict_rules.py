@@ -1,0 +1,159 @@
+"""The verdict rules of docs/METHODS.md on made-up records: exact tests, rates, 0/0, failed runs, directional
+claims, the judged family and the stability of an answer."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from bench import claims, stats
+from test_claims import BASE, CURE, LRS, grid, record
+
+
+def one(comparison, judged_on=("trainability",)):
+    return [{"id": "c", "judged_on": list(judged_on), "comparison": [
+        {"experiment": "e", "baseline": BASE, "variant": CURE, **comparison}]}]
+
+
+def test_signed_rank_p_is_exact_without_a_monte_carlo_floor():
+    d = np.array([0.3, -1.2, 2.5, 0.7, 1.9, -0.4, 3.1, 0.9, 1.4, 2.2, -0.8, 1.1])  # no ties, no zeros
+    p, test = stats.signed_rank_p(d)
+    assert test == "signed-rank, exact"
+    assert p == pytest.approx(scipy_stats.wilcoxon(d, method="exact").pvalue)
+    # 16 seeds all one way: 2 of the 2^16 sign patterns are as extreme, p = 2 / 65536 (not 1e-4 from 20,000 draws)
+    assert stats.signed_rank_p(np.arange(1.0, 17.0))[0] == pytest.approx(2 / 2 ** 16)
+
+
+def test_rank_sum_p_is_scipys_exact_test_without_ties():
+    b, v = np.array([1.0, 2.5, 3.0, 4.2, 0.5]), np.array([5.0, 6.1, 2.9, 7.3, 8.8, 9.0])
+    p, test = stats.rank_sum_p(b, v)
+    assert test == "rank-sum, exact" and p == pytest.approx(scipy_stats.mannwhitneyu(v, b, method="exact").pvalue)
+
+
+def test_eight_of_eight_failing_against_one_of_eight_is_decisive_as_a_rate():
+    # The radius-1.5 RNN case: fails on 8 of 8 seeds without clipping, on 1 of 8 with it, at the stated lr.
+    recs = [record(BASE, lr, [False] * 8) for lr in LRS] + \
+        [record(CURE, lr, [True] * 7 + [False]) for lr in LRS]
+    v = claims.verdicts(one({"expect": "better", "lr": 0.1, "questions": ["rate"]}), recs)[0]
+    q = v["comparisons"][0]["questions"]["rate"]
+    assert q["test"] == "McNemar, exact" and q["p"] == pytest.approx(2 * 0.5 ** 7)  # 7 discordant pairs
+    assert q["effect"] == pytest.approx(-7 / 8) and q["ci"][1] < -0.25
+    assert q["family"] == 1 and v["verdict"] == claims.SUPPORTED and claims.STABLE <= q["stability"] < 1
+    unpaired = stats.compare_rates([True] * 8, [True] + [False] * 7)
+    assert unpaired["test"] == "Fisher, exact"
+    assert unpaired["p"] == pytest.approx(scipy_stats.fisher_exact([[1, 7], [8, 0]]).pvalue)
+
+
+def test_an_all_zero_gradient_is_vanishing_never_explosion():
+    # The equal-entries arm: every pre-activation gradient exactly zero, ratio stored as null (0/0), growth 0.
+    base = grid(BASE, 1.0, e2e_init=list(np.linspace(20, 40, 16)))
+    var = grid(CURE, 1.0, e2e_init=[None] * 16)
+    for r in var:
+        r["explosion"]["per_seed"]["growth_per_layer"] = [[0.0] * 4] * 16
+    np.testing.assert_array_equal(claims.e2e_ratio(var[0], 0.0), np.zeros(16))
+    v = claims.verdicts(one({"expect": "worse"}, ["init"]), base + var)[0]
+    assert v["comparisons"][0]["questions"]["init"]["verdict"] == claims.CONTRADICTED  # never "supported: >= x5"
+    # read as either way (distance from 1), the same seeds are the most extreme there are
+    v = claims.verdicts(one({"expect": "worse", "gradient": "either"}, ["init"]), base + var)[0]
+    assert v["verdict"] == claims.SUPPORTED
+    # a gradient that is not a number (growth NaN too) is explosion
+    for r in var:
+        r["explosion"]["per_seed"]["growth_per_layer"] = [[None] * 4] * 16
+    assert np.isposinf(claims.e2e_ratio(var[0], 0.0)).all()
+
+
+def test_vanishing_is_its_own_reading_of_the_ratio():
+    base = grid(BASE, 1.0, e2e_init=list(np.linspace(0.5, 2.0, 16)))
+    var = grid(CURE, 1.0, e2e_init=list(np.linspace(1e-9, 1e-8, 16)))
+    as_explosion = claims.verdicts(one({"expect": "worse"}, ["init"]), base + var)[0]
+    as_vanishing = claims.verdicts(one({"expect": "worse", "gradient": "vanishing"}, ["init"]), base + var)[0]
+    assert as_explosion["verdict"] == claims.CONTRADICTED and as_vanishing["verdict"] == claims.SUPPORTED
+    assert "vanishes" in as_explosion["comparisons"][0]["questions"]["init"]["remark"]
+
+
+def test_a_failed_run_keeps_its_own_loss_capped_at_the_trivial_loss():
+    # "collapses 12 of 12 vs trains 12 of 12": the failed arm's held-out loss is its own (capped at trivial 1.0),
+    # not the other arm's worst value, so the effect is the real ratio, about 0.3.
+    base = [record(BASE, lr, [False] * 12, heldout=[5.0] * 12, diverged=[False] * 12) for lr in LRS]
+    cure = [record(CURE, lr, [True] * 12, heldout=list(np.linspace(0.28, 0.32, 12))) for lr in LRS]
+    v = claims.verdicts(one({"expect": "better", "metric": "tuned_heldout_loss"}), base + cure)[0]
+    q = v["comparisons"][0]["questions"]["trainability"]
+    assert q["median"][0] == 1.0 and q["effect"] == pytest.approx(0.3, rel=0.05) and q["bound"] == ""
+    assert v["verdict"] == claims.SUPPORTED
+
+
+def test_the_divergence_free_lr_ignores_collapse_at_small_learning_rates():
+    # Seeds collapse (too slow) at lr 0.01 and diverge from 1.0: the critical lr says "< 0.01", stable lr 0.1.
+    recs = [record(BASE, lr, [lr == 0.1] * 4, diverged=[lr >= 1.0] * 4) for lr in LRS]
+    arm = claims.Arm(recs)
+    assert claims.METRICS["stable_lr"].values(arm, None)[0].tolist() == [0.1] * 4
+    s = arm.summary()
+    assert s["stable_lr"] == 0.1 and s["diverged"] == [0, 0, 4] and s["collapsed"] == [4, 0, 0]
+
+
+def test_a_directional_claim_whose_effect_is_excluded_is_not_supported():
+    # The variant is a little faster (x0.9 [0.77, 1.12]-like): the claimed 1.25x slowdown is excluded, but a
+    # speed-up beyond 1.25x is not, so this is "not supported", not "inconclusive" and not "no effect".
+    rng = np.random.default_rng(3)
+    base = [record(BASE, lr, [True] * 16, steps=list(rng.uniform(50, 150, 16).round())) for lr in LRS]
+    cure = [record(CURE, lr, [True] * 16, steps=list(rng.uniform(35, 125, 16).round())) for lr in LRS]
+    v = claims.verdicts(one({"expect": "worse", "metric": "steps_to_converge"}), base + cure)[0]
+    q = v["comparisons"][0]["questions"]["trainability"]
+    assert q["ci"][1] < 1.25 and q["ci"][0] < 0.8
+    assert q["verdict"] == claims.NOT_SUPPORTED and v["verdict"] == claims.NOT_SUPPORTED
+
+
+def test_a_bound_open_on_the_claimed_side_is_never_no_effect():
+    result = {"p": 0.5, "p_adjusted": 0.5, "effect_raw": 0.0, "ci_raw": [-0.1, 0.1], "bound": "≥", "note": None}
+    assert claims.judge(result, +1, math.log(1.25)) == claims.INCONCLUSIVE
+    assert claims.judge({**result, "bound": ""}, +1, math.log(1.25)) == claims.NO_EFFECT
+    assert claims.judge(result, -1, math.log(1.25)) == claims.NOT_SUPPORTED  # open the other way only
+
+
+def test_descriptive_answers_never_change_a_verdict():
+    base, cure = grid(BASE, 0.1), grid(CURE, 1.0)
+    tables = one({"expect": "better"})
+    before = claims.verdicts(tables, base + cure)[0]
+    for r in cure:  # the variant now explodes at init on every seed: a descriptive answer only
+        r["explosion"]["per_seed"]["e2e_ratio"] = [[1e6, 1.0, 1.0, 1.0]] * 16
+    after = claims.verdicts(tables, base + cure)[0]
+    assert after["comparisons"][0]["questions"]["init"]["verdict"] == claims.DESCRIPTIVE
+    assert after["comparisons"][0]["questions"]["init"]["effect"] > 1e5
+    assert after["verdict"] == before["verdict"] == claims.SUPPORTED
+    assert "p_adjusted" not in after["comparisons"][0]["questions"]["init"]
+
+
+def test_a_test_that_two_comparisons_share_is_counted_once():
+    recs = grid(BASE, 0.1) + grid(CURE, 1.0)
+    comp = {"experiment": "e", "baseline": BASE, "variant": CURE, "expect": "better"}
+    tables = [{"id": "c", "judged_on": ["trainability"], "comparison": [{**comp, "regime": "a"}, {**comp, "regime": "b"}]}]
+    v = claims.verdicts(tables, recs)[0]
+    a, b = (c["questions"]["trainability"] for c in v["comparisons"])
+    assert a["family"] == b["family"] == 1 and a["p_adjusted"] == b["p_adjusted"] == a["p"]
+
+
+def test_identical_arms_leave_the_family():
+    recs = grid(BASE, 0.1) + grid(CURE, 1.0)
+    v = claims.verdicts(one({"expect": "better"}, ["init", "trainability"]), recs)[0]
+    init, train = (v["comparisons"][0]["questions"][k] for k in ("init", "trainability"))
+    assert init["identical"] and init["verdict"] == claims.NO_EFFECT and "p_adjusted" not in init
+    assert train["family"] == 1
+
+
+def test_a_decisive_answer_that_resampling_does_not_reproduce_is_fragile_and_set_aside():
+    # 9 of 16 seeds 10x higher and 7 a little lower: decisive at p < 0.05 on these seeds, but far from every
+    # resample of them agrees.
+    rng = np.random.default_rng(0)
+    b = rng.uniform(1, 2, 16)
+    v = b * np.where(np.arange(16) < 10, 10.0, 0.7)
+    result = stats.compare(b, v, log_scale=True, paired=True)
+    assert result["p"] < 0.05
+    share = np.mean(stats.decisions(result, 1, math.log(1.25), 0.05) == 1)
+    assert 0.2 < share < claims.STABLE
+    strong = stats.compare(b, b * 10, log_scale=True, paired=True)
+    assert np.mean(stats.decisions(strong, 1, math.log(1.25), 0.05) == 1) == 1.0
+    answer = {"verdict": claims.SUPPORTED, "stability": share}
+    assert claims.fragile(answer)
+    comparison = {"regime": "r", "experiment": "e", "judged": ["init"], "questions": {"init": answer}}
+    verdict = claims._claim_verdict({"id": "c"}, [comparison])
+    assert verdict["verdict"] == claims.INCONCLUSIVE and verdict["fragile"]
