@@ -157,3 +157,35 @@ def test_a_decisive_answer_that_resampling_does_not_reproduce_is_fragile_and_set
     comparison = {"regime": "r", "experiment": "e", "judged": ["init"], "questions": {"init": answer}}
     verdict = claims._claim_verdict({"id": "c"}, [comparison])
     assert verdict["verdict"] == claims.INCONCLUSIVE and verdict["fragile"]
+
+
+CLAIM = """
+[[claim]]
+id = 1
+comparison = [{{ experiment = "ci", baseline = {{ name = "none" }}, variant = {variant}, expect = "better"{extra} }}]
+"""
+BAD_CLAIMS = {
+    "an arm against itself": ('{ name = "none" }', "", ["comparison[0].variant", "two different arms"]),
+    "a rate without a learning rate": ('{ name = "clip_by_global_norm" }', ', questions = ["rate"]',
+                                       ["comparison[0].lr", "stated learning rate"]),
+    "a learning rate off the grid": ('{ name = "clip_by_global_norm" }', ", lr = 0.1",
+                                     ["comparison[0].lr", "baseline arm's grid", "0.03, 0.3, 10", "variant in 'ci'"]),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CLAIMS)
+def test_a_claim_that_compares_nothing_or_the_wrong_thing_is_refused_in_one_line(tmp_path, name):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    variant, extra, words = BAD_CLAIMS[name]
+    suite = Path(__file__).resolve().parent.parent / "bench" / "suites" / "ci.toml"
+    path = tmp_path / "bad.toml"
+    path.write_text(suite.read_text() + CLAIM.format(variant=variant, extra=extra))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(path) in proc.stderr, proc.stderr
+    assert all(word in proc.stderr for word in words), proc.stderr
+    assert not out.exists()
