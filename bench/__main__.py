@@ -218,7 +218,7 @@ def cmd_compare(args) -> int:
     else:
         out = Console(width=None if sys.stdout.isatty() else 160)
         out.print(compare.table(result, args.all))
-        for line in compare.one_side(result):
+        for line in compare.one_side(result) + compare.detectable_lines(result):
             out.print(line, markup=False)
         out.print(compare.summary(result), markup=False)
     return 1 if result["regressed"] else 0
@@ -448,15 +448,17 @@ def parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="compare two runs cell by cell (exit 1 when something regressed)",
                          description="Pairs records by cell_id; Fisher's exact test for rates, Mann-Whitney for "
                          "per-seed values, Holm-corrected over all cells x metrics; throughput as a ratio, "
-                         "normalised by each run's matmul calibration when the machines differ. Exit status: "
-                         "0 nothing regressed, 1 regressed, 2 bad input.")
+                         "each side normalised by its run's matmul calibration, worse only below both "
+                         "--throughput-threshold and the noise band of the two runs' timed chunks. Prints, per "
+                         "metric, the smallest regression of one cell it can detect with these seeds. Exit "
+                         "status: 0 nothing regressed, 1 regressed, 2 bad input.")
     cmp.add_argument("baseline", help="baseline results.jsonl or run directory")
     cmp.add_argument("current", help="current results.jsonl or run directory")
     cmp.add_argument("--alpha", type=_fraction(0.0, 1.0), default=0.05,
                      help="family-wise error rate (Holm) (default 0.05)")
     cmp.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
-                     help="steps/s ratio current/baseline below which throughput is worse; 0 turns the check "
-                          "off (default 0.8)")
+                     help="normalised steps/s ratio current/baseline below which throughput is worse (when "
+                          "also below the noise band); 0 turns the check off (default 0.8)")
     cmp.add_argument("--all", action="store_true", help="list unchanged cell-metrics too")
     fmt = cmp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON object")

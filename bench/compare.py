@@ -7,9 +7,12 @@ both sides have at most EXACT_MAX seeds, else a permutation test on the
 pooled ranks, PERMUTATIONS resamples, fixed seed), with a seed that diverged
 or never got a value ranked last. Test names in the output: Fisher, MW exact,
 MW permutation. Every p-value of the comparison is Holm-corrected
-(family-wise error) over all cells x metrics. Throughput (steps/s) is a ratio against a threshold; when
-the two records come from different machines it is first divided by each
-run's matmul calibration (env.matmul_flops_per_s).
+(family-wise error) over all cells x metrics. Throughput (steps/s) is a ratio:
+each side's steps/s divided by its run's matmul calibration
+(env.matmul_flops_per_s, measured in the run's process, so a loaded machine
+slows both), worse only below both the threshold and the noise band that the
+two runs' timed chunks span. `detectable` gives, per metric, the smallest
+effect in one cell that the comparison can find with its seeds and tests.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from bench.claims import holm
+from bench.stats import holm
 
 ALPHA = 0.05
 THROUGHPUT_THRESHOLD = 0.8  # current / baseline steps/s below this is worse (above 1 / this: better)
@@ -109,24 +112,80 @@ def same_machine(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] for k in MACHINE_KEYS if a.get(k) is not None and b.get(k) is not None)
 
 
+def _spread(throughput: dict) -> tuple[float, float]:
+    """(lowest, highest) timed chunk's steps/s over the median: the run's own noise (quartiles in older records)."""
+    median = throughput["steps_per_s"]
+    rates = throughput.get("chunk_steps_per_s") or throughput.get("steps_per_s_iqr") or [median]
+    return min(rates) / median, max(rates) / median
+
+
 def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
-    """Steps/s of current over baseline, normalised by the matmul calibration when the machines differ."""
+    """Steps/s of current over baseline, each divided by its run's matmul calibration (when both have one).
+
+    Worse only below both the threshold and the noise band: the ratio that the two runs' chunk-to-chunk
+    spread alone gives (current's slowest chunk over baseline's fastest, relative to their medians).
+    """
     sb, sc = base["throughput"]["steps_per_s"], cur["throughput"]["steps_per_s"]
     fb, fc = base["env"].get("matmul_flops_per_s"), cur["env"].get("matmul_flops_per_s")
-    if same_machine(base["env"], cur["env"]):
-        ratio, mode = sc / sb, "raw (same machine)"
-    elif fb and fc:
-        ratio, mode = (sc / fc) / (sb / fb), "normalised by matmul FLOP/s (machines differ)"
+    if fb and fc:
+        ratio, mode = (sc / fc) / (sb / fb), "normalised by each run's matmul FLOP/s"
     else:
-        ratio, mode = sc / sb, "raw (machines differ, a side has no calibration)"
-    verdict = WORSE if ratio < threshold else BETTER if threshold > 0 and ratio > 1 / threshold else UNCHANGED
-    test = f"ratio vs {threshold:g}"
+        ratio, mode = sc / sb, "raw (a side has no matmul calibration)"
+    (low_b, high_b), (low_c, high_c) = _spread(base["throughput"]), _spread(cur["throughput"])
+    band = (low_c / high_b, high_c / low_b)
+    worse_below = min(threshold, band[0])
+    better_above = max(1 / threshold, band[1]) if threshold > 0 else math.inf
+    verdict = WORSE if ratio < worse_below else BETTER if ratio > better_above else UNCHANGED
+    test = f"ratio vs x{worse_below:.2f} (threshold {threshold:g}, noise band x{band[0]:.2f}-x{band[1]:.2f})"
     rb, rc = base["throughput"].get("runs_per_program"), cur["throughput"].get("runs_per_program")
     if rb != rc:  # steps/s is of the whole compiled program: other run counts are other programs
         verdict, test = UNTESTED, f"not comparable: {rb} vs {rc} runs per program"
     return {"metric": "steps_per_s", "test": test, "p": None, "p_adjusted": None,
             "baseline": f"{sb:.4g}", "current": f"{sc:.4g}", "effect": f"x{ratio:.2f}", "ratio": ratio,
-            "throughput": mode, "verdict": verdict}
+            "noise_band": list(band), "worse_below": worse_below, "throughput": mode, "verdict": verdict}
+
+
+def smallest_rate_rise(n_baseline: int, n_current: int, level: float) -> int | None:
+    """The fewest of n_current seeds failing, against none of n_baseline, that Fisher's test finds at `level`."""
+    for k in range(1, n_current + 1):
+        if stats.fisher_exact([[k, n_current - k], [0, n_baseline]]).pvalue < level:
+            return k
+    return None
+
+
+def smallest_superiority(n_baseline: int, n_current: int, level: float) -> float | None:
+    """The smallest P(current > baseline) that the exact Mann-Whitney test finds at `level` (no ties)."""
+    b = np.arange(n_baseline, dtype=float)
+    for u in range(n_baseline * n_current // 2 + 1, n_baseline * n_current + 1):
+        # current's values placed so that u (baseline, current) pairs have current above: U = u exactly.
+        counts = np.minimum(n_baseline, (u // n_current) + (np.arange(n_current) < u % n_current))
+        c = counts - 0.5 + np.arange(n_current) * 1e-6
+        if stats.mannwhitneyu(c, b, method="exact").pvalue < level:
+            return u / (n_baseline * n_current)
+    return None
+
+
+def detectable(rows: list[dict], seeds: tuple[int, int], alpha: float) -> dict[str, str]:
+    """Per metric, the smallest effect this comparison can find for one cell with the fewest seeds (Holm's
+    first step: p below alpha / tests)."""
+    tests = sum(r["p"] is not None for r in rows)
+    level = alpha / max(tests, 1)
+    nb, nc = seeds
+    out = {}
+    metrics = {r["metric"] for r in rows}
+    k = smallest_rate_rise(nb, nc, level)
+    for metric in ("divergence_rate", "failure_rate"):
+        if metric in metrics:
+            out[metric] = f"0/{nb} -> {k}/{nc} (Fisher, p < {level:.2g})" if k else f"none with {nb} vs {nc} seeds"
+    s = smallest_superiority(nb, nc, level)
+    for metric in ("steps_to_converge", "final_heldout_loss", "critical_lr"):
+        if metric in metrics:
+            out[metric] = (f"P(current worse than baseline) >= {s:.2f} (MW exact, p < {level:.2g})" if s
+                           else f"none with {nb} vs {nc} seeds")
+    band = [r["worse_below"] for r in rows if r["metric"] == "steps_per_s" and r["verdict"] != UNTESTED]
+    if band:
+        out["steps_per_s"] = f"a ratio below x{max(band):.2f} (the least noisy cell; x{min(band):.2f} the noisiest)"
+    return out
 
 
 def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
@@ -168,7 +227,10 @@ def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
                              r["p_adjusted"] if r["p"] is not None else r.get("ratio", 1.0)))
     regressed = list(dict.fromkeys(r["cell_id"] for r in rows if r["verdict"] == WORSE))
     modes = sorted({r["throughput"] for r in rows if "throughput" in r})
+    seeds = [(len(base_by[c]["per_seed"]["diverged"]), len(cur_by[c]["per_seed"]["diverged"])) for c in paired]
     return {
+        "detectable": detectable(rows, min(seeds), alpha),
+        "detectable_seeds": list(min(seeds)),
         "alpha": alpha, "correction": f"Holm over {len(tested)} tests (cells x metrics)",
         "throughput_threshold": throughput_threshold, "throughput": modes,
         "paired": len(paired), "rows": rows, "regressed": regressed,
@@ -188,8 +250,15 @@ def summary(result: dict) -> str:
     names = {r["cell_id"]: f"{r['experiment']}: {r['label']}" for r in result["rows"]}
     regressed = "; ".join(names[c] for c in result["regressed"])
     return (f"{result['paired']} cells paired; {result['correction']}, alpha {result['alpha']:g}; throughput: "
-            f"worse below x{result['throughput_threshold']:g}, {' / '.join(result['throughput'])}. "
+            f"worse below x{result['throughput_threshold']:g} and its noise band, {' / '.join(result['throughput'])}. "
             + (f"REGRESSED: {len(result['regressed'])} cells ({regressed})." if regressed else "Nothing regressed."))
+
+
+def detectable_lines(result: dict) -> list[str]:
+    """One line per metric: the smallest effect a cell needs for this comparison to find it."""
+    nb, nc = result["detectable_seeds"]
+    return [f"smallest detectable regression per cell ({nb} vs {nc} seeds, Holm over the tests, alpha "
+            f"{result['alpha']:g}):"] + [f"  {metric}: {text}" for metric, text in result["detectable"].items()]
 
 
 def _shown(result: dict, show_all: bool) -> list[dict]:
@@ -233,7 +302,7 @@ def markdown(result: dict, show_all: bool = False) -> str:
     """The comparison as a pull-request comment."""
     rows = _shown(result, show_all)
     hidden = len(result["rows"]) - len(rows)
-    lines = ["### gradbench compare", "", summary(result), ""]
+    lines = ["### gradbench compare", "", summary(result), "", *[f"{line}  " for line in detectable_lines(result)], ""]
     if rows:
         lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]

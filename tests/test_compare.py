@@ -38,7 +38,9 @@ def test_records_carry_the_environment(run_dir):
 def test_a_run_against_itself_is_unchanged(run_dir, capsys):
     assert main(["compare", str(run_dir), str(run_dir / "results.jsonl")]) == 0
     out = capsys.readouterr().out
-    assert "Nothing regressed" in out and "same machine" in out
+    assert "Nothing regressed" in out and "normalised by each run's matmul FLOP/s" in out
+    # 2 cells x 4 metrics = 8 tests: one cell's rise from 0/16 is found at 8/16 (Fisher p 0.0024 < 0.05 / 8).
+    assert "divergence_rate: 0/16 -> 8/16 (Fisher, p < 0.0063)" in out
 
 
 def test_a_divergence_rate_raised_to_8_of_16_regresses_that_cell(run_dir, tmp_path, capsys):
@@ -81,21 +83,51 @@ def test_a_change_within_noise_is_unchanged(run_dir, tmp_path, capsys):
     assert "Nothing regressed" in out and "1/16" in out and "x0.90" in out
 
 
-def test_throughput_is_normalised_by_the_calibration_when_machines_differ(run_dir):
-    base = records(run_dir)
-    slower = copy.deepcopy(base)
-    for r in slower:
-        r["throughput"]["steps_per_s"] /= 2
-        r["env"]["matmul_flops_per_s"] /= 2
-    worse = compare.compare(base, slower)
-    assert {r["verdict"] for r in worse["rows"] if r["metric"] == "steps_per_s"} == {"worse"}
-    for r in slower:
-        r["env"]["cpu"] = "another CPU"
-    normalised = compare.compare(base, slower)
-    rows = [r for r in normalised["rows"] if r["metric"] == "steps_per_s"]
+def scaled(recs, speed=1.0, calibration=1.0, spread=None):
+    """Copies with steps/s (median, quartiles, chunk rates) times `speed`, the calibration times `calibration`;
+    `spread`: the chunk rates replaced by these multiples of the median."""
+    recs = copy.deepcopy(recs)
+    for r in recs:
+        t = r["throughput"]
+        t["steps_per_s"] *= speed
+        t["steps_per_s_iqr"] = [v * speed for v in t["steps_per_s_iqr"]]
+        t["chunk_steps_per_s"] = [v * speed for v in t["chunk_steps_per_s"]] if spread is None \
+            else [t["steps_per_s"] * f for f in spread]
+        r["env"]["matmul_flops_per_s"] *= calibration
+    return recs
+
+
+def throughput_rows(result):
+    return [r for r in result["rows"] if r["metric"] == "steps_per_s"]
+
+
+def test_throughput_is_normalised_by_the_calibration_and_judged_beyond_its_noise(run_dir):
+    base = scaled(records(run_dir), spread=[0.98, 1.0, 1.02])
+    assert len(records(run_dir)[0]["throughput"]["chunk_steps_per_s"]) == records(run_dir)[0]["throughput"][
+        "timed_chunks"] >= 3
+    halved = compare.compare(base, scaled(base, speed=0.5))
+    assert {r["verdict"] for r in throughput_rows(halved)} == {"worse"}
+    # The same machine under load: the in-run calibration fell as much as the training did.
+    loaded = compare.compare(base, scaled(base, speed=0.5, calibration=0.5))
+    rows = throughput_rows(loaded)
     assert {r["verdict"] for r in rows} == {"unchanged"} and rows[0]["ratio"] == pytest.approx(1.0)
-    assert normalised["throughput"] == ["normalised by matmul FLOP/s (machines differ)"]
-    assert not compare.compare(base, slower, throughput_threshold=0.0)["regressed"]
+    assert loaded["throughput"] == ["normalised by each run's matmul FLOP/s"]
+    # A current run whose chunks spread from 0.4 to 1.2 of their median: x0.6 is within that noise band.
+    noisy = compare.compare(base, scaled(base, speed=0.6, spread=[0.4, 1.0, 1.2]))
+    rows = throughput_rows(noisy)
+    assert {r["verdict"] for r in rows} == {"unchanged"}
+    assert rows[0]["noise_band"][0] == pytest.approx(0.4 / 1.02) and "noise band x0.39" in rows[0]["test"]
+    assert not compare.compare(base, scaled(base, speed=0.5), throughput_threshold=0.0)["regressed"]
+
+
+def test_the_smallest_detectable_effects():
+    # The CI suite: 6 cells x 4 metrics = 24 tests at alpha 0.05. With 8 seeds a cell's divergence must rise
+    # from 0/8 to 7/8 to be found; with 20 seeds 0/20 -> 9/20, so a rise from 0 to 0.5.
+    assert compare.smallest_rate_rise(8, 8, 0.05 / 24) == 7
+    assert compare.smallest_rate_rise(20, 20, 0.05 / 24) == 9
+    assert compare.smallest_rate_rise(2, 2, 0.05) is None
+    assert compare.smallest_superiority(8, 8, 0.05 / 24) == pytest.approx(60 / 64)
+    assert compare.smallest_superiority(2, 2, 0.05) is None
 
 
 def test_failure_rate_and_critical_lr_when_records_carry_them(run_dir):
