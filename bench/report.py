@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from bench import claims as claims_lib
-from bench import plots, stats
+from bench import metrics, plots, stats
 from bench.records import read_extended
 from bench.store import read_results, read_suite
 
@@ -179,6 +179,96 @@ def _medians(q: dict) -> str:
 _lr = claims_lib.run_lr
 
 
+DECISIVE = (claims_lib.SUPPORTED, claims_lib.CONTRADICTED)
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return "#" + "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
+
+
+def _judged(claim: dict):
+    """(regime, question, answer) of every judged answer of a claim that was tested."""
+    return [(x.get("regime") or x["experiment"], name, q) for x in claim["comparisons"]
+            for name, q in x["questions"].items() if q["judged"] and q.get("p") is not None]
+
+
+def _headline(claim: dict) -> str:
+    """The answer a claim's verdict rests on most firmly: the stable decisive judged answer with the smallest
+    corrected p (else the judged answer with the smallest p), with its interval and seeds."""
+    answers = _judged(claim)
+    if not answers:
+        return "–"
+    firm = [a for a in answers if a[2]["verdict"] in DECISIVE and not claims_lib.fragile(a[2])] or answers
+    regime, name, q = min(firm, key=lambda a: (a[2].get("p_adjusted", a[2]["p"]), -abs(a[2]["effect_raw"])))
+    seeds = "/".join(str(n) for n in dict.fromkeys(q["n"]))
+    return f"{regime}, {name} ({q['what'].split(';')[0]}): {_effect(q)}, {seeds} seeds"
+
+
+def _can_decide(claim: dict, records: list[dict]) -> str:
+    """Whether the design can reach a decisive answer: the smallest corrected p its tests can reach with their
+    seeds, and how far the claim's baselines explode at initialisation."""
+    answers = _judged(claim)
+    reach = [(stats.smallest_p(q) * q.get("family", 1)) for _, _, q in answers]
+    parts = [f"smallest reachable p {min(reach):.2g}" + (" (cannot reach 0.05)" if min(reach) >= claims_lib.ALPHA
+                                                        else "") if reach else "no test"]
+    medians = []
+    for x in claim["comparisons"]:
+        base = [r for r in records if r["experiment"] == x["experiment"] and claims_lib.matches(r["config"], x["baseline"])]
+        if base:
+            medians.append(_median_e2e(base[0], 0.0))
+    if medians:
+        parts.append(f"baseline e2e ratio at init {_ratio(max(medians))}")
+    return "; ".join(parts)
+
+
+def glance_table(judged: list[dict], records: list[dict]) -> list[str]:
+    """One row per claim: the answer, where it holds, the headline number, whether the design can decide it."""
+    lines = ["| claim | answer | headline answer (95% CI) | can the design decide? |", "|---|---|---|---|"]
+    for c in judged:
+        title = f"Claim {c['id']}: {c.get('title', '')}"
+        fragile = f" ({len(c['fragile'])} fragile set aside)" if c["fragile"] else ""
+        lines.append(f"| [{c['id']}. {c.get('title', '')}]({_anchor(title)}) | **{c['verdict']}**{fragile} | "
+                     f"{_headline(c)} | {_can_decide(c, records)} |")
+    return lines
+
+
+def _run_speed(records: list[dict]) -> float | None:
+    """Median over an arm's cells of run-steps per second (steps of each real run per second of its program)."""
+    speeds = [r["throughput"].get("run_steps_per_s") for r in records]
+    speeds = [s for s in speeds if s]
+    return float(sorted(speeds)[(len(speeds) - 1) // 2]) if speeds else None
+
+
+def mitigations_table(judged: list[dict], records: list[dict]) -> list[str]:
+    """Per cure comparison (claims that expect `better`), the variant arm beside its baseline: divergences per
+    grid point, the largest lr with at most one seed in 16 diverged, trained range, convergence and quality
+    at the tuned lr, and run-steps/s relative to the baseline."""
+    lines = ["| claim | comparison | arm | diverged of seeds, per lr (low to high) | largest lr with ≤ 1/16 diverged | "
+             "trained decades | converged at tuned lr | tuned held-out loss | run-steps/s vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in judged:
+        for x in c["comparisons"]:
+            if x["expect"] != "better" or "arms" not in x:
+                continue
+            sides = {"baseline": (x["experiment"], x["baseline"]),
+                     "variant": (x.get("variant_experiment") or x["experiment"], x["variant"])}
+            speeds = {side: _run_speed([r for r in records if r["experiment"] == e
+                                        and claims_lib.matches(r["config"], sel)]) for side, (e, sel) in sides.items()}
+            for side in ("baseline", "variant"):
+                s = x["arms"][side]
+                rates = {lr: d / s["seeds"] for lr, d in zip(s["lrs"], s["diverged"])}
+                stable = metrics.largest_stable_lr(rates, 1 / 16)
+                relative = "1" if side == "baseline" else \
+                    f"{speeds['variant'] / speeds['baseline']:.2f}" if speeds["variant"] and speeds["baseline"] else "–"
+                head = f"{c['id']} | {x.get('regime') or x['experiment']}" if side == "baseline" else " | "
+                lines.append(f"| {head} | {side}: {_selector(x[side])} | {' '.join(map(str, s['diverged']))} of "
+                             f"{s['seeds']} | {'none' if stable is None else f'{stable:g}'} | "
+                             f"{_fmt(s['trained_decades'])} | {s['tuned_converged']}/{s['seeds']} at "
+                             f"{s['tuned_lr']:g} | {_fmt(s['tuned_heldout_loss'])} | {relative} |")
+    return lines
+
+
 def _contrast_lr(records: list[dict]) -> float:
     """The grid learning rate of the loss curves and diagnostic traces: among those every variant was run at,
     the one where the variants' failure rates differ most (ties: nearest the middle of the grid)."""
@@ -308,6 +398,12 @@ def render(results_dir, output) -> tuple[str, dict]:
             f"{claims_lib.STABLE:g} is fragile (⚠) and no verdict rests on it.", ""]
     judged = claims_lib.verdicts(suite["claims"], records, min_effect=min_effect) if suite["claims"] else []
     if judged:
+        replication = replication_lines(results_dir, judged)
+        out += ["## Answers at a glance", "", *glance_table(judged, records), "",
+                "## Mitigations", "", "Every comparison whose claim expects the variant to be better, its arms "
+                "side by side (diverged seeds at each learning rate of the grid; the tuned learning rate is the "
+                "one with the lowest median validation loss).", "", *mitigations_table(judged, records), "",
+                "## Caveats", "", *caveats(t, replication), ""]
         out += ["## Verdicts", "", "| claim | verdict | comparison | judged answers | descriptive |",
                 "|---|---|---|---|---|"]
         for c in judged:
@@ -322,50 +418,109 @@ def render(results_dir, output) -> tuple[str, dict]:
                 "gave which; with no decisive answer it is `inconclusive` if any answer is (or only fragile ones "
                 "are decisive), else `not supported` if an answer's interval excludes the claimed effect, else "
                 "`no detectable effect`.", ""]
-    sections = [(f"Claim {c['id']}: {c.get('title', '')}", c) for c in judged] or \
-               [(f"Experiment: {e}", None) for e in by_experiment]
-    for title, claim in sections:
-        out += [f"## {title}", ""]
-        if claim:
-            if claim.get("text"):
-                out += [claim["text"], ""]
-            family = max((q.get("family", 0) for x in claim["comparisons"] for q in x["questions"].values()),
-                         default=0)
-            out += [f"Judged on: {', '.join(dict.fromkeys(q for x in claim['comparisons'] for q in x['judged']))}; "
-                    f"{family} distinct judged tests in the claim's Holm family.", ""]
-            if claim["fragile"]:
-                out += ["Set aside as fragile: " + "; ".join(claim["fragile"]) + ".", ""]
-            out += ["| comparison | baseline | variant | claim expects variant | question | measured | medians "
-                    "(baseline, variant) | effect [95% CI] | test | p | p (Holm, claim) | q (FDR, suite) | "
-                    "stability | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-            for x in claim["comparisons"]:
-                for name, q in x["questions"].items():
-                    effect = "–" if q.get("effect") is None else _effect(q)
-                    p = "–" if q.get("p") is None else f"{q['p']:.2g}"
-                    adjusted = " | ".join(f"{q[k]:.2g}" if k in q else "–" for k in ("p_adjusted", "q_suite"))
-                    stability = f"{q['stability']:.2f}" if "stability" in q else "–"
-                    verdict = q["verdict"] + (" ⚠ fragile" if claims_lib.fragile(q) else "") + \
-                        (" (identical in both arms)" if q.get("identical") else "")
-                    what = q["what"] + (f"; {q['remark']}" if q.get("remark") else "")
-                    out.append(f"| {x.get('regime') or x['experiment']} | {_selector(x['baseline'])} | "
-                               f"{_selector(x['variant'])} | {x['expect']} | {name} | {what} | {_medians(q)} | "
-                               f"{effect} | {q.get('test', '–')} | {p} | {adjusted} | {stability} | {verdict} |")
-            out.append("")
-            sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
-                [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
-            experiments = dict.fromkeys(e for e, _ in sides)
-        else:
-            experiments = [title.split(": ", 1)[1]]
-        for experiment in experiments:
-            recs = by_experiment[experiment]
-            if claim:
-                selectors = [s for e, s in sides if e == experiment]
-                recs = [r for r in recs if any(claims_lib.matches(r["config"], s) for s in selectors)]
-            out += [f"### {experiment}", "", *arms_table(recs), "", "<details><summary>every cell</summary>", "",
-                    *cells_table(recs, marks), "", "</details>", "", *figures[experiment]]
-            if len(environments(records)) > 1:
-                out += [*environment_lines(recs, env_names), ""]
+        for claim in judged:
+            out += claim_section(claim, by_experiment)
+        out += ["## Appendix: experiments", "", "Each experiment once: every arm over its grid, every cell, "
+                "the figures.", ""]
+    for experiment, recs in by_experiment.items():
+        level = "###" if judged else "##"
+        out += [f"{level} Experiment: {experiment}", "", *arms_table(recs), "",
+                "<details><summary>every cell</summary>", "", *cells_table(recs, marks), "", "</details>", "",
+                *figures[experiment]]
+        if len(environments(records)) > 1:
+            out += [*environment_lines(recs, env_names), ""]
     return "\n".join(out), jobs
+
+
+def claim_section(claim: dict, by_experiment: dict) -> list[str]:
+    """A claim's evidence: its text, every answer with its test, corrections and stability, its arms."""
+    out = [f"## Claim {claim['id']}: {claim.get('title', '')}", ""]
+    if claim.get("text"):
+        out += [claim["text"], ""]
+    family = max((q.get("family", 0) for x in claim["comparisons"] for q in x["questions"].values()), default=0)
+    out += [f"Judged on: {', '.join(dict.fromkeys(q for x in claim['comparisons'] for q in x['judged']))}; "
+            f"{family} distinct judged tests in the claim's Holm family.", ""]
+    if claim["fragile"]:
+        out += ["Set aside as fragile: " + "; ".join(claim["fragile"]) + ".", ""]
+    out += ["| comparison | baseline | variant | claim expects variant | question | measured | medians "
+            "(baseline, variant) | effect [95% CI] | test | p | p (Holm, claim) | q (FDR, suite) | "
+            "stability | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in claim["comparisons"]:
+        for name, q in x["questions"].items():
+            effect = "–" if q.get("effect") is None else _effect(q)
+            p = "–" if q.get("p") is None else f"{q['p']:.2g}"
+            adjusted = " | ".join(f"{q[k]:.2g}" if k in q else "–" for k in ("p_adjusted", "q_suite"))
+            stability = f"{q['stability']:.2f}" if "stability" in q else "–"
+            verdict = q["verdict"] + (" ⚠ fragile" if claims_lib.fragile(q) else "") + \
+                (" (identical in both arms)" if q.get("identical") else "")
+            what = q["what"] + (f"; {q['remark']}" if q.get("remark") else "")
+            out.append(f"| {x.get('regime') or x['experiment']} | {_selector(x['baseline'])} | "
+                       f"{_selector(x['variant'])} | {x['expect']} | {name} | {what} | {_medians(q)} | "
+                       f"{effect} | {q.get('test', '–')} | {p} | {adjusted} | {stability} | {verdict} |")
+    out.append("")
+    sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
+        [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
+    for experiment in dict.fromkeys(e for e, _ in sides):
+        selectors = [s for e, s in sides if e == experiment]
+        recs = [r for r in by_experiment[experiment] if any(claims_lib.matches(r["config"], s) for s in selectors)]
+        title = f"Experiment: {experiment}"
+        out += [f"Arms of [{experiment}]({_anchor(title)}):", "", *arms_table(recs), ""]
+    return out
+
+
+def caveats(thresholds: dict, replication: list[str]) -> list[str]:
+    """What a reader needs to judge the answers: what the outcomes mean, the family, what a rerun changes."""
+    return [
+        f"- *Trained* means neither diverged (a non-finite loss or gradient, or a loss above "
+        f"{thresholds['divergence_factor']:g} x the trivial loss and twice the initial one) nor collapsed (a final "
+        f"training loss of at least {thresholds['collapse_fraction']:g} x the trivial loss: too slow for the budget, "
+        f"or back to chance). Divergence is instability; collapse is not. The divergence-free learning rate counts "
+        f"divergence only, the critical learning rate both.",
+        "- Each claim is its own family: its judged answers are Holm-corrected together (each distinct test once), "
+        "so a claim with more judged comparisons needs smaller p-values. The q-value over the whole table "
+        "(Benjamini-Hochberg) is in the per-claim tables for a reader who treats the table as one family.",
+        "- Descriptive answers (italics) are not corrected and decide nothing.",
+        "- A fragile answer (⚠, reproduced by fewer than 80% of resamples of its seeds) is where reruns on other "
+        "seeds or machines are expected to disagree; no verdict rests on one.",
+        "- The task sizes are those of a 2-core CPU run; `claims_large.toml` asks the same questions at "
+        "accelerator scale.",
+        *replication,
+    ]
+
+
+REPLICATION_FILE = "replication.json"
+
+
+def replication_lines(results_dir: Path, judged: list[dict]) -> list[str]:
+    """How many answers and verdicts a perturbed rerun (`bench replicate`) gave differently, if one is recorded."""
+    path = results_dir / REPLICATION_FILE
+    if not path.is_file():
+        return ["- No replication run is recorded beside these results (`python -m bench replicate`)."]
+    other = json.loads(path.read_text())
+    answers = {(a["claim"], a["comparison"], a["question"]): a["verdict"] for a in other["answers"]}
+    mine = {(c["id"], i, name): q["verdict"] for c in judged for i, x in enumerate(c["comparisons"])
+            for name, q in x["questions"].items() if q["judged"]}
+    differ = [k for k, v in mine.items() if k in answers and answers[k] != v]
+    verdicts = {c["claim"]: c["verdict"] for c in other["claims"]}
+    changed = [c["id"] for c in judged if verdicts.get(c["id"], c["verdict"]) != c["verdict"]]
+    lines = [f"- A rerun with every initial parameter multiplied by 1 + {other['init_perturbation']:g} x N(0, 1) "
+             f"(imitating another machine's rounding; {other['cells']} cells): {len(differ)} of {len(mine)} judged "
+             f"answers and {len(changed)} of {len(judged)} claim verdicts differ from these."]
+    for claim, comparison, question in differ:
+        c = next(c for c in judged if c["id"] == claim)
+        x = c["comparisons"][comparison]
+        lines.append(f"  - claim {claim}, {x.get('regime') or x['experiment']}, {question}: "
+                     f"{mine[(claim, comparison, question)]} here, {answers[(claim, comparison, question)]} there")
+    return lines
+
+
+def replication_record(judged: list[dict], records: list[dict], init_perturbation: float) -> dict:
+    """What `bench replicate` keeps of a rerun: its judged answers and claim verdicts."""
+    return {"init_perturbation": init_perturbation, "cells": len(records),
+            "claims": [{"claim": c["id"], "verdict": c["verdict"]} for c in judged],
+            "answers": [{"claim": c["id"], "comparison": i, "question": name, "verdict": q["verdict"]}
+                        for c in judged for i, x in enumerate(c["comparisons"])
+                        for name, q in x["questions"].items() if q["judged"]]}
 
 
 def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:

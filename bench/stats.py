@@ -222,3 +222,15 @@ def holm_multipliers(pvalues: list[float]) -> list[float]:
 def fdr(pvalues: list[float]) -> list[float]:
     """Benjamini-Hochberg adjusted p-values (q-values: false discovery rate control)."""
     return multipletests(pvalues, method="fdr_bh")[1].tolist() if pvalues else []
+
+
+def smallest_p(result: dict) -> float:
+    """The smallest p-value the answer's test can reach with its seeds (every seed the same way)."""
+    n_b, n_v = result["n"]
+    if result["kind"] == "rate":
+        if result["paired"]:
+            return float(stats.binomtest(n_b, n_b, 0.5).pvalue)
+        return float(stats.fisher_exact([[n_v, 0], [0, n_b]]).pvalue)
+    if result["paired"]:
+        return 2.0 / 2 ** n_b if n_b <= EXACT_MAX_SEEDS else 1.0 / (MONTE_CARLO + 1)
+    return 2.0 / math.comb(n_b + n_v, n_b)
