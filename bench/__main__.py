@@ -225,8 +225,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import json
-
     from bench import export, store
 
     try:
@@ -234,10 +232,21 @@ def cmd_export(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
-    files = export.outputs(records, args.format, Path(args.output or directory / f"{args.format}.json"))
-    for path, data in files.items():
-        store.atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+    if args.format == "tensorboard":
+        target = Path(args.output or directory / "tensorboard")
+        try:
+            written = export.write_tensorboard(records, target)
+        except export.MissingExtra as e:
+            raise UsageError(str(e)) from None
+        print(f"{len(written)} cells in {target} (tensorboard --logdir {target})")
+        return 0
+    suffix = ".csv" if args.format == "tidy" else ".json"
+    output = Path(args.output or directory / f"{args.format}{suffix}")
+    for path, text in export.outputs(records, args.format, output).items():
+        store.atomic_write(path, text)
         print(path)
+    if args.format == "tidy" and export.write_parquet(export.tidy_rows(records), output.with_suffix(".parquet")):
+        print(output.with_suffix(".parquet"))
     return 0
 
 
@@ -464,13 +473,20 @@ def parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
     fmt.add_argument("--markdown", action="store_true", help="print Markdown (a pull-request comment)")
     cmp.set_defaults(func=cmd_compare)
-    exp = sub.add_parser("export", help="write results as pytest-benchmark or github-action-benchmark JSON")
+    exp = sub.add_parser("export", help="write results for CI dashboards (pytest-benchmark, github-action-benchmark), "
+                         "analysis (tidy CSV/Parquet) or TensorBoard",
+                         description="Exit status: 0 written, 2 bad input or a missing optional extra (nothing "
+                                     "written). JSON files are strict (no NaN or Infinity tokens).")
     exp.add_argument("dir", help="run directory or results.jsonl")
-    exp.add_argument("--format", required=True, choices=("pytest-benchmark", "github-action-benchmark"),
-                     help="pytest-benchmark: one saved run (`pytest-benchmark compare` loads it); "
-                          "github-action-benchmark: OUTPUT-bigger.json (customBiggerIsBetter: steps/s) and "
-                          "OUTPUT-smaller.json (customSmallerIsBetter: divergence rate, steps to converge)")
-    exp.add_argument("--output", help="output file (default: DIR/FORMAT.json)")
+    exp.add_argument("--format", required=True, choices=export_formats(),
+                     help="pytest-benchmark: one saved run, a round per timed chunk, ops = steps/s "
+                          "(`pytest-benchmark compare` loads it); github-action-benchmark: OUTPUT-bigger.json "
+                          "(customBiggerIsBetter: steps/s) and OUTPUT-smaller.json (customSmallerIsBetter: 1 + "
+                          "divergence rate, 1 + failure rate, 1 + steps to converge); tidy: one row per cell x seed "
+                          "as CSV (and Parquet with pyarrow); tensorboard: event files per cell (needs the "
+                          "tensorboard extra)")
+    exp.add_argument("--output", help="output file (default: DIR/FORMAT.json, DIR/tidy.csv) or, for tensorboard, "
+                                      "directory (default: DIR/tensorboard)")
     exp.set_defaults(func=cmd_export)
     rpr = sub.add_parser("reproduce", help="rerun recorded cells from their stored config and compare the numbers",
                          description="Exit status: 0 every metric identical or within noise (throughput only "
@@ -493,6 +509,12 @@ def parser() -> argparse.ArgumentParser:
     per.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     per.set_defaults(func=cmd_peers)
     return p
+
+
+def export_formats():
+    from bench.export import FORMATS
+
+    return FORMATS
 
 
 def _peer_cases():

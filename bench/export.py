@@ -1,65 +1,132 @@
-"""Results records -> the JSON that CI benchmark tools read (`python -m bench export`).
+"""Results records -> what other tools read (`python -m bench export`).
 
-pytest-benchmark: one benchmark per cell whose time is seconds per training
-step (1 / steps_per_s; the record holds one throughput measurement per
-group, so every statistic is that one value and stddev is 0), with the
-cell's divergence rate and steps-to-converge in `extra_info`;
-`pytest-benchmark compare FILE...` loads it. github-action-benchmark: two
-arrays of {name, unit, value, range, extra}, one for the
-`customBiggerIsBetter` tool (steps/s) and one for `customSmallerIsBetter`
-(divergence rate, failure rate where recorded, median steps to converge).
+pytest-benchmark: one saved run, one benchmark per cell whose time is seconds
+per program step, one round per timed chunk (1 / its steps/s), so rounds,
+stddev and IQR are the chunks' spread; `stats.ops` is the cell's steps/s (the
+median over timed chunks, what `bench run` prints); `machine_info` and
+`commit_info` are the record's env. github-action-benchmark: two arrays of
+{name, unit, value, range, extra}: `customBiggerIsBetter` (steps/s) and
+`customSmallerIsBetter` (divergence rate, failure rate where recorded, median
+steps to converge), the smaller-is-better values with a +1 offset (1 + rate,
+1 + steps) so that none is 0 and the action's current/previous ratio is
+always defined. tidy: one row per cell x seed, the config flattened into
+columns, as CSV (and Parquet where pyarrow is installed). tensorboard: per
+cell, its median loss and gradient-norm traces and per-seed scalars
+(tensorboardX, the `tensorboard` extra). No value is ever NaN or infinite in a
+JSON file (strict parsers reject the tokens): such values are null, or the
+entry is left out.
 """
 from __future__ import annotations
 
-import platform
+import csv
+import io
+import json
+import math
 from pathlib import Path
 
+import numpy as np
+
 PYTEST_BENCHMARK_LAYOUT = "5.1.0"  # the pytest-benchmark release whose saved-run layout this writes
+FORMATS = ("pytest-benchmark", "github-action-benchmark", "tidy", "tensorboard")
+
+
+class MissingExtra(Exception):
+    """An optional dependency of a format is not installed (exit 2, one line)."""
+
+
+def _finite(x):
+    """x as a float when it is a finite number, else None."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def strict(obj):
+    """obj with every NaN or infinite float replaced by None (so `json.dumps(..., allow_nan=False)` succeeds)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
 
 
 def _name(record: dict) -> str:
     return f"{record['experiment']}: {record['label']}"
 
 
+def _rates(record: dict) -> list[float]:
+    """The finite per-timed-chunk steps/s (the median alone in records older than chunk_steps_per_s)."""
+    t = record["throughput"]
+    return [v for v in map(_finite, t.get("chunk_steps_per_s") or [t.get("steps_per_s")]) if v and v > 0]
+
+
 def _extra(record: dict) -> dict:
     n = len(record["per_seed"]["diverged"])
+    t = record["throughput"]
     return {"cell_id": record["cell_id"], "suite": record["suite"], "seeds": n,
             "divergence_rate": record["divergence_rate"], "divergence_rate_ci": record["divergence_rate_ci"],
             "converged": record["converged"], "median_steps_to_converge": record["median_steps_to_converge"],
-            "examples_per_s": record["throughput"].get("examples_per_s"),
-            "flops_per_step": record["throughput"].get("flops_per_step")}
+            "steps_per_s": t.get("steps_per_s"), "run_steps_per_s": t.get("run_steps_per_s"),
+            "runs_per_program": t.get("runs_per_program"), "examples_per_s": t.get("examples_per_s"),
+            "flops_per_step": t.get("flops_per_step")}
 
 
-def _stats(seconds: float) -> dict:
-    """pytest-benchmark's statistics of one measurement."""
-    return {"min": seconds, "max": seconds, "mean": seconds, "stddev": 0.0, "rounds": 1, "median": seconds,
-            "iqr": 0.0, "q1": seconds, "q3": seconds, "iqr_outliers": 0, "stddev_outliers": 0, "outliers": "0;0",
-            "ld15iqr": seconds, "hd15iqr": seconds, "ops": 1.0 / seconds, "total": seconds, "iterations": 1}
+def _stats(seconds: np.ndarray, ops: float) -> dict:
+    """pytest-benchmark's statistics of the rounds `seconds` (one per timed chunk); `ops` the cell's steps/s."""
+    q1, median, q3 = (float(q) for q in np.percentile(seconds, [25, 50, 75]))
+    iqr, mean = q3 - q1, float(seconds.mean())
+    stddev = float(seconds.std(ddof=1)) if len(seconds) > 1 else 0.0
+    inside = seconds[(seconds >= q1 - 1.5 * iqr) & (seconds <= q3 + 1.5 * iqr)]
+    iqr_outliers = len(seconds) - len(inside)
+    stddev_outliers = int(((seconds < mean - stddev) | (seconds > mean + stddev)).sum())
+    return {"min": float(seconds.min()), "max": float(seconds.max()), "mean": mean, "stddev": stddev,
+            "rounds": len(seconds), "median": median, "iqr": iqr, "q1": q1, "q3": q3,
+            "iqr_outliers": iqr_outliers, "stddev_outliers": stddev_outliers,
+            "outliers": f"{stddev_outliers};{iqr_outliers}", "ld15iqr": float(inside.min()),
+            "hd15iqr": float(inside.max()), "ops": ops, "total": float(seconds.sum()), "iterations": 1}
+
+
+def machine_info(env: dict) -> dict:
+    """pytest-benchmark's machine_info from a record's env (the machine that made the numbers)."""
+    return {"node": "", "processor": env.get("cpu") or "", "machine": env.get("platform", ""),
+            "python_implementation": "CPython", "python_version": env.get("python"),
+            "system": env.get("platform", ""), "cpu": {"brand_raw": env.get("cpu"), "count": env.get("cpu_count")},
+            "backend": env.get("backend"), "device_kind": env.get("device_kind"),
+            "device_count": env.get("device_count"), "matmul_flops_per_s": env.get("matmul_flops_per_s"),
+            "versions": env.get("versions")}
 
 
 def pytest_benchmark(records: list[dict]) -> dict:
-    """A pytest-benchmark saved run: one benchmark per cell, time = seconds per training step."""
+    """A pytest-benchmark saved run: one benchmark per cell with a finite throughput, time = seconds per step."""
     env = records[0]["env"]
-    benchmarks = [{
-        "group": r["experiment"], "name": _name(r), "fullname": f"{r['suite']}::{r['experiment']}::{r['label']}",
-        "params": {"cell_id": r["cell_id"]}, "param": r["cell_id"], "extra_info": _extra(r),
-        "options": {"timer": "perf_counter", "unit": "seconds per training step"},
-        "stats": _stats(1.0 / r["throughput"]["steps_per_s"]),
-    } for r in records]
-    return {
-        "machine_info": {"node": platform.node(), "processor": env.get("cpu", ""), "machine": platform.machine(),
-                         "python_implementation": platform.python_implementation(), "python_version": env["python"],
-                         "system": env["platform"], "cpu": {"brand_raw": env.get("cpu"), "count": env.get("cpu_count")},
-                         "backend": env["backend"], "device_kind": env["device_kind"], "versions": env["versions"]},
-        "commit_info": {"id": env["git_commit"], "dirty": env["git_dirty"], "project": "gradbench",
+    benchmarks = []
+    for r in records:
+        rates, ops = _rates(r), _finite(r["throughput"].get("steps_per_s"))
+        if not rates or not ops:
+            continue  # no finite throughput: nothing a benchmark tool could chart
+        benchmarks.append({
+            "group": r["experiment"], "name": _name(r), "fullname": f"{r['suite']}::{r['experiment']}::{r['label']}",
+            "params": {"cell_id": r["cell_id"]}, "param": r["cell_id"], "extra_info": _extra(r),
+            "options": {"timer": "perf_counter", "unit": "seconds per program step (one round per timed chunk)"},
+            "stats": _stats(1.0 / np.asarray(rates), ops)})
+    return strict({
+        "machine_info": machine_info(env),
+        "commit_info": {"id": env.get("git_commit"), "dirty": env.get("git_dirty"), "project": "gradbench",
                         "package_version": env.get("package_version"), "code_sha256": env.get("code_sha256")},
         "benchmarks": benchmarks,
         "datetime": max(r["env"]["timestamp"] for r in records),
         "version": PYTEST_BENCHMARK_LAYOUT,
-    }
+    })
 
 
-def _entry(name: str, unit: str, value: float, range_: str | None, extra: str) -> dict:
+def _entry(name: str, unit: str, value, range_: str | None, extra: str) -> dict | None:
+    value = _finite(value)
+    if value is None:
+        return None
     entry = {"name": name, "unit": unit, "value": value}
     if range_:
         entry["range"] = range_
@@ -68,41 +135,155 @@ def _entry(name: str, unit: str, value: float, range_: str | None, extra: str) -
 
 
 def github_action_benchmark(records: list[dict]) -> dict[str, list[dict]]:
-    """github-action-benchmark inputs: {"customBiggerIsBetter": [...], "customSmallerIsBetter": [...]}."""
+    """github-action-benchmark inputs: {"customBiggerIsBetter": [...], "customSmallerIsBetter": [...]}.
+
+    Smaller-is-better values are 1 + the rate or 1 + the steps (never 0: the action alerts on the ratio
+    current / previous); an entry whose value is not finite is left out.
+    """
     bigger, smaller = [], []
     for r in records:
-        env, n = r["env"], len(r["per_seed"]["diverged"])
+        env, n, t = r["env"], len(r["per_seed"]["diverged"]), r["throughput"]
         where = f"cell {r['cell_id']}; {n} seeds; {env['backend']} {env['device_kind']}; commit " \
                 f"{(env['git_commit'] or 'unknown')[:10]}"
-        bigger.append(_entry(f"{_name(r)} steps/s", "steps/s", r["throughput"]["steps_per_s"], None, where))
+        rates = _rates(r)
+        spread = f"timed chunks {min(rates):.4g}-{max(rates):.4g} ({len(rates)})" if rates else None
+        bigger.append(_entry(f"{_name(r)} steps/s", "steps/s", t.get("steps_per_s"), spread, where))
         low, high = r["divergence_rate_ci"]
-        smaller.append(_entry(f"{_name(r)} divergence rate", "fraction of seeds", r["divergence_rate"],
-                              f"95% CI {low:.2f}-{high:.2f}", where))
+        smaller.append(_entry(f"{_name(r)} divergence rate", "1 + fraction of seeds", 1 + r["divergence_rate"],
+                              f"95% CI {1 + low:.2f}-{1 + high:.2f}", where))
         trained = r["per_seed"].get("trained")
         if trained is not None:
-            smaller.append(_entry(f"{_name(r)} failure rate", "fraction of seeds",
-                                  sum(not t for t in trained) / len(trained), None, where))
+            smaller.append(_entry(f"{_name(r)} failure rate", "1 + fraction of seeds",
+                                  1 + sum(not x for x in trained) / len(trained), None, where))
         median = r["median_steps_to_converge"]
         if median is None:  # fewer than half the seeds converged: the budget is a lower bound
-            smaller.append(_entry(f"{_name(r)} steps to converge", "steps", float(r["config"]["steps"]), None,
+            smaller.append(_entry(f"{_name(r)} steps to converge", "1 + steps", 1.0 + r["config"]["steps"], None,
                                   f"{where}; censored: fewer than half the seeds converged within the budget"))
         else:
             low, high = r["steps_to_converge_ci"]
-            smaller.append(_entry(f"{_name(r)} steps to converge", "steps", median,
-                                  f"95% CI {low:g}-{'never' if high is None else f'{high:g}'}"
+            smaller.append(_entry(f"{_name(r)} steps to converge", "1 + steps", 1.0 + median,
+                                  f"95% CI {1 + low:g}-{'never' if high is None else f'{1 + high:g}'}"
                                   if low is not None else None, where))
-    return {"customBiggerIsBetter": bigger, "customSmallerIsBetter": smaller}
+    return {"customBiggerIsBetter": [e for e in bigger if e], "customSmallerIsBetter": [e for e in smaller if e]}
 
 
-FORMATS = ("pytest-benchmark", "github-action-benchmark")
 GITHUB_FILES = {"bigger": "customBiggerIsBetter", "smaller": "customSmallerIsBetter"}  # file suffix -> tool
 
+# tidy: per-seed columns (record key in per_seed -> column)
+PER_SEED = ("seed", "diverged", "divergence_step", "collapsed", "trained", "steps_to_converge", "loss_0",
+            "final_train_loss", "final_heldout_loss", "final_validation_loss", "final_heldout_metric",
+            "max_grad_norm")
 
-def outputs(records: list[dict], fmt: str, output: Path) -> dict[Path, object]:
-    """The files to write for a format: pytest-benchmark to `output`, github-action-benchmark to
-    OUTPUT-bigger.json (customBiggerIsBetter) and OUTPUT-smaller.json (customSmallerIsBetter)."""
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return out
+
+
+def _number(x):
+    """A per-seed value for a table: float for the JSON-extended "inf"/"-inf", None kept."""
+    return float(x) if isinstance(x, str) and x in ("inf", "-inf") else x
+
+
+def tidy_rows(records: list[dict]) -> list[dict]:
+    """One row per cell x seed: the cell's identity and config flattened (task.*, model.*, optimizer.lr,
+    mitigation.name and its parameters, ...), then the seed's outcomes and its end-to-end gradient ratio at
+    each snapshot (e2e_ratio@FRACTION of the budget)."""
+    rows = []
+    for r in records:
+        cell = {"suite": r["suite"], "experiment": r["experiment"], "cell_id": r["cell_id"], "label": r["label"],
+                **_flatten(r["config"])}
+        ps, ex = r["per_seed"], r.get("explosion", {})
+        fractions = ex.get("fractions", [])
+        e2e = ex.get("per_seed", {}).get("e2e_ratio", [])
+        for i in range(len(ps["diverged"])):
+            row = {**cell, **{k: ps[k][i] for k in PER_SEED if k in ps}}
+            for k, fraction in enumerate(fractions):
+                row[f"e2e_ratio@{fraction:g}"] = _number(e2e[i][k]) if i < len(e2e) else None
+            rows.append(row)
+    return rows
+
+
+def tidy_csv(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def write_parquet(rows: list[dict], path: Path) -> bool:
+    """Writes the rows as Parquet when pyarrow is installed; returns whether it did."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    data = {}
+    for c in columns:
+        values = [row.get(c) for row in rows]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds <= {int, float} and float in kinds:
+            values = [None if v is None else float(v) for v in values]
+        elif len(kinds) > 1:
+            values = [None if v is None else str(v) for v in values]
+        data[c] = values
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(data), path)
+    return True
+
+
+def write_tensorboard(records: list[dict], directory: Path) -> list[Path]:
+    """One event-file directory per cell (DIRECTORY/EXPERIMENT/CELL_ID): its median loss and gradient-norm
+    traces over seeds (NaN where every seed diverged) and per-seed scalars (step = seed). MissingExtra when
+    tensorboardX is not installed."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise MissingExtra("--format tensorboard needs tensorboardX: pip install 'gradbench[tensorboard]'") from None
+    written = []
+    for r in records:
+        logdir = directory / r["experiment"] / r["cell_id"]
+        writer = SummaryWriter(str(logdir))
+        writer.add_text("cell", f"{_name(r)} ({r['suite']})", 0)
+        steps = r["trace"]["step"]
+        for key in ("loss", "grad_norm"):
+            traces = np.array([[np.nan if v is None else v for v in seed] for seed in r["trace"][key]], float)
+            with np.errstate(all="ignore"):
+                median = np.nanmedian(np.where(np.isfinite(traces), traces, np.nan), axis=0) if traces.size else []
+            for step, value in zip(steps, median):
+                if math.isfinite(value):
+                    writer.add_scalar(f"median/{key}", float(value), int(step))
+        ps = r["per_seed"]
+        for key in ("diverged", "steps_to_converge", "final_train_loss", "final_heldout_loss", "max_grad_norm"):
+            for seed, value in zip(ps["seed"], ps.get(key, [])):
+                value = _finite(value)
+                if value is not None:
+                    writer.add_scalar(f"per_seed/{key}", value, int(seed))
+        writer.add_scalar("cell/divergence_rate", r["divergence_rate"], 0)
+        if _finite(r["throughput"].get("steps_per_s")):
+            writer.add_scalar("cell/steps_per_s", r["throughput"]["steps_per_s"], 0)
+        writer.close()
+        written.append(logdir)
+    return written
+
+
+def outputs(records: list[dict], fmt: str, output: Path) -> dict[Path, str]:
+    """The JSON or CSV files to write for a format (path -> text): pytest-benchmark to `output`,
+    github-action-benchmark to OUTPUT-bigger.json (customBiggerIsBetter) and OUTPUT-smaller.json
+    (customSmallerIsBetter), tidy to OUTPUT.csv."""
+    if fmt == "tidy":
+        return {output.with_suffix(".csv"): tidy_csv(tidy_rows(records))}
+    dump = lambda data: json.dumps(strict(data), indent=1, allow_nan=False) + "\n"  # noqa: E731
     if fmt == "pytest-benchmark":
-        return {output: pytest_benchmark(records)}
+        return {output: dump(pytest_benchmark(records))}
     arrays = github_action_benchmark(records)
-    return {output.with_name(f"{output.stem}-{suffix}{output.suffix}"): arrays[tool]
+    return {output.with_name(f"{output.stem}-{suffix}{output.suffix}"): dump(arrays[tool])
             for suffix, tool in GITHUB_FILES.items()}
