@@ -363,12 +363,15 @@ def cmd_probe(args) -> int:
     return 0
 
 
+PEERS_SKIPPED = 3  # `bench peers` exit status when PyTorch is missing (nothing was compared)
+
+
 def cmd_peers(args) -> int:
     from bench import compile_cache, peers
 
     if not peers.torch_available():
         print("peers: skipped, PyTorch is not installed (pip install 'gradbench[peers]')")
-        return 0
+        return PEERS_SKIPPED
     compile_cache.enable(not args.no_compile_cache)
     import jax
     from rich.table import Table
@@ -502,7 +505,8 @@ def parser() -> argparse.ArgumentParser:
     rpr.set_defaults(func=cmd_reproduce)
     per = sub.add_parser("peers", help="the suite vs an idiomatic PyTorch eager loop on the same cases (seed-steps/s)",
                          description="Needs PyTorch (pip install 'gradbench[peers]'); without it, one line says "
-                                     "it was skipped.")
+                                     f"it was skipped. Exit status: 0 compared, {PEERS_SKIPPED} skipped (no PyTorch), "
+                                     "2 bad input.")
     per.add_argument("--case", action="append", choices=sorted(_peer_cases()), help="run this case only "
                      "(repeatable; default: every case)")
     per.add_argument("--json", action="store_true", help="print one JSON array")

@@ -6,9 +6,9 @@ from bench import optim, peers, suite
 from bench.__main__ import main
 
 
-def test_without_torch_peers_is_one_line_and_exit_0(monkeypatch, capsys):
+def test_without_torch_peers_is_one_line_and_exit_3(monkeypatch, capsys):
     monkeypatch.setattr(peers, "torch_available", lambda: False)
-    assert main(["peers"]) == 0
+    assert main(["peers"]) == 3  # skipped: distinct from 0 (compared) and 2 (bad input)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "PyTorch is not installed" in out
 
