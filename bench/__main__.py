@@ -94,6 +94,39 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
+
+
+def _check_memory(suite, cells) -> None:
+    """Refuses (one line) a compiled group whose memory estimate exceeds the device's available memory.
+
+    The estimate (bench.build.memory_estimate) is traced, not compiled; GRADBENCH_MEMORY_CHECK=0 skips it.
+    """
+    if os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
+        return
+    import jax
+
+    from bench import build, runner
+
+    available, where = build.available_memory()
+    devices = jax.local_device_count()
+    for group in runner.group_cells(cells):
+        per_device = -(-len(group.runs) // devices)
+        size = build.memory_estimate(group.plan, group.runs[0].hyper, per_device)
+        if size["total"] <= available:
+            continue
+        keys = "task.n_train" if size["data"] > size["total"] / 2 else \
+            ("task.batch_size, seeds" if size["activations"] > size["params"] + size["optimizer"]
+             else "model (width, depth), seeds")
+        raise UsageError(f"{suite.path}: {keys}: experiment {group.cells[0].experiment!r} needs about "
+                         f"{_gib(size['total'])} for one compiled group of {len(group.runs)} runs ({_gib(size['per_run'])}"
+                         f" a run: parameters {_gib(size['params'])}, optimiser state {_gib(size['optimizer'])}, "
+                         f"activations {_gib(size['activations'])}; data {_gib(size['data'])}), more than the "
+                         f"{_gib(available)} of {where}; allowed: a group that fits (fewer seeds or grid points, a "
+                         "smaller model or batch)")
+
+
 def cmd_run(args) -> int:
     from bench import cluster, compile_cache, console, program, runner, store, suite as suite_lib
 
@@ -101,7 +134,8 @@ def cmd_run(args) -> int:
     # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS; before anything touches a JAX backend.
     process, processes = cluster.initialize()
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
-    suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps)
+    suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps,
+                           overrides=_set_values(args.set))
     index, count = _shard(args.shard)
     groups = runner.group_count(suite.cells)  # shards deal whole compiled groups
     if index >= groups:
@@ -110,6 +144,7 @@ def cmd_run(args) -> int:
     out = Path(args.out) if args.out else _default_out(suite)
     shard = cluster.compose((index, count), (process, processes))
     cells = runner.shard_cells(suite.cells, shard)
+    _check_memory(suite, cells)  # before anything is compiled or written
     # Opened here first so that a refused directory is one line, before any progress display starts.
     store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
@@ -119,6 +154,9 @@ def cmd_run(args) -> int:
         with _Interrupts(out) as interrupts, shown as progress:
             records = runner.run_suite(suite, out, shard, progress=progress,
                                        stop=lambda: interrupts.requested)
+    except runner.OutOfMemory as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         kept = store.ResultsStore(out).done() & {c.cell_id for c in cells} if (out / store.RESULTS_FILE).exists() \
             else set()
@@ -428,6 +466,8 @@ def parser() -> argparse.ArgumentParser:
                      "records from other --seeds/--steps (they are discarded)")
     run.add_argument("--shard", default="0/1", help="run shard i of n (e.g. 0/4): whole compiled groups of cells, "
                      "dealt by cost (runs x steps), never one split")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a [suite] setting, e.g. init_perturbation=1e-6 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--no-report", action="store_true", help="do not write DIR/REPORT.md at the end")
     run.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache "

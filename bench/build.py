@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -33,11 +34,36 @@ def make_model(model_cfg: dict, task, key):
                         sequence_output=task.sequence_output, rngs=nnx.Rngs(params=key))
 
 
+# Compile-time guard: XLA's compile time grows faster than the program, so a very deep model would compile for
+# minutes or hang. A model's layer counts and its prediction's traced operations are refused beyond these.
+MAX_LAYERS = 256  # each of LAYER_KEYS (tracing alone grows faster than linearly: depth 300 takes ~15 s on a CPU)
+LAYER_KEYS = ("depth", "layers", "stages", "blocks_per_stage")
+MAX_OPS = 20_000  # operations of one prediction, nested ones counted (the largest suite's: about 3,100)
+
+
+def count_ops(jaxpr) -> int:
+    """Operations of a jaxpr, those of nested jaxprs (scan, cond, pjit, custom_vjp) counted too."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += 1
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", None)
+                inner = getattr(inner, "jaxpr", inner)
+                if inner is not None and hasattr(inner, "eqns"):
+                    n += count_ops(inner)
+    return n
+
+
 @functools.lru_cache(maxsize=None)
 def _check(task_json: str, model_json: str) -> None:
     task = _task(task_json)
     x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
-    jax.eval_shape(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True), x)
+    traced = jax.make_jaxpr(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True))(x)
+    ops = count_ops(traced.jaxpr)
+    if ops > MAX_OPS:
+        raise ValueError(f"the model's prediction traces to {ops:,} operations, more than {MAX_OPS:,} (compiling it "
+                         f"would take minutes or hang); allowed: a smaller model (fewer layers)")
 
 
 def check(task_cfg: dict, model_cfg: dict) -> None:
@@ -105,3 +131,98 @@ def scale_init(params, powers: dict[str, tuple[float, ...]], values: dict):
     for knob, per_leaf in powers.items():
         leaves = [x if p == 0 else x * values[knob] ** p for x, p in zip(leaves, per_leaf)]
     return jax.tree.unflatten(treedef, leaves)
+
+
+# Memory ------------------------------------------------------------------------------------------------------
+
+def _itemsize(dtype) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # a PRNG key
+        return 8
+
+
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * _itemsize(x.dtype) for x in jax.tree.leaves(tree) if hasattr(x, "shape"))
+
+
+def _intermediates(jaxpr) -> tuple[int, int]:
+    """(sum, largest) bytes of the values a jaxpr's operations make (nested ones counted)."""
+    total = largest = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = v.aval
+            if hasattr(aval, "shape"):
+                size = int(np.prod(aval.shape)) * _itemsize(aval.dtype)
+                total, largest = total + size, max(largest, size)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", None)
+                inner = getattr(inner, "jaxpr", inner)
+                if inner is not None and hasattr(inner, "eqns"):
+                    t, m = _intermediates(inner)
+                    total, largest = total + t, max(largest, m)
+    return total, largest
+
+
+def memory_estimate(plan: dict, hyper: dict, n_runs: int) -> dict[str, int]:
+    """Bytes a group's programs hold at once (traced abstractly, nothing compiled or allocated).
+
+    Per run: parameters (x3: the parameters, their gradient and the updated ones), optimiser state (x2: old and
+    new), the activations of one training step (every value the prediction makes on a batch, kept for the
+    backward pass) or of one evaluation (twice the largest value the prediction makes on the largest split),
+    whichever is larger. Once: the task's data (x2: a host and a device copy). total = data + runs x per run.
+    """
+    from bench import optim
+
+    task = make_task(plan["task"])
+    model_cfg = unit_scales(plan["model"])
+    abstract = nnx.eval_shape(lambda: make_model(model_cfg, task, jax.random.key(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    lr_groups = getattr(abstract, "lr_groups", None)
+    lr_groups = lr_groups(optim.adaptive(plan)) if lr_groups else None
+    opt_state = jax.eval_shape(lambda p: optim.build(plan, {k: np.float32(v) for k, v in hyper.items()},
+                                                         lr_groups).init(p), params)
+    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
+    traced = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef, p, r, copy=True)(x, train=True))(params, rest, x)
+    step_sum, step_max = _intermediates(traced.jaxpr)
+    batch = max(int(x.shape[0]), 1)
+    largest_split = max(int(jax.tree.leaves(split)[0].shape[0]) for split in task.data.values())
+    activations = max(step_sum, 2 * step_max * largest_split // batch)
+    sizes = {"params": 3 * _nbytes(params) + _nbytes(rest), "optimizer": 2 * _nbytes(opt_state),
+             "activations": activations, "data": 2 * _nbytes(task.data)}
+    sizes["per_run"] = sizes["params"] + sizes["optimizer"] + sizes["activations"]
+    sizes["total"] = sizes["data"] + n_runs * sizes["per_run"]
+    return sizes
+
+
+def available_memory() -> tuple[int, str]:
+    """(bytes, where) the programs may use: on a GPU/TPU the first device's free memory (memory_stats); on a CPU
+    the system's available memory (/proc/meminfo MemAvailable, else sysconf), less where an address-space limit
+    (RLIMIT_AS) leaves this process less."""
+    device = jax.local_devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{device.platform} device memory"
+    available, where = None, "available system memory"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if available is None:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            if soft - used < available:
+                available, where = max(soft - used, 0), "address space left under this process's limit (RLIMIT_AS)"
+    except (OSError, ValueError, StopIteration):
+        pass
+    return int(available), where

@@ -53,6 +53,19 @@ def seed_keys(seed):
     return k_init, k_data
 
 
+PERTURBATION_TAG = 0x9E7B  # folded into a seed's root key: the perturbation's key, independent of (init, data)
+
+
+def perturb(params, seed, eps):
+    """Every parameter entry times (1 + eps x N(0, 1)), the normals drawn from the seed's own perturbation key
+    (one per leaf). eps is traced: eps = 0 leaves every entry bit for bit (x * 1.0 == x)."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), PERTURBATION_TAG), len(leaves))
+    leaves = [(x.astype(jnp.float32) * (1 + eps * jax.random.normal(k, x.shape, jnp.float32))).astype(x.dtype)
+              for x, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
 def _over_runs(fn, in_axes, n_runs: int):
     """`fn` mapped over the leading run axis of the arguments whose in_axes entry is 0.
 
@@ -112,8 +125,8 @@ class Program:
         self.runs_sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         on_runs, once = self.runs_sharding, self.replicated
-        self._init = jax.jit(_over_runs(self._init_one, (0, 0, None), n_runs),
-                            in_shardings=(on_runs, on_runs, once), out_shardings=on_runs)
+        self._init = jax.jit(_over_runs(self._init_one, (0, 0, 0, None), n_runs),
+                            in_shardings=(on_runs, on_runs, on_runs, once), out_shardings=on_runs)
         self._evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs),
                                 in_shardings=(on_runs, once), out_shardings=on_runs)
         self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0,
@@ -141,9 +154,11 @@ class Program:
         state = jax.vmap(self._unit_state_one)(jnp.asarray(unique, jnp.int32))
         return jax.tree.map(lambda x: x[index], state)
 
-    def _init_one(self, hyper, unit_state, data):
+    def _init_one(self, hyper, seed, unit_state, data):
         params, rest = unit_state
         params = build.scale_init(params, self.init_powers, {k: hyper[f"model.{k}"] for k in self.init_powers})
+        if self.plan.get("init_perturbation"):
+            params = perturb(params, seed, hyper["init_perturbation"])
         zero = jnp.zeros((), jnp.float32)
         # loss_0: the training loss before the first update on the whole training-evaluation set (in training
         # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
@@ -319,11 +334,11 @@ class Program:
 
     def compile_all(self, hyper, seeds, snap_at, unit_state, data) -> None:
         """Compiles init, chunk, measure and evaluate for these inputs without running anything."""
-        carry = jax.eval_shape(self._init, hyper, unit_state, data)
+        carry = jax.eval_shape(self._init, hyper, seeds, unit_state, data)
         snaps = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding),
                              self._empty_snapshots(len(seeds)))
         step = jax.ShapeDtypeStruct((), jnp.int32)
-        self._compile("init", self._init, hyper, unit_state, data)
+        self._compile("init", self._init, hyper, seeds, unit_state, data)
         self._compile("chunk", self._chunk, carry, hyper, seeds, data, step)
         self._compile("measure", self._measure, carry, snaps, hyper, seeds, snap_at, data, step)
         self._compile("evaluate", self._evaluate, carry, data)
@@ -332,7 +347,7 @@ class Program:
         """The initial carry of every run (`unit_state`: `unit_state(seeds)` on the devices, if made already)."""
         if unit_state is None:
             unit_state = jax.device_put(self.unit_state(np.asarray(seeds)), self.runs_sharding)
-        return self._run("init", self._init, hyper, unit_state, data)
+        return self._run("init", self._init, hyper, seeds, unit_state, data)
 
     def chunk(self, carry, hyper, seeds, data, start):
         """Runs one chunk of steps from step `start` (the carry is donated)."""

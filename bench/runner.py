@@ -5,6 +5,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
+from pathlib import Path
 from typing import Callable
 
 from bench import calibrate, engine, optim, records
@@ -131,16 +132,52 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
     try:
         ready = [compiler.submit(prepare, g) for g in groups]
+        failed = []  # groups that ran out of memory: the others still train
         for group, prepared in zip(groups, ready):
             check_stop()
             on_chunk = chunk_callback(progress.group(group.label, group.steps, group.runs) if progress else None)
-            new = _train(suite, store, group, prepared.result(), on_chunk, quiet)
+            try:
+                new = _train(suite, store, group, prepared.result(), on_chunk, quiet)
+            except Exception as e:  # noqa: BLE001 (only an out-of-memory is caught; anything else is raised)
+                if not out_of_memory(e):
+                    raise
+                failed.append({"experiment": group.cells[0].experiment, "cells": [c.cell_id for c in group.cells],
+                               "labels": [c.label for c in group.cells], "runs": len(group.runs),
+                               "error": (str(e).strip().splitlines() or [type(e).__name__])[0][:300]})
+                continue
             if progress:
                 progress.group_done(new)
     finally:
         compiler.shutdown(wait=False, cancel_futures=True)
+    not_run = Path(out_dir) / NOT_RUN_FILE
+    if failed:
+        not_run.write_text(json.dumps({"groups": failed}, indent=1) + "\n")
+        raise OutOfMemory(not_run, failed)
+    not_run.unlink(missing_ok=True)
     by_id = {r["cell_id"]: r for r in store.records}
     return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]
+
+
+NOT_RUN_FILE = "not_run.json"  # the groups of the last run that could not run (out of memory)
+
+
+class OutOfMemory(Exception):
+    """Some groups ran out of memory (the others' records are kept); the groups are in OUT/not_run.json."""
+
+    def __init__(self, path, failed: list[dict]):
+        cells = sum(len(f["cells"]) for f in failed)
+        first = failed[0]
+        super().__init__(f"{path}: {len(failed)} compiled group(s) ({cells} cells) ran out of memory and were not "
+                         f"run, the first of experiment {first['experiment']!r} ({first['runs']} runs: "
+                         f"{first['error']}); every other cell is kept; allowed: fewer seeds or grid points, a smaller "
+                         "model or batch, or a machine with more memory")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether an exception is an allocation failure (XLA's RESOURCE_EXHAUSTED, Python's MemoryError)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text \
+        or "out of memory" in text
 
 
 def _train(suite: Suite, store: ResultsStore, group: Group, prepared: engine.Prepared, on_chunk,

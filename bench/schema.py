@@ -8,8 +8,13 @@ parameters with the same `Key`; model and task keys come from their Config
 dataclasses (type hints, CHOICES, __post_init__). Adding a key is one line:
 `"name": Key(float, 1.0, gt=0)`.
 
-Every float must be finite (NaN and Inf are results, never inputs); a bool is
-never a number; an int is accepted where a float is wanted.
+Every float must be finite (NaN and Inf are results, never inputs) and must
+survive its conversion to float32, the dtype every traced value becomes: a
+value beyond float32's range, a nonzero value below its smallest normal number
+(XLA flushes subnormals to zero), or one whose float32 rounding breaks the
+key's range (smoothing 0.99999999 is 1.0) is refused. A bool is never a
+number; an int is accepted where a float is wanted (3 and 3.0 are one value);
+-0.0 is 0.0.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from typing import Any
 
 REQUIRED = ...  # the default of a key the suite must give
 INT_LIMIT = 2**31  # ints (steps, sizes, counts) must stay below this: XLA indexes with int32
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
+FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: XLA flushes smaller magnitudes to zero
 
 
 class Invalid(ValueError):
@@ -64,7 +71,7 @@ class Key:
                       f"<= {self.le:g}" if self.le is not None else None]
             parts = [b for b in bounds if b]
             if self.type is float:
-                parts.append("finite")
+                parts.append("finite in float32")
         if self.choices is not None:
             parts.append("(one of " + ", ".join(map(str, self.choices)) + ")")
         text = name + (" " + ", ".join(parts) if parts else "")
@@ -81,22 +88,43 @@ class Key:
             return [item.check(v) for v in value] if item else value
         if self.log_grid and isinstance(value, dict):
             return log_grid(value)
+        if self.type is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # 3.0 where a key is integral is 3: one value, one cell id
         if not _is(value, self.type):
             raise Invalid(f"expected {self.allowed()}, got {_show(value)}")
         if self.type is float:
-            value = float(value)
+            value = float(value) + 0.0  # an int -> float; -0.0 -> 0.0
             if not math.isfinite(value):
-                raise Invalid(f"must be finite, got {value}")
+                raise Invalid(f"must be finite, got {value}; allowed: {self.allowed()}")
+            if abs(value) > FLOAT32_MAX:
+                raise Invalid(f"{value!r} overflows float32 (largest {FLOAT32_MAX:.4g}), the dtype it is traced "
+                              f"as; allowed: {self.allowed()}")
+            if value != 0 and abs(value) < FLOAT32_TINY:
+                raise Invalid(f"{value!r} is below float32's smallest normal number ({FLOAT32_TINY:.4g}), so it "
+                              f"would be 0 in the compiled program; allowed: {self.allowed()}")
         if self.type in (int, float) and not isinstance(value, bool):
             limit = INT_LIMIT if self.type is int else math.inf
-            if (self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge) \
-                    or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le) \
-                    or abs(value) >= limit:
+            if not self._in_range(value) or abs(value) >= limit:
                 below = " (below 2**31)" if self.type is int and self.lt is None and self.le is None else ""
                 raise Invalid(f"must be {self.allowed()}{below}, got {value!r}")
+            if self.type is float and not self._in_range(float32(value)):
+                raise Invalid(f"{value!r} is {float32(value)!r} in float32, the dtype it is traced as, which is "
+                              f"out of range; allowed: {self.allowed()}")
         if self.choices is not None and value not in self.choices:
             raise Invalid(f"{value!r} is not allowed; allowed: {', '.join(map(str, self.choices))}")
         return value
+
+
+    def _in_range(self, value) -> bool:
+        return not ((self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge)
+                    or (self.lt is not None and not value < self.lt) or (self.le is not None and not value <= self.le))
+
+
+def float32(value: float) -> float:
+    """`value` rounded to float32 (and back to a Python float)."""
+    import numpy as np
+
+    return float(np.float32(value))
 
 
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
@@ -131,7 +159,9 @@ MAX_GRID = 10_000  # values in one log-spaced grid
 def log_grid(table: dict) -> list[float]:
     """{min, max, per_decade} -> log-spaced values, both ends included, each rounded to 12 significant digits.
 
-    n = round(per_decade * log10(max / min)); values = 10 ** linspace(log10(min), log10(max), n + 1).
+    n = round(per_decade * log10(max / min)), at least 1 when max > min (so max is never dropped); values =
+    10 ** linspace(log10(min), log10(max), n + 1), the ends exactly min and max (each must have at most 12
+    significant digits).
     """
     import numpy as np
 
@@ -149,10 +179,17 @@ def log_grid(table: dict) -> list[float]:
     lo, hi, per_decade = values["min"], values["max"], values["per_decade"]
     if hi < lo:
         raise Invalid(f"grid max ({hi:g}) must be >= min ({lo:g})")
-    n = round(per_decade * (math.log10(hi) - math.log10(lo)))
+    for k, v in (("min", lo), ("max", hi)):
+        if float(f"{v:.12g}") != v:
+            raise Invalid(f"grid {k} {v!r} has more than 12 significant digits (grid values are rounded to 12, so "
+                          f"it would not be a grid point); allowed: a number with at most 12 significant digits")
+    # Both ends always: a max less than half a step above min still gives its own point.
+    n = max(round(per_decade * (math.log10(hi) - math.log10(lo))), 1 if hi > lo else 0)
     if n + 1 > MAX_GRID:
         raise Invalid(f"the grid has {n + 1} values; at most {MAX_GRID}")
-    return [float(f"{v:.12g}") for v in 10.0 ** np.linspace(math.log10(lo), math.log10(hi), n + 1)]
+    values = [float(f"{v:.12g}") for v in 10.0 ** np.linspace(math.log10(lo), math.log10(hi), n + 1)]
+    values[0], values[-1] = lo, hi  # exactly as given (10 ** log10(x) can differ from x in the last digit)
+    return values
 
 
 class SuiteError(Exception):

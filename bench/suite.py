@@ -54,6 +54,8 @@ SETTINGS = {
     "early_stop": Key(bool, True),  # a converged seed stops training (final numbers at convergence)
     "chunk_steps": Key(int, 100, ge=1),
     "trace_points": Key(int, 100, ge=2, le=1_000_000),
+    "init_perturbation": Key(float, 0.0, ge=0, le=1, doc="every initial parameter x (1 + this x N(0, 1)), drawn per "
+                             "seed from its own key (imitates another machine's rounding); 0: none"),
 }
 # top-level keys of a suite file
 TOP_LEVEL = {
@@ -200,6 +202,8 @@ def _plan(path, key, config) -> dict:
     plan = {"task": config["task"], "model": copy.deepcopy(config["model"]),
             "optimizer": copy.deepcopy(config["optimizer"]), "transforms": [], "skip_nonfinite": 0,
             "aux_losses": [], "loss_scaling": None}
+    if config.get("init_perturbation"):
+        plan["init_perturbation"] = config["init_perturbation"]  # traced: one program for every value > 0
     mitigation = config["mitigation"]
     name = mitigation["name"]
     try:
@@ -217,12 +221,43 @@ def _plan(path, key, config) -> dict:
         raise SuiteError(path, key, "a mitigation's model keys take one value each here")
     plan["model"] = {"family": plan["model"]["family"],
                      **_make_config(path, key, family.Config, {k: v[0] for k, v in axes.items()})}
+    for layers in build.LAYER_KEYS:
+        if isinstance(plan["model"].get(layers), int) and plan["model"][layers] > build.MAX_LAYERS:
+            raise SuiteError(path, f"model.{layers}", f"{plan['model'][layers]} is beyond the compile-time limit "
+                             f"(compiling would take minutes or hang); allowed: at most {build.MAX_LAYERS}")
     try:
+        _check_task_size(path, plan["task"])
         build.check(plan["task"], plan["model"])
     except (ValueError, OSError, OverflowError, MemoryError) as e:
         raise SuiteError(path, f"task {plan['task']['name']!r} with family {plan['model']['family']!r}",
                          str(e) or type(e).__name__) from None
     return plan
+
+
+def _check_task_size(path, task_cfg: dict):
+    """Refuses a task with an empty split or a trivial loss that is not above zero (every seed would fail)."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        task = build.make_task(task_cfg)
+    key = "task.n_train" if "n_train" in task_cfg else "task"
+    empty = [name for name, split in task.data.items() if min(len(a) for a in jax_leaves(split)) == 0]
+    if empty:
+        raise SuiteError(path, key, f"task {task_cfg['name']!r} has no examples in its {empty[0]!r} split; allowed: "
+                         "a task large enough that every split holds examples (more n_train)")
+    if not task.trivial_loss > 0 or not math.isfinite(task.trivial_loss):
+        raise SuiteError(path, key, f"task {task_cfg['name']!r} has a trivial loss of {task.trivial_loss:g} (the loss "
+                         "of its best constant predictor), so no run can be judged against it; allowed: a task whose "
+                         "trivial loss is above zero (more n_train, or targets that vary)")
+
+
+def jax_leaves(tree) -> list:
+    """The arrays of a (nested) tuple, list or dict."""
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in jax_leaves(v)]
+    if isinstance(tree, (tuple, list)):
+        return [x for v in tree for x in jax_leaves(v)]
+    return [tree]
 
 
 def canonical_section(source, section: str, table: dict) -> dict:
@@ -240,9 +275,23 @@ def canonical_section(source, section: str, table: dict) -> dict:
     return {name_key: name, **_make_config(source, section, cls, {k: v[0] for k, v in axes.items()})}
 
 
+def _canonical(value):
+    """A config with every -0.0 as 0.0 (one configuration, one id), at any depth."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value + 0.0 if isinstance(value, float) else value
+
+
+def slug(name: str) -> str:
+    """An experiment's name as a file name (its plots'): letters and digits kept, every other character '-'."""
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
 def cell_id(config: dict) -> str:
     """Stable id: a hash of the canonical config (never of results)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_canonical(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _mitigation_label(m: dict) -> str:
@@ -307,6 +356,8 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
                 "smoothing": settings["smoothing"],
                 "early_stop": exp["early_stop"],
             }
+            if settings["init_perturbation"] > 0:  # absent at 0: unperturbed cells keep their ids
+                config["init_perturbation"] = settings["init_perturbation"]
             plan = _plan(path, m_key, config)
             cells.append(Cell(cell_id(config), settings["name"], exp["name"], _label(config, varying), config, plan))
     return cells
@@ -338,14 +389,21 @@ def read_toml(path) -> dict:
         raise SuiteError(path, "-", f"not valid TOML: {e}") from None
 
 
-def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
+def load(path, seeds: int | None = None, steps: int | None = None, overrides: dict | None = None) -> Suite:
     """Reads, validates and expands a suite file; raises SuiteError on bad input.
 
-    `seeds` and `steps` (the command line's --seeds and --steps) override the suite's and every experiment's.
+    `seeds` and `steps` (the command line's --seeds and --steps) override the suite's and every experiment's;
+    `overrides` (the command line's --set KEY=VALUE) override [suite] settings.
     """
     path = Path(path)
     raw = check_table(path, "top level", read_toml(path), TOP_LEVEL)
     settings = check_table(path, "suite", raw["suite"], SETTINGS)
+    for key, value in (overrides or {}).items():
+        if key not in SETTINGS or key in ("name", "description", "seeds", "steps"):
+            allowed = [k for k in SETTINGS if k not in ("name", "description", "seeds", "steps")]
+            raise SuiteError(path, f"--set {key}", f"not a [suite] setting that --set overrides; allowed: "
+                             f"{', '.join(allowed)} (--seeds and --steps have their own flags)")
+        settings[key] = check_value(path, f"--set {key}", value, SETTINGS[key])
     for flag, value in (("seeds", seeds), ("steps", steps)):
         if value is not None:
             settings[flag] = check_value(path, f"--{flag}", value, SETTINGS[flag])
@@ -354,7 +412,7 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
         _weight_var_used(path, "model", base["model"], base["model"],
                          getattr(FAMILIES.get(base["model"].get("family")), "Config", _NoInit))
     experiments = raw["experiment"] or [{"name": settings["name"]}]
-    cells, resolved, names = [], [], {}
+    cells, resolved, names, slugs = [], [], {}, {}
     for i, table in enumerate(experiments):
         where = f"experiment[{i}]" if raw["experiment"] else "suite"
         exp = check_table(path, where, table, EXPERIMENT)
@@ -363,6 +421,12 @@ def load(path, seeds: int | None = None, steps: int | None = None) -> Suite:
             raise SuiteError(path, f"{where}.name", f"{exp['name']!r} is already the name of {names[exp['name']]}; "
                              "experiment names must differ")
         names[exp["name"]] = where
+        if slug(exp["name"]) in slugs:
+            other = slugs[slug(exp["name"])]
+            raise SuiteError(path, f"{where}.name", f"{exp['name']!r} and {other[0]!r} ({other[1]}) map to the same "
+                             f"file name {slug(exp['name'])!r} for their plots, so one's figures would overwrite the "
+                             "other's; allowed: experiment names that differ in their letters or digits")
+        slugs[slug(exp["name"])] = (exp["name"], where)
         for section, name_key in (("task", "name"), ("model", "family"), ("optimizer", "name")):
             inherited, own = base.get(section, {}), exp[section] or {}
             if name_key in own and own[name_key] != inherited.get(name_key):

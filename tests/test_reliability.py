@@ -73,7 +73,31 @@ BAD_SUITES = {
     "grid max < min": (edit("lr = 0.05", "lr = { min = 1.0, max = 0.1, per_decade = 4 }"), ["optimizer.lr", "min"]),
     "grid without max": (edit("lr = 0.05", "lr = { min = 0.1, per_decade = 4 }"), ["optimizer.lr", "max"]),
     "grid per_decade 0": (edit("lr = 0.05", "lr = { min = 0.1, max = 1, per_decade = 0 }"), ["per_decade"]),
-    "grid too large": (edit("lr = 0.05", "lr = { min = 1e-300, max = 1e300, per_decade = 1000 }"), ["at most"]),
+    "grid too large": (edit("lr = 0.05", "lr = { min = 1e-30, max = 1e30, per_decade = 1000 }"), ["at most"]),
+    "grid min of 13 digits": (edit("lr = 0.05", "lr = { min = 0.1234567890123, max = 1, per_decade = 2 }"),
+                              ["optimizer.lr", "12 significant digits"]),
+    # float32, the dtype every traced value becomes: no overflow, no flush to zero, the range kept after rounding
+    "lr 5e-324": (edit("lr = 0.05", "lr = 5e-324"), ["optimizer.lr", "float32", "allowed:"]),
+    "lr 1e300": (edit("lr = 0.05", "lr = 1e300"), ["optimizer.lr", "overflows float32", "allowed:"]),
+    "weight_var 1e-100": (edit('activation = "tanh"', 'init = "normal"\nweight_var = 1e-100'),
+                          ["model.weight_var", "float32"]),
+    "smoothing 0.99999999": (edit("[suite]", "[suite]\nsmoothing = 0.99999999"),
+                             ["suite.smoothing", "1.0 in float32", "< 1"]),
+    "loss scale 1e39": (mitigation('name = "loss_scaling"\nmode = "static"\nscale = 1e39'),
+                        ["mitigation[0].scale", "overflows float32"]),
+    "divergence_factor 1 + 1e-9": (edit("[suite]", "[suite]\ndivergence_factor = 1.000000001"),
+                                   ["suite.divergence_factor", "float32", "> 1"]),
+    # tasks too small to have a trivial loss above zero
+    "n_train 1": (edit("n_train = 64", "n_train = 1"), ["task.n_train", "trivial loss of 0"]),
+    "digits n_train 1": (edit('name = "teacher_student"\ninput_dim = 4\nteacher_width = 8\nn_train = 64\n'
+                              'n_heldout = 64\nbatch_size = 8', 'name = "digits"\nn_train = 1\nbatch_size = 8'),
+                         ["task.n_train", "'train' split"]),
+    # names whose plots would overwrite each other's
+    "experiment slugs collide": (BASE + '\n[[experiment]]\nname = "a b"\n[[experiment]]\nname = "a-b"\n',
+                                 ["experiment[1].name", "'a-b'", "'a b'", "experiment[0]"]),
+    # compile-time guard
+    "depth beyond the limit": (edit("depth = 2", "depth = 5000"), ["model.depth", "at most 256"]),
+    "layers beyond the limit (mitigation)": (mitigation('name = "depth"\ndepth = 257'), ["model.depth", "256"]),
     "collapse_fraction 0": (edit("[suite]", "[suite]\ncollapse_fraction = 0"), ["suite.collapse_fraction"]),
     "min_effect 1": (edit("[suite]", "[suite]\nmin_effect = 1.0"), ["suite.min_effect", "> 1"]),
     "claim expect": (BASE + COMPARE.format("").replace("better", "higher"), ["expect", "worse, better"]),
@@ -254,7 +278,7 @@ def test_plot_directory_is_created(tmp_path):
 def test_list_shows_every_mitigation_parameter(capsys):
     assert main(["list"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for text in ("max_norm: a number > 0, finite (default 1.0)", "warmup_steps: an integer >= 1 (default 100)",
+    for text in ("max_norm: a number > 0, finite in float32 (default 1.0)", "warmup_steps: an integer >= 1 (default 100)",
                  "max_consecutive_errors: an integer >= 1 (default 5)", "{min, max, per_decade}"):
         assert text in out
 
