@@ -53,8 +53,8 @@ def test_cluster_launch_detection_and_shard_composition():
 def test_shards_deal_whole_compiled_groups_and_processes_split_a_shard(tmp_path):
     ci = suite.load(ROOT / "bench" / "suites" / "ci.toml")
     parts = [runner.shard_cells(ci.cells, (i, 2)) for i in range(2)]
-    # ci.toml: 2 groups (none, clip) of 3 learning rates x 8 seeds: each shard one whole program of 24 runs.
-    assert [[len(g.runs) for g in runner.group_cells(p)] for p in parts] == [[24], [24]]
+    # ci.toml: 2 groups (none, clip) of 3 learning rates x 20 seeds: each shard one whole program of 60 runs.
+    assert [[len(g.runs) for g in runner.group_cells(p)] for p in parts] == [[60], [60]]
     # 3 groups of 2 cells, the clip_by_value group 4x the cost (8 seeds, not 2).
     path = tiny_suite(tmp_path, seeds=2, steps=10, lr="[0.05, 0.5]", extra="\n".join(
         f'[[mitigation]]\nname = "{m}"' for m in ("none", "clip_by_global_norm")) +
