@@ -163,7 +163,8 @@ def cmd_run(args) -> int:
         print(f"interrupted: {len(kept)} of {len(cells)} cells are kept in {out / store.RESULTS_FILE} (the group in "
               "flight is not); rerun the same command to resume", file=sys.stderr)
         return 130
-    out_console.print(console.summary_table(records))
+    if args.cells:
+        out_console.print(console.summary_table(records))
     out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
     out_console.print(f"compiled {program.COMPILES['programs'] - compiles_before['programs']} programs in "
                       f"{program.COMPILES['seconds'] - compiles_before['seconds']:.1f} s"
@@ -174,7 +175,13 @@ def cmd_run(args) -> int:
     elif not args.no_report:
         from bench import report
 
-        out_console.print(f"report: {report.write(out)}", markup=False)
+        written = report.write(out)
+        if suite.claims and len(records) == len(suite.cells):
+            from bench import claims
+
+            out_console.print(console.verdict_table(claims.verdicts(suite.claims, records,
+                                                                    min_effect=suite.settings["min_effect"])))
+        out_console.print(f"report: {written}", markup=False)
     return 0
 
 
@@ -470,6 +477,8 @@ def parser() -> argparse.ArgumentParser:
                      help="a [suite] setting, e.g. init_perturbation=1e-6 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--no-report", action="store_true", help="do not write DIR/REPORT.md at the end")
+    run.add_argument("--cells", action="store_true", help="print the table of every cell at the end (default: "
+                     "the verdicts, when the suite has claims)")
     run.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache "
                      "(default: $XDG_CACHE_HOME/gradbench/jax or ~/.cache/gradbench/jax; GRADBENCH_CACHE_DIR sets it, "
                      "GRADBENCH_COMPILE_CACHE=0 turns it off)")

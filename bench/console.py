@@ -1,4 +1,4 @@
-"""Terminal presentation: progress per group of cells and the summary table (rich)."""
+"""Terminal presentation: progress per group of cells, the cell table and the verdict table (rich)."""
 from __future__ import annotations
 
 import time
@@ -7,6 +7,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from bench import claims
 
 
 def _duration(seconds: float | None) -> str:
@@ -124,4 +126,17 @@ def summary_table(records: list[dict]) -> Table:
         table.add_row(r["experiment"], r["label"], f"{r['divergence_rate']:.2f}", f"[{low:.2f}, {high:.2f}]",
                       f"{r['converged']}/{n}", _fmt(r["median_steps_to_converge"]),
                       _fmt(r["quality"]["final_heldout_loss"]), f"{r['throughput']['steps_per_s']:.0f}")
+    return table
+
+
+def verdict_table(judged: list[dict]) -> Table:
+    """One row per claim: its verdict and the comparisons' judged answers in a word each."""
+    table = Table(title="verdicts (the report has every answer with its effect, interval, p and stability)")
+    for column in ("claim", "verdict", "judged answers"):
+        table.add_column(column, justify="left")
+    for c in judged:
+        answers = "; ".join(f"{x.get('regime') or x['experiment']}: " + ", ".join(
+            f"{name} {q['verdict']}" + (" (fragile)" if q.get("stability", 1.0) < claims.STABLE else "")
+            for name, q in x["questions"].items() if q["judged"]) for x in c["comparisons"])
+        table.add_row(f"{c['id']}. {c.get('title', '')}", c["verdict"], answers)
     return table

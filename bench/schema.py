@@ -106,7 +106,7 @@ class Key:
             limit = INT_LIMIT if self.type is int else math.inf
             if not self._in_range(value) or abs(value) >= limit:
                 below = " (below 2**31)" if self.type is int and self.lt is None and self.le is None else ""
-                raise Invalid(f"must be {self.allowed()}{below}, got {value!r}")
+                raise Invalid(f"{value!r} is out of range; allowed: {self.allowed()}{below}")
             if self.type is float and not self._in_range(float32(value)):
                 raise Invalid(f"{value!r} is {float32(value)!r} in float32, the dtype it is traced as, which is "
                               f"out of range; allowed: {self.allowed()}")

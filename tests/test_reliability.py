@@ -386,3 +386,46 @@ def test_two_shards_writing_into_one_directory_at_once_keep_every_record(tmp_pat
         assert proc.returncode == 0, err
     records = _records(tmp_path / "o")
     assert len(records) == 3 and len({r["cell_id"] for r in records}) == 3
+
+
+# ---- issue 23 as real processes: one line, exit 2, nothing written -------------------------------------------------
+
+SUBPROCESS_CASES = {  # name -> (suite text, extra arguments, words)
+    "lr 5e-324": (BAD_SUITES["lr 5e-324"][0], [], ["optimizer.lr", "float32"]),
+    "smoothing 0.99999999": (BAD_SUITES["smoothing 0.99999999"][0], [], ["suite.smoothing", "float32"]),
+    "n_train 1": (BAD_SUITES["n_train 1"][0], [], ["task.n_train"]),
+    "experiment slugs collide": (BAD_SUITES["experiment slugs collide"][0], [], ["'a b'", "'a-b'"]),
+    "depth beyond the limit": (BAD_SUITES["depth beyond the limit"][0], [], ["model.depth"]),
+    "--set unknown": (BASE, ["--set", "wat=1"], ["--set wat", "init_perturbation"]),
+    "--set init_perturbation < 0": (BASE, ["--set", "init_perturbation=-1"], ["--set init_perturbation", ">= 0"]),
+    "--set init_perturbation 1e-50": (BASE, ["--set", "init_perturbation=1e-50"], ["float32"]),
+}
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_issue_23_refusals_as_real_processes(tmp_path, process_env, name):
+    text, extra, words = SUBPROCESS_CASES[name]
+    path = suite_file(tmp_path, text)
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--out", "o", "--quiet", *extra],
+                          env=process_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{path.name}: " in proc.stderr and "allowed" in proc.stderr, proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+    assert not (tmp_path / "o").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["suite.toml"]
+
+
+def test_grid_keeps_both_ends_and_values_are_canonical(tmp_path):
+    from bench import suite
+
+    grid = suite.load(suite_file(tmp_path, edit("lr = 0.05", "lr = { min = 1.0, max = 1.1, per_decade = 1 }")))
+    assert [c.config["optimizer"]["lr"] for c in grid.cells] == [1.0, 1.1]
+    ids = {}
+    for name, change in (("plain", ""), ("signed zero", "bias_var = -0.0"), ("zero", "bias_var = 0.0"),
+                         ("integral float", "depth = 2.0")):
+        text = edit('activation = "tanh"', f'activation = "tanh"\ninit = "normal"\n{change}')
+        if change.startswith("depth"):
+            text = text.replace("depth = 2\n", "", 1)
+        ids[name] = suite.load(suite_file(tmp_path, text)).cells[0].cell_id
+    assert len(set(ids.values())) == 1, ids
