@@ -189,3 +189,27 @@ def test_a_claim_that_compares_nothing_or_the_wrong_thing_is_refused_in_one_line
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and str(path) in proc.stderr, proc.stderr
     assert all(word in proc.stderr for word in words), proc.stderr
     assert not out.exists()
+
+
+def test_the_report_counts_the_answers_a_perturbed_rerun_gives_differently(tmp_path):
+    from bench import report
+
+    tables = one({"expect": "better"}, ["init", "trainability"])
+    judged = claims.verdicts(tables, grid(BASE, 0.1) + grid(CURE, 1.0))
+    kept = report.replication_record(judged, [{}] * 6, 1e-6)
+    assert [a["question"] for a in kept["answers"]] == ["init", "trainability"]
+    assert "0 of 2 judged answers and 0 of 1" in report.replication_lines(_write(tmp_path, kept), judged)[0]
+    kept["answers"][1]["verdict"] = claims.INCONCLUSIVE  # the rerun's trainability answer differs
+    kept["claims"][0]["verdict"] = claims.INCONCLUSIVE
+    lines = report.replication_lines(_write(tmp_path, kept), judged)
+    assert "1 of 2 judged answers and 1 of 1 claim verdicts differ" in lines[0]
+    assert "trainability: supported here, inconclusive there" in lines[1]
+
+
+def _write(directory, kept):
+    import json
+
+    from bench import report
+
+    (directory / report.REPLICATION_FILE).write_text(json.dumps(kept))
+    return directory
