@@ -73,15 +73,15 @@ def validate_claims(path, tables, cells) -> list[dict]:
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
                                      "rate; an arm is one configuration over the learning-rate grid (name every "
                                      "mitigation parameter that varies)")
-            if comp["experiment"] == sides["variant"] and comp["baseline"] == comp["variant"]:
-                raise SuiteError(path, f"{ckey}.variant", f"{comp['variant']!r} is the baseline's arm of experiment "
-                                 f"{comp['experiment']!r}: a comparison needs two different arms")
             judged = comp["questions"] or claim["judged_on"]
             if "rate" in judged and comp["lr"] is None:
                 raise SuiteError(path, f"{ckey}.lr", "the rate question is judged at a stated learning rate; "
                                  "allowed: a learning rate of both arms' grids")
             if comp["lr"] is not None:
                 comp["lr"] = _grid_lr(path, ckey, comp, sides, cells)
+            if comp["experiment"] == sides["variant"] and comp["baseline"] == comp["variant"]:
+                raise SuiteError(path, f"{ckey}.variant", f"{comp['variant']!r} is the baseline's arm of experiment "
+                                 f"{comp['experiment']!r}: a comparison needs two different arms")
             comparisons.append(comp)
         claims.append({**claim, "comparison": comparisons})
     return claims

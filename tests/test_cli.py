@@ -84,7 +84,7 @@ def test_run_prints_a_summary_and_shards_split_the_cells(tmp_path, capsys):
     path = tiny_suite(tmp_path, seeds=2, steps=20, lr="[0.05, 1e4]", extra='[[mitigation]]\nname = "none"\n'
                       '[[mitigation]]\nname = "clip_by_global_norm"\nmax_norm = 1.0')
     for shard in ("0/2", "1/2"):
-        assert main(["run", str(path), "--out", str(tmp_path / shard[0]), "--shard", shard, "--quiet"]) == 0
+        assert main(["run", str(path), "--out", str(tmp_path / shard[0]), "--shard", shard, "--quiet", "--cells"]) == 0
     out = capsys.readouterr().out
     assert "none" in out and "steps/s" in out
     cells = [[(r["config"]["mitigation"]["name"], r["config"]["optimizer"]["lr"])
