@@ -59,6 +59,6 @@ def test_perturbation_moves_the_initial_loss_by_about_eps_and_shares_one_program
     for eps in ("1e-6", "1e-3"):
         assert out[eps]["cell_id"] != out["plain"]["cell_id"]
         rel = np.abs(np.asarray(out[eps]["per_seed"]["loss_0"]) / base - 1)
-        assert np.all(rel > 0) and np.all(rel < 100 * float(eps)), (eps, rel)  # moved, by the order of eps
-        assert np.median(rel) > float(eps) / 100, (eps, rel)
+        # Moved by the order of eps: at 1e-6 a seed's float32 loss (spacing ~1e-7 near 1) may round to the same value.
+        assert np.all(rel < 100 * float(eps)) and np.median(rel) > float(eps) / 100, (eps, rel)
     assert compiled["1e-6"] == 1 and compiled["1e-3"] == 0  # eps is traced: the second value reuses the program
