@@ -30,7 +30,7 @@ def test_the_large_suite_judges_the_same_claims_at_accelerator_scale(both):
     assert {e["name"] for e in large.experiments} == {e["name"] for e in cpu.experiments}
     per_decade = lambda s: len([c for c in s.cells if c.experiment == "deep-tanh" and  # noqa: E731
                                 c.config["mitigation"] == {"name": "none"}])
-    assert per_decade(large) == 33 and per_decade(cpu) == 17  # 4 decades at 8 and 4 points per decade
+    assert per_decade(large) == 41 and per_decade(cpu) == 21  # 5 decades at 8 and 4 points per decade
 
 
 def test_every_experiment_of_the_large_suite_trains_shrunk(tmp_path):
