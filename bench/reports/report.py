@@ -11,10 +11,12 @@ import math
 import os
 from pathlib import Path
 
-from bench import claims as claims_lib
-from bench import metrics, plots, stats
-from bench.records import read_extended
-from bench.store import read_results, read_suite
+from bench.analysis import claims as claims_lib
+from bench.analysis import stats
+from bench.records import metrics
+from bench.records.cell import read_extended
+from bench.records.store import read_results, read_suite
+from bench.reports import plots
 
 
 def variant(record: dict) -> str:
@@ -560,7 +562,7 @@ def write(results_dir, output=None, also=()) -> Path:
 
     `also`: further results directories, appended as sections "Beyond the article: NAME".
     """
-    from bench.store import atomic_write
+    from bench.records.store import atomic_write
 
     output = Path(output or Path(results_dir) / "REPORT.md")
     text, jobs = render_all([results_dir, *also], output)
