@@ -167,7 +167,7 @@ def run_suite_side(case: Case) -> dict:
 
 
 def _torch_trainer(case: Case, plan: dict, threads: int, strategy: str):
-    """train(steps) -> per-seed last losses, for PyTorch on `threads` threads (`strategy`: peers_torch.TRAINERS)."""
+    """train(steps) -> per-seed last losses, for PyTorch on `threads` threads (`strategy`: pytorch.TRAINERS)."""
     import torch
     import torch.nn.functional as F
 
