@@ -1,4 +1,5 @@
-"""Gradient-explosion benchmark harness: suite -> cells -> engine -> records -> reports."""
+"""Gradient-explosion benchmark harness, in layers: spec (suite -> cells) -> engine -> records -> analysis -> reports,
+the command line (__main__) on top (docs/REFERENCE.md, "Layout"; tests/test_layers.py)."""
 import os
 
 # XLA's CPU runtime (jaxlib 0.10) deadlocks now and then, at 0% CPU, running programs that its

@@ -101,13 +101,14 @@ def _gib(n: int) -> str:
 def _check_memory(suite, cells) -> None:
     """Refuses (one line) a compiled group whose memory estimate exceeds the device's available memory.
 
-    The estimate (bench.build.memory_estimate) is traced, not compiled; GRADBENCH_MEMORY_CHECK=0 skips it.
+    The estimate (bench.spec.build.memory_estimate) is traced, not compiled; GRADBENCH_MEMORY_CHECK=0 skips it.
     """
     if os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
         return
     import jax
 
-    from bench import build, runner
+    from bench.engine import runner
+    from bench.spec import build
 
     available, where = build.available_memory()
     devices = jax.local_device_count()
@@ -128,7 +129,10 @@ def _check_memory(suite, cells) -> None:
 
 
 def cmd_run(args) -> int:
-    from bench import cluster, compile_cache, console, program, runner, store, suite as suite_lib
+    from bench.engine import cluster, compile_cache, program, runner
+    from bench.records import store
+    from bench.reports import console
+    from bench.spec import suite as suite_lib
 
     cache = compile_cache.enable(not args.no_compile_cache)
     # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS; before anything touches a JAX backend.
@@ -173,11 +177,11 @@ def cmd_run(args) -> int:
         out_console.print(f"process {process} of {processes} done; once every process is, write the report with "
                           f"`python -m bench report {out}`", markup=False)
     elif not args.no_report:
-        from bench import report
+        from bench.reports import report
 
         written = report.write(out)
         if suite.claims and len(records) == len(suite.cells):
-            from bench import claims
+            from bench.analysis import claims
 
             out_console.print(console.verdict_table(claims.verdicts(suite.claims, records,
                                                                     min_effect=suite.settings["min_effect"])))
@@ -186,7 +190,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench import report, store
+    from bench.records import store
+    from bench.reports import report
 
     for directory in map(Path, [args.dir, *args.also]):
         if not (directory / store.RESULTS_FILE).is_file() or not (directory / store.SUITE_FILE).is_file():
@@ -199,7 +204,7 @@ def cmd_report(args) -> int:
 
 
 def _param(key) -> str:
-    from bench.schema import REQUIRED
+    from bench.spec.schema import REQUIRED
 
     default = "required" if key.default is REQUIRED else "optional" if key.default is None \
         else f"default {key.default!r}"
@@ -211,7 +216,7 @@ def cmd_list(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from bench import optim
+    from bench.spec import optim
     from models import FAMILIES, common
     from tasks import TASKS
 
@@ -236,7 +241,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from bench import store
+    from bench.records import store
 
     try:
         count = store.merge(args.out, args.dirs, allow_mixed=args.allow_mixed)
@@ -249,7 +254,8 @@ def cmd_merge(args) -> int:
 def cmd_compare(args) -> int:
     import json
 
-    from bench import compare, store
+    from bench.analysis import compare
+    from bench.records import store
 
     try:
         baseline, current = (store.read_results(p, oldest=1) for p in (args.baseline, args.current))
@@ -270,7 +276,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bench import export, store
+    from bench.records import store
+    from bench.reports import export
 
     try:
         records = store.read_results(args.dir)
@@ -299,7 +306,9 @@ def cmd_replicate(args) -> int:
     """Keeps a perturbed rerun's judged answers beside the results they replicate (read by the report)."""
     import json
 
-    from bench import claims, report, store
+    from bench.analysis import claims
+    from bench.records import store
+    from bench.reports import report
 
     for directory in (args.dir, args.rerun):
         if not (Path(directory) / store.RESULTS_FILE).is_file():
@@ -322,7 +331,10 @@ def cmd_replicate(args) -> int:
 def cmd_reproduce(args) -> int:
     import tempfile
 
-    from bench import compile_cache, console, reproduce, store
+    from bench.analysis import reproduce
+    from bench.engine import compile_cache
+    from bench.records import store
+    from bench.reports import console
 
     compile_cache.enable(not args.no_compile_cache)
     try:
@@ -393,8 +405,9 @@ def _plot_path(path: str) -> None:
 def cmd_probe(args) -> int:
     import json
 
-    from bench import plots, probe
-    from bench.suite import canonical_section
+    from bench.engine import probe
+    from bench.reports import plots
+    from bench.spec.suite import canonical_section
 
     model = canonical_section("--set", "model", {"family": args.model, **_set_values(args.set)})
     task_table = {"name": args.task or probe.DEFAULT_TASK[args.model]}
@@ -402,7 +415,7 @@ def cmd_probe(args) -> int:
         task_table["batch_size"] = args.batch
     task = canonical_section("--task", "task", task_table)
     try:
-        from bench import build
+        from bench.spec import build
 
         build.check(task, model)
     except (ValueError, OSError, OverflowError, MemoryError) as e:
@@ -436,17 +449,18 @@ PEERS_SKIPPED = 3  # `bench peers` exit status when PyTorch is missing (nothing 
 
 
 def cmd_peers(args) -> int:
-    from bench import compile_cache, peers
+    from bench.engine import compile_cache
+    from bench.peers import cases
 
-    if not peers.torch_available():
+    if not cases.torch_available():
         print("peers: skipped, PyTorch is not installed (pip install 'gradbench[peers]')")
         return PEERS_SKIPPED
     compile_cache.enable(not args.no_compile_cache)
     import jax
     from rich.table import Table
 
-    names = args.case or list(peers.CASES)
-    rows = peers.compare(names)
+    names = args.case or list(cases.CASES)
+    rows = cases.compare(names)
     if args.json:
         import json
 
@@ -479,8 +493,8 @@ def version() -> str:
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from bench.schema import Key
-    from bench.suite import MAX_SEEDS, SETTINGS
+    from bench.spec.schema import Key
+    from bench.spec.suite import MAX_SEEDS, SETTINGS
 
     seeds, steps = _count(SETTINGS["seeds"]), _count(SETTINGS["steps"])
     p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
@@ -594,21 +608,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def export_formats():
-    from bench.export import FORMATS
+    from bench.reports.export import FORMATS
 
     return FORMATS
 
 
 def _peer_cases():
-    from bench.peers import CASES
+    from bench.peers.cases import CASES
 
     return CASES
 
 
 def main(argv=None) -> int:
     """Entry point; returns the exit status."""
-    from bench.store import StoreError
-    from bench.suite import SuiteError
+    from bench.records.store import StoreError
+    from bench.spec.suite import SuiteError
 
     try:
         args = parser().parse_args(argv)

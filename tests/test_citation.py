@@ -5,7 +5,8 @@ import re
 import tomllib
 from pathlib import Path
 
-from bench import store, suite
+from bench.records import store
+from bench.spec import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 

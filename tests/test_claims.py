@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import claims, stats
+from bench.analysis import claims, stats
 
 LRS = (0.01, 0.1, 1.0)
 

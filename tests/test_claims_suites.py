@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import claims, runner, suite
+from bench.analysis import claims
+from bench.engine import runner
+from bench.spec import suite
 
 SUITES = Path(__file__).resolve().parents[1] / "bench" / "suites"
 

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from bench import compare, store
 from bench.__main__ import main
+from bench.analysis import compare
+from bench.records import store
 
 
 @pytest.fixture(scope="module")

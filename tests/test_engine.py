@@ -5,8 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from bench import metrics, program, report, runner, suite
-from bench.store import ResultsStore
+from bench.engine import program, runner
+from bench.records import metrics
+from bench.records.store import ResultsStore
+from bench.reports import report
+from bench.spec import suite
 from tests.conftest import tiny_suite
 
 CLIP = """
@@ -218,7 +221,7 @@ class _Order:
 
 
 def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(module_tmp):
-    from bench import probe
+    from bench.engine import probe
 
     path = tiny_suite(module_tmp, name="init_sweep.toml", seeds=2, steps=20, extra=INIT_SWEEP)
     s = suite.load(path)

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import engine, optim, probe, program, runner, suite
-from bench.build import make_model, make_task
+from bench.engine import loop, probe, program, runner
+from bench.spec import optim, suite
+from bench.spec.build import make_model, make_task
 from tasks import TASKS
 
 # name -> (config overrides that keep it small, closed form of the trivial loss, tolerance of the closed form)
@@ -131,11 +132,11 @@ def test_explosion_is_measured_during_training_at_fixed_fractions(measured):
 
 
 def test_snapshots_fall_on_chunk_boundaries():
-    assert engine.snapshot_plan([200], 50) == (20, pytest.approx(np.array([[0, 20, 100, 200]])))
-    length, due = engine.snapshot_plan([100, 200], 50)  # budgets of one group may differ
+    assert loop.snapshot_plan([200], 50) == (20, pytest.approx(np.array([[0, 20, 100, 200]])))
+    length, due = loop.snapshot_plan([100, 200], 50)  # budgets of one group may differ
     assert length == 10 and due.tolist() == [[0, 10, 50, 100], [0, 20, 100, 200]]
     # No length of at least a fifth of chunk_steps divides 14, 68 and 137: the next boundary is taken.
-    length, due = engine.snapshot_plan([137], 50)
+    length, due = loop.snapshot_plan([137], 50)
     assert length == 50 and due.tolist() == [[0, 50, 100, 150]]
 
 
@@ -148,7 +149,7 @@ def test_snapshot_update_is_the_sgd_step_on_that_steps_batch(module_tmp):
                       'activation = "tanh", init = "normal", weight_var = 1.0 }\n')
     cell = suite.load(path, seeds=2).cells[0]
     group = runner.Group(optim.static_plan(cell.plan), [cell])
-    result = engine.train_group(engine.prepare(group.plan, group.runs, steps=120, chunk_steps=40))
+    result = loop.train_group(loop.prepare(group.plan, group.runs, steps=120, chunk_steps=40))
     a = result.arrays
     assert a["snap_step"].tolist() == [[0, 12, 60, 120]] * 2
     for run in range(2):

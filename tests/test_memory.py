@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import build, suite
+from bench.spec import build, suite
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def test_estimate_of_the_big_suite_is_above_the_headroom_and_of_the_small_one_fa
     for text, low, high in ((BIG, 1.5, 3.0), (SMALL, 0, 0.05)):
         (tmp_path / "s.toml").write_text(text)
         cells = suite.load(tmp_path / "s.toml").cells
-        from bench import runner
+        from bench.engine import runner
 
         group = runner.group_cells(cells)[0]
         total = build.memory_estimate(group.plan, group.runs[0].hyper, len(group.runs))["total"] / 2**30

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import report, store
 from bench.__main__ import main
+from bench.records import store
+from bench.reports import report
 
 
 def split(run_dir, tmp_path, edit=None):

@@ -3,7 +3,8 @@ import collections
 
 import pytest
 
-from bench import runner, suite
+from bench.engine import runner
+from bench.spec import suite
 
 WIDTHS = (32, 128, 512)
 LRS = (0.0625, 0.125, 0.25, 0.5)

@@ -2,12 +2,13 @@
 import numpy as np
 import pytest
 
-from bench import optim, peers, suite
 from bench.__main__ import main
+from bench.peers import cases
+from bench.spec import optim, suite
 
 
 def test_without_torch_peers_is_one_line_and_exit_3(monkeypatch, capsys):
-    monkeypatch.setattr(peers, "torch_available", lambda: False)
+    monkeypatch.setattr(cases, "torch_available", lambda: False)
     assert main(["peers"]) == 3  # skipped: distinct from 0 (compared) and 2 (bad input)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "PyTorch is not installed" in out
@@ -19,17 +20,17 @@ def test_torch_model_and_optimiser_match_the_suite_step_for_step(tmp_path):
     import optax
     from flax import nnx
 
-    from bench import peers_torch
-    from bench.build import make_model, make_task
+    from bench.peers import pytorch
+    from bench.spec.build import make_model, make_task
 
     path = tmp_path / "case.toml"
-    path.write_text(peers.MLP_CASE.format(seeds=1, steps=10, chunk=5, batch=8, depth=3, width=8))
+    path.write_text(cases.MLP_CASE.format(seeds=1, steps=10, chunk=5, batch=8, depth=3, width=8))
     (cell,) = suite.load(str(path)).cells
     plan = cell.plan
     task = make_task(plan["task"])
     model = make_model(plan["model"], task, jax.random.key(0))
     x, y = (np.array(a[:8]) for a in task.data["train"])
-    net = peers_torch.torch_mlp(plan["model"], x.shape[1:], y.shape[1], torch.Generator().manual_seed(0))
+    net = pytorch.torch_mlp(plan["model"], x.shape[1:], y.shape[1], torch.Generator().manual_seed(0))
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     jax_linears = [*model.layers, model.readout]
     assert len(linears) == len(jax_linears) == 4
@@ -59,9 +60,9 @@ def test_torch_model_and_optimiser_match_the_suite_step_for_step(tmp_path):
 
 
 TINY_CASES = {  # the two non-MLP peers at tiny shapes: both sides train through the same code as `bench peers`
-    "rnn": peers.Case("tiny RNN", peers.RNN_CASE.format(seeds=2, steps=4, chunk=2, length=6, batch=4, hidden=8),
+    "rnn": cases.Case("tiny RNN", cases.RNN_CASE.format(seeds=2, steps=4, chunk=2, length=6, batch=4, hidden=8),
                       seeds=2, steps=4, chunk=2, strategies=("loop", "vmap")),
-    "resnet": peers.Case("tiny ResNet", peers.RESNET_CASE.format(seeds=1, steps=4, chunk=2, batch=8, stages=2,
+    "resnet": cases.Case("tiny ResNet", cases.RESNET_CASE.format(seeds=1, steps=4, chunk=2, batch=8, stages=2,
                                                                  width=2),
                          seeds=1, steps=4, chunk=2),
 }
@@ -80,13 +81,13 @@ def test_torch_model_has_the_suites_trainable_parameter_count(tmp_path, name):
     import jax
     from flax import nnx
 
-    from bench import peers_torch
-    from bench.build import make_model, make_task
+    from bench.peers import pytorch
+    from bench.spec.build import make_model, make_task
 
     plan = _plan(tmp_path, TINY_CASES[name])
     model = make_model(plan["model"], make_task(plan["task"]), jax.random.key(0))
     n_suite = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    net = peers_torch.torch_model(plan, torch.Generator().manual_seed(0))
+    net = pytorch.torch_model(plan, torch.Generator().manual_seed(0))
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == n_suite > 0
 
 
@@ -94,13 +95,13 @@ def test_torch_rnn_computes_the_suites_function(tmp_path):
     torch = pytest.importorskip("torch")
     import jax
 
-    from bench import peers_torch
-    from bench.build import make_model, make_task
+    from bench.peers import pytorch
+    from bench.spec.build import make_model, make_task
 
     plan = _plan(tmp_path, TINY_CASES["rnn"])
     task = make_task(plan["task"])
     model = make_model(plan["model"], task, jax.random.key(1))
-    net = peers_torch.torch_model(plan, torch.Generator().manual_seed(0))
+    net = pytorch.torch_model(plan, torch.Generator().manual_seed(0))
     (cell,) = model.cells
     as_torch = lambda a: torch.from_numpy(np.asarray(a).copy())  # noqa: E731
     with torch.no_grad():  # the suite's weights into the PyTorch model
@@ -117,10 +118,10 @@ def test_torch_rnn_computes_the_suites_function(tmp_path):
 
 def test_adding_batches_follow_the_task(tmp_path):
     torch = pytest.importorskip("torch")
-    from bench import peers_torch
+    from bench.peers import pytorch
 
     plan = _plan(tmp_path, TINY_CASES["rnn"])
-    sample = peers_torch._adding_batches(None, plan["task"], None)
+    sample = pytorch._adding_batches(None, plan["task"], None)
     x, y = sample(torch.Generator().manual_seed(0), seeds=3)
     assert x.shape == (3, 4, 6, 2) and y.shape == (3, 4, 1)
     markers = x[..., 1]
@@ -130,7 +131,7 @@ def test_adding_batches_follow_the_task(tmp_path):
 
 def test_both_sides_train_the_rnn_and_resnet_cases():
     pytest.importorskip("torch")
-    rows = peers.compare(sorted(TINY_CASES), TINY_CASES)
+    rows = cases.compare(sorted(TINY_CASES), TINY_CASES)
     assert [row["case"] for row in rows] == ["resnet", "rnn"]
     for row in rows:
         assert row["suite"]["seed_steps_per_s"] > 0 and row["pytorch"]["seed_steps_per_s"] > 0

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import program, suite
 from bench.__main__ import main
+from bench.engine import program
+from bench.spec import suite
 from tests.conftest import tiny_suite
 
 

@@ -1,5 +1,5 @@
 """Report figures: every series of a plot can be told apart."""
-from bench import plots
+from bench.reports import plots
 
 
 def test_series_styles_are_pairwise_distinct_beyond_ten_series():

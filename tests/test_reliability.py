@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import main
-from bench.schema import log_grid
+from bench.spec.schema import log_grid
 from tests.conftest import TINY
 
 GOOD = dict(seeds=2, steps=20, lr="0.05", extra="")
@@ -132,7 +132,7 @@ def test_log_spaced_grid_has_both_ends_and_exact_values():
 
 
 def test_grid_table_in_a_suite_expands_to_cells(tmp_path):
-    from bench import suite
+    from bench.spec import suite
 
     path = tmp_path / "grid.toml"
     path.write_text(edit("lr = 0.05", "lr = { min = 0.01, max = 1.0, per_decade = 2 }"))
@@ -261,7 +261,7 @@ def test_bad_command_exits_2_in_one_line_and_writes_nothing(tmp_path, monkeypatc
 
 
 def test_command_line_seeds_and_steps_beat_an_experiments_own(tmp_path):
-    from bench import suite
+    from bench.spec import suite
 
     path = suite_file(tmp_path, BASE + '\n[[experiment]]\nname = "own"\nseeds = 5\nsteps = 300\n')
     assert {(c.config["seeds"], c.config["steps"]) for c in suite.load(path).cells} == {(5, 300)}
@@ -284,7 +284,7 @@ def test_list_shows_every_mitigation_parameter(capsys):
 
 
 def test_a_full_disk_keeps_the_old_results_file(tmp_path, monkeypatch):
-    from bench import store
+    from bench.records import store
 
     s = store.ResultsStore(tmp_path)
     s.add([{"cell_id": "a", "x": 1}])
@@ -417,7 +417,7 @@ def test_issue_23_refusals_as_real_processes(tmp_path, process_env, name):
 
 
 def test_grid_keeps_both_ends_and_values_are_canonical(tmp_path):
-    from bench import suite
+    from bench.spec import suite
 
     grid = suite.load(suite_file(tmp_path, edit("lr = 0.05", "lr = { min = 1.0, max = 1.1, per_decade = 1 }")))
     assert [c.config["optimizer"]["lr"] for c in grid.cells] == [1.0, 1.1]

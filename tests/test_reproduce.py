@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from bench import reproduce, store
 from bench.__main__ import main
+from bench.analysis import reproduce
+from bench.records import store
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench import probe, runner, suite
 from bench.__main__ import main
+from bench.engine import probe, runner
+from bench.spec import suite
 from models import common, resnet
 from tasks import cifar10, digits
 

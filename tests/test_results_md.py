@@ -3,7 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import claims, report, store
+from bench.analysis import claims
+from bench.records import store
+from bench.reports import report
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "claims"

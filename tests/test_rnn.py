@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from bench import __main__ as cli
-from bench import runner, suite
+from bench.engine import runner
+from bench.spec import suite
 from models import rnn
 from tasks import adding
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import cluster, runner, suite
+from bench.engine import cluster, runner
+from bench.spec import suite
 from tests.conftest import tiny_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ def test_four_devices_with_padding_equal_one_device(tmp_path):
 
 
 def test_cluster_launch_detection_and_shard_composition():
-    from bench import cluster
+    from bench.engine import cluster
 
     assert not cluster.launched({})
     assert not cluster.launched({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"})  # one task: nothing to coordinate
@@ -74,7 +75,7 @@ def test_shards_deal_whole_compiled_groups_and_processes_split_a_shard(tmp_path)
 
 
 def test_compile_cache_directory_follows_the_environment(tmp_path):
-    from bench import compile_cache
+    from bench.engine import compile_cache
 
     assert compile_cache.directory({"XDG_CACHE_HOME": "/x"}) == Path("/x/gradbench/jax")
     assert compile_cache.directory({"HOME": "/h"}).parts[-2:] == ("gradbench", "jax")

@@ -10,8 +10,10 @@ import pytest
 from flax import nnx
 
 from bench import __main__ as cli
-from bench import claims, optim, probe, runner, suite
-from bench.build import make_task
+from bench.analysis import claims
+from bench.engine import probe, runner
+from bench.spec import optim, suite
+from bench.spec.build import make_task
 from models import mlp, transformer
 from tasks import assoc_recall, markov_lm
 
@@ -338,7 +340,7 @@ def test_higher_learning_rate_grows_attention_logits_in_the_shrunk_experiment(st
 
 
 def test_report_plots_every_model_diagnostic_against_step_and_learning_rate(stability, module_tmp):
-    from bench import report
+    from bench.reports import report
 
     _, _, records = stability
     text = report.write(module_tmp / "stability", module_tmp / "REPORT.md").read_text()

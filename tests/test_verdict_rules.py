@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from bench import claims, stats
+from bench.analysis import claims, stats
 from test_claims import BASE, CURE, LRS, grid, record
 
 
@@ -192,7 +192,7 @@ def test_a_claim_that_compares_nothing_or_the_wrong_thing_is_refused_in_one_line
 
 
 def test_the_report_counts_the_answers_a_perturbed_rerun_gives_differently(tmp_path):
-    from bench import report
+    from bench.reports import report
 
     tables = one({"expect": "better"}, ["init", "trainability"])
     judged = claims.verdicts(tables, grid(BASE, 0.1) + grid(CURE, 1.0))
@@ -209,7 +209,7 @@ def test_the_report_counts_the_answers_a_perturbed_rerun_gives_differently(tmp_p
 def _write(directory, kept):
     import json
 
-    from bench import report
+    from bench.reports import report
 
     (directory / report.REPLICATION_FILE).write_text(json.dumps(kept))
     return directory

@@ -5,8 +5,9 @@ import re
 import shlex
 from pathlib import Path
 
-from bench import store, suite
 from bench.__main__ import main
+from bench.records import store
+from bench.spec import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "bench.yml"

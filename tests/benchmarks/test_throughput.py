@@ -25,8 +25,10 @@ import optax
 import pytest
 from flax import nnx
 
-from bench import calibrate, engine, optim, program
-from bench.build import make_model, make_task
+from bench.engine import loop, program
+from bench.records import calibrate
+from bench.spec import optim
+from bench.spec.build import make_model, make_task
 
 pytestmark = pytest.mark.benchmark
 STEPS = 100  # steps per chunk
@@ -48,7 +50,7 @@ def harness_chunk(p, seeds):
     """A callable running one compiled harness chunk over `seeds` runs (state carried across calls)."""
     hyper = {**optim.traced_values(p), "budget": 10**9, "factor": 10.0, "smoothing": 0.9,
              "stop_at_convergence": 0.0}
-    runs = [engine.Run(0, s, hyper) for s in range(seeds)]
+    runs = [loop.Run(0, s, hyper) for s in range(seeds)]
     prog = program.program(optim.static_plan(p), len(runs), STEPS)
     hyper = {k: jnp.asarray([r.hyper[k] for r in runs]) for k in hyper}
     hyper["budget"] = hyper["budget"].astype(jnp.int32)

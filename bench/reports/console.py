@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import claims
+from bench.analysis import claims
 
 
 def _duration(seconds: float | None) -> str:

@@ -11,10 +11,13 @@ import math
 import os
 from pathlib import Path
 
-from bench import claims as claims_lib
-from bench import metrics, plots, stats
-from bench.records import read_extended
-from bench.store import read_results, read_suite
+from bench.analysis import claims as claims_lib
+from bench.analysis import stats
+from bench.records import metrics
+from bench.records.cell import read_extended
+from bench.records.store import read_results, read_suite
+from bench.reports import plots
+from bench.spec.claim_schema import matches
 
 
 def variant(record: dict) -> str:
@@ -214,7 +217,7 @@ def _can_decide(claim: dict, records: list[dict]) -> str:
                                                         else "") if reach else "no test"]
     medians = []
     for x in claim["comparisons"]:
-        base = [r for r in records if r["experiment"] == x["experiment"] and claims_lib.matches(r["config"], x["baseline"])]
+        base = [r for r in records if r["experiment"] == x["experiment"] and matches(r["config"], x["baseline"])]
         if base:
             medians.append(_median_e2e(base[0], 0.0))
     if medians:
@@ -254,7 +257,7 @@ def mitigations_table(judged: list[dict], records: list[dict]) -> list[str]:
             sides = {"baseline": (x["experiment"], x["baseline"]),
                      "variant": (x.get("variant_experiment") or x["experiment"], x["variant"])}
             speeds = {side: _run_speed([r for r in records if r["experiment"] == e
-                                        and claims_lib.matches(r["config"], sel)]) for side, (e, sel) in sides.items()}
+                                        and matches(r["config"], sel)]) for side, (e, sel) in sides.items()}
             for side in ("baseline", "variant"):
                 s = x["arms"][side]
                 rates = {lr: d / s["seeds"] for lr, d in zip(s["lrs"], s["diverged"])}
@@ -462,7 +465,7 @@ def claim_section(claim: dict, by_experiment: dict) -> list[str]:
         [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
     for experiment in dict.fromkeys(e for e, _ in sides):
         selectors = [s for e, s in sides if e == experiment]
-        recs = [r for r in by_experiment[experiment] if any(claims_lib.matches(r["config"], s) for s in selectors)]
+        recs = [r for r in by_experiment[experiment] if any(matches(r["config"], s) for s in selectors)]
         title = f"Experiment: {experiment}"
         out += [f"Arms of [{experiment}]({_anchor(title)}):", "", *arms_table(recs), ""]
     return out
@@ -560,7 +563,7 @@ def write(results_dir, output=None, also=()) -> Path:
 
     `also`: further results directories, appended as sections "Beyond the article: NAME".
     """
-    from bench.store import atomic_write
+    from bench.records.store import atomic_write
 
     output = Path(output or Path(results_dir) / "REPORT.md")
     text, jobs = render_all([results_dir, *also], output)

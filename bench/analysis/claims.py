@@ -5,7 +5,7 @@ baseline arm of an experiment with a variant arm of the same experiment (or of
 `variant_experiment`, say an optimiser swept over its own learning-rate range). An *arm* is the set of
 cells selected by a mitigation selector: the same configuration at every
 learning rate of the grid, trained on the same seeds. A comparison answers the
-questions of QUESTIONS:
+questions of QUESTIONS (bench/spec/claim_schema.py, which validates the tables):
 
 - `init`: the gradient at initialisation, the per-seed end-to-end ratio
   ||dL/dh_first|| / ||dL/dh_last||, read as the comparison's `gradient` says:
@@ -22,7 +22,7 @@ The comparison's `questions` (default: its claim's `judged_on`) are *judged*:
 only they enter the claim's multiplicity correction and its verdict; the
 others are reported as descriptive. Seeds are never pooled over the grid:
 every test compares one value per seed and arm; arms trained on the same
-seeds are paired seed by seed (bench/stats.py names each test).
+seeds are paired seed by seed (bench/analysis/stats.py names each test).
 """
 from __future__ import annotations
 
@@ -32,25 +32,16 @@ from typing import Callable
 
 import numpy as np
 
-from bench import metrics, stats
-from bench.records import read_extended
+from bench.analysis import stats
+from bench.records import metrics
+from bench.records.cell import read_extended
+from bench.spec.claim_schema import JUDGED_BY_DEFAULT, matches
 
 ALPHA = 0.05
 STABLE = 0.8  # an answer reproduced by fewer of the resamples of seeds than this is fragile
 MIN_RATE_EFFECT = 0.25  # the smallest difference of rates a `rate` answer counts as an effect
-EXPECT = ("worse", "better")  # what the claim says the variant does
-QUESTIONS = ("init", "training", "trainability", "rate", "symmetry")
-JUDGED_BY_DEFAULT = ("init", "training", "trainability")
-GRADIENT = ("explosion", "vanishing", "either")
-RATES = ("divergence", "failure")
 SUPPORTED, CONTRADICTED, NO_EFFECT, INCONCLUSIVE = "supported", "contradicted", "no detectable effect", "inconclusive"
 NOT_SUPPORTED, DESCRIPTIVE = "not supported", "descriptive"
-
-
-def matches(config: dict, selector: dict) -> bool:
-    """Whether a cell config's mitigation has every key/value of the selector."""
-    mitigation = config["mitigation"]
-    return all(mitigation.get(k) == v for k, v in selector.items())
 
 
 def _lr(record) -> float:
@@ -209,6 +200,7 @@ def _record_metric(fn):
     return lambda arm, lr: (fn(arm.at(lr)), [None] * arm.n_seeds)
 
 
+# The metrics a comparison may name; their names are the claim schema's METRIC_NAMES, in the same order.
 METRICS = {
     "stable_lr": Metric(_grid_metric(lambda a: metrics.stable_lr(a.lrs, a.flags("diverged"))), -1, True,
                         "per seed, the largest grid learning rate below its first divergence"),

@@ -2,7 +2,7 @@
 
 Each case is a one-cell suite (the same TOML a user would write). The suite trains it through the
 ordinary runner (its steps/s: the median over timed chunks); PyTorch trains the same model (the same
-layers, activation and initial-weight variances: bench/peers_torch.py), on the same data (rows drawn
+layers, activation and initial-weight variances: bench/peers/pytorch.py), on the same data (rows drawn
 uniformly with replacement from the stored training set, or fresh batches drawn as the task draws
 them), with the same optimiser chain (clip by global norm, then Adam with optax's defaults) for the
 same number of steps per seed. PyTorch is probed briefly with one thread and with one per CPU and, for
@@ -151,7 +151,8 @@ def _rates(seconds: list[float], seed_steps: int) -> dict:
 
 def run_suite_side(case: Case) -> dict:
     """Trains the case's one-cell suite with the harness; its seed-steps/s and the cell's plan."""
-    from bench import runner, suite
+    from bench.engine import runner
+    from bench.spec import suite
 
     with tempfile.TemporaryDirectory(prefix="gradbench-peers-") as scratch:
         path = Path(scratch) / "case.toml"
@@ -166,18 +167,18 @@ def run_suite_side(case: Case) -> dict:
 
 
 def _torch_trainer(case: Case, plan: dict, threads: int, strategy: str):
-    """train(steps) -> per-seed last losses, for PyTorch on `threads` threads (`strategy`: peers_torch.TRAINERS)."""
+    """train(steps) -> per-seed last losses, for PyTorch on `threads` threads (`strategy`: pytorch.TRAINERS)."""
     import torch
     import torch.nn.functional as F
 
-    from bench import peers_torch
-    from bench.build import make_task
+    from bench.peers import pytorch
+    from bench.spec.build import make_task
 
     torch.set_num_threads(threads)
     task = make_task(plan["task"])
-    batches, loss_name = peers_torch.TORCH_TASKS[plan["task"]["name"]]
-    sample = batches(task, plan["task"], peers_torch.TORCH_MODELS[plan["model"]["family"]][1])
-    return peers_torch.TRAINERS[strategy](plan, case.seeds, sample, getattr(F, loss_name))
+    batches, loss_name = pytorch.TORCH_TASKS[plan["task"]["name"]]
+    sample = batches(task, plan["task"], pytorch.TORCH_MODELS[plan["model"]["family"]][1])
+    return pytorch.TRAINERS[strategy](plan, case.seeds, sample, getattr(F, loss_name))
 
 
 def probe_torch(case: Case, plan: dict, threads: int, strategy: str) -> float:

@@ -9,7 +9,7 @@ masked), so it neither poisons the others nor crashes the program.
 The run axis is sharded over every local device (a one-axis `Mesh`, the
 compiled programs given their shardings explicitly); a run count that the
 device count does not divide is padded with copies of the last run (by
-`bench.engine`), whose results are dropped. Per-run results do not depend
+`bench.engine.loop`), whose results are dropped. Per-run results do not depend
 on the device count.
 
 Explosion is measured by a third program, called between chunks at the
@@ -41,8 +41,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bench import build, flops, metrics, optim
-from bench.build import make_model, make_task
+from bench.engine import flops
+from bench.records import metrics
+from bench.spec import build, optim
+from bench.spec.build import make_model, make_task
+from bench.spec.schema import SNAPSHOT_FRACTIONS
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
 COMPILES = {"programs": 0, "seconds": 0.0}  # Programs compiled in this process and their total compile seconds
@@ -84,7 +87,7 @@ def _over_runs(fn, in_axes, n_runs: int):
 
 def run_mesh(n_runs: int) -> Mesh:
     """A one-axis mesh ("runs") over every local device, or over one device when their count does not
-    divide `n_runs` (`bench.engine.prepare` pads the runs so that it does)."""
+    divide `n_runs` (`bench.engine.loop.prepare` pads the runs so that it does)."""
     devices = jax.local_devices()
     if n_runs % len(devices):
         devices = devices[:1]
@@ -174,7 +177,7 @@ class Program:
         }
 
     def _empty_snapshots(self, n_runs: int) -> dict:
-        n_snap = len(metrics.SNAPSHOT_FRACTIONS)
+        n_snap = len(SNAPSHOT_FRACTIONS)
         return {"snap_step": np.full((n_runs, n_snap), -1, np.int32),
                 "snap_log_preact_grad": np.full((n_runs, n_snap, len(self.preact_shapes)), np.nan, np.float32),
                 "snap_weight_norm": np.full((n_runs, n_snap, len(self.param_names)), np.nan, np.float32),

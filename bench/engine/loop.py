@@ -1,8 +1,8 @@
 """The engine's host side: a group of runs prepared (its program compiled, its inputs on the devices) and
-trained chunk by chunk into per-run host arrays (`bench.program` holds the compiled programs).
+trained chunk by chunk into per-run host arrays (`bench.engine.program` holds the compiled programs).
 
 The host only loops over chunks: for progress, timing, early stop and the
-explosion snapshots, taken between chunks at `metrics.SNAPSHOT_FRACTIONS` of
+explosion snapshots, taken between chunks at `SNAPSHOT_FRACTIONS` of
 each run's budget (the chunk length is chosen so that they are chunk
 boundaries).
 """
@@ -17,8 +17,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from bench import metrics
-from bench.program import Program, padded_count, program
+from bench.engine.program import Program, padded_count, program
+from bench.spec.schema import SNAPSHOT_FRACTIONS
 
 
 MIN_TIMED = 3  # timed chunks per group at least (extra chunks, results discarded, make up the count)
@@ -77,12 +77,12 @@ class Quiet:
 def snapshot_plan(budgets, chunk_steps: int) -> tuple[int, np.ndarray]:
     """The chunk length and every run's snapshot steps (runs x snapshots).
 
-    Snapshot k of a run is due at step round(f_k x budget), f_k in `metrics.SNAPSHOT_FRACTIONS`. The
+    Snapshot k of a run is due at step round(f_k x budget), f_k in `SNAPSHOT_FRACTIONS`. The
     chunk length is the largest up to `chunk_steps` that divides every such step, so that each is a chunk
     boundary; where that would take more than 5x as many chunks, the length is `chunk_steps` and a snapshot
     is taken at the first boundary at or after its step (`snap_step` records where it was taken).
     """
-    due = np.round(np.asarray(metrics.SNAPSHOT_FRACTIONS)[None] * np.asarray(budgets)[:, None]).astype(np.int64)
+    due = np.round(np.asarray(SNAPSHOT_FRACTIONS)[None] * np.asarray(budgets)[:, None]).astype(np.int64)
     common = int(np.gcd.reduce(due[due > 0])) if (due > 0).any() else chunk_steps
     length = max(d for d in range(1, chunk_steps + 1) if common % d == 0)
     if 5 * length < chunk_steps:

@@ -24,7 +24,8 @@ CODE_DIRS = ("bench", "models", "tasks")
 CODE_PATHS = (*CODE_DIRS, "pyproject.toml")
 # The code that produces a record's numbers (reports, comparisons and the command line only read them).
 NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
-    "build", "engine", "flops", "metrics", "optim", "probe", "program", "records", "runner", "schema", "suite")))
+    "spec/build", "engine/loop", "engine/flops", "records/metrics", "spec/optim", "engine/probe", "engine/program",
+    "records/cell", "engine/runner", "spec/schema", "spec/suite")))
 
 
 def _code_hash(root: Path) -> str:
@@ -77,9 +78,9 @@ def _cuda_versions() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _static_env() -> dict:
-    from bench import calibrate
+    from bench.records import calibrate
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository: bench/records/store.py
 
     def git(*args):
         try:
@@ -366,7 +367,7 @@ def read_results(path, oldest: int | None = None) -> list[dict]:
     Args:
       oldest: the oldest schema_version accepted (default: only the current one).
     """
-    from bench.records import SCHEMA_VERSION
+    from bench.records.cell import SCHEMA_VERSION
 
     oldest = SCHEMA_VERSION if oldest is None else oldest
     path = Path(path)

@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from bench import calibrate, engine, optim, records
-from bench.build import make_task
-from bench.store import ResultsStore, environment, suite_from
-from bench.suite import Cell, Suite
+from bench.engine import loop
+from bench.records import calibrate
+from bench.records.cell import cell_record
+from bench.records.store import ResultsStore, environment, suite_from
+from bench.spec import optim
+from bench.spec.build import make_task
+from bench.spec.suite import Cell, Suite
 
 
 def _levels(shard) -> list[tuple[int, int]]:
@@ -23,7 +26,7 @@ def shard_cells(cells: list[Cell], shard) -> list[Cell]:
     """Cells of shard i of n: whole compiled groups, dealt greedily by cost (runs x steps, largest first, each
     to the shard with the least so far), never a group split; in file order.
 
-    shard: (i, n), or levels ((i, n), (p, P), ...): part p of P of shard i of n (`bench.cluster.compose`).
+    shard: (i, n), or levels ((i, n), (p, P), ...): part p of P of shard i of n (`bench.engine.cluster.compose`).
     """
     groups = group_cells(cells)
     for index, count in _levels(shard):
@@ -50,7 +53,7 @@ class Group:
     cells: list[Cell]
 
     @functools.cached_property
-    def runs(self) -> list[engine.Run]:
+    def runs(self) -> list[loop.Run]:
         """Every (cell, seed) run with its traced hyperparameters, cell by cell."""
         runs = []
         for index, cell in enumerate(self.cells):
@@ -59,7 +62,7 @@ class Group:
                      "stop_at_convergence": float(cell.config["early_stop"])}
             if "init_perturbation" in cell.plan:
                 hyper["init_perturbation"] = cell.plan["init_perturbation"]
-            runs += [engine.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
+            runs += [loop.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
         return runs
 
     @property
@@ -95,7 +98,7 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
 
     Args:
       progress: None, or an object with begin([(group label, steps, runs)]), group(label, steps, runs) ->
-        on_chunk callback or None, and group_done(records of the group) (bench.console.GroupProgress).
+        on_chunk callback or None, and group_done(records of the group) (bench.reports.console.GroupProgress).
       force: take over a directory holding another suite's records (they are discarded).
       stop: checked after every chunk and group; when it returns True the run raises KeyboardInterrupt
         there (between compiled calls), keeping every finished group.
@@ -120,14 +123,14 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
         progress.begin([(g.label, g.steps, len(g.runs)) for g in groups])
     # One background thread compiles the groups' programs in order while the main thread trains: on a CPU,
     # compiling takes one core and training about one more, so most compile time is hidden. Throughput is
-    # timed only on chunks with no compile beside them (`engine.Quiet`), and the matmul calibration of
+    # timed only on chunks with no compile beside them (`loop.Quiet`), and the matmul calibration of
     # the records' env is measured here, before any compile starts.
     calibrate.matmul_flops_per_s()
-    quiet = engine.Quiet()
+    quiet = loop.Quiet()
 
     def prepare(group):
         with quiet.compiling():
-            return engine.prepare(group.plan, group.runs, steps=group.steps, chunk_steps=suite.settings["chunk_steps"])
+            return loop.prepare(group.plan, group.runs, steps=group.steps, chunk_steps=suite.settings["chunk_steps"])
 
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
     try:
@@ -180,12 +183,12 @@ def out_of_memory(error: BaseException) -> bool:
         or "out of memory" in text
 
 
-def _train(suite: Suite, store: ResultsStore, group: Group, prepared: engine.Prepared, on_chunk,
-           quiet: engine.Quiet | None = None) -> list[dict]:
+def _train(suite: Suite, store: ResultsStore, group: Group, prepared: loop.Prepared, on_chunk,
+           quiet: loop.Quiet | None = None) -> list[dict]:
     """Trains one prepared group, adds its records to the store and returns them."""
-    result = engine.train_group(prepared, on_chunk, quiet)
+    result = loop.train_group(prepared, on_chunk, quiet)
     task, env = make_task(group.cells[0].plan["task"]), environment()
-    new = [records.cell_record(cell, [i for i, r in enumerate(result.runs) if r.cell_index == index], result, env,
-                               suite.settings["trace_points"], task) for index, cell in enumerate(group.cells)]
+    new = [cell_record(cell, [i for i, r in enumerate(result.runs) if r.cell_index == index], result, env,
+                       suite.settings["trace_points"], task) for index, cell in enumerate(group.cells)]
     store.add(new)
     return new

@@ -14,10 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-# Fractions of the step budget at which explosion is measured during training (docs/METHODS.md).
-SNAPSHOT_FRACTIONS = (0.0, 0.1, 0.5, 1.0)
-
-
 TRAINED, COLLAPSED, DIVERGED = "trained", "collapsed", "diverged"
 
 

@@ -1,23 +1,31 @@
-"""A suite's `[[claim]]` tables, validated against its cells (bench/suite.py calls this once the cells exist).
+"""A suite's `[[claim]]` tables, validated against its cells (bench/spec/suite.py calls this once the cells exist).
 
 A `[[claim]]` has an `id`, `title`, `text`, `judged_on` (questions of
-bench.claims.QUESTIONS, the default of its comparisons' `questions`: init,
-training and trainability) and `comparison`s: `experiment`, `regime`,
-`baseline` and `variant` (selectors matched against the cells' mitigation,
-each selecting at least one cell, not the same arm), `expect`
-(bench.claims.EXPECT), `questions` (the judged ones), `gradient` (what the
-init and training answers read: explosion, vanishing or either), `metric`
-(default stable_lr), `lr` (a learning rate of both arms' grids; needed by the
-`rate` question), `rate` (divergence or failure) and `at` (a fraction of the
-budget in bench.metrics.SNAPSHOT_FRACTIONS, default 0.5).
+QUESTIONS, the default of its comparisons' `questions`: init, training and
+trainability) and `comparison`s: `experiment`, `regime`, `baseline` and
+`variant` (selectors matched against the cells' mitigation, each selecting at
+least one cell, not the same arm), `expect` (EXPECT), `questions` (the judged
+ones), `gradient` (what the init and training answers read: explosion,
+vanishing or either), `metric` (default stable_lr), `lr` (a learning rate of
+both arms' grids; needed by the `rate` question), `rate` (divergence or
+failure) and `at` (a fraction of the budget in SNAPSHOT_FRACTIONS, default
+0.5). The vocabulary of claims (QUESTIONS, EXPECT, ...) and `matches` live
+here, below bench/analysis/claims.py, which judges them.
 """
 from __future__ import annotations
 
 import math
 
-from bench.claims import EXPECT, GRADIENT, JUDGED_BY_DEFAULT, METRICS, QUESTIONS, RATES, matches
-from bench.metrics import SNAPSHOT_FRACTIONS
-from bench.schema import Key, SuiteError, check_choice, check_table
+from bench.spec.schema import SNAPSHOT_FRACTIONS, Key, SuiteError, check_choice, check_table
+
+EXPECT = ("worse", "better")  # what the claim says the variant does
+QUESTIONS = ("init", "training", "trainability", "rate", "symmetry")
+JUDGED_BY_DEFAULT = ("init", "training", "trainability")
+GRADIENT = ("explosion", "vanishing", "either")
+RATES = ("divergence", "failure")
+# The metrics a comparison may name: the keys of bench.analysis.claims.METRICS, which computes them.
+METRIC_NAMES = ("stable_lr", "critical_lr", "trained_decades", "lr_sensitivity", "tuned_heldout_loss",
+                "steps_to_converge", "generalization_gap", "max_attn_logit", "max_abs_log_z")
 
 CLAIM = {
     "id": Key((str, int)),
@@ -35,7 +43,7 @@ COMPARISON = {
     "expect": Key(str, choices=tuple(EXPECT)),
     "questions": Key(list, None, of=str, choices=tuple(QUESTIONS), nonempty=True),
     "gradient": Key(str, "explosion", choices=GRADIENT),
-    "metric": Key(str, "stable_lr", choices=tuple(METRICS)),
+    "metric": Key(str, "stable_lr", choices=METRIC_NAMES),
     "rate": Key(str, "failure", choices=RATES),
     "lr": Key(float, None, gt=0),
     "at": Key(float, 0.5, choices=tuple(SNAPSHOT_FRACTIONS)),
@@ -85,6 +93,12 @@ def validate_claims(path, tables, cells) -> list[dict]:
             comparisons.append(comp)
         claims.append({**claim, "comparison": comparisons})
     return claims
+
+
+def matches(config: dict, selector: dict) -> bool:
+    """Whether a cell config's mitigation has every key/value of the selector."""
+    mitigation = config["mitigation"]
+    return all(mitigation.get(k) == v for k, v in selector.items())
 
 
 def _grid_lr(path, ckey, comp, sides, cells) -> float:

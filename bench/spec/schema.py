@@ -1,9 +1,9 @@
 """The type-and-range primitive of suite validation: one `Key` per key, stated once.
 
 Below it, the checks of a value, a choice and a table against their Keys,
-raising `SuiteError` (file, key, what is allowed). bench/suite.py holds the
-tables of keys of [suite] and [[experiment]], bench/claim_schema.py those of
-[[claim]]; bench/optim.py declares its optimiser keys and each mitigation's
+raising `SuiteError` (file, key, what is allowed). bench/spec/suite.py holds the
+tables of keys of [suite] and [[experiment]], bench/spec/claim_schema.py those of
+[[claim]]; bench/spec/optim.py declares its optimiser keys and each mitigation's
 parameters with the same `Key`; model and task keys come from their Config
 dataclasses (type hints, CHOICES, __post_init__). Adding a key is one line:
 `"name": Key(float, 1.0, gt=0)`.
@@ -28,6 +28,9 @@ REQUIRED = ...  # the default of a key the suite must give
 INT_LIMIT = 2**31  # ints (steps, sizes, counts) must stay below this: XLA indexes with int32
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32
 FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: XLA flushes smaller magnitudes to zero
+# Fractions of the step budget at which explosion is measured during training (docs/METHODS.md); a claim's
+# `at` is one of them.
+SNAPSHOT_FRACTIONS = (0.0, 0.1, 0.5, 1.0)
 
 
 class Invalid(ValueError):

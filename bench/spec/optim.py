@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench.build import init_powers
-from bench.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
+from bench.spec.build import init_powers
+from bench.spec.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
 
 # name -> (optax factory, defaults that differ from optax's, description)
 OPTIMIZERS = {

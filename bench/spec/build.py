@@ -173,7 +173,7 @@ def memory_estimate(plan: dict, hyper: dict, n_runs: int) -> dict[str, int]:
     backward pass) or of one evaluation (twice the largest value the prediction makes on the largest split),
     whichever is larger. Once: the task's data (x2: a host and a device copy). total = data + runs x per run.
     """
-    from bench import optim
+    from bench.spec import optim
 
     task = make_task(plan["task"])
     model_cfg = unit_scales(plan["model"])

@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 
-from bench import metrics
+from bench.records import metrics
+from bench.spec.schema import SNAPSHOT_FRACTIONS
 
 SCHEMA_VERSION = 2
 
@@ -50,7 +51,7 @@ def explosion(a: dict, param_names: list[str], axis: str) -> dict:
     table = lambda m: [[json_extended(v) for v in row] for row in m]  # noqa: E731
     return {
         "axis": axis,
-        "fractions": list(metrics.SNAPSHOT_FRACTIONS),
+        "fractions": list(SNAPSHOT_FRACTIONS),
         "e2e_ratio_init": [json_extended(v) for v in e2e[:, 0]],
         "growth_init": [json_extended(v) for v in growth[:, 0]],
         "per_seed": {

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from bench.stats import holm
+from bench.analysis.stats import holm
 
 ALPHA = 0.05
 THROUGHPUT_THRESHOLD = 0.8  # current / baseline steps/s below this is worse (above 1 / this: better)

@@ -2,8 +2,8 @@
 
 Validation happens here, before any compute; everything downstream trusts the
 cells. Every key is stated once with its type, range and default (a
-`bench.schema.Key`): the tables below for [suite] and [[experiment]],
-bench/claim_schema.py for [[claim]], `bench.optim` for optimiser keys and
+`bench.spec.schema.Key`): the tables below for [suite] and [[experiment]],
+bench/spec/claim_schema.py for [[claim]], `bench.spec.optim` for optimiser keys and
 mitigation parameters, and the model and task Config dataclasses (type hints,
 CHOICES, __post_init__) for [model] and [task]. Every float must be finite.
 
@@ -18,7 +18,7 @@ log10(max / min)) and the values 10 ** linspace(log10(min), log10(max), n + 1),
 both ends included, each rounded to 12 significant digits. The command line's
 --seeds and --steps override the suite's and every experiment's own.
 
-`[[claim]]` tables are validated by bench/claim_schema.py once the cells exist.
+`[[claim]]` tables are validated by bench/spec/claim_schema.py once the cells exist.
 """
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ import tomllib
 import typing
 from pathlib import Path
 
-from bench import build, optim
-from bench.schema import REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value
+from bench.spec import build, optim
+from bench.spec.claim_schema import validate_claims
+from bench.spec.schema import REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value
 from models import FAMILIES, common
 from tasks import TASKS
 
@@ -452,8 +453,6 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
                              f"{seen[c.cell_id].label!r} of {seen[c.cell_id].experiment!r}; compare within one "
                              "experiment instead")
         seen[c.cell_id] = c
-    from bench.claim_schema import validate_claims  # bench.claims imports scipy: only once a suite has loaded
-
     claims = validate_claims(path, raw["claim"], cells)
     return Suite(str(path), settings["name"], settings, resolved, cells, claims)
 

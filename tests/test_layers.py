@@ -1,0 +1,150 @@
+"""The layering of bench/: imports point one way only (docs/REFERENCE.md, "Layout").
+
+Every module under bench/ is parsed with `ast`; each of its imports of bench
+(absolute or relative, at the top or inside a function) is resolved to the
+layer it reaches and checked against ALLOWED. models/ and tasks/ never import
+bench at all.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+# layer -> the layers its modules may import (its own included). "cli" is bench/__main__.py, the command
+# line on top; "package" is bench/__init__.py, which stays free of imports so that `--help` is fast.
+LAYERS = ("spec", "engine", "records", "analysis", "reports", "peers")
+ALLOWED = {
+    "spec": {"spec"},
+    "records": {"records", "spec"},
+    "engine": {"engine", "records", "spec"},
+    "analysis": {"analysis", "engine", "records", "spec"},
+    "reports": {"reports", "analysis", "records", "spec"},
+    "peers": {"peers", "engine", "spec"},
+    "cli": {"cli", "package", *LAYERS},
+    "package": set(),
+}
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """bench/spec/suite.py -> bench.spec.suite; bench/spec/__init__.py -> bench.spec."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str | None:
+    """The layer of a module of bench (None: not bench)."""
+    parts = module.split(".")
+    if parts[0] != "bench":
+        return None
+    if len(parts) == 1:
+        return "package"
+    if parts[1] == "__main__":
+        return "cli"
+    if parts[1] in LAYERS:
+        return parts[1]
+    if (BENCH / f"{parts[1]}.py").exists() or (BENCH / parts[1]).is_dir():
+        return f"unplaced ({parts[1]})"  # a module or folder of bench/ outside the layers
+    return "package"  # a name of bench/__init__.py
+
+
+def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
+    """(line, module) for every import of the source, relative ones resolved, `from X import a` as X.a.
+
+    Every import counts wherever it is (module level, a function, a class, under `if TYPE_CHECKING`), and so
+    do importlib.import_module("...") and __import__("...") with a literal name.
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module
+            # `from bench import store` imports the module bench.store; `from bench.x import name` reaches bench.x.
+            found += [(node.lineno, f"{prefix}.{alias.name}" if alias.name != "*" else prefix) for alias in node.names]
+        elif isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def violations(source: str, module: str, is_package: bool = False) -> list[str]:
+    """The imports of a bench module that break ALLOWED, one line each."""
+    layer = layer_of(module)
+    out = []
+    for line, target in imported_modules(source, module, is_package):
+        reached = layer_of(target)
+        if reached is None:
+            continue
+        if reached not in ALLOWED.get(layer, set()):
+            out.append(f"{module}:{line}: imports {target} ({layer} -> {reached}; {layer} may import "
+                       f"{', '.join(sorted(ALLOWED.get(layer, ()))) or 'no bench module'})")
+    return out
+
+
+def bench_modules():
+    return sorted(p for p in BENCH.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_every_module_of_bench_belongs_to_a_layer():
+    unplaced = [str(p.relative_to(ROOT)) for p in bench_modules() if layer_of(module_name(p)) not in ALLOWED]
+    assert not unplaced, f"modules outside the layers {LAYERS} (move each into the layer it belongs to): {unplaced}"
+    assert {p.parent.name for p in BENCH.glob("*/__init__.py")} == set(LAYERS)
+
+
+def test_imports_point_one_way_only():
+    found = []
+    for path in bench_modules():
+        found += violations(path.read_text(), module_name(path), path.name == "__init__.py")
+    assert not found, "imports against the layering (move the code down a layer, do not hide the import):\n" + \
+        "\n".join(found)
+
+
+@pytest.mark.parametrize("directory", ["models", "tasks"])
+def test_models_and_tasks_never_import_bench(directory):
+    found = []
+    for path in sorted((ROOT / directory).rglob("*.py")):
+        module = module_name(path)
+        found += [f"{path.relative_to(ROOT)}:{line}: imports {target}"
+                  for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py")
+                  if target.split(".")[0] == "bench"]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("module, source", [
+    ("bench.spec.claim_schema", "from bench.analysis.claims import EXPECT\n"),
+    ("bench.spec.suite", "def f():\n    from bench.records import metrics\n"),
+    ("bench.records.store", "from ..engine import runner\n"),
+    ("bench.engine.runner", "import bench.reports.console\n"),
+    ("bench.analysis.claims", "from bench.reports import report\n"),
+    ("bench.reports.report", "from bench.engine import probe\n"),
+    ("bench.peers.cases", "import importlib\nimportlib.import_module('bench.analysis.compare')\n"),
+    ("bench.spec.build", "from bench import __main__\n"),
+    ("bench.spec", "from . import schema\nfrom ..records import cell\n"),
+])
+def test_a_forbidden_import_is_found(module, source):
+    """The checker itself: each of these breaks the layering, in the ways an import can be written."""
+    assert len(violations(source, module, is_package=module.count(".") == 1)) == 1
+
+
+def test_allowed_imports_pass():
+    assert not violations("from bench.spec import build\nfrom . import metrics\nfrom .cell import read_extended\n",
+                          "bench.records.store")
+    assert not violations("from bench.analysis import claims\nfrom bench import __main__\n", "bench.__main__")
+
+
+def test_the_claim_metrics_the_spec_validates_are_the_ones_analysis_computes():
+    from bench.analysis import claims
+    from bench.spec import claim_schema
+
+    assert tuple(claims.METRICS) == claim_schema.METRIC_NAMES
