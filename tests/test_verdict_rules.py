@@ -213,3 +213,22 @@ def _write(directory, kept):
 
     (directory / report.REPLICATION_FILE).write_text(json.dumps(kept))
     return directory
+
+
+def test_loss_scaling_judged_on_the_fraction_of_zero_gradient_entries():
+    # The underflow experiment: float16 leaves about 2% of the entries exactly zero, loss scaling about 0.01%.
+    rng = np.random.default_rng(0)
+    base = grid(BASE, 10.0)  # every seed trains at every lr: the tuned lr is the grid's best held-out loss
+    var = grid(CURE, 10.0)
+    for records, centre in ((base, 0.02), (var, 1e-4)):
+        for r in records:
+            r["per_seed"]["grad_zero_fraction"] = list(centre * (1 + 0.1 * rng.standard_normal(16)))
+    v = claims.verdicts(one({"expect": "better", "metric": "grad_zero_fraction"}), base + var)[0]
+    q = v["comparisons"][0]["questions"]["trainability"]
+    assert not q["log_scale"] and q["effect"] == pytest.approx(-0.02, abs=2e-3)  # a difference of fractions
+    assert v["verdict"] == claims.SUPPORTED
+    # the same fractions in both arms: no detectable effect, never a verdict from the minimum effect's floor
+    for r, b in zip(var, base):
+        r["per_seed"]["grad_zero_fraction"] = list(b["per_seed"]["grad_zero_fraction"])
+    v = claims.verdicts(one({"expect": "better", "metric": "grad_zero_fraction"}), base + var)[0]
+    assert v["verdict"] != claims.SUPPORTED

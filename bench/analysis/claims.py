@@ -227,6 +227,10 @@ METRICS = {
     "max_abs_log_z": Metric(_record_metric(lambda r: _recorded(r, "max_abs_log_z")), +1, True,
                             "largest mean |log Z| of the output softmax during training at the tuned (or stated) "
                             "learning rate; overflow = inf"),
+    "grad_zero_fraction": Metric(
+        _record_metric(lambda r: _recorded(r, "grad_zero_fraction")), +1, False,
+        "largest fraction of exactly-zero gradient entries in a step (underflow) at the tuned (or stated) learning "
+        "rate", min_difference=lambda min_effect, base, trivial: max(abs(base or 0.0), 0.01) * (min_effect - 1)),
 }
 
 
