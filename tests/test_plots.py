@@ -19,3 +19,30 @@ def test_gradient_profile_with_many_series_gives_each_its_own_legend_style(tmp_p
     assert [t.get_text() for t in legend.get_texts()] == list(series)
     assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 16
     assert legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1  # beside the axes, over no data
+
+
+def _cell(activation, depth, weight_var, failure_rate):
+    e2e = weight_var ** (depth / 4)  # explodes with weight_var above 1, vanishes below, faster when deeper
+    return {"label": f"{activation} d{depth} w{weight_var} lr=0.005", "failure_rate": failure_rate,
+            "config": {"optimizer": {"lr": 0.005}, "task": {"name": "t", "n_train": 64},
+                       "model": {"activation": activation, "depth": depth, "weight_var": weight_var}},
+            "explosion": {"fractions": [0.0, 1.0], "per_seed": {"e2e_ratio": [[e2e, None], [e2e, "inf"]]}}}
+
+
+def test_a_two_factor_grid_is_drawn_as_maps_with_every_cell_annotated(tmp_path):
+    from bench.reports import report
+    records = [_cell(a, d, w, 0.5 if w > 2 else 0.0)
+               for a in ("tanh", "relu") for d in (6, 24) for w in (0.5, 1.0, 2.0, 4.0, 8.0)]
+    factors = report._grid_factors(records)
+    assert factors == (("model", "depth"), ("model", "weight_var"), ("model", "activation"))
+    jobs = report._plot_jobs("phase", records, tmp_path)
+    assert sorted(p.rsplit("/", 1)[1] for p in jobs) == ["phase-e2e-end-map.png", "phase-e2e-init-map.png",
+                                                        "phase-failure-map.png"]  # no 20-line plots
+    fn, panels, title, _ = jobs[str(tmp_path / "phase-e2e-init-map.png")]
+    rows, cols, matrix = panels["activation tanh"]
+    assert rows == [6, 24] and cols == [0.5, 1.0, 2.0, 4.0, 8.0] and matrix[1][4] == 8.0 ** 6
+    fn(panels, tmp_path / "m.png", title)
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+    # at several learning rates, or over one factor, an experiment keeps its curves against the learning rate
+    assert report._grid_factors([dict(r, config={**r["config"], "optimizer": {"lr": 0.005 * (i % 2 + 1)}})
+                                 for i, r in enumerate(records)]) is None

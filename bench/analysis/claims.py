@@ -88,6 +88,15 @@ class Arm:
         losses = np.where(np.isnan(losses), np.inf, losses)
         return int(np.argmin(np.quantile(losses, 0.5, axis=0, method="lower")))
 
+    def fastest_index(self) -> int:
+        """The grid index where the most seeds reach the target (ties: the fewest median steps, then the lower
+        learning rate): the arm's best learning rate for convergence."""
+        steps = self.per_seed("steps_to_converge")
+        steps = np.where(np.isnan(steps), np.inf, steps)
+        converged = np.isfinite(steps).sum(axis=0)
+        median = np.quantile(steps, 0.5, axis=0, method="lower")
+        return min(range(len(self.lrs)), key=lambda i: (-converged[i], median[i], i))
+
     def at(self, lr: float | None) -> dict:
         """The record at a stated learning rate of the grid (None: at the arm's tuned learning rate)."""
         if lr is None:
@@ -122,6 +131,8 @@ class Arm:
             "failure_rate": [r["failure_rate"] for r in self.records],
             "tuned_lr": run_lr(tuned),
             "tuned_converged": tuned["converged"],
+            "fastest_lr": run_lr(self.records[self.fastest_index()]),
+            "fastest_converged": self.records[self.fastest_index()]["converged"],
             "tuned_heldout_loss": tuned["quality"]["final_heldout_loss"],
             "tuned_heldout_metric": tuned["quality"]["final_heldout_metric"],
         }
@@ -219,6 +230,11 @@ METRICS = {
                                  "own loss capped at the trivial loss"),
     "steps_to_converge": Metric(_record_metric(_steps), +1, True,
                                 "steps to the target at the tuned (or stated) learning rate; never = inf"),
+    "steps_at_fastest_lr": Metric(
+        lambda arm, lr: (_steps(arm.at(lr) if lr is not None else arm.records[arm.fastest_index()]),
+                         [None] * arm.n_seeds), +1, True,
+        "steps to the target at the arm's fastest learning rate (the most seeds converged there, then the fewest "
+        "median steps) or at the stated one; never = inf"),
     "generalization_gap": Metric(_record_metric(_gap), +1, False,
                                  "held-out minus training loss at the tuned (or stated) learning rate, trained seeds"),
     "max_attn_logit": Metric(_record_metric(lambda r: _recorded(r, "max_attn_logit")), +1, True,

@@ -106,6 +106,45 @@ def failure_vs_lr(series: dict[str, list[tuple[float, float, float, float]]], pa
     _save(fig, path)
 
 
+def grid_maps(panels: dict[str, tuple[list, list, list[list]]], path, title: str, *, rows: str, cols: str,
+              value: str, log10: bool = False, vmin: float | None = None, vmax: float | None = None) -> None:
+    """Heatmaps of a value over a two-factor grid, one panel per value of a third factor, each cell annotated.
+
+    Args:
+      panels: panel label -> (row values, column values, matrix [row][col] of JSON numbers; None = no value).
+      log10: colour by log10 of the value on a diverging scale centred on 1 (red above, blue below, clipped
+        at 1e-6 and 1e6); the annotations stay the value itself.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.8 + 3.6 * len(panels), 3.4), squeeze=False,
+                             sharey=True)
+    cmap = plt.get_cmap("RdBu_r" if log10 else "viridis").with_extremes(bad="0.85")
+    if log10:
+        vmin, vmax = -6.0, 6.0
+    for ax, (label, (row_values, col_values, matrix)) in zip(axes[0], panels.items()):
+        shown = _nan(matrix)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            colour = np.log10(np.where(shown > 0, shown, np.nan)) if log10 else shown
+        image = ax.imshow(np.ma.masked_invalid(colour), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
+                          origin="lower")
+        for i in range(len(row_values)):
+            for j in range(len(col_values)):
+                v = shown[i, j]
+                red, green, blue, _ = image.cmap(image.norm(colour[i, j])) if np.isfinite(colour[i, j]) else (1, 1, 1, 1)
+                dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5  # white text on a dark cell
+                ax.text(j, i, "–" if np.isnan(v) else f"{v:.2g}" if 1e-2 <= abs(v) < 1e3 or v == 0 else f"{v:.0e}",
+                        ha="center", va="center", fontsize=6.5, color="white" if dark else "black")
+        ax.set_xticks(range(len(col_values)), [f"{c:g}" for c in col_values], fontsize=8)
+        ax.set_yticks(range(len(row_values)), [f"{r:g}" for r in row_values], fontsize=8)
+        ax.set_xlabel(cols)
+        ax.set_title(label, fontsize=9)
+    axes[0][0].set_ylabel(rows)
+    bar = fig.colorbar(image, ax=axes[0].tolist(), shrink=0.9)
+    bar.set_label(f"log10 {value} (clipped at ±6)" if log10 else value, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # colorbar beside the panels: no tight_layout
+    plt.close(fig)
+
+
 def loss_curves(series: dict[str, tuple[list[int], list[list]]], path, title: str) -> None:
     """Training loss against step: median over seeds and a 25–75% band, one line per variant.
 

@@ -248,7 +248,7 @@ def mitigations_table(judged: list[dict], records: list[dict]) -> list[str]:
     grid point, the largest lr with at most one seed in 16 diverged, trained range, convergence and quality
     at the tuned lr, and run-steps/s relative to the baseline."""
     lines = ["| claim | comparison | arm | diverged of seeds, per lr (low to high) | largest lr with ≤ 1/16 diverged | "
-             "trained decades | converged at tuned lr | tuned held-out loss | run-steps/s vs baseline |",
+             "trained decades | converged at its fastest lr | tuned held-out loss | run-steps/s vs baseline |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c in judged:
         for x in c["comparisons"]:
@@ -267,8 +267,9 @@ def mitigations_table(judged: list[dict], records: list[dict]) -> list[str]:
                 head = f"{c['id']} | {x.get('regime') or x['experiment']}" if side == "baseline" else " | "
                 lines.append(f"| {head} | {side}: {_selector(x[side])} | {' '.join(map(str, s['diverged']))} of "
                              f"{s['seeds']} | {'none' if stable is None else f'{stable:g}'} | "
-                             f"{_fmt(s['trained_decades'])} | {s['tuned_converged']}/{s['seeds']} at "
-                             f"{s['tuned_lr']:g} | {_fmt(s['tuned_heldout_loss'])} | {relative} |")
+                             f"{_fmt(s['trained_decades'])} | {s['fastest_converged']}/{s['seeds']} at "
+                             f"{s['fastest_lr']:g} | {_fmt(s['tuned_heldout_loss'])} at {s['tuned_lr']:g} | "
+                             f"{relative} |")
     return lines
 
 
@@ -320,9 +321,70 @@ def _diagnostic_jobs(experiment: str, slug: str, records: list[dict], lr: float)
     return jobs
 
 
+def _grid_factors(records: list[dict]) -> tuple[str, str, str | None] | None:
+    """(row, column, panel) model or task keys of an experiment run at one learning rate over a grid of two
+    numeric factors (and at most one other): its figures are maps, not one line per cell."""
+    if len({r["config"]["optimizer"]["lr"] for r in records}) != 1 or len(records) < 9:
+        return None
+    varying = {}
+    for section in ("model", "task"):
+        for key in records[0]["config"][section]:
+            values = {json.dumps(r["config"][section].get(key)) for r in records}
+            if len(values) > 1:
+                varying[(section, key)] = [json.loads(v) for v in values]
+    numeric = [k for k, v in varying.items() if all(isinstance(x, (int, float)) for x in v)]
+    other = [k for k in varying if k not in numeric]
+    if len(numeric) != 2 or len(other) > 1:
+        return None
+    rows, cols = sorted(numeric, key=lambda k: len(varying[k]))
+    return rows, cols, other[0] if other else None
+
+
+def _grid_map_jobs(experiment: str, slug: str, records: list[dict], factors) -> dict[str, tuple]:
+    """Maps of the gradient ratio at initialisation and at the end, and of the failure rate, over the grid."""
+    (rs, rk), (cs, ck), panel = factors
+    at = lambda r, f: r["config"][f[0]][f[1]]  # noqa: E731
+    row_values = sorted({at(r, (rs, rk)) for r in records})
+    col_values = sorted({at(r, (cs, ck)) for r in records})
+    labels = list(dict.fromkeys(str(at(r, panel)) for r in records)) if panel else [experiment]
+
+    def panels(value):
+        out = {}
+        for label in labels:
+            matrix = [[None] * len(col_values) for _ in row_values]
+            for r in records:
+                if not panel or str(at(r, panel)) == label:
+                    matrix[row_values.index(at(r, (rs, rk)))][col_values.index(at(r, (cs, ck)))] = value(r)
+            out[f"{panel[1]} {label}" if panel else label] = (row_values, col_values, matrix)
+        return out
+
+    lr = _lr(records[0])
+    keywords = dict(rows=rk, cols=ck)
+    end = records[0]["explosion"]["fractions"][-1]
+    return {
+        f"{slug}-e2e-init-map.png": (
+            functools.partial(plots.grid_maps, value="median e2e ratio", log10=True, **keywords),
+            panels(lambda r: _median_e2e(r, 0.0)), f"{experiment}: gradient ratio at initialisation",
+            "Median over seeds of the end-to-end gradient ratio at initialisation (input-side over output-side "
+            "gradient norm; colour on a log scale, above 1 explodes towards the input, below 1 vanishes), per cell "
+            "of the grid."),
+        f"{slug}-e2e-end-map.png": (
+            functools.partial(plots.grid_maps, value="median e2e ratio", log10=True, **keywords),
+            panels(lambda r: _median_e2e(r, end)), f"{experiment}: gradient ratio after training at lr={lr:g}",
+            f"The same after the budget at lr={lr:g} (a diverged seed counts as infinity)."),
+        f"{slug}-failure-map.png": (
+            functools.partial(plots.grid_maps, value="failure rate", vmin=0.0, vmax=1.0, **keywords),
+            panels(lambda r: r["failure_rate"]), f"{experiment}: failure rate at lr={lr:g}",
+            f"Fraction of seeds that diverged or collapsed at lr={lr:g}, per cell of the grid."),
+    }
+
+
 def _plot_jobs(experiment: str, records: list[dict], plot_dir: Path) -> dict[str, tuple]:
     """The experiment's figures: path -> (function, data, title, one-line caption)."""
     slug = "".join(c if c.isalnum() else "-" for c in experiment).strip("-")
+    factors = _grid_factors(records)
+    if factors:
+        return {str(plot_dir / name): job for name, job in _grid_map_jobs(experiment, slug, records, factors).items()}
     lines: dict[str, list] = {}
     for r in records:
         lo, hi = r["failure_rate_ci"]

@@ -25,7 +25,7 @@ GRADIENT = ("explosion", "vanishing", "either")
 RATES = ("divergence", "failure")
 # The metrics a comparison may name: the keys of bench.analysis.claims.METRICS, which computes them.
 METRIC_NAMES = ("stable_lr", "critical_lr", "trained_decades", "lr_sensitivity", "tuned_heldout_loss",
-                "steps_to_converge", "generalization_gap", "max_attn_logit", "max_abs_log_z", "grad_zero_fraction")
+                "steps_to_converge", "steps_at_fastest_lr", "generalization_gap", "max_attn_logit", "max_abs_log_z", "grad_zero_fraction")
 
 CLAIM = {
     "id": Key((str, int)),
