@@ -255,3 +255,13 @@ def test_faster_is_asked_of_each_arm_at_its_own_best_learning_rate_for_convergen
     assert v["verdict"] == claims.SUPPORTED
     at_tuned = claims.verdicts(one({"expect": "better", "metric": "steps_to_converge"}), base + cure)[0]
     assert at_tuned["verdict"] != claims.SUPPORTED
+
+
+def test_arms_on_different_grids_are_read_at_initialisation_each_at_its_own_lowest_rate():
+    # A variant swept over its own grid (the clip experiment starts a decade above the baseline): the gradient
+    # at initialisation does not depend on the learning rate, so neither arm needs the other's lowest rate.
+    base = grid(BASE, 1.0, e2e_init=[30.0] * 16)
+    var = [record(CURE, lr, [lr < 10.0] * 16, e2e_init=[30.0] * 16) for lr in (0.1, 1.0, 10.0)]
+    v = claims.verdicts(one({"expect": "better"}, ["init", "trainability"]), base + var)[0]
+    q = v["comparisons"][0]["questions"]
+    assert q["init"]["median"] == [30.0, 30.0] and q["trainability"]["median"] == [0.1, 1.0]

@@ -292,9 +292,11 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
     lr, at, gradient = comp.get("lr"), comp.get("at", 0.5), comp.get("gradient", "explosion")
     no_censoring = ([None] * base.n_seeds, [None] * var.n_seeds)
     worse = -1 if gradient == "vanishing" else +1
-    init_lr = base.lrs[0] if lr is None else lr
     read = {"explosion": "ratio", "vanishing": "ratio", "either": "max(ratio, 1/ratio)"}[gradient]
-    out = {"init": dict(values=tuple(_gradient_values(e2e_ratio(a.at(init_lr), 0.0), gradient) for a in (base, var)),
+    # The gradient at initialisation does not depend on the learning rate: each arm is read at the stated lr
+    # (on both grids), else at its own lowest one (the two arms' grids may differ).
+    initial = [a.at(a.lrs[0] if lr is None else lr) for a in (base, var)]
+    out = {"init": dict(values=tuple(_gradient_values(e2e_ratio(r, 0.0), gradient) for r in initial),
                         log_scale=True, worse_when=worse, censored=no_censoring,
                         what=f"{gradient}: end-to-end gradient {read} at initialisation")}
     b_rec, v_rec = base.at(lr), var.at(lr)
@@ -311,7 +313,7 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
         out["rate"] = dict(values=(flag(base.at(lr)), flag(var.at(lr))), rate=True, worse_when=+1,
                            censored=no_censoring, what=f"{rate} rate at lr {lr:g}")
     if all("kernel_rank_init" in a.records[0]["per_seed"] for a in (base, var)):
-        ranks = tuple(_as_float(a.at(init_lr)["per_seed"]["kernel_rank_init"]) for a in (base, var))
+        ranks = tuple(_as_float(r["per_seed"]["kernel_rank_init"]) for r in initial)
         out["symmetry"] = dict(values=ranks,
                                log_scale=True, worse_when=-1, censored=no_censoring,
                                what="kernel rank at initialisation (1/n: every unit equal)")
