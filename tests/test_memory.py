@@ -80,3 +80,30 @@ def test_a_group_the_estimate_fits_runs_under_the_same_limit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert len((tmp_path / "o" / "results.jsonl").read_text().splitlines()) == 1
     assert not (tmp_path / "o" / "not_run.json").exists()
+
+
+def test_a_long_suite_keeps_only_a_few_compiled_programs_alive(tmp_path, monkeypatch):
+    # Every compiled program holds executables and memory maps: kept for the whole run, a suite of 44
+    # programs passed Linux's 65,530 maps and crashed in LLVM. Five structures with at most two programs
+    # cached and one group prepared ahead: every cell trains, and a finished group's program is let go.
+    import gc
+    import weakref
+
+    from bench.engine import program, runner
+    from bench.spec import suite
+    from tests.conftest import tiny_suite
+
+    monkeypatch.setattr(program, "MAX_PROGRAMS", 2)
+    monkeypatch.setattr(runner, "AHEAD", 1)
+    monkeypatch.setattr(program, "_PROGRAMS", program._PROGRAMS.__class__())
+    made = []
+    real = program.Program
+    monkeypatch.setattr(program, "Program", lambda *a: made.append(real(*a)) or made[-1])
+    path = tiny_suite(tmp_path, seeds=2, steps=4, lr="[0.05]", extra="[[experiment]]\nname = \"d\"\n"
+                      "model = { depth = [1, 2, 3, 4, 5] }\n")
+    records = runner.run_suite(suite.load(path), tmp_path / "out")
+    assert len(records) == 5 and len(made) == 5 and len(program._PROGRAMS) <= 2
+    first = weakref.ref(made[0])
+    made.clear()
+    gc.collect()
+    assert first() is None  # nothing of the run holds the first group's program any more

@@ -30,8 +30,10 @@ backward pass; a step it skips is counted, not treated as divergence.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
+import threading
 import time
 
 import jax
@@ -365,12 +367,22 @@ class Program:
         return self._run("evaluate", self._evaluate, carry, data)
 
 
-_PROGRAMS: dict = {}
+# The most recently used Programs, shared by groups with the same structure. Bounded: every compiled program
+# holds its executables' memory and memory maps (a suite of 44 programs kept alive passed Linux's default
+# limit of 65,530 maps per process and crashed in LLVM); one evicted and needed again is compiled again
+# (from the persistent compilation cache where it is on).
+MAX_PROGRAMS = 4
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_PROGRAMS_LOCK = threading.Lock()
 
 
 def program(plan: dict, n_runs: int, chunk_steps: int) -> Program:
-    """The Program of a static plan, shared by every group with the same structure."""
+    """The Program of a static plan, shared by every group with the same structure (while it is recent)."""
     key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)
-    return _PROGRAMS[key]
+    with _PROGRAMS_LOCK:
+        if key not in _PROGRAMS:
+            _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)
+        _PROGRAMS.move_to_end(key)
+        while len(_PROGRAMS) > MAX_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
+        return _PROGRAMS[key]

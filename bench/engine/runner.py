@@ -134,10 +134,15 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
 
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
     try:
-        ready = [compiler.submit(prepare, g) for g in groups]
+        # At most AHEAD groups are prepared beyond the one training, and a trained group's program and device
+        # inputs are let go: memory stays that of a few groups however long the suite.
+        ready = {i: compiler.submit(prepare, g) for i, g in enumerate(groups[:AHEAD + 1])}
         failed = []  # groups that ran out of memory: the others still train
-        for group, prepared in zip(groups, ready):
+        for i, group in enumerate(groups):
             check_stop()
+            if i + AHEAD < len(groups) and i + AHEAD not in ready:
+                ready[i + AHEAD] = compiler.submit(prepare, groups[i + AHEAD])
+            prepared = ready.pop(i)
             on_chunk = chunk_callback(progress.group(group.label, group.steps, group.runs) if progress else None)
             try:
                 new = _train(suite, store, group, prepared.result(), on_chunk, quiet)
@@ -161,6 +166,7 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
     return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]
 
 
+AHEAD = 2  # groups compiled ahead of the one training (compiling on one core overlaps training on the other)
 NOT_RUN_FILE = "not_run.json"  # the groups of the last run that could not run (out of memory)
 
 
