@@ -5,7 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import tiny_suite
+
+# A timing measurement, not a unit test: it passed alone and failed with other jobs on the machine, and failed
+# once in a fresh clone's CI run. Run it with the benchmarks (`pytest -m benchmark`), on a quiet machine.
+pytestmark = pytest.mark.benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
