@@ -30,12 +30,12 @@ def _cell(activation, depth, weight_var, failure_rate):
 
 
 def test_a_two_factor_grid_is_drawn_as_maps_with_every_cell_annotated(tmp_path):
-    from bench.reports import report
+    from bench.reports import figures
     records = [_cell(a, d, w, 0.5 if w > 2 else 0.0)
                for a in ("tanh", "relu") for d in (6, 24) for w in (0.5, 1.0, 2.0, 4.0, 8.0)]
-    factors = report._grid_factors(records)
+    factors = figures.grid_factors(records)
     assert factors == (("model", "depth"), ("model", "weight_var"), ("model", "activation"))
-    jobs = report._plot_jobs("phase", records, tmp_path)
+    jobs = figures.plot_jobs("phase", records, tmp_path)
     assert sorted(p.rsplit("/", 1)[1] for p in jobs) == ["phase-e2e-end-map.png", "phase-e2e-init-map.png",
                                                         "phase-failure-map.png"]  # no 20-line plots
     fn, panels, title, _ = jobs[str(tmp_path / "phase-e2e-init-map.png")]
@@ -44,5 +44,5 @@ def test_a_two_factor_grid_is_drawn_as_maps_with_every_cell_annotated(tmp_path):
     fn(panels, tmp_path / "m.png", title)
     assert (tmp_path / "m.png").stat().st_size > 10_000
     # at several learning rates, or over one factor, an experiment keeps its curves against the learning rate
-    assert report._grid_factors([dict(r, config={**r["config"], "optimizer": {"lr": 0.005 * (i % 2 + 1)}})
+    assert figures.grid_factors([dict(r, config={**r["config"], "optimizer": {"lr": 0.005 * (i % 2 + 1)}})
                                  for i, r in enumerate(records)]) is None

@@ -340,7 +340,7 @@ def test_higher_learning_rate_grows_attention_logits_in_the_shrunk_experiment(st
 
 
 def test_report_plots_every_model_diagnostic_against_step_and_learning_rate(stability, module_tmp):
-    from bench.reports import report
+    from bench.reports import figures, report
 
     _, _, records = stability
     text = report.write(module_tmp / "stability", module_tmp / "REPORT.md").read_text()
@@ -352,7 +352,7 @@ def test_report_plots_every_model_diagnostic_against_step_and_learning_rate(stab
             assert f"](stability/plots/{path.name})" in text
     # One-line captions name the learning rate of the traces: the grid's, shared by both arms here.
     assert text.count("per variant at lr=0.003 (the learning rate of the loss curves)") == len(transformer.DIAGNOSTICS)
-    jobs = report._plot_jobs("learning-rate", records, plot_dir)
+    jobs = figures.plot_jobs("learning-rate", records, plot_dir)
     low, high = records
     _, traces, _, _ = jobs[str(plot_dir / "learning-rate-max_attn_logit-steps.png")]
     assert traces == {"none": (low["trace"]["step"], low["trace"]["max_attn_logit"]),
@@ -365,5 +365,5 @@ def test_report_plots_every_model_diagnostic_against_step_and_learning_rate(stab
     assert "min over the training steps" in caption
     # A family without DIAGNOSTICS (records without diagnostics) gets only the three usual figures.
     bare = [{**r, "diagnostics": {}} for r in records]
-    assert sorted(Path(p).name for p in report._plot_jobs("x", bare, plot_dir)) == \
+    assert sorted(Path(p).name for p in figures.plot_jobs("x", bare, plot_dir)) == \
         ["x-failure.png", "x-gradients.png", "x-loss.png"]
