@@ -198,12 +198,19 @@ def test_the_report_counts_the_answers_a_perturbed_rerun_gives_differently(tmp_p
     judged = claims.verdicts(tables, grid(BASE, 0.1) + grid(CURE, 1.0))
     kept = report.replication_record(judged, [{}] * 6, 1e-6)
     assert [a["question"] for a in kept["answers"]] == ["init", "trainability"]
-    assert "0 of 2 judged answers and 0 of 1" in report.replication_lines(_write(tmp_path, kept), judged)[0]
-    kept["answers"][1]["verdict"] = claims.INCONCLUSIVE  # the rerun's trainability answer differs
+    assert "0 of 2 judged answers differ from these (0 of them marked fragile in one run or both), and 0 of 1 " \
+        "claim verdicts" in report.replication_lines(_write(tmp_path, kept), judged)[0]
+    kept["answers"][1].update(verdict=claims.INCONCLUSIVE, stability=0.5)  # the rerun's trainability answer differs
     kept["claims"][0]["verdict"] = claims.INCONCLUSIVE
     lines = report.replication_lines(_write(tmp_path, kept), judged)
-    assert "1 of 2 judged answers and 1 of 1 claim verdicts differ" in lines[0]
-    assert "trainability: supported here, inconclusive there" in lines[1]
+    assert "1 of 2 judged answers differ from these (1 of them marked fragile in one run or both), and 1 of 1 " \
+        "claim verdicts (1 in the verdict itself, 0 only in which regimes" in lines[0]
+    assert "trainability: supported here, inconclusive there (stability 1.00 / 0.50)" in lines[1]
+    assert lines[2] == "  - claim c's verdict: supported here; inconclusive there"
+    kept["claims"][0]["verdict"] = "depends: supported on init (x); contradicted on trainability (y)"
+    judged[0]["verdict"] = "depends: supported on init (x)"
+    assert "(0 in the verdict itself, 1 only in which regimes" in report.replication_lines(_write(tmp_path, kept),
+                                                                                           judged)[0]
 
 
 def _write(directory, kept):
@@ -265,3 +272,39 @@ def test_arms_on_different_grids_are_read_at_initialisation_each_at_its_own_lowe
     v = claims.verdicts(one({"expect": "better"}, ["init", "trainability"]), base + var)[0]
     q = v["comparisons"][0]["questions"]
     assert q["init"]["median"] == [30.0, 30.0] and q["trainability"]["median"] == [0.1, 1.0]
+
+
+def test_training_is_read_at_the_same_learning_rates_in_both_arms_whatever_the_loss_curve():
+    # The variant's grid starts a decade higher: the rates both grids hold are 0.1 and 1.0. Per seed, the ratio
+    # in training is the median over those (geometric: sqrt(10 x 40) = 20 and sqrt(2 x 8) = 4), never read at a
+    # tuned rate that a flat validation curve can move from one grid point to another.
+    def arm(mitigation, lrs, mids, validations):
+        return [record(mitigation, lr, [True] * 16, e2e_mid=[m] * 16, validation=[v] * 16)
+                for lr, m, v in zip(lrs, mids, validations)]
+    questions = []
+    for validations in ((0.30, 0.31, 0.32), (0.32, 0.31, 0.30)):  # the lowest validation loss at either end
+        recs = arm(BASE, LRS, (1000.0, 10.0, 40.0), validations) + \
+            arm(CURE, (0.1, 1.0, 10.0), (2.0, 8.0, 1000.0), validations)
+        q = claims.verdicts(one({"expect": "better"}, ["training"]), recs)[0]["comparisons"][0]["questions"]
+        questions.append(q["training"])
+    for q in questions:
+        assert q["median"] == [pytest.approx(20.0), pytest.approx(4.0)]
+        assert "median over the 2 learning rates of both grids where neither arm diverged (16 of 16" in q["what"]
+    assert questions[0]["p"] == questions[1]["p"] and questions[0]["verdict"] == claims.SUPPORTED
+    # a run that diverged is left out, in both arms: at 1.0 the variant diverges, so only 0.1 is read
+    recs[4]["per_seed"]["diverged"] = [True] * 16
+    q = claims.verdicts(one({"expect": "better"}, ["training"]), recs)[0]["comparisons"][0]["questions"]
+    assert q["training"]["median"] == [pytest.approx(10.0), pytest.approx(2.0)]
+
+
+def test_tuned_quality_is_each_seeds_own_best_learning_rate():
+    # Seeds 0-7 have their lowest validation loss at lr 0.01, seeds 8-15 at 1.0; the held-out loss of a seed
+    # is read at its own tuned rate (0.2 and 0.4), not every seed at one rate chosen by the arm's median.
+    half = [True] * 8 + [False] * 8
+    recs = [record(BASE, lr, [True] * 16, validation=[0.1 if lr == (0.01 if h else 1.0) else 0.5 for h in half],
+                   heldout=[0.2 if lr == 0.01 else 0.4 if lr == 1.0 else 0.9] * 16) for lr in LRS]
+    arm = claims.Arm(recs)
+    np.testing.assert_array_equal(arm.lrs[arm.seed_tuned()], [0.01] * 8 + [1.0] * 8)
+    values, _ = claims.METRICS["tuned_heldout_loss"].values(arm, None)
+    np.testing.assert_array_equal(values, [0.2] * 8 + [0.4] * 8)
+    np.testing.assert_array_equal(claims.METRICS["tuned_heldout_loss"].values(arm, 0.1)[0], [0.9] * 16)

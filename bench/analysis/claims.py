@@ -12,7 +12,8 @@ questions of QUESTIONS (bench/spec/claim_schema.py, which validates the tables):
   explosion (a larger ratio is worse), vanishing (a smaller one is worse) or
   either (the distance from 1, max(r, 1/r), is worse);
 - `training`: the same at the fraction `at` of the budget, at the stated
-  learning rate `lr`, else at each arm's tuned learning rate;
+  learning rate `lr`, else per seed the median over the learning rates both
+  arms' grids hold (the same rates in both arms, none chosen by the outcome);
 - `trainability`: a per-seed summary over the learning-rate grid, `metric`
   (default the divergence-free learning rate);
 - `rate`: the divergence or failure rate (`rate`) over seeds at the stated `lr`;
@@ -97,10 +98,21 @@ class Arm:
         median = np.quantile(steps, 0.5, axis=0, method="lower")
         return min(range(len(self.lrs)), key=lambda i: (-converged[i], median[i], i))
 
-    def at(self, lr: float | None) -> dict:
-        """The record at a stated learning rate of the grid (None: at the arm's tuned learning rate)."""
-        if lr is None:
-            return self.records[self.tuned_index()]
+    def seed_tuned(self) -> np.ndarray:
+        """Per seed, the grid index of its own lowest validation loss (a failed run counts as infinity; a seed
+        that failed everywhere: the lowest learning rate)."""
+        losses = np.where(self.flags("trained"), self.per_seed("final_validation_loss"), np.inf)
+        return np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=1)
+
+    def read(self, fn: Callable[[dict], np.ndarray], lr: float | None) -> np.ndarray:
+        """Per-seed values fn(record) at the stated learning rate, else each seed's at its own tuned one."""
+        if lr is not None:
+            return fn(self.at(lr))
+        table = np.stack([fn(r) for r in self.records], axis=1)
+        return table[np.arange(self.n_seeds), self.seed_tuned()]
+
+    def at(self, lr: float) -> dict:
+        """The record at a stated learning rate of the grid."""
         index = [i for i, x in enumerate(self.lrs) if math.isclose(x, lr, rel_tol=1e-9)]
         if not index:
             raise ValueError(f"learning rate {lr:g} is not on the arm's grid {self.lrs.tolist()}")
@@ -208,7 +220,13 @@ def _grid_metric(fn):
 
 
 def _record_metric(fn):
-    return lambda arm, lr: (fn(arm.at(lr)), [None] * arm.n_seeds)
+    return lambda arm, lr: (arm.read(fn, lr), [None] * arm.n_seeds)
+
+
+def _fewest_steps(arm, lr):
+    """Steps to the target at the stated learning rate, else each seed's fewest over the grid."""
+    steps = _steps(arm.at(lr)) if lr is not None else np.min(np.stack([_steps(r) for r in arm.records]), axis=0)
+    return steps, [None] * arm.n_seeds
 
 
 # The metrics a comparison may name; their names are the claim schema's METRIC_NAMES, in the same order.
@@ -226,27 +244,28 @@ METRICS = {
                          / arm.trivial_loss, [None] * arm.n_seeds), +1, True,
         "per seed, Wortsman et al.'s learning-rate sensitivity of the validation loss / trivial loss"),
     "tuned_heldout_loss": Metric(_record_metric(_heldout), +1, True,
-                                 "held-out loss at the arm's tuned (or the stated) learning rate; a failed seed's "
-                                 "own loss capped at the trivial loss"),
+                                 "held-out loss at each seed's tuned (or the stated) learning rate; a failed "
+                                 "seed's own loss capped at the trivial loss"),
     "steps_to_converge": Metric(_record_metric(_steps), +1, True,
-                                "steps to the target at the tuned (or stated) learning rate; never = inf"),
+                                "steps to the target at each seed's tuned (or the stated) learning rate; never = inf"),
     "steps_at_fastest_lr": Metric(
-        lambda arm, lr: (_steps(arm.at(lr) if lr is not None else arm.records[arm.fastest_index()]),
-                         [None] * arm.n_seeds), +1, True,
-        "steps to the target at the arm's fastest learning rate (the most seeds converged there, then the fewest "
-        "median steps) or at the stated one; never = inf"),
+        _fewest_steps, +1, True,
+        "per seed, the fewest steps to the target over the grid (at its fastest learning rate) or at the stated "
+        "one; never = inf"),
     "generalization_gap": Metric(_record_metric(_gap), +1, False,
-                                 "held-out minus training loss at the tuned (or stated) learning rate, trained seeds"),
+                                 "held-out minus training loss at each seed's tuned (or the stated) learning "
+                                 "rate, trained seeds"),
     "max_attn_logit": Metric(_record_metric(lambda r: _recorded(r, "max_attn_logit")), +1, True,
-                             "largest attention logit during training at the tuned (or stated) learning rate; "
+                             "largest attention logit during training at each seed's tuned (or the stated) "
+                             "learning rate; "
                              "overflow = inf"),
     "max_abs_log_z": Metric(_record_metric(lambda r: _recorded(r, "max_abs_log_z")), +1, True,
-                            "largest mean |log Z| of the output softmax during training at the tuned (or stated) "
-                            "learning rate; overflow = inf"),
+                            "largest mean |log Z| of the output softmax during training at each seed's tuned "
+                            "(or the stated) learning rate; overflow = inf"),
     "grad_zero_fraction": Metric(
         _record_metric(lambda r: _recorded(r, "grad_zero_fraction")), +1, False,
-        "largest fraction of exactly-zero gradient entries in a step (underflow) at the tuned (or stated) learning "
-        "rate", min_difference=lambda min_effect, base, trivial: max(abs(base or 0.0), 0.01) * (min_effect - 1)),
+        "largest fraction of exactly-zero gradient entries in a step (underflow) at each seed's tuned (or the "
+        "stated) learning rate", min_difference=lambda min_effect, base, trivial: max(abs(base or 0.0), 0.01) * (min_effect - 1)),
 }
 
 
@@ -299,9 +318,17 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
     out = {"init": dict(values=tuple(_gradient_values(e2e_ratio(r, 0.0), gradient) for r in initial),
                         log_scale=True, worse_when=worse, censored=no_censoring,
                         what=f"{gradient}: end-to-end gradient {read} at initialisation")}
-    b_rec, v_rec = base.at(lr), var.at(lr)
-    where = f"lr {lr:g}" if lr is not None else f"tuned lr {run_lr(b_rec):g} / {run_lr(v_rec):g}"
-    out["training"] = dict(values=tuple(_gradient_values(e2e_ratio(r, at), gradient) for r in (b_rec, v_rec)),
+    # In training, both arms at the same learning rates: the stated one, else per seed the median over every
+    # learning rate both grids hold (no choice of a tuned rate that a flat loss curve can flip). A run that
+    # diverged is left out (its divergence is the trainability answers' business): per seed, the rates where
+    # neither arm diverged.
+    shared = [lr] if lr is not None else [x for x in base.lrs if np.isclose(var.lrs, x, rtol=1e-9, atol=0).any()]
+    where = f"lr {lr:g}" if lr is not None else \
+        f"median over the {len(shared)} learning rates of both grids" if shared else "no learning rate on both grids"
+    training = _training_ratios(base, var, shared, at)
+    if lr is None and shared:
+        where += f" where neither arm diverged ({int(np.isfinite(training[0]).sum())} of {base.n_seeds} seeds have one)"
+    out["training"] = dict(values=tuple(_gradient_values(v, gradient) for v in training),
                            log_scale=True, worse_when=worse, censored=no_censoring,
                            what=f"{gradient}: end-to-end gradient {read} at {at:.0%} of training, {where}")
     (b_vals, b_cens), (v_vals, v_cens) = metric.values(base, lr), metric.values(var, lr)
@@ -318,6 +345,18 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
                                log_scale=True, worse_when=-1, censored=no_censoring,
                                what="kernel rank at initialisation (1/n: every unit equal)")
     return out
+
+
+def _training_ratios(base: Arm, var: Arm, lrs: list, at: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed and arm, the geometric median of the end-to-end ratio at fraction `at` over the learning rates
+    `lrs` at which neither arm's run of that seed diverged (NaN: there is none)."""
+    if not lrs:
+        return np.full(base.n_seeds, np.nan), np.full(var.n_seeds, np.nan)
+    ratios = [np.stack([e2e_ratio(a.at(x), at) for x in lrs], axis=1) for a in (base, var)]
+    ok = ~np.stack([_bools(base.at(x), "diverged") | _bools(var.at(x), "diverged") for x in lrs], axis=1)
+    with np.errstate(divide="ignore"):
+        return tuple(np.array([np.exp(np.median(np.log(row[keep]))) if keep.any() else np.nan
+                               for row, keep in zip(r, ok)]) for r in ratios)
 
 
 def _remark(question: str, comp: dict, result: dict) -> str | None:
