@@ -197,7 +197,7 @@ def test_identical_paired_arms_give_no_detectable_effect_with_a_tight_interval()
     assert unpaired["ci"][0] < 0.8 and unpaired["ci"][1] > 1.25  # the same data unpaired cannot tell
 
 
-def test_datasets_are_replicates_pooled_with_the_seeds():
+def test_datasets_are_strata_whose_seeds_are_the_replicates():
     def on(data_seed, recs):
         for r in recs:
             r["config"]["task"] = {"data_seed": data_seed}
@@ -209,5 +209,6 @@ def test_datasets_are_replicates_pooled_with_the_seeds():
         recs += on(k, [record(CURE, lr, [lr < 10.0] * 3) for lr in LRS])
     v = verdict(recs)
     q = v["comparisons"][0]["questions"]["trainability"]
-    assert q["n"] == [12, 12] and "(4 datasets)" in q["what"]
+    assert q["n"] == [12, 12] and "(4 datasets as strata)" in q["what"]
+    assert q["test"] == "stratified signed-rank (4 strata), exact" and q["p"] == pytest.approx(2 / 2 ** 12)
     assert v["verdict"] == claims.SUPPORTED and q["effect"] == pytest.approx(100.0)

@@ -308,3 +308,19 @@ def test_tuned_quality_is_each_seeds_own_best_learning_rate():
     values, _ = claims.METRICS["tuned_heldout_loss"].values(arm, None)
     np.testing.assert_array_equal(values, [0.2] * 8 + [0.4] * 8)
     np.testing.assert_array_equal(claims.METRICS["tuned_heldout_loss"].values(arm, 0.1)[0], [0.9] * 16)
+
+
+def test_datasets_are_strata_ranked_within_and_weighing_the_same():
+    # One dataset's differences are 100 times the other's: pooled ranks let it decide alone (its one negative
+    # difference gets the top rank); ranked within each dataset, both weigh the same.
+    import itertools
+
+    d = np.array([100.0, 200.0, 300.0, -400.0, 1.0, 2.0, 3.0, 4.0])
+    strata = np.array([0] * 4 + [1] * 4)
+    p, test = stats.signed_rank_p(d, strata)
+    ranks = np.array([1, 2, 3, 4] * 2, float)
+    observed = abs(np.sum(np.sign(d) * ranks))
+    null = [abs(np.dot(signs, ranks)) for signs in itertools.product((1, -1), repeat=8)]
+    assert test == "stratified signed-rank (2 strata), exact" and p == pytest.approx(np.mean(np.array(null) >= observed))
+    assert p != pytest.approx(stats.signed_rank_p(d)[0])
+

@@ -388,20 +388,22 @@ def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[di
     base_parts, var_parts = _by_dataset(base), _by_dataset(var)
     shared = [k for k in base_parts if k in var_parts] or [next(iter(base_parts))]
     pooled: dict = {}
-    for key in shared:
+    for stratum, key in enumerate(shared):
         b_arm, v_arm = Arm(base_parts[key]), Arm(var_parts.get(key, next(iter(var_parts.values()))))
         for name, q in _questions(comp, b_arm, v_arm).items():
             if name not in pooled:
-                pooled[name] = {**q, "values": ([], []), "censored": ([], [])}
+                pooled[name] = {**q, "values": ([], []), "censored": ([], []), "strata": []}
             for side in (0, 1):
                 pooled[name]["values"][side].extend(q["values"][side])
                 pooled[name]["censored"][side].extend(q["censored"][side])
+            pooled[name]["strata"].extend([stratum] * len(q["values"][0]))
     for q in pooled.values():
         q["values"] = tuple(np.asarray(v, bool if q.get("rate") else np.float64) for v in q["values"])
         q["censored"] = tuple(_median_censor(v, c) for v, c in zip(q["values"], q["censored"]))
+        q["strata"] = np.asarray(q["strata"]) if len(shared) > 1 else None
     if len(shared) > 1:
         for q in pooled.values():
-            q["what"] += f" ({len(shared)} datasets)"
+            q["what"] += f" ({len(shared)} datasets as strata)"
     return pooled, Arm(base_parts[shared[0]]), Arm(var_parts.get(shared[0], next(iter(var_parts.values()))))
 
 
@@ -433,7 +435,7 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
                         threshold = MIN_RATE_EFFECT
                     else:
                         result = stats.compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"],
-                                               paired=paired)
+                                               paired=paired, strata=q["strata"])
                         threshold = math.log(min_effect) if q["log_scale"] else _min_difference(
                             q.get("metric"), min_effect, result, base_arm.trivial_loss)
                     result.update(what=q["what"], expected_sign=expected * q["worse_when"], threshold=threshold,

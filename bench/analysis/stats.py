@@ -27,23 +27,36 @@ def _sign_patterns(n: int) -> np.ndarray:
     return 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
 
 
-def signed_rank_p(d: np.ndarray) -> tuple[float, str]:
+def _within_strata_ranks(values: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """Mid-ranks of `values` within each stratum."""
+    ranks = np.empty(len(values))
+    for k in np.unique(strata):
+        ranks[strata == k] = stats.rankdata(values[strata == k])
+    return ranks
+
+
+def signed_rank_p(d: np.ndarray, strata: np.ndarray | None = None) -> tuple[float, str]:
     """Two-sided p of the Wilcoxon signed-rank statistic of paired differences under sign flips, and the test.
 
-    Zero differences carry no sign (Wilcoxon's convention); tied |d| get mid-ranks. Exact (all 2^n patterns)
-    up to EXACT_MAX_SEEDS non-zero differences, else MONTE_CARLO random patterns.
+    Zero differences carry no sign (Wilcoxon's convention); tied |d| get mid-ranks. With strata (datasets), |d|
+    is ranked within each stratum and the statistic summed over them (the stratified signed-rank test), so every
+    stratum weighs the same whatever the scale of its differences. Exact (all 2^n patterns) up to
+    EXACT_MAX_SEEDS non-zero differences, else MONTE_CARLO random patterns.
     """
-    d = d[d != 0]
+    strata = np.zeros(len(d), int) if strata is None else np.asarray(strata)
+    keep = d != 0
+    d, strata = d[keep], strata[keep]
+    name = "signed-rank" if len(np.unique(strata)) < 2 else f"stratified signed-rank ({len(np.unique(strata))} strata)"
     if not len(d):
-        return 1.0, "signed-rank, exact"
-    ranks = stats.rankdata(np.abs(d))
+        return 1.0, f"{name}, exact"
+    ranks = _within_strata_ranks(np.abs(d), strata)
     observed = abs(float(np.sum(np.sign(d) * ranks)))
     if len(d) <= EXACT_MAX_SEEDS:
         null = np.abs(_sign_patterns(len(d)) @ ranks)
-        return float(np.mean(null >= observed - 1e-9)), "signed-rank, exact"
+        return float(np.mean(null >= observed - 1e-9)), f"{name}, exact"
     signs = 1 - 2 * np.random.default_rng(0).integers(0, 2, (MONTE_CARLO, len(d)))
     null = np.abs(signs @ ranks)
-    return float((np.sum(null >= observed - 1e-9) + 1) / (MONTE_CARLO + 1)), f"signed-rank, {MONTE_CARLO:,} random"
+    return float((np.sum(null >= observed - 1e-9) + 1) / (MONTE_CARLO + 1)), f"{name}, {MONTE_CARLO:,} random"
 
 
 def rank_sum_p(baseline: np.ndarray, variant: np.ndarray) -> tuple[float, str]:
@@ -91,10 +104,21 @@ def _ordered(values: np.ndarray, both: np.ndarray) -> np.ndarray:
     return np.where(np.isposinf(values), high + span, np.where(np.isneginf(values), low - span, values))
 
 
-def _fast_p(b: np.ndarray, v: np.ndarray, paired: bool) -> np.ndarray:
-    """Per row of resampled arms, the normal approximation of the same test (for stability only)."""
+def _fast_p(b: np.ndarray, v: np.ndarray, paired: bool, strata: np.ndarray | None = None) -> np.ndarray:
+    """Per row of resampled arms, the normal approximation of the same test (for stability only); `strata`:
+    each column's stratum (paired only)."""
     with np.errstate(all="ignore"):
-        if paired:
+        if paired and strata is not None:
+            d = v - b
+            ranks = np.zeros_like(d)
+            for k in np.unique(strata):
+                a = np.abs(d[:, strata == k])
+                # ranks among the non-zero differences of the stratum: zeros tie lowest, then are taken out
+                ranks[:, strata == k] = np.where(a > 0, stats.rankdata(a, axis=-1) - (a == 0).sum(-1, keepdims=True),
+                                                 0.0)
+            z = np.sum(np.sign(d) * ranks, -1) / np.sqrt(np.sum(ranks ** 2, -1))
+            p = 2 * stats.norm.sf(np.abs(z))
+        elif paired:
             d = v - b
             p = stats.wilcoxon(d, axis=-1, method="approx", zero_method="wilcox").pvalue
         else:
@@ -102,7 +126,16 @@ def _fast_p(b: np.ndarray, v: np.ndarray, paired: bool) -> np.ndarray:
     return np.where(np.isnan(p), 1.0, p)
 
 
-def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired: bool = False) -> dict:
+def _resample(n: int, strata: np.ndarray | None, rng, draws: int) -> np.ndarray:
+    """draws x n bootstrap indices, drawn within each stratum when there are strata."""
+    if strata is None:
+        return rng.integers(0, n, (draws, n))
+    parts = [np.flatnonzero(strata == k) for k in np.unique(strata)]
+    return np.concatenate([idx[rng.integers(0, len(idx), (draws, len(idx)))] for idx in parts], axis=1)
+
+
+def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired: bool = False,
+            strata=None) -> dict:
     """Test, effect and bootstrap interval of one per-seed comparison (before any multiplicity correction).
 
     Args:
@@ -111,11 +144,14 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
       censored: per arm, the censoring of its median seed ("above", "below" or None).
       paired: value i of both arms comes from the same seed (same data order, and the same
         initialisation where the architecture is the same): a signed-rank test on the differences.
+      strata: per pair, its stratum (the dataset of a comparison over several): paired values are then
+        ranked within strata and resampled within them; unpaired values ignore them.
     """
     b, v = np.asarray(baseline, np.float64), np.asarray(variant, np.float64)
     if paired:
         keep = ~np.isnan(b) & ~np.isnan(v)
         dropped, b, v = int((~keep).sum()), b[keep], v[keep]
+        strata = None if strata is None or len(np.unique(strata)) < 2 else np.asarray(strata)[keep]
     else:
         dropped = int(np.isnan(b).sum() + np.isnan(v).sum())
         b, v = b[~np.isnan(b)], v[~np.isnan(v)]
@@ -136,9 +172,9 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     bo, vo = _ordered(b, both), _ordered(v, both)
     if paired:
         d = vf - bf
-        boots = paired_hodges_lehmann(d[rng.integers(0, len(d), (N_BOOTSTRAP, len(d)))])
+        boots = paired_hodges_lehmann(d[_resample(len(d), strata, rng, N_BOOTSTRAP)])
         effect = float(paired_hodges_lehmann(d))
-        p, test = signed_rank_p(vo - bo)
+        p, test = signed_rank_p(vo - bo, strata)
     else:
         boots = hodges_lehmann(rng.choice(bf, (N_BOOTSTRAP, len(bf))), rng.choice(vf, (N_BOOTSTRAP, len(vf))))
         effect = float(hodges_lehmann(bf, vf))
@@ -152,7 +188,7 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     return {**out, "p": p, "test": test, "paired": paired, "log_scale": log_scale, "effect_raw": effect,
             "ci_raw": [float(low), float(high)], "effect": transform(effect),
             "ci": [transform(low), transform(high)], "bound": bound, "note": note, "identical": identical,
-            "_resample": (bf, vf, bo, vo)}
+            "_resample": (bf, vf, bo, vo, strata if paired else None)}
 
 
 def compare_rates(baseline, variant, *, paired: bool = False) -> dict:
@@ -195,14 +231,14 @@ def decisions(result: dict, multiplier: float, threshold: float, alpha: float, n
             if r["p"] * multiplier < alpha and abs(r["effect_raw"]) >= threshold:
                 out[k] = np.sign(r["effect_raw"])
         return out
-    bf, vf, bo, vo = result["_resample"]
-    ib = rng.integers(0, len(bf), (n, len(bf)))
+    bf, vf, bo, vo, strata = result["_resample"]
+    ib = _resample(len(bf), strata, rng, n)  # within strata: resampled columns are grouped by stratum
     iv = ib if result["paired"] else rng.integers(0, len(vf), (n, len(vf)))
     if result["paired"]:
         effect = paired_hodges_lehmann(vf[iv] - bf[ib])
     else:
         effect = hodges_lehmann(bf[ib], vf[iv])
-    p = _fast_p(bo[ib], vo[iv], result["paired"])
+    p = _fast_p(bo[ib], vo[iv], result["paired"], None if strata is None else np.sort(strata))
     return np.where((p * multiplier < alpha) & (np.abs(effect) >= threshold) & (effect != 0), np.sign(effect), 0)
 
 
