@@ -289,12 +289,17 @@ def test_training_is_read_at_the_same_learning_rates_in_both_arms_whatever_the_l
         questions.append(q["training"])
     for q in questions:
         assert q["median"] == [pytest.approx(20.0), pytest.approx(4.0)]
-        assert "median over the 2 learning rates of both grids where neither arm diverged (16 of 16" in q["what"]
+        assert "median over the 2 learning rates of both grids where neither arm diverged (16 of 16 seeds)" in q["what"]
     assert questions[0]["p"] == questions[1]["p"] and questions[0]["verdict"] == claims.SUPPORTED
     # a run that diverged is left out, in both arms: at 1.0 the variant diverges, so only 0.1 is read
     recs[4]["per_seed"]["diverged"] = [True] * 16
     q = claims.verdicts(one({"expect": "better"}, ["training"]), recs)[0]["comparisons"][0]["questions"]
     assert q["training"]["median"] == [pytest.approx(10.0), pytest.approx(2.0)]
+    for r in recs[3:5]:  # the variant diverges at both shared rates: nothing to read
+        r["per_seed"]["diverged"] = [True] * 16
+    q = claims.verdicts(one({"expect": "better"}, ["training"]), recs)[0]["comparisons"][0]["questions"]
+    assert q["training"]["verdict"] == claims.INCONCLUSIVE and "(0 of 16 seeds)" in q["training"]["what"]
+    assert q["training"]["note"] == "no learning rate at which both arms ran without diverging"
 
 
 def test_tuned_quality_is_each_seeds_own_best_learning_rate():

@@ -326,9 +326,10 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
     where = f"lr {lr:g}" if lr is not None else \
         f"median over the {len(shared)} learning rates of both grids" if shared else "no learning rate on both grids"
     training = _training_ratios(base, var, shared, at)
-    if lr is None and shared:
-        where += f" where neither arm diverged ({int(np.isfinite(training[0]).sum())} of {base.n_seeds} seeds have one)"
+    if shared:
+        where += f" where neither arm diverged ({int(np.isfinite(training[0]).sum())} of {base.n_seeds} seeds)"
     out["training"] = dict(values=tuple(_gradient_values(v, gradient) for v in training),
+                           empty="no learning rate at which both arms ran without diverging",
                            log_scale=True, worse_when=worse, censored=no_censoring,
                            what=f"{gradient}: end-to-end gradient {read} at {at:.0%} of training, {where}")
     (b_vals, b_cens), (v_vals, v_cens) = metric.values(base, lr), metric.values(var, lr)
@@ -438,6 +439,8 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
                                                paired=paired, strata=q["strata"])
                         threshold = math.log(min_effect) if q["log_scale"] else _min_difference(
                             q.get("metric"), min_effect, result, base_arm.trivial_loss)
+                    if result.get("note") and result["n"][0] < 2 and q.get("empty"):
+                        result["note"] = q["empty"]
                     result.update(what=q["what"], expected_sign=expected * q["worse_when"], threshold=threshold,
                                   judged=question in judged, remark=_remark(question, comp, result))
                     row["questions"][question] = result
