@@ -13,7 +13,8 @@ questions of QUESTIONS (bench/spec/claim_schema.py, which validates the tables):
   either (the distance from 1, max(r, 1/r), is worse);
 - `training`: the same at the fraction `at` of the budget, at the stated
   learning rate `lr`, else per seed the median over the learning rates both
-  arms' grids hold (the same rates in both arms, none chosen by the outcome);
+  arms' grids hold (the same rates in both arms, none chosen by the outcome),
+  leaving out the rates where either arm's run of the seed diverged;
 - `trainability`: a per-seed summary over the learning-rate grid, `metric`
   (default the divergence-free learning rate);
 - `rate`: the divergence or failure rate (`rate`) over seeds at the stated `lr`;
@@ -257,15 +258,15 @@ METRICS = {
                                  "rate, trained seeds"),
     "max_attn_logit": Metric(_record_metric(lambda r: _recorded(r, "max_attn_logit")), +1, True,
                              "largest attention logit during training at each seed's tuned (or the stated) "
-                             "learning rate; "
-                             "overflow = inf"),
+                             "learning rate; overflow = inf"),
     "max_abs_log_z": Metric(_record_metric(lambda r: _recorded(r, "max_abs_log_z")), +1, True,
                             "largest mean |log Z| of the output softmax during training at each seed's tuned "
                             "(or the stated) learning rate; overflow = inf"),
     "grad_zero_fraction": Metric(
         _record_metric(lambda r: _recorded(r, "grad_zero_fraction")), +1, False,
         "largest fraction of exactly-zero gradient entries in a step (underflow) at each seed's tuned (or the "
-        "stated) learning rate", min_difference=lambda min_effect, base, trivial: max(abs(base or 0.0), 0.01) * (min_effect - 1)),
+        "stated) learning rate",
+        min_difference=lambda min_effect, base, trivial: max(abs(base or 0.0), 0.01) * (min_effect - 1)),
 }
 
 
