@@ -328,7 +328,7 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
         f"median over the {len(shared)} learning rates of both grids" if shared else "no learning rate on both grids"
     training = _training_ratios(base, var, shared, at)
     if shared:
-        where += f" where neither arm diverged ({int(np.isfinite(training[0]).sum())} of {base.n_seeds} seeds)"
+        where += " where neither arm diverged"  # how many seeds have one: counted once pooled
     out["training"] = dict(values=tuple(_gradient_values(v, gradient) for v in training),
                            empty="no learning rate at which both arms ran without diverging",
                            log_scale=True, worse_when=worse, censored=no_censoring,
@@ -403,6 +403,8 @@ def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[di
         q["values"] = tuple(np.asarray(v, bool if q.get("rate") else np.float64) for v in q["values"])
         q["censored"] = tuple(_median_censor(v, c) for v, c in zip(q["values"], q["censored"]))
         q["strata"] = np.asarray(q["strata"]) if len(shared) > 1 else None
+        if q.get("empty"):
+            q["what"] += f" ({int(np.isfinite(q['values'][0]).sum())} of {len(q['values'][0])} seeds)"
     if len(shared) > 1:
         for q in pooled.values():
             q["what"] += f" ({len(shared)} datasets as strata)"
