@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from bench.analysis import claims
-from bench.records import store
+from bench.records import env, store
 from bench.reports import report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,8 @@ def test_every_claim_has_a_computed_verdict():
 def test_committed_results_come_from_the_code_at_head():
     records = store.ResultsStore(RESULTS).records
     hashes = {r["env"]["code_sha256"] for r in records}
-    assert hashes == {store._code_hash(ROOT)}, (
-        "results/claims was made by other code than HEAD's (store.NUMBER_CODE: the code that produces records): rerun "
+    assert hashes == {env.code_hash(ROOT)}, (
+        "results/claims was made by other code than HEAD's (env.NUMBER_CODE: the code that produces records): rerun "
         "`python -m bench run --out results/claims` and `python -m bench report results/claims --output RESULTS.md`")
     assert not any(r["env"]["git_dirty"] for r in records)
 

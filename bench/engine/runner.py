@@ -11,7 +11,8 @@ from typing import Callable
 from bench.engine import loop
 from bench.records import calibrate
 from bench.records.cell import cell_record
-from bench.records.store import ResultsStore, environment, suite_from
+from bench.records.env import environment
+from bench.records.store import ResultsStore, suite_from
 from bench.spec import optim
 from bench.spec.build import make_task
 from bench.spec.suite import Cell, Suite

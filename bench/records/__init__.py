@@ -1,7 +1,8 @@
 """The records layer: what a run keeps and how it is measured.
 
 It holds the metrics of docs/METHODS.md (`metrics`), a cell's record built
-from its runs (`cell`), the results store on disk (`store`) and the matmul
-calibration of the environment (`calibrate`). It may import spec/, never
-engine/, analysis/ or reports/ (tests/test_layers.py checks the layering).
+from its runs (`cell`), the results store on disk (`store`), the environment
+a record was made in (`env`) and its matmul calibration (`calibrate`). It may
+import spec/, never engine/, analysis/ or reports/ (tests/test_layers.py
+checks the layering).
 """

@@ -2,121 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import errno
 import fcntl
-import functools
-import hashlib
 import json
 import os
-import platform
-import subprocess
 import tempfile
-from importlib import metadata
 from pathlib import Path
-
-import jax
 
 RESULTS_FILE = "results.jsonl"
 SUITE_FILE = "suite.json"  # the validated suite beside its results: what reports and verdicts read
 LOCK_FILE = "results.jsonl.lock"  # held (fcntl.flock) while the directory is read, merged and rewritten
-CODE_DIRS = ("bench", "models", "tasks")
-CODE_PATHS = (*CODE_DIRS, "pyproject.toml")
-# The code that produces a record's numbers (reports, comparisons and the command line only read them).
-NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
-    "spec/build", "engine/loop", "engine/flops", "records/metrics", "spec/optim", "engine/probe", "engine/program",
-    "records/cell", "engine/runner", "spec/schema", "spec/suite")))
-
-
-def _code_hash(root: Path) -> str:
-    """sha256 over the .py files of NUMBER_CODE (relative path and contents, sorted by path)."""
-    digest = hashlib.sha256()
-    files = [p for d in NUMBER_CODE for p in ((root / d).rglob("*.py") if (root / d).is_dir() else [root / d])]
-    for path in sorted(p for p in files if "__pycache__" not in p.parts):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _plugins() -> dict:
-    """Versions of the installed jaxlib plugins (jax-cuda12-plugin, jax-cuda12-pjrt, ...)."""
-    names = {d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"]}
-    return {n: _version(n) for n in sorted(names)
-            if n.lower().replace("_", "-").startswith(("jax-cuda", "jax-rocm", "jax-tpu", "jax-plugins", "libtpu"))}
-
-
-def _cuda_versions() -> dict:
-    """CUDA driver, runtime and cuDNN versions where jax's CUDA plugin exposes them (empty otherwise)."""
-    try:
-        from jax._src.lib import cuda_versions
-    except ImportError:
-        return {}
-    out = {}
-    for name in ("cuda_driver_get_version", "cuda_runtime_get_version", "cudnn_get_version", "cublas_get_version"):
-        try:
-            out[name.removesuffix("_get_version")] = int(getattr(cuda_versions, name)())
-        except Exception:  # noqa: BLE001  (no plugin, no GPU, or an older plugin without that function)
-            pass
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _static_env() -> dict:
-    from bench.records import calibrate
-
-    root = Path(__file__).resolve().parents[2]  # the repository: bench/records/store.py
-
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    devices = jax.devices()
-    return {
-        "package_version": _version("gradbench"),
-        "code_sha256": _code_hash(root),
-        "versions": {p: metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy", "scipy")},
-        "jax_plugins": _plugins(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "platform_version": getattr(devices[0].client, "platform_version", None),
-        "cuda": _cuda_versions(),
-        "default_matmul_precision": jax.config.jax_default_matmul_precision,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "matmul_flops_per_s": calibrate.matmul_flops_per_s(),
-        "git_commit": git("rev-parse", "HEAD").strip() or None,
-        # Dirty: uncommitted changes to the code that produces the numbers (not to results or docs).
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS).strip()),
-    }
-
-
-def environment() -> dict:
-    """Package version and code hash, library versions, CPU, accelerator, calibration, git commit, timestamp."""
-    return {**_static_env(), "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
 def atomic_write(path: Path, text: str) -> None:
     """Writes `text` to `path` so a reader sees the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
