@@ -137,12 +137,13 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
     try:
         # At most AHEAD groups are prepared beyond the one training, and a trained group's program and device
         # inputs are let go: memory stays that of a few groups however long the suite.
-        ready = {i: compiler.submit(prepare, g) for i, g in enumerate(groups[:AHEAD + 1])}
+        ready = {}
         failed = []  # groups that ran out of memory: the others still train
         for i, group in enumerate(groups):
             check_stop()
-            if i + AHEAD < len(groups) and i + AHEAD not in ready:
-                ready[i + AHEAD] = compiler.submit(prepare, groups[i + AHEAD])
+            for j in range(i, min(i + AHEAD + 1, len(groups))):
+                if j not in ready:
+                    ready[j] = compiler.submit(prepare, groups[j])
             prepared = ready.pop(i)
             on_chunk = chunk_callback(progress.group(group.label, group.steps, group.runs) if progress else None)
             try:
