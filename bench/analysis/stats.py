@@ -27,11 +27,14 @@ def _sign_patterns(n: int) -> np.ndarray:
     return 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
 
 
-def _within_strata_ranks(values: np.ndarray, strata: np.ndarray) -> np.ndarray:
-    """Mid-ranks of `values` within each stratum."""
-    ranks = np.empty(len(values))
+def _ranks(d: np.ndarray, strata: np.ndarray) -> np.ndarray:
+    """Mid-ranks of |d| along the last axis among the non-zero differences of each stratum (`strata`: each
+    column's); a zero difference gets rank 0 (it ties lowest, then is taken out)."""
+    a, ranks = np.abs(d), np.zeros(d.shape)
     for k in np.unique(strata):
-        ranks[strata == k] = stats.rankdata(values[strata == k])
+        part = a[..., strata == k]
+        ranks[..., strata == k] = np.where(
+            part > 0, stats.rankdata(part, axis=-1) - (part == 0).sum(-1, keepdims=True), 0.0)
     return ranks
 
 
@@ -46,10 +49,11 @@ def signed_rank_p(d: np.ndarray, strata: np.ndarray | None = None) -> tuple[floa
     strata = np.zeros(len(d), int) if strata is None else np.asarray(strata)
     keep = d != 0
     d, strata = d[keep], strata[keep]
-    name = "signed-rank" if len(np.unique(strata)) < 2 else f"stratified signed-rank ({len(np.unique(strata))} strata)"
+    n_strata = len(np.unique(strata))
+    name = "signed-rank" if n_strata < 2 else f"stratified signed-rank ({n_strata} strata)"
     if not len(d):
         return 1.0, f"{name}, exact"
-    ranks = _within_strata_ranks(np.abs(d), strata)
+    ranks = _ranks(d, strata)
     observed = abs(float(np.sum(np.sign(d) * ranks)))
     if len(d) <= EXACT_MAX_SEEDS:
         null = np.abs(_sign_patterns(len(d)) @ ranks)
@@ -110,12 +114,7 @@ def _fast_p(b: np.ndarray, v: np.ndarray, paired: bool, strata: np.ndarray | Non
     with np.errstate(all="ignore"):
         if paired and strata is not None:
             d = v - b
-            ranks = np.zeros_like(d)
-            for k in np.unique(strata):
-                a = np.abs(d[:, strata == k])
-                # ranks among the non-zero differences of the stratum: zeros tie lowest, then are taken out
-                ranks[:, strata == k] = np.where(a > 0, stats.rankdata(a, axis=-1) - (a == 0).sum(-1, keepdims=True),
-                                                 0.0)
+            ranks = _ranks(d, strata)
             z = np.sum(np.sign(d) * ranks, -1) / np.sqrt(np.sum(ranks ** 2, -1))
             p = 2 * stats.norm.sf(np.abs(z))
         elif paired:
