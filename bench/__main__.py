@@ -308,7 +308,7 @@ def cmd_replicate(args) -> int:
 
     from bench.analysis import claims
     from bench.records import store
-    from bench.reports import report
+    from bench.reports import replication
 
     for directory in (args.dir, args.rerun):
         if not (Path(directory) / store.RESULTS_FILE).is_file():
@@ -322,8 +322,8 @@ def cmd_replicate(args) -> int:
         raise UsageError(f"{args.rerun}: suite.json: claims differ from those of {args.dir}; allowed: the same suite")
     records = store.read_results(Path(args.rerun))
     judged = claims.verdicts(rerun_suite["claims"], records, min_effect=rerun_suite["settings"].get("min_effect", 1.25))
-    path = Path(args.dir) / report.REPLICATION_FILE
-    store.atomic_write(path, json.dumps(report.replication_record(judged, records, eps), indent=1) + "\n")
+    path = Path(args.dir) / replication.FILE
+    store.atomic_write(path, json.dumps(replication.record(judged, records, eps), indent=1) + "\n")
     print(path)
     return 0
 

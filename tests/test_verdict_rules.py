@@ -192,33 +192,33 @@ def test_a_claim_that_compares_nothing_or_the_wrong_thing_is_refused_in_one_line
 
 
 def test_the_report_counts_the_answers_a_perturbed_rerun_gives_differently(tmp_path):
-    from bench.reports import report
+    from bench.reports import replication
 
     tables = one({"expect": "better"}, ["init", "trainability"])
     judged = claims.verdicts(tables, grid(BASE, 0.1) + grid(CURE, 1.0))
-    kept = report.replication_record(judged, [{}] * 6, 1e-6)
+    kept = replication.record(judged, [{}] * 6, 1e-6)
     assert [a["question"] for a in kept["answers"]] == ["init", "trainability"]
     assert "0 of 2 judged answers differ from these (0 of them marked fragile in one run or both), and 0 of 1 " \
-        "claim verdicts" in report.replication_lines(_write(tmp_path, kept), judged)[0]
+        "claim verdicts" in replication.lines(_write(tmp_path, kept), judged)[0]
     kept["answers"][1].update(verdict=claims.INCONCLUSIVE, stability=0.5)  # the rerun's trainability answer differs
     kept["claims"][0]["verdict"] = claims.INCONCLUSIVE
-    lines = report.replication_lines(_write(tmp_path, kept), judged)
+    lines = replication.lines(_write(tmp_path, kept), judged)
     assert "1 of 2 judged answers differ from these (1 of them marked fragile in one run or both), and 1 of 1 " \
         "claim verdicts (1 in the verdict itself, 0 only in which regimes" in lines[0]
     assert "trainability: supported here, inconclusive there (stability 1.00 / 0.50)" in lines[1]
     assert lines[2] == "  - claim c's verdict: supported here; inconclusive there"
     kept["claims"][0]["verdict"] = "depends: supported on init (x); contradicted on trainability (y)"
     judged[0]["verdict"] = "depends: supported on init (x)"
-    assert "(0 in the verdict itself, 1 only in which regimes" in report.replication_lines(_write(tmp_path, kept),
-                                                                                           judged)[0]
+    lines = replication.lines(_write(tmp_path, kept), judged)
+    assert "(0 in the verdict itself, 1 only in which regimes" in lines[0]
 
 
 def _write(directory, kept):
     import json
 
-    from bench.reports import report
+    from bench.reports import replication
 
-    (directory / report.REPLICATION_FILE).write_text(json.dumps(kept))
+    (directory / replication.FILE).write_text(json.dumps(kept))
     return directory
 
 

@@ -15,6 +15,7 @@ from bench.analysis import stats
 from bench.records import metrics
 from bench.records.cell import read_extended
 from bench.records.store import read_results, read_suite
+from bench.reports import replication
 from bench.reports.figures import _median_e2e, plot_jobs, variant
 from bench.spec.claim_schema import matches
 
@@ -307,12 +308,11 @@ def render(results_dir, output) -> tuple[str, dict]:
             f"{claims_lib.STABLE:g} is fragile (⚠) and no verdict rests on it.", ""]
     judged = claims_lib.verdicts(suite["claims"], records, min_effect=min_effect) if suite["claims"] else []
     if judged:
-        replication = replication_lines(results_dir, judged)
         out += ["## Answers at a glance", "", *glance_table(judged, records), "",
                 "## Mitigations", "", "Every comparison whose claim expects the variant to be better, its arms "
                 "side by side (diverged seeds at each learning rate of the grid; the tuned learning rate is the "
                 "one with the lowest median validation loss).", "", *mitigations_table(judged, records), "",
-                "## Caveats", "", *caveats(t, replication), ""]
+                "## Caveats", "", *caveats(t, replication.lines(results_dir, judged)), ""]
         out += ["## Verdicts", "", "| claim | verdict | comparison | judged answers | descriptive |",
                 "|---|---|---|---|---|"]
         for c in judged:
@@ -377,7 +377,7 @@ def claim_section(claim: dict, by_experiment: dict) -> list[str]:
     return out
 
 
-def caveats(thresholds: dict, replication: list[str]) -> list[str]:
+def caveats(thresholds: dict, rerun: list[str]) -> list[str]:
     """What a reader needs to judge the answers: what the outcomes mean, the family, what a rerun changes."""
     return [
         f"- *Trained* means neither diverged (a non-finite loss or gradient, or a loss above "
@@ -393,58 +393,8 @@ def caveats(thresholds: dict, replication: list[str]) -> list[str]:
         "seeds or machines are expected to disagree; no verdict rests on one.",
         "- The task sizes are those of a 2-core CPU run; `claims_large.toml` asks the same questions at "
         "accelerator scale.",
-        *replication,
+        *rerun,
     ]
-
-
-REPLICATION_FILE = "replication.json"
-
-
-def _verdict_word(verdict: str) -> str:
-    """A claim verdict without the regimes a "depends" names."""
-    return verdict.split(":", 1)[0]
-
-
-def replication_lines(results_dir: Path, judged: list[dict]) -> list[str]:
-    """How many answers and verdicts a perturbed rerun (`bench replicate`) gave differently, if one is recorded,
-    and which of the differing answers either run marked fragile."""
-    path = results_dir / REPLICATION_FILE
-    if not path.is_file():
-        return ["- No replication run is recorded beside these results (`python -m bench replicate`)."]
-    other = json.loads(path.read_text())
-    answers = {(a["claim"], a["comparison"], a["question"]): a for a in other["answers"]}
-    mine = {(c["id"], i, name): q for c in judged for i, x in enumerate(c["comparisons"])
-            for name, q in x["questions"].items() if q["judged"]}
-    differ = [k for k, q in mine.items() if k in answers and answers[k]["verdict"] != q["verdict"]]
-    warned = [k for k in differ if claims_lib.fragile(mine[k]) or claims_lib.fragile(answers[k])]
-    verdicts = {c["claim"]: c["verdict"] for c in other["claims"]}
-    changed = [c for c in judged if verdicts.get(c["id"], c["verdict"]) != c["verdict"]]
-    words = [c for c in changed if _verdict_word(verdicts[c["id"]]) != _verdict_word(c["verdict"])]
-    lines = [f"- A rerun with every initial parameter multiplied by 1 + {other['init_perturbation']:g} x N(0, 1) "
-             f"(imitating another machine's rounding; {other['cells']} cells): {len(differ)} of {len(mine)} judged "
-             f"answers differ from these ({len(warned)} of them marked fragile in one run or both), and "
-             f"{len(changed)} of {len(judged)} claim verdicts ({len(words)} in the verdict itself, "
-             f"{len(changed) - len(words)} only in which regimes a \"depends\" names)."]
-    for key in differ:
-        claim, comparison, question = key
-        x = next(c for c in judged if c["id"] == claim)["comparisons"][comparison]
-        stabilities = [a.get("stability") for a in (mine[key], answers[key])]
-        shown = f" (stability {stabilities[0]:.2f} / {stabilities[1]:.2f})" if None not in stabilities else ""
-        lines.append(f"  - claim {claim}, {x.get('regime') or x['experiment']}, {question}: "
-                     f"{mine[key]['verdict']} here, {answers[key]['verdict']} there{shown}")
-    for c in changed:
-        lines.append(f"  - claim {c['id']}'s verdict: {c['verdict']} here; {verdicts[c['id']]} there")
-    return lines
-
-
-def replication_record(judged: list[dict], records: list[dict], init_perturbation: float) -> dict:
-    """What `bench replicate` keeps of a rerun: its judged answers (with their stability) and claim verdicts."""
-    return {"init_perturbation": init_perturbation, "cells": len(records),
-            "claims": [{"claim": c["id"], "verdict": c["verdict"]} for c in judged],
-            "answers": [{"claim": c["id"], "comparison": i, "question": name, "verdict": q["verdict"],
-                         "stability": q.get("stability")}
-                        for c in judged for i, x in enumerate(c["comparisons"])
-                        for name, q in x["questions"].items() if q["judged"]]}
 
 
 def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:

@@ -1,0 +1,57 @@
+"""A perturbed rerun's answers kept beside the results it replicates (`bench replicate`), and what the report
+says of them: which judged answers and claim verdicts came out differently."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.analysis import claims as claims_lib
+
+FILE = "replication.json"
+
+
+def _verdict_word(verdict: str) -> str:
+    """A claim verdict without the regimes a "depends" names."""
+    return verdict.split(":", 1)[0]
+
+
+def lines(results_dir: Path, judged: list[dict]) -> list[str]:
+    """How many answers and verdicts a perturbed rerun (`bench replicate`) gave differently, if one is recorded,
+    and which of the differing answers either run marked fragile."""
+    path = results_dir / FILE
+    if not path.is_file():
+        return ["- No replication run is recorded beside these results (`python -m bench replicate`)."]
+    other = json.loads(path.read_text())
+    answers = {(a["claim"], a["comparison"], a["question"]): a for a in other["answers"]}
+    mine = {(c["id"], i, name): q for c in judged for i, x in enumerate(c["comparisons"])
+            for name, q in x["questions"].items() if q["judged"]}
+    differ = [k for k, q in mine.items() if k in answers and answers[k]["verdict"] != q["verdict"]]
+    warned = [k for k in differ if claims_lib.fragile(mine[k]) or claims_lib.fragile(answers[k])]
+    verdicts = {c["claim"]: c["verdict"] for c in other["claims"]}
+    changed = [c for c in judged if verdicts.get(c["id"], c["verdict"]) != c["verdict"]]
+    words = [c for c in changed if _verdict_word(verdicts[c["id"]]) != _verdict_word(c["verdict"])]
+    out = [f"- A rerun with every initial parameter multiplied by 1 + {other['init_perturbation']:g} x N(0, 1) "
+             f"(imitating another machine's rounding; {other['cells']} cells): {len(differ)} of {len(mine)} judged "
+             f"answers differ from these ({len(warned)} of them marked fragile in one run or both), and "
+             f"{len(changed)} of {len(judged)} claim verdicts ({len(words)} in the verdict itself, "
+             f"{len(changed) - len(words)} only in which regimes a \"depends\" names)."]
+    for key in differ:
+        claim, comparison, question = key
+        x = next(c for c in judged if c["id"] == claim)["comparisons"][comparison]
+        stabilities = [a.get("stability") for a in (mine[key], answers[key])]
+        shown = f" (stability {stabilities[0]:.2f} / {stabilities[1]:.2f})" if None not in stabilities else ""
+        out.append(f"  - claim {claim}, {x.get('regime') or x['experiment']}, {question}: "
+                     f"{mine[key]['verdict']} here, {answers[key]['verdict']} there{shown}")
+    for c in changed:
+        out.append(f"  - claim {c['id']}'s verdict: {c['verdict']} here; {verdicts[c['id']]} there")
+    return out
+
+
+def record(judged: list[dict], records: list[dict], init_perturbation: float) -> dict:
+    """What `bench replicate` keeps of a rerun: its judged answers (with their stability) and claim verdicts."""
+    return {"init_perturbation": init_perturbation, "cells": len(records),
+            "claims": [{"claim": c["id"], "verdict": c["verdict"]} for c in judged],
+            "answers": [{"claim": c["id"], "comparison": i, "question": name, "verdict": q["verdict"],
+                         "stability": q.get("stability")}
+                        for c in judged for i, x in enumerate(c["comparisons"])
+                        for name, q in x["questions"].items() if q["judged"]]}
