@@ -26,7 +26,8 @@ def _cell(activation, depth, weight_var, failure_rate):
     return {"label": f"{activation} d{depth} w{weight_var} lr=0.005", "failure_rate": failure_rate,
             "config": {"optimizer": {"lr": 0.005}, "task": {"name": "t", "n_train": 64},
                        "model": {"activation": activation, "depth": depth, "weight_var": weight_var}},
-            "explosion": {"fractions": [0.0, 1.0], "per_seed": {"e2e_ratio": [[e2e, None], [e2e, "inf"]]}}}
+            "explosion": {"fractions": [0.0, 1.0], "per_seed": {"e2e_ratio": [[e2e, None], [e2e, "inf"]],
+                                                               "growth_per_layer": [[1.0, None], [1.0, "inf"]]}}}
 
 
 def test_a_two_factor_grid_is_drawn_as_maps_with_every_cell_annotated(tmp_path):

@@ -9,10 +9,9 @@ import functools
 import json
 from pathlib import Path
 
-import math
+import numpy as np
 
 from bench.analysis import claims as claims_lib
-from bench.records.cell import read_extended
 from bench.reports import plots
 
 _lr = claims_lib.run_lr
@@ -23,12 +22,11 @@ def variant(record: dict) -> str:
     return " ".join(t for t in record["label"].split() if not t.startswith("lr=")) or record["label"]
 
 
-def _median_e2e(record: dict, fraction: float):
-    """Median over seeds of the end-to-end gradient ratio at a snapshot (NaN counts as infinity)."""
-    k = record["explosion"]["fractions"].index(fraction)
-    values = [read_extended(row[k]) for row in record["explosion"]["per_seed"]["e2e_ratio"]]
-    values = [math.inf if math.isnan(v) else v for v in values]
-    return sorted(values)[(len(values) - 1) // 2] if values else None
+def median_e2e(record: dict, fraction: float):
+    """Median over seeds of the end-to-end gradient ratio at a snapshot, read as the verdicts read it
+    (`bench.analysis.claims.e2e_ratio`: 0/0 is total vanishing, a gradient that is not finite explosion)."""
+    values = claims_lib.e2e_ratio(record, fraction)
+    return float(np.quantile(values, 0.5, method="lower")) if len(values) else None
 
 
 def _contrast_lr(records: list[dict]) -> float:
@@ -122,13 +120,13 @@ def _grid_map_jobs(experiment: str, slug: str, records: list[dict], factors) -> 
     return {
         f"{slug}-e2e-init-map.png": (
             functools.partial(plots.grid_maps, value="median e2e ratio", log10=True, **keywords),
-            panels(lambda r: _median_e2e(r, 0.0)), f"{experiment}: gradient ratio at initialisation",
+            panels(lambda r: median_e2e(r, 0.0)), f"{experiment}: gradient ratio at initialisation",
             "Median over seeds of the end-to-end gradient ratio at initialisation (input-side over output-side "
             "gradient norm; colour on a log scale, above 1 explodes towards the input, below 1 vanishes), per cell "
             "of the grid."),
         f"{slug}-e2e-end-map.png": (
             functools.partial(plots.grid_maps, value="median e2e ratio", log10=True, **keywords),
-            panels(lambda r: _median_e2e(r, end)), f"{experiment}: gradient ratio after training at lr={lr:g}",
+            panels(lambda r: median_e2e(r, end)), f"{experiment}: gradient ratio after training at lr={lr:g}",
             f"The same after the budget at lr={lr:g} (a diverged seed counts as infinity)."),
         f"{slug}-failure-map.png": (
             functools.partial(plots.grid_maps, value="failure rate", vmin=0.0, vmax=1.0, **keywords),

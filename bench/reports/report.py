@@ -6,17 +6,15 @@ committed report can be checked against the raw results it came from.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 from bench.analysis import claims as claims_lib
 from bench.analysis import stats
 from bench.records import metrics
-from bench.records.cell import read_extended
 from bench.records.store import read_results, read_suite
 from bench.reports import replication
-from bench.reports.figures import _median_e2e, plot_jobs, variant
+from bench.reports.figures import median_e2e, plot_jobs, variant
 from bench.spec.claim_schema import matches
 
 
@@ -102,7 +100,7 @@ def cells_table(records: list[dict], marks: dict[str, str] | None = None) -> lis
             f"{sum(ps['diverged'])} | "
             f"{sum(ps['collapsed'])} | {r['converged']}/{n} | {median} {_interval(r['steps_to_converge_ci'])} | "
             f"{_fmt(r['quality']['final_validation_loss'])} | {_fmt(r['quality']['final_heldout_loss'])} | "
-            f"{_ratio(_median_e2e(r, 0.0))} | {_ratio(_median_e2e(r, 0.5))} | "
+            f"{_ratio(median_e2e(r, 0.0))} | {_ratio(median_e2e(r, 0.5))} | "
             f"{_median_rank(ps, 'kernel_rank_init')} → {_median_rank(ps, 'kernel_rank_final')} | "
             f"{_speed(r['throughput'])} |")
     return lines
@@ -206,7 +204,7 @@ def _can_decide(claim: dict, records: list[dict]) -> str:
     for x in claim["comparisons"]:
         base = [r for r in records if r["experiment"] == x["experiment"] and matches(r["config"], x["baseline"])]
         if base:
-            medians.append(_median_e2e(base[0], 0.0))
+            medians.append(median_e2e(base[0], 0.0))
     if medians:
         parts.append(f"baseline e2e ratio at init {_ratio(max(medians))}")
     return "; ".join(parts)
