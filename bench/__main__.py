@@ -547,7 +547,7 @@ def parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="compare two runs cell by cell (exit 1 when something regressed)",
                          description="Pairs records by cell_id; Fisher's exact test for rates, Mann-Whitney for "
                          "per-seed values, Holm-corrected over all cells x metrics; throughput as a ratio, "
-                         "each side normalised by its run's matmul calibration, worse only below both "
+                         "each side normalised by its run's yardstick, worse only below both "
                          "--throughput-threshold and the noise band of the two runs' timed chunks. Prints, per "
                          "metric, the smallest regression of one cell it can detect with these seeds. Exit "
                          "status: 0 nothing regressed, 1 regressed, 2 bad input.")

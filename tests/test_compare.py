@@ -32,14 +32,14 @@ def stable_cell(recs):
 def test_records_carry_the_environment(run_dir):
     env = records(run_dir)[0]["env"]
     assert re.fullmatch(r"[0-9a-f]{64}", env["code_sha256"]) and env["package_version"]
-    assert env["matmul_flops_per_s"] > 1e6 and env["cpu"] and env["cpu_count"] >= 1
+    assert env["matmul_flops_per_s"] > 1e6 and env["scan_flops_per_s"] > 1e6 and env["cpu"] and env["cpu_count"] >= 1
     assert "default_matmul_precision" in env and isinstance(env["jax_plugins"], dict)
 
 
 def test_a_run_against_itself_is_unchanged(run_dir, capsys):
     assert main(["compare", str(run_dir), str(run_dir / "results.jsonl")]) == 0
     out = capsys.readouterr().out
-    assert "Nothing regressed" in out and "normalised by each run's matmul FLOP/s" in out
+    assert "Nothing regressed" in out and "normalised by each run's scan FLOP/s" in out
     # 2 cells x 4 metrics = 8 tests: one cell's rise from 0/16 is found at 8/16 (Fisher p 0.0024 < 0.05 / 8).
     assert "divergence_rate: 0/16 -> 8/16 (Fisher, p < 0.0063)" in out
 
@@ -84,9 +84,10 @@ def test_a_change_within_noise_is_unchanged(run_dir, tmp_path, capsys):
     assert "Nothing regressed" in out and "1/16" in out and "x0.90" in out
 
 
-def scaled(recs, speed=1.0, calibration=1.0, spread=None):
-    """Copies with steps/s (median, quartiles, chunk rates) times `speed`, the calibration times `calibration`;
-    `spread`: the chunk rates replaced by these multiples of the median."""
+def scaled(recs, speed=1.0, calibration=1.0, spread=None, cpu=None):
+    """Copies with steps/s (median, quartiles, chunk rates) times `speed`, the calibration times `calibration`,
+    the CPU-time rates times `cpu` (None: `speed`, as when a step does more work); `spread`: the chunk rates
+    replaced by these multiples of the median."""
     recs = copy.deepcopy(recs)
     for r in recs:
         t = r["throughput"]
@@ -94,7 +95,9 @@ def scaled(recs, speed=1.0, calibration=1.0, spread=None):
         t["steps_per_s_iqr"] = [v * speed for v in t["steps_per_s_iqr"]]
         t["chunk_steps_per_s"] = [v * speed for v in t["chunk_steps_per_s"]] if spread is None \
             else [t["steps_per_s"] * f for f in spread]
-        r["env"]["matmul_flops_per_s"] *= calibration
+        t["cpu_steps_per_s"] *= speed if cpu is None else cpu
+        t["chunk_cpu_steps_per_s"] = [v * (speed if cpu is None else cpu) for v in t["chunk_cpu_steps_per_s"]]
+        r["env"]["scan_flops_per_s"] *= calibration
     return recs
 
 
@@ -112,13 +115,48 @@ def test_throughput_is_normalised_by_the_calibration_and_judged_beyond_its_noise
     loaded = compare.compare(base, scaled(base, speed=0.5, calibration=0.5))
     rows = throughput_rows(loaded)
     assert {r["verdict"] for r in rows} == {"unchanged"} and rows[0]["ratio"] == pytest.approx(1.0)
-    assert loaded["throughput"] == ["normalised by each run's matmul FLOP/s"]
+    assert loaded["throughput"] == ["normalised by each run's scan FLOP/s and by the process's CPU time"]
+    # Older records hold only the matmul's FLOP/s: the yardstick both sides have is used.
+    old = copy.deepcopy(base)
+    for r in old:
+        del r["env"]["scan_flops_per_s"]
+    assert compare.compare(old, old)["throughput"] == ["normalised by each run's matmul FLOP/s and by the "
+                                                       "process's CPU time"]
     # A current run whose chunks spread from 0.4 to 1.2 of their median: x0.6 is within that noise band.
     noisy = compare.compare(base, scaled(base, speed=0.6, spread=[0.4, 1.0, 1.2]))
     rows = throughput_rows(noisy)
     assert {r["verdict"] for r in rows} == {"unchanged"}
     assert rows[0]["noise_band"][0] == pytest.approx(0.4 / 1.02) and "noise band x0.39" in rows[0]["test"]
     assert not compare.compare(base, scaled(base, speed=0.5), throughput_threshold=0.0)["regressed"]
+
+
+def test_a_loaded_machine_slows_the_wall_clock_not_the_cpu_time_a_step_costs(run_dir):
+    base = scaled(records(run_dir), spread=[0.98, 1.0, 1.02])
+    assert all(r["throughput"]["cpu_steps_per_s"] > 0 and len(r["throughput"]["chunk_cpu_steps_per_s"]) ==
+               r["throughput"]["timed_chunks"] for r in base)
+    # Another job took the cores: training fell to x0.5, the yardstick only to x0.8, the CPU time a
+    # step costs stayed. The normalised wall ratio (x0.62) alone would say worse.
+    loaded = throughput_rows(compare.compare(base, scaled(base, speed=0.5, calibration=0.8, cpu=1.0)))
+    assert {r["verdict"] for r in loaded} == {"unchanged"}
+    assert loaded[0]["ratio"] == pytest.approx(0.625) and loaded[0]["cpu_ratio"] == pytest.approx(1.0)
+    assert "CPU time x1.00" in loaded[0]["test"]
+    # A step that does twice the work: both clocks say so.
+    slower = throughput_rows(compare.compare(base, scaled(base, speed=0.5, cpu=0.5)))
+    assert {r["verdict"] for r in slower} == {"worse"}
+    faster = throughput_rows(compare.compare(base, scaled(base, speed=2.0, cpu=2.0)))
+    assert {r["verdict"] for r in faster} == {"better"}
+    # Records without CPU-time rates (older ones), or of an accelerator, where the host's CPU time is not
+    # the work: the wall ratio alone decides.
+    old = copy.deepcopy(base)
+    for r in old:
+        del r["throughput"]["cpu_steps_per_s"]
+    assert {r["verdict"] for r in throughput_rows(compare.compare(old, scaled(base, 0.5, 0.8, cpu=1.0)))} \
+        == {"worse"}
+    gpu = copy.deepcopy(base)
+    for r in gpu:
+        r["env"]["backend"] = "gpu"
+    rows = throughput_rows(compare.compare(gpu, scaled(gpu, 0.5, 0.8, cpu=1.0)))
+    assert {r["verdict"] for r in rows} == {"worse"} and rows[0]["cpu_ratio"] is None
 
 
 def test_the_smallest_detectable_effects():

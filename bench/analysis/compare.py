@@ -8,10 +8,11 @@ pooled ranks, PERMUTATIONS resamples, fixed seed), with a seed that diverged
 or never got a value ranked last. Test names in the output: Fisher, MW exact,
 MW permutation. Every p-value of the comparison is Holm-corrected
 (family-wise error) over all cells x metrics. Throughput (steps/s) is a ratio:
-each side's steps/s divided by its run's matmul calibration
-(env.matmul_flops_per_s, measured in the run's process, so a loaded machine
-slows both), worse only below both the threshold and the noise band that the
-two runs' timed chunks span. `detectable` gives, per metric, the smallest
+each side's steps/s divided by its run's yardstick (env.scan_flops_per_s,
+else env.matmul_flops_per_s, timed in the run's process), worse only below
+both the threshold and the noise band that the two runs' timed chunks span;
+on a CPU backend the steps per second of the process's CPU time must be worse
+too (a loaded machine slows the wall clock, not the CPU time a step costs). `detectable` gives, per metric, the smallest
 effect in one cell that the comparison can find with its seeds and tests.
 """
 from __future__ import annotations
@@ -112,37 +113,61 @@ def same_machine(a: dict, b: dict) -> bool:
     return all(a[k] == b[k] for k in MACHINE_KEYS if a.get(k) is not None and b.get(k) is not None)
 
 
-def _spread(throughput: dict) -> tuple[float, float]:
-    """(lowest, highest) timed chunk's steps/s over the median: the run's own noise (quartiles in older records)."""
-    median = throughput["steps_per_s"]
-    rates = throughput.get("chunk_steps_per_s") or throughput.get("steps_per_s_iqr") or [median]
+def _spread(rates: list[float] | None, median: float) -> tuple[float, float]:
+    """(lowest, highest) timed chunk's rate over the median: the run's own noise (the median alone: none)."""
+    rates = rates or [median]
     return min(rates) / median, max(rates) / median
 
 
-def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
-    """Steps/s of current over baseline, each divided by its run's matmul calibration (when both have one).
-
-    Worse only below both the threshold and the noise band: the ratio that the two runs' chunk-to-chunk
-    spread alone gives (current's slowest chunk over baseline's fastest, relative to their medians).
-    """
-    sb, sc = base["throughput"]["steps_per_s"], cur["throughput"]["steps_per_s"]
-    fb, fc = base["env"].get("matmul_flops_per_s"), cur["env"].get("matmul_flops_per_s")
-    if fb and fc:
-        ratio, mode = (sc / fc) / (sb / fb), "normalised by each run's matmul FLOP/s"
-    else:
-        ratio, mode = sc / sb, "raw (a side has no matmul calibration)"
-    (low_b, high_b), (low_c, high_c) = _spread(base["throughput"]), _spread(cur["throughput"])
-    band = (low_c / high_b, high_c / low_b)
+def _judge(ratio: float, base: tuple[float, float], cur: tuple[float, float], threshold: float) -> dict:
+    """A ratio of rates against the threshold and the noise band that the two runs' chunk spreads give
+    (current's slowest chunk over baseline's fastest, relative to their medians)."""
+    band = (cur[0] / base[1], cur[1] / base[0])
     worse_below = min(threshold, band[0])
     better_above = max(1 / threshold, band[1]) if threshold > 0 else math.inf
-    verdict = WORSE if ratio < worse_below else BETTER if ratio > better_above else UNCHANGED
-    test = f"ratio vs x{worse_below:.2f} (threshold {threshold:g}, noise band x{band[0]:.2f}-x{band[1]:.2f})"
-    rb, rc = base["throughput"].get("runs_per_program"), cur["throughput"].get("runs_per_program")
+    return {"ratio": ratio, "band": band, "worse_below": worse_below,
+            "verdict": WORSE if ratio < worse_below else BETTER if ratio > better_above else UNCHANGED}
+
+
+def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
+    """Steps/s of current over baseline, each divided by its run's yardstick (`calibrate`: the scan's FLOP/s
+    where both records hold it, else the matmul's), judged against the threshold and the two runs' noise band.
+
+    On a CPU backend, where both records hold it, the CPU-time rate (program steps per second of the
+    process's CPU time) is judged the same way, and throughput is worse (better) only when both say so: a
+    machine that other jobs load slows the wall clock and the calibration unevenly, while the CPU time a step
+    costs barely moves; code that does more work per step moves both.
+    """
+    tb, tc = base["throughput"], cur["throughput"]
+    sb, sc = tb["steps_per_s"], tc["steps_per_s"]
+    for yardstick in ("scan", "matmul"):
+        fb, fc = base["env"].get(f"{yardstick}_flops_per_s"), cur["env"].get(f"{yardstick}_flops_per_s")
+        if fb and fc:
+            ratio, mode = (sc / fc) / (sb / fb), f"normalised by each run's {yardstick} FLOP/s"
+            break
+    else:
+        ratio, mode = sc / sb, "raw (a side has no calibration)"
+    wall = _judge(ratio, _spread(tb.get("chunk_steps_per_s") or tb.get("steps_per_s_iqr"), sb),
+                  _spread(tc.get("chunk_steps_per_s") or tc.get("steps_per_s_iqr"), sc), threshold)
+    test = (f"ratio vs x{wall['worse_below']:.2f} (threshold {threshold:g}, "
+            f"noise band x{wall['band'][0]:.2f}-x{wall['band'][1]:.2f})")
+    verdict, cpu = wall["verdict"], None
+    cpu_b, cpu_c = tb.get("cpu_steps_per_s"), tc.get("cpu_steps_per_s")
+    if cpu_b and cpu_c and base["env"].get("backend") == cur["env"].get("backend") == "cpu":
+        cpu = _judge(cpu_c / cpu_b, _spread(tb.get("chunk_cpu_steps_per_s"), cpu_b),
+                     _spread(tc.get("chunk_cpu_steps_per_s"), cpu_c), threshold)
+        verdict = wall["verdict"] if cpu["verdict"] == wall["verdict"] else UNCHANGED
+        test += (f"; CPU time x{cpu['ratio']:.2f} vs x{cpu['worse_below']:.2f} "
+                 f"(noise band x{cpu['band'][0]:.2f}-x{cpu['band'][1]:.2f}); worse or better only when both are")
+        mode += " and by the process's CPU time"
+    rb, rc = tb.get("runs_per_program"), tc.get("runs_per_program")
     if rb != rc:  # steps/s is of the whole compiled program: other run counts are other programs
         verdict, test = UNTESTED, f"not comparable: {rb} vs {rc} runs per program"
     return {"metric": "steps_per_s", "test": test, "p": None, "p_adjusted": None,
             "baseline": f"{sb:.4g}", "current": f"{sc:.4g}", "effect": f"x{ratio:.2f}", "ratio": ratio,
-            "noise_band": list(band), "worse_below": worse_below, "throughput": mode, "verdict": verdict}
+            "noise_band": list(wall["band"]), "worse_below": wall["worse_below"],
+            "cpu_ratio": cpu and cpu["ratio"], "cpu_noise_band": cpu and list(cpu["band"]),
+            "throughput": mode, "verdict": verdict}
 
 
 def smallest_rate_rise(n_baseline: int, n_current: int, level: float) -> int | None:

@@ -24,6 +24,16 @@ from bench.spec.schema import SNAPSHOT_FRACTIONS
 MIN_TIMED = 3  # timed chunks per group at least (extra chunks, results discarded, make up the count)
 
 
+class _Clock:
+    """Wall and process CPU seconds since it was made."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 class Quiet:
     """Whether anything else compiles while a group trains: throughput is timed only on chunks with nothing
     compiling beside them (on a CPU a compile takes a core that training would otherwise use).
@@ -170,7 +180,8 @@ def train_group(prepared: Prepared,
     n_real = len(runs)
     hyper, seeds, snap_at, unit_state, data = prepared.inputs
     carry, snaps = prog.init(seeds, hyper, data, unit_state), prog.snapshots(len(stops))
-    losses, norms, diag_traces, chunk_times = [], [], [], []  # chunk_times: None where something compiled
+    # chunk_times: (wall s, process CPU s) per chunk, None where something compiled beside it
+    losses, norms, diag_traces, chunk_times = [], [], [], []
     quiet = quiet or Quiet()
     done = 0
     while True:
@@ -178,10 +189,10 @@ def train_group(prepared: Prepared,
             snaps = jax.block_until_ready(prog.measure(carry, snaps, hyper, seeds, snap_at, data, done))
         if done >= steps:
             break
-        mark, t0 = quiet.mark(), time.perf_counter()
+        mark, clock = quiet.mark(), _Clock()
         carry, (loss, norm, diag) = prog.chunk(carry, hyper, seeds, data, done)
         status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
-        chunk_times.append(time.perf_counter() - t0 if quiet.clean(mark) else None)
+        chunk_times.append(clock.read() if quiet.clean(mark) else None)
         losses.append(np.asarray(loss)[:n_real])
         norms.append(np.asarray(norm)[:n_real])
         diag_traces.append({k: np.asarray(v)[:n_real] for k, v in diag.items()})
@@ -206,11 +217,12 @@ def train_group(prepared: Prepared,
     if len(timed) < MIN_TIMED:
         with quiet.hold():
             for _ in range(MIN_TIMED - len(timed)):
-                t0 = time.perf_counter()
+                clock = _Clock()
                 carry, _ = jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, done))
-                timed.append(time.perf_counter() - t0)
+                timed.append(clock.read())
     # Per timed chunk steps/s: the median is the throughput, the quartiles its spread (a shared machine's noise).
-    rates = chunk_steps / np.asarray(timed)
+    wall, cpu = np.asarray(timed).T
+    rates, cpu_rates = chunk_steps / wall, chunk_steps / np.maximum(cpu, 1e-9)
     steps_per_s = float(np.median(rates))
     q25, q75 = (float(q) for q in np.percentile(rates, [25, 75]))
     batch = prog.plan["task"].get("batch_size", 1)
@@ -234,6 +246,10 @@ def train_group(prepared: Prepared,
             "steps_per_s_iqr": [q25, q75],
             "timed_chunks": len(rates),
             "chunk_steps_per_s": [float(r) for r in rates],  # each timed chunk's program steps/s
+            # Program steps per second of the process's CPU time (all its threads), per timed chunk and their
+            # median: on a CPU backend the work a step costs, which a busy machine slows far less than the wall.
+            "cpu_steps_per_s": float(np.median(cpu_rates)),
+            "chunk_cpu_steps_per_s": [float(r) for r in cpu_rates],
             "run_steps_per_s": steps_per_s * len(runs),  # steps of real runs (seeds x cells) per second
             "examples_per_s": steps_per_s * batch * len(runs),
             "runs_per_program": len(runs),

@@ -124,9 +124,10 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
         progress.begin([(g.label, g.steps, len(g.runs)) for g in groups])
     # One background thread compiles the groups' programs in order while the main thread trains: on a CPU,
     # compiling takes one core and training about one more, so most compile time is hidden. Throughput is
-    # timed only on chunks with no compile beside them (`loop.Quiet`), and the matmul calibration of
-    # the records' env is measured here, before any compile starts.
+    # timed only on chunks with no compile beside them (`loop.Quiet`), and the yardsticks (`calibrate`) of
+    # the records' env are timed here, before any compile starts.
     calibrate.matmul_flops_per_s()
+    calibrate.scan_flops_per_s()
     quiet = loop.Quiet()
 
     def prepare(group):

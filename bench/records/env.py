@@ -98,6 +98,7 @@ def _static_env() -> dict:
         "default_matmul_precision": jax.config.jax_default_matmul_precision,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "matmul_flops_per_s": calibrate.matmul_flops_per_s(),
+        "scan_flops_per_s": calibrate.scan_flops_per_s(),
         "git_commit": git("rev-parse", "HEAD").strip() or None,
         # Dirty: uncommitted changes to the code that produces the numbers (not to results or docs).
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS).strip()),

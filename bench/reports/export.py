@@ -97,6 +97,7 @@ def machine_info(env: dict) -> dict:
             "system": env.get("platform", ""), "cpu": {"brand_raw": env.get("cpu"), "count": env.get("cpu_count")},
             "backend": env.get("backend"), "device_kind": env.get("device_kind"),
             "device_count": env.get("device_count"), "matmul_flops_per_s": env.get("matmul_flops_per_s"),
+            "scan_flops_per_s": env.get("scan_flops_per_s"),
             "versions": env.get("versions")}
 
 

@@ -48,7 +48,8 @@ def environment_line(records: list[dict]) -> str:
 
 
 def _env_key(env: dict) -> str:
-    return json.dumps({k: v for k, v in env.items() if k not in ("timestamp", "matmul_flops_per_s")}, sort_keys=True)
+    measured = ("timestamp", "matmul_flops_per_s", "scan_flops_per_s")  # of the run, not of the environment
+    return json.dumps({k: v for k, v in env.items() if k not in measured}, sort_keys=True)
 
 
 def environments(records: list[dict]) -> dict[str, list[dict]]:
