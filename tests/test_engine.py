@@ -23,6 +23,7 @@ max_norm = [0.5, 2.0]
 [[claim]]
 id = 7
 title = "clipping cures explosion"
+note = "a tiny MLP: too small to explode"
 [[claim.comparison]]
 experiment = "tiny"
 baseline = { name = "none" }
@@ -181,6 +182,7 @@ def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
     text = path.read_text()
     assert text.index("## Verdicts") < text.index("## Claim 7")
     assert "| 7. clipping cures explosion | **" in text and "| tiny | " in text
+    assert "## Claim 7: clipping cures explosion\n\n*Reading it:* a tiny MLP: too small to explode\n" in text
     assert "<summary>every cell</summary>" in text and "median critical lr" in text
     assert "none lr=10000.0 | 1.00 [0.51, 1] | 4 | 0 |" in text  # 4/4 diverged, Wilson interval
     settings = json.loads((module_tmp / "a" / "suite.json").read_text())["settings"]

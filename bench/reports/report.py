@@ -345,6 +345,8 @@ def claim_section(claim: dict, by_experiment: dict) -> list[str]:
     out = [f"## Claim {claim['id']}: {claim.get('title', '')}", ""]
     if claim.get("text"):
         out += [claim["text"], ""]
+    if claim.get("note"):
+        out += [f"*Reading it:* {claim['note']}", ""]
     family = max((q.get("family", 0) for x in claim["comparisons"] for q in x["questions"].values()), default=0)
     out += [f"Judged on: {', '.join(dict.fromkeys(q for x in claim['comparisons'] for q in x['judged']))}; "
             f"{family} distinct judged tests in the claim's Holm family.", ""]

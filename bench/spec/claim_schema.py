@@ -1,6 +1,8 @@
 """A suite's `[[claim]]` tables, validated against its cells (bench/spec/suite.py calls this once the cells exist).
 
-A `[[claim]]` has an `id`, `title`, `text`, `judged_on` (questions of
+A `[[claim]]` has an `id`, `title`, `text`, `note` (what a reader needs to
+judge its answers that the tables do not say: how the experiment poses the
+question, what the rule cannot see; printed under the text), `judged_on` (questions of
 QUESTIONS, the default of its comparisons' `questions`: init, training and
 trainability) and `comparison`s: `experiment`, `regime`, `baseline` and
 `variant` (selectors matched against the cells' mitigation, each selecting at
@@ -31,6 +33,7 @@ CLAIM = {
     "id": Key((str, int)),
     "title": Key(str, ""),
     "text": Key(str, ""),
+    "note": Key(str, ""),
     "judged_on": Key(list, list(JUDGED_BY_DEFAULT), of=str, choices=tuple(QUESTIONS), nonempty=True),
     "comparison": Key(list, of=dict, nonempty=True),
 }
