@@ -280,20 +280,25 @@ def _min_difference(metric: Metric | None, min_effect: float, result: dict, triv
 
 
 def judge(result: dict, expected_sign: int, threshold: float, alpha: float = ALPHA) -> str:
-    """The verdict of one judged answer, given its corrected p-value.
-
-    Effects that are bounds (an infinite value in an arm) are decisive only where the bound does not point
-    towards no effect, and are never "no detectable effect" or "not supported" on the side the bound leaves open.
-    """
+    """The verdict of one judged answer, given its corrected p-value."""
     if result.get("p") is None or result.get("note"):
         return INCONCLUSIVE
     if result.get("identical"):
         return NO_EFFECT
-    effect, (low, high) = result["effect_raw"], result["ci_raw"]
-    bound = result.get("bound", "")
+    return _answer(result["effect_raw"], *result["ci_raw"], result["p_adjusted"], result.get("bound", ""),
+                   expected_sign, threshold, alpha)
+
+
+def _answer(effect: float, low: float, high: float, p_adjusted: float, bound: str, expected_sign: int,
+            threshold: float, alpha: float) -> str:
+    """The verdict of an effect, its interval and its corrected p-value.
+
+    Effects that are bounds (an infinite value in an arm) are decisive only where the bound does not point
+    towards no effect, and are never "no detectable effect" or "not supported" on the side the bound leaves open.
+    """
     open_up, open_down = bound in ("≥", "~"), bound in ("≤", "~")
     towards_zero = (effect > 0 and open_down and not open_up) or (effect < 0 and open_up and not open_down)
-    if result["p_adjusted"] < alpha and abs(effect) >= threshold and effect != 0 and not towards_zero:
+    if p_adjusted < alpha and abs(effect) >= threshold and effect != 0 and not towards_zero:
         return SUPPORTED if np.sign(effect) == expected_sign else CONTRADICTED
     claimed_open = open_up if expected_sign > 0 else open_down
     other_open = open_down if expected_sign > 0 else open_up
@@ -302,6 +307,24 @@ def judge(result: dict, expected_sign: int, threshold: float, alpha: float = ALP
     if claimed_end < threshold and not claimed_open:
         return NO_EFFECT if other_end < threshold and not other_open else NOT_SUPPORTED
     return INCONCLUSIVE
+
+
+# What stability compares: "no detectable effect" and "not supported" both exclude the claimed effect, and
+# differ only in whether the opposite one is excluded too.
+_OUTCOME = {NO_EFFECT: "claimed effect excluded", NOT_SUPPORTED: "claimed effect excluded"}
+
+
+def stability(result: dict, verdict: str, multiplier: float, alpha: float = ALPHA) -> float:
+    """The fraction of resamples of seeds (`stats.resamples`) whose answer has the outcome of `verdict`
+    (supported, contradicted, claimed effect excluded, inconclusive), each resample's p-value times the answer's
+    Holm multiplier in the full data."""
+    if result.get("note") or result.get("identical"):
+        return 1.0  # censored or identical arms answer the same on every resample
+    r = stats.resamples(result)
+    again = [_answer(e, lo, hi, min(1.0, p * multiplier), result.get("bound", ""), result["expected_sign"],
+                     result["threshold"], alpha) for e, lo, hi, p in zip(r["effect"], r["low"], r["high"], r["p"])]
+    outcome = _OUTCOME.get(verdict, verdict)
+    return float(np.mean([_OUTCOME.get(a, a) == outcome for a in again]))
 
 
 def _questions(comp: dict, base: Arm, var: Arm) -> dict:
@@ -464,17 +487,16 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
 def _correct(families: dict, alpha: float) -> None:
     """Holm's correction within each claim's family of distinct judged tests (each counted once), the
     Benjamini-Hochberg q-value over every distinct judged test of the suite beside it, and each answer's
-    stability: the fraction of resamples of seeds that reach the same decision at the same Holm multiplier."""
+    stability: the fraction of resamples of seeds that reach the same answer at the same Holm multiplier."""
     suite = {}
     for claim, family in families.items():
         tests = [answers[0] for answers in family.values()]
         pvalues = [t["p"] for t in tests]
         for key, t, p_adj, k in zip(family, tests, stats.holm(pvalues), stats.holm_multipliers(pvalues)):
             decided = judge({**t, "p_adjusted": p_adj}, t["expected_sign"], t["threshold"], alpha)
-            sign = np.sign(t["effect_raw"]) if decided in (SUPPORTED, CONTRADICTED) else 0
-            stability = float(np.mean(stats.decisions(t, k, t["threshold"], alpha) == sign))
+            again = stability(t, decided, k, alpha)
             for answer in family[key]:
-                answer.update(p_adjusted=p_adj, family=len(tests), stability=stability)
+                answer.update(p_adjusted=p_adj, family=len(tests), stability=again)
             suite.setdefault(key, []).extend(family[key])
     for answers, q in zip(suite.values(), stats.fdr([a[0]["p"] for a in suite.values()])):
         for answer in answers:
@@ -482,23 +504,23 @@ def _correct(families: dict, alpha: float) -> None:
 
 
 def fragile(answer: dict) -> bool:
-    """Whether an answer's decision is reproduced by fewer than STABLE of the resamples of seeds."""
+    """Whether an answer is reproduced by fewer than STABLE of the resamples of seeds."""
     return answer.get("stability") is not None and answer["stability"] < STABLE
 
 
 def _claim_verdict(claim: dict, comparisons: list[dict]) -> dict:
-    """The stated rule: decisive answers that are not fragile, on the judged questions, decide.
+    """The stated rule: judged answers that are not fragile decide.
 
-    They all agree: that answer. They disagree: "depends", naming which regime and question gave which.
-    None decisive: inconclusive if any judged answer is (or only fragile ones are decisive), else not supported
-    if any answer excludes the claimed effect, else no detectable effect.
+    Decisive ones all agree: that answer. They disagree: "depends", naming which regime and question gave
+    which. None decisive: inconclusive if any judged answer is, or if a fragile answer would have decided
+    (set aside), else not supported if any answer excludes the claimed effect, else no detectable effect.
     """
     answers = [(c.get("regime") or c["experiment"], q, c["questions"][q])
                for c in comparisons for q in c["judged"] if q in c["questions"]]
     decisive = [(r, q, a["verdict"]) for r, q, a in answers if a["verdict"] in (SUPPORTED, CONTRADICTED)
                 and not fragile(a)]
     set_aside = [f"{a['verdict']} on {q} ({r}), stability {a['stability']:.2f}" for r, q, a in answers
-                 if a["verdict"] in (SUPPORTED, CONTRADICTED) and fragile(a)]
+                 if a["verdict"] in (SUPPORTED, CONTRADICTED, NO_EFFECT, NOT_SUPPORTED) and fragile(a)]
     kinds = sorted({a[2] for a in decisive})
     if len(kinds) == 1:
         verdict = kinds[0]

@@ -213,23 +213,23 @@ def compare_rates(baseline, variant, *, paired: bool = False) -> dict:
             "effect": effect, "ci": [float(low), float(high)], "identical": identical, "_resample": (b, v)}
 
 
-def decisions(result: dict, multiplier: float, threshold: float, alpha: float, n: int = N_STABILITY) -> np.ndarray:
-    """Per bootstrap resample of seeds (pairs kept together when paired): the sign of a decisive answer
-    (+1 / -1) or 0, with the p-value of the resample multiplied by the answer's Holm multiplier.
+def resamples(result: dict, n: int = N_STABILITY) -> dict[str, np.ndarray]:
+    """The answer recomputed on n bootstrap resamples of seeds (pairs kept together when paired, within strata):
+    per resample its effect, interval (low, high) and p-value, on the scale of `effect_raw` / `ci_raw`.
 
-    Means and rates use their exact tests; rank tests their normal approximation (docs/METHODS.md).
+    Rates: their exact test and Newcombe interval per resample. Values: the Hodges-Lehmann effect and the
+    normal approximation of the rank test, and the full data's bootstrap interval shifted by the resample's
+    change of effect (a nested bootstrap per resample would cost N_BOOTSTRAP times more; docs/METHODS.md).
     """
     rng = np.random.default_rng(1)
     if result["kind"] == "rate":
         b, v = result["_resample"]
         ib = rng.integers(0, len(b), (n, len(b)))
         iv = ib if result["paired"] else rng.integers(0, len(v), (n, len(v)))
-        out = np.zeros(n)
-        for k in range(n):
-            r = compare_rates(b[ib[k]], v[iv[k]], paired=result["paired"])
-            if r["p"] * multiplier < alpha and abs(r["effect_raw"]) >= threshold:
-                out[k] = np.sign(r["effect_raw"])
-        return out
+        again = [compare_rates(b[ib[k]], v[iv[k]], paired=result["paired"]) for k in range(n)]
+        low, high = np.array([r["ci_raw"] for r in again]).T
+        return {"effect": np.array([r["effect_raw"] for r in again]), "low": low, "high": high,
+                "p": np.array([r["p"] for r in again])}
     bf, vf, bo, vo, strata = result["_resample"]
     ib = _resample(len(bf), strata, rng, n)  # within strata: resampled columns are grouped by stratum
     iv = ib if result["paired"] else rng.integers(0, len(vf), (n, len(vf)))
@@ -238,7 +238,8 @@ def decisions(result: dict, multiplier: float, threshold: float, alpha: float, n
     else:
         effect = hodges_lehmann(bf[ib], vf[iv])
     p = _fast_p(bo[ib], vo[iv], result["paired"], None if strata is None else np.sort(strata))
-    return np.where((p * multiplier < alpha) & (np.abs(effect) >= threshold) & (effect != 0), np.sign(effect), 0)
+    shift = effect - result["effect_raw"]
+    return {"effect": effect, "low": result["ci_raw"][0] + shift, "high": result["ci_raw"][1] + shift, "p": p}
 
 
 def holm(pvalues: list[float]) -> list[float]:
