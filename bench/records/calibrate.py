@@ -7,8 +7,8 @@ in the same process:
   shape of a small training step: many small operations in sequence, run on one thread. compare uses it
   where both records hold it.
 - `matmul_flops_per_s`: one 512 x 512 product, which XLA splits over every core (older records hold only
-  this one). On 2 cores with another process spinning on one, it falls to about x0.57 while a small
-  program's steps/s does not move, so as a yardstick it made an unchanged run look x1.7 faster.
+  this one). On 2 cores with another process spinning on one, it falls to about x0.6 while the CI suite's
+  steps/s does not move, so as a yardstick it made an unchanged run look x1.4 to x2.0 faster (docs/CI.md).
 
 Each is the median of REPEATS calls after WARMUP untimed ones: the first calls in a process run slower
 (measured: 5 calls gave 177 to 192 GFLOP/s in some processes and 310 in others; 50 give 324 to 331).
