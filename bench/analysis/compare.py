@@ -12,8 +12,9 @@ each side's steps/s divided by its run's yardstick (env.scan_flops_per_s,
 else env.matmul_flops_per_s, timed in the run's process), worse only below
 both the threshold and the noise band that the two runs' timed chunks span;
 on a CPU backend the steps per second of the process's CPU time must be worse
-too (a loaded machine slows the wall clock, not the CPU time a step costs). `detectable` gives, per metric, the smallest
-effect in one cell that the comparison can find with its seeds and tests.
+too (a loaded machine slows the wall clock, not the CPU time a step costs).
+`detectable` gives, per metric, the smallest effect in one cell that the
+comparison can find with its seeds and tests.
 """
 from __future__ import annotations
 
