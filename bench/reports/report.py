@@ -301,9 +301,10 @@ def render(results_dir, output) -> tuple[str, dict]:
             f"A judged answer gives the effect of the variant against the baseline (x: ratio of Hodges-Lehmann "
             f"medians, +: difference, Δ: difference of rates) with its 95% interval, the p of an exact test over "
             f"seeds corrected within the claim, and its stability: the fraction of {stats.N_STABILITY} "
-            f"resamples of the seeds that reach the same decision. It is decisive only when p < "
+            f"resamples of the seeds that give the same answer ('no detectable effect' and 'not supported' "
+            f"alike: both exclude the claimed effect). It is decisive only when p < "
             f"{claims_lib.ALPHA:g} and the effect reaches the minimum effect ({min_effect:g}x, or a difference "
-            f"of {claims_lib.MIN_RATE_EFFECT:g} in a rate); a decisive answer with a stability under "
+            f"of {claims_lib.MIN_RATE_EFFECT:g} in a rate); an answer with a stability under "
             f"{claims_lib.STABLE:g} is fragile (⚠) and no verdict rests on it.", ""]
     judged = claims_lib.verdicts(suite["claims"], records, min_effect=min_effect) if suite["claims"] else []
     if judged:
