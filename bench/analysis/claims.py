@@ -128,7 +128,7 @@ class Arm:
             edge = [c for v, c in zip(values, censored) if v == value and c]
             return value, edge[0] if edge else None
 
-        tuned = self.records[self.tuned_index()]
+        tuned, fastest = self.records[self.tuned_index()], self.records[self.fastest_index()]
         crit, crit_edge = censored_median(*metrics.critical_lr(self.lrs, self.flags("trained")))
         stable, stable_edge = censored_median(*metrics.stable_lr(self.lrs, self.flags("diverged")))
         return {
@@ -144,8 +144,8 @@ class Arm:
             "failure_rate": [r["failure_rate"] for r in self.records],
             "tuned_lr": run_lr(tuned),
             "tuned_converged": tuned["converged"],
-            "fastest_lr": run_lr(self.records[self.fastest_index()]),
-            "fastest_converged": self.records[self.fastest_index()]["converged"],
+            "fastest_lr": run_lr(fastest),
+            "fastest_converged": fastest["converged"],
             "tuned_heldout_loss": tuned["quality"]["final_heldout_loss"],
             "tuned_heldout_metric": tuned["quality"]["final_heldout_metric"],
         }

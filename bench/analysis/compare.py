@@ -31,7 +31,6 @@ EXACT_MAX = 20  # seeds per side up to which an untied Mann-Whitney test is exac
 PERMUTATIONS = 9999
 WORSE, BETTER, UNCHANGED, UNTESTED = "worse", "better", "unchanged", "untested"
 ORDER = {WORSE: 0, BETTER: 1, UNCHANGED: 2, UNTESTED: 3}
-MACHINE_KEYS = ("cpu", "cpu_count", "backend", "device_kind", "device_count")
 
 
 def _diverged(record):
@@ -107,11 +106,6 @@ def rank_test(baseline: list[float], current: list[float]) -> dict:
         p, test = float(result.pvalue), "MW permutation"
     return {"p": p, "direction": int(np.sign(round(superiority - 0.5, 12))), "test": test,
             "effect": f"P(current > baseline) = {superiority:.2f}", **described}
-
-
-def same_machine(a: dict, b: dict) -> bool:
-    """Whether two environments name the same machine (keys that one of them lacks are not compared)."""
-    return all(a[k] == b[k] for k in MACHINE_KEYS if a.get(k) is not None and b.get(k) is not None)
 
 
 def _spread(rates: list[float] | None, median: float) -> tuple[float, float]:

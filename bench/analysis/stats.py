@@ -112,14 +112,11 @@ def _fast_p(b: np.ndarray, v: np.ndarray, paired: bool, strata: np.ndarray | Non
     """Per row of resampled arms, the normal approximation of the same test (for stability only); `strata`:
     each column's stratum (paired only)."""
     with np.errstate(all="ignore"):
-        if paired and strata is not None:
+        if paired:  # the signed-rank statistic over its variance given the ranks (tie-corrected, zeros dropped)
             d = v - b
-            ranks = _ranks(d, strata)
+            ranks = _ranks(d, np.zeros(d.shape[-1], int) if strata is None else strata)
             z = np.sum(np.sign(d) * ranks, -1) / np.sqrt(np.sum(ranks ** 2, -1))
             p = 2 * stats.norm.sf(np.abs(z))
-        elif paired:
-            d = v - b
-            p = stats.wilcoxon(d, axis=-1, method="approx", zero_method="wilcox").pvalue
         else:
             p = stats.mannwhitneyu(v, b, axis=-1, method="asymptotic").pvalue
     return np.where(np.isnan(p), 1.0, p)
