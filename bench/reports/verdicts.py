@@ -204,9 +204,9 @@ def sections(judged: list[dict], records: list[dict], by_experiment: dict, thres
             out.append(f"| {head} | {x.get('regime') or x['experiment']} | {shown(True)} | {shown(False)} |")
     out += ["", "A claim's verdict follows from its judged answers that are not fragile: decisive answers "
             "that all agree give it; answers that disagree give `depends`, naming which regime and question "
-            "gave which; with no decisive answer it is `inconclusive` if any answer is (or only fragile ones "
-            "are decisive), else `not supported` if an answer's interval excludes the claimed effect, else "
-            "`no detectable effect`.", ""]
+            "gave which; with no decisive answer it is `inconclusive` if any answer is, or if a fragile answer "
+            "would have decided (set aside), else `not supported` if an answer's interval excludes the claimed "
+            "effect, else `no detectable effect`.", ""]
     for claim in judged:
         out += claim_section(claim, by_experiment)
     return out
