@@ -33,6 +33,7 @@ def record(mitigation, lr, trained, e2e_init=None, e2e_mid=None, validation=None
             "steps_to_converge": steps or [10 if t else None for t in trained],
             "final_validation_loss": validation or [0.3 if t else None for t in trained],
             "final_heldout_loss": heldout or [0.3 if t else None for t in trained],
+            "final_heldout_metric": [0.9 if t else None for t in trained],
             "final_train_loss": [0.2 if t else None for t in trained],
         },
         "explosion": {"fractions": [0.0, 0.1, 0.5, 1.0],
@@ -212,3 +213,28 @@ def test_datasets_are_strata_whose_seeds_are_the_replicates():
     assert q["n"] == [12, 12] and "(4 datasets as strata)" in q["what"]
     assert q["test"] == "stratified signed-rank (4 strata), exact" and q["p"] == pytest.approx(2 / 2 ** 12)
     assert v["verdict"] == claims.SUPPORTED and q["effect"] == pytest.approx(100.0)
+
+
+def test_a_baseline_on_more_seeds_pairs_with_a_variant_on_the_seeds_both_ran():
+    # The baseline ran 32 seeds, the variant the first 16: the comparison reads those 16 of the baseline,
+    # paired seed by seed. Its extra seeds (here failing at every learning rate) change nothing.
+    def base_record(lr):
+        r = record(BASE, lr, [lr < 1.0] * 16 + [False] * 16, e2e_init=list(range(1, 33)))
+        r["per_seed"]["seed"] = list(range(32))
+        return r
+    recs = [base_record(lr) for lr in LRS] + [record(CURE, lr, [lr < 1.0] * 16, e2e_init=list(range(1, 17)))
+                                              for lr in LRS]
+    v = verdict(recs, claim(judged_on=None, questions=["init", "trainability"]))
+    comp = v["comparisons"][0]
+    for name in ("init", "trainability"):
+        q = comp["questions"][name]
+        assert q["n"] == [16, 16] and "signed-rank" in q["test"], name
+        assert q["effect"] == 1.0 and q["ci"] == [1.0, 1.0] and q["verdict"] == claims.NO_EFFECT, name
+    base = comp["arms"]["baseline"]
+    assert base["seeds"] == 16 and base["failure_rate"] == [0.0, 0.0, 1.0] and base["diverged"] == [0, 0, 16]
+    assert base["tuned_converged"] == 16
+    # Arms on disjoint seeds are compared unpaired, each on its own.
+    for r in recs[3:]:
+        r["per_seed"]["seed"] = list(range(100, 116))
+    q = verdict(recs, claim(judged_on=None, questions=["init"]))["comparisons"][0]["questions"]["init"]
+    assert q["n"] == [32, 16] and "signed-rank" not in q["test"]

@@ -30,7 +30,7 @@ def test_the_large_suite_judges_the_same_claims_at_accelerator_scale(both):
     models = [c.plan["model"] for c in large.cells if c.plan["model"]["family"] == "mlp"]
     assert max(m["depth"] for m in models) == 64 and max(m["width"] for m in models) == 1024
     assert {e["name"] for e in large.experiments} == {e["name"] for e in cpu.experiments}
-    per_decade = lambda s: len([c for c in s.cells if c.experiment == "deep-tanh" and  # noqa: E731
+    per_decade = lambda s: len([c for c in s.cells if c.experiment == "exploding" and  # noqa: E731
                                 c.config["mitigation"] == {"name": "none"}])
     assert per_decade(large) == 41 and per_decade(cpu) == 21  # 5 decades at 8 and 4 points per decade
 

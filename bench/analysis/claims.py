@@ -24,7 +24,8 @@ The comparison's `questions` (default: its claim's `judged_on`) are *judged*:
 only they enter the claim's multiplicity correction and its verdict; the
 others are reported as descriptive. Seeds are never pooled over the grid:
 every test compares one value per seed and arm; arms trained on the same
-seeds are paired seed by seed (bench/analysis/stats.py names each test).
+seeds are paired seed by seed, on the seeds both ran where one arm ran more
+(bench/analysis/stats.py names each test).
 """
 from __future__ import annotations
 
@@ -374,14 +375,16 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
 
 def _training_ratios(base: Arm, var: Arm, lrs: list, at: float) -> tuple[np.ndarray, np.ndarray]:
     """Per seed and arm, the geometric median of the end-to-end ratio at fraction `at` over the learning rates
-    `lrs` at which neither arm's run of that seed diverged (NaN: there is none)."""
+    `lrs` at which neither arm's run of that seed diverged (arms on different seeds: at which the arm's own
+    run did not; NaN: there is none)."""
     if not lrs:
         return np.full(base.n_seeds, np.nan), np.full(var.n_seeds, np.nan)
     ratios = [np.stack([e2e_ratio(a.at(x), at) for x in lrs], axis=1) for a in (base, var)]
-    ok = ~np.stack([_bools(base.at(x), "diverged") | _bools(var.at(x), "diverged") for x in lrs], axis=1)
+    diverged = [np.stack([_bools(a.at(x), "diverged") for x in lrs], axis=1) for a in (base, var)]
+    ok = [~(diverged[0] | diverged[1])] * 2 if base.seeds == var.seeds else [~d for d in diverged]
     with np.errstate(divide="ignore"):
         return tuple(np.array([np.exp(np.median(np.log(row[keep]))) if keep.any() else np.nan
-                               for row, keep in zip(r, ok)]) for r in ratios)
+                               for row, keep in zip(r, k)]) for r, k in zip(ratios, ok))
 
 
 def _remark(question: str, comp: dict, result: dict) -> str | None:
@@ -434,6 +437,33 @@ def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[di
     return pooled, Arm(base_parts[shared[0]]), Arm(var_parts.get(shared[0], next(iter(var_parts.values()))))
 
 
+def _on_seeds(record: dict, keep: list[int]) -> dict:
+    """A record cut down to the seeds at positions `keep`: its per-seed fields, and the outcomes over seeds
+    that an arm's summary reads recounted on them."""
+    cut = lambda table: {k: [v[i] for i in keep] for k, v in table.items()}  # noqa: E731
+    per_seed, explosion = cut(record["per_seed"]), record["explosion"]
+    finite = lambda key: [v for v in per_seed[key] if v is not None]  # noqa: E731
+    return {**record, "per_seed": per_seed,
+            "failure_rate": 1 - sum(per_seed["trained"]) / len(keep),
+            "converged": sum(s is not None for s in per_seed["steps_to_converge"]),
+            "quality": {**record["quality"], **{k: float(np.median(finite(k))) if finite(k) else None
+                                                for k in ("final_heldout_loss", "final_heldout_metric")}},
+            "explosion": {**explosion, "per_seed": cut(explosion["per_seed"]),
+                          **{k: [explosion[k][i] for i in keep] for k in ("e2e_ratio_init", "growth_init")
+                             if k in explosion}}}
+
+
+def _shared_seeds(base: list[dict], var: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Both arms on the seeds they share, when they ran different ones (a baseline run on more seeds than a
+    variant is compared on the variant's): their values then pair seed by seed."""
+    seeds = [rs[0]["per_seed"].get("seed") for rs in (base, var)]
+    if None in seeds or seeds[0] == seeds[1] or not set(seeds[0]) & set(seeds[1]):
+        return base, var
+    shared = [s for s in seeds[0] if s in set(seeds[1])]
+    return tuple([_on_seeds(r, [arm_seeds.index(s) for s in shared]) for r in rs]
+                 for rs, arm_seeds in zip((base, var), seeds))
+
+
 def _test_key(question: str, result: dict, values) -> tuple:
     """What makes two answers the same test: the question's measure and both arms' values."""
     return (question, result["what"], result["kind"], *(np.asarray(v, np.float64).tobytes() for v in values))
@@ -452,6 +482,7 @@ def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, 
             judged = comp.get("questions") or claim.get("judged_on") or list(JUDGED_BY_DEFAULT)
             row = {"claim": claim["id"], **comp, "judged": list(judged), "questions": {}}
             if base and var:
+                base, var = _shared_seeds(base, var)
                 questions, base_arm, var_arm = _pooled_questions(comp, base, var)
                 row["arms"] = {"baseline": base_arm.summary(), "variant": var_arm.summary()}
                 expected = 1 if comp["expect"] == "worse" else -1
