@@ -178,7 +178,11 @@ def test_results_file_is_strict_json(first_run, module_tmp):
 
 
 def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
+    stale = module_tmp / "a" / "plots" / "gone-failure.png"  # an experiment the results no longer hold
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"\x89PNG")
     path = report.write(module_tmp / "a")
+    assert not stale.exists()
     text = path.read_text()
     assert text.index("## Verdicts") < text.index("## Claim 7")
     assert "| 7. clipping cures explosion | **" in text and "| tiny | " in text

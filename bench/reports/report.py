@@ -155,7 +155,9 @@ def render_all(results_dirs: list, output) -> tuple[str, dict]:
 def write(results_dir, output=None, also=()) -> Path:
     """Writes the report (default DIR/REPORT.md) and its plots; returns the report's path.
 
-    `also`: further results directories, appended as sections "Beyond the article: NAME".
+    `also`: further results directories, appended as sections "Beyond the article: NAME". Each directory's
+    plots/ holds its report's figures: a figure the report no longer draws (of an experiment the results no
+    longer hold) is removed.
     """
     from bench.records.store import atomic_write
 
@@ -165,5 +167,10 @@ def write(results_dir, output=None, also=()) -> Path:
         Path(directory, "plots").mkdir(parents=True, exist_ok=True)
     for path, (fn, data, title, _caption) in jobs.items():
         fn(data, path, title)
+    drawn = {Path(path).resolve() for path in jobs}
+    for directory in (results_dir, *also):
+        for stale in Path(directory, "plots").glob("*.png"):
+            if stale.resolve() not in drawn:
+                stale.unlink()
     atomic_write(output, text + "\n")
     return output
