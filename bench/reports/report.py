@@ -102,7 +102,7 @@ def render(results_dir, output) -> tuple[str, dict]:
             f"comparison names the questions it is judged on (in bold below); only those enter the claim's "
             f"Holm correction and its verdict, the others (in italics) are descriptive, with an uncorrected p. "
             f"A judged answer gives the effect of the variant against the baseline (x: ratio of Hodges-Lehmann "
-            f"medians, +: difference, Δ: difference of rates) with its 95% interval, the p of an exact test over "
+            f"medians, + or -: difference, Δ: difference of rates) with its 95% interval, the p of an exact test over "
             f"seeds corrected within the claim, and its stability: the fraction of {stats.N_STABILITY} "
             f"resamples of the seeds that give the same answer ('no detectable effect' and 'not supported' "
             f"alike: both exclude the claimed effect). It is decisive only when p < "

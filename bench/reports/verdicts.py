@@ -24,10 +24,11 @@ def _answer(name: str, q: dict) -> str:
 
 
 def _effect(q: dict) -> str:
-    """Effect [95% CI] (x: ratio, +: difference, Δ: difference of rates); marked "≥" / "≤" (or "~", both
+    """Effect [95% CI] (x: ratio, a signed number: difference, Δ: difference of rates); marked "≥" / "≤" (or "~", both
     ways) where infinite values made it a bound."""
-    kind = "Δ" if q["kind"] == "rate" else "x" if q["log_scale"] else "+"
-    return f"{q.get('bound', '')}{kind}{q['effect']:.3g} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}]"
+    effect = (f"Δ{q['effect']:.3g}" if q["kind"] == "rate" else f"x{q['effect']:.3g}" if q["log_scale"]
+              else f"{q['effect']:+.3g}")
+    return f"{q.get('bound', '')}{effect} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}]"
 
 
 def _medians(q: dict) -> str:
