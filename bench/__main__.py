@@ -527,7 +527,8 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("dir", help="results directory (results.jsonl and suite.json)")
     rep.add_argument("--output", help="report path (default: DIR/REPORT.md)")
     rep.add_argument("--also", action="append", default=[], metavar="DIR",
-                     help="another results directory, appended as a section 'Beyond the article' (repeatable)")
+                     help="another results directory, appended as a section 'Beyond the article', its claims "
+                          "answered in the first page's table (repeatable)")
     rep.set_defaults(func=cmd_report)
     mrg = sub.add_parser("merge", help="merge the results directories of --shard i/n jobs")
     mrg.add_argument("out", help="output directory")

@@ -139,17 +139,38 @@ def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:
     return f"python -m bench run {suite_path}{flags} --out {os.path.relpath(results_dir, output.parent)}"
 
 
+GLANCE = "## Answers at a glance"
+
+
+def _glance_span(lines: list[str]) -> tuple[int, int] | None:
+    """Where a report's "Answers at a glance" section starts and ends (lines), if it has one."""
+    if GLANCE not in lines:
+        return None
+    start = lines.index(GLANCE)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start, end
+
+
 def render_all(results_dirs: list, output) -> tuple[str, dict]:
-    """The report of the first directory, then each further one as a section "Beyond the article: NAME"."""
+    """The report of the first directory, then each further one as a section "Beyond the article: NAME"; the
+    further ones' claims join the first page's "Answers at a glance" table (one row per claim, linked to its
+    section) instead of a table of their own."""
     text, jobs = render(results_dirs[0], output)
+    lines = text.splitlines()
     for extra in results_dirs[1:]:
         more, more_jobs = render(extra, output)
-        lines = more.splitlines()
-        title = lines[0].removeprefix("# Results: ")
-        demoted = ["#" + line if line.startswith("#") else line for line in lines[1:]]
-        text += "\n\n" + "\n".join([f"## Beyond the article: {title}", *demoted])
+        more_lines = more.splitlines()
+        main, theirs = _glance_span(lines), _glance_span(more_lines)
+        if main and theirs:
+            last_row = max(i for i in range(*main) if lines[i].startswith("| ["))
+            lines[last_row + 1:last_row + 1] = [line for line in more_lines[slice(*theirs)]
+                                                if line.startswith("| [")]
+            del more_lines[slice(*theirs)]
+        title = more_lines[0].removeprefix("# Results: ")
+        demoted = ["#" + line if line.startswith("#") else line for line in more_lines[1:]]
+        lines += ["", f"## Beyond the article: {title}", *demoted]
         jobs.update(more_jobs)
-    return text, jobs
+    return "\n".join(lines), jobs
 
 
 def write(results_dir, output=None, also=()) -> Path:
