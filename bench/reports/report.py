@@ -139,14 +139,11 @@ def reproduce_command(suite: dict, results_dir: Path, output: Path) -> str:
     return f"python -m bench run {suite_path}{flags} --out {os.path.relpath(results_dir, output.parent)}"
 
 
-GLANCE = "## Answers at a glance"
-
-
 def _glance_span(lines: list[str]) -> tuple[int, int] | None:
     """Where a report's "Answers at a glance" section starts and ends (lines), if it has one."""
-    if GLANCE not in lines:
+    if verdicts.GLANCE not in lines:
         return None
-    start = lines.index(GLANCE)
+    start = lines.index(verdicts.GLANCE)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     return start, end
 

@@ -38,6 +38,7 @@ def _medians(q: dict) -> str:
 
 
 DECISIVE = (claims_lib.SUPPORTED, claims_lib.CONTRADICTED)
+GLANCE = "## Answers at a glance"  # the heading of the first page's table, one row per claim
 
 
 def _anchor(title: str) -> str:
@@ -189,7 +190,7 @@ def caveats(thresholds: dict, rerun: list[str]) -> list[str]:
 def sections(judged: list[dict], records: list[dict], by_experiment: dict, thresholds: dict,
              rerun: list[str]) -> list[str]:
     """The report's part on the claims: answers at a glance, mitigations, caveats, verdicts, each claim."""
-    out = ["## Answers at a glance", "", *glance_table(judged, records), "",
+    out = [GLANCE, "", *glance_table(judged, records), "",
            "## Mitigations", "", "Every comparison whose claim expects the variant to be better, its arms "
            "side by side (diverged seeds at each learning rate of the grid; the tuned learning rate is the "
            "one with the lowest median validation loss).", "", *mitigations_table(judged, records), "",
