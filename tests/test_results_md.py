@@ -6,6 +6,7 @@ import pytest
 from bench.analysis import claims
 from bench.records import env, store
 from bench.reports import report
+from bench.reports.verdicts import _anchor as anchor
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "claims"
@@ -36,8 +37,7 @@ def test_every_claim_has_a_computed_verdict():
     glance = text.split("## Answers at a glance", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in glance.splitlines() if line.startswith("| [")]
     assert len(rows) == 18 and text.count("Answers at a glance") == 1
-    headings = {"#" + "".join(c for c in line.lstrip("#").strip().lower().replace(" ", "-") if c.isalnum() or c in "-_")
-                for line in text.splitlines() if line.startswith("#")}
+    headings = {anchor(line.lstrip("#").strip()) for line in text.splitlines() if line.startswith("#")}
     assert all(row.split("](", 1)[1].split(")", 1)[0] in headings for row in rows)
 
 

@@ -129,7 +129,13 @@ class Arm:
             edge = [c for v, c in zip(values, censored) if v == value and c]
             return value, edge[0] if edge else None
 
-        tuned, fastest = self.records[self.tuned_index()], self.records[self.fastest_index()]
+        tuned, fastest = self.tuned_index(), self.fastest_index()
+        converged = np.isfinite(self.per_seed("steps_to_converge")).sum(axis=0)
+
+        def present_median(key, index):  # over the seeds that have a value (a diverged seed has none)
+            column = self.per_seed(key)[:, index]
+            return float(np.nanmedian(column)) if (~np.isnan(column)).any() else None
+
         crit, crit_edge = censored_median(*metrics.critical_lr(self.lrs, self.flags("trained")))
         stable, stable_edge = censored_median(*metrics.stable_lr(self.lrs, self.flags("diverged")))
         return {
@@ -142,13 +148,13 @@ class Arm:
             "diverged": [int(r["per_seed"]["diverged"].count(True)) for r in self.records],
             "collapsed": [int(r["per_seed"]["collapsed"].count(True)) for r in self.records],
             "seeds": self.n_seeds,
-            "failure_rate": [r["failure_rate"] for r in self.records],
-            "tuned_lr": run_lr(tuned),
-            "tuned_converged": tuned["converged"],
-            "fastest_lr": run_lr(fastest),
-            "fastest_converged": fastest["converged"],
-            "tuned_heldout_loss": tuned["quality"]["final_heldout_loss"],
-            "tuned_heldout_metric": tuned["quality"]["final_heldout_metric"],
+            "failure_rate": (1 - self.flags("trained").mean(axis=0)).tolist(),
+            "tuned_lr": run_lr(self.records[tuned]),
+            "tuned_converged": int(converged[tuned]),
+            "fastest_lr": run_lr(self.records[fastest]),
+            "fastest_converged": int(converged[fastest]),
+            "tuned_heldout_loss": present_median("final_heldout_loss", tuned),
+            "tuned_heldout_metric": present_median("final_heldout_metric", tuned),
         }
 
 
@@ -438,16 +444,10 @@ def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[di
 
 
 def _on_seeds(record: dict, keep: list[int]) -> dict:
-    """A record cut down to the seeds at positions `keep`: its per-seed fields, and the outcomes over seeds
-    that an arm's summary reads recounted on them."""
+    """A record cut down to the seeds at positions `keep` (its per-seed fields: everything an arm reads)."""
     cut = lambda table: {k: [v[i] for i in keep] for k, v in table.items()}  # noqa: E731
-    per_seed, explosion = cut(record["per_seed"]), record["explosion"]
-    finite = lambda key: [v for v in per_seed[key] if v is not None]  # noqa: E731
-    return {**record, "per_seed": per_seed,
-            "failure_rate": 1 - sum(per_seed["trained"]) / len(keep),
-            "converged": sum(s is not None for s in per_seed["steps_to_converge"]),
-            "quality": {**record["quality"], **{k: float(np.median(finite(k))) if finite(k) else None
-                                                for k in ("final_heldout_loss", "final_heldout_metric")}},
+    explosion = record["explosion"]
+    return {**record, "per_seed": cut(record["per_seed"]),
             "explosion": {**explosion, "per_seed": cut(explosion["per_seed"]),
                           **{k: [explosion[k][i] for i in keep] for k in ("e2e_ratio_init", "growth_init")
                              if k in explosion}}}
