@@ -18,7 +18,11 @@ scales initialisations and per-group learning rates with d_model relative to
 base_width; muP also scales attention logits by 1/head_dim (times
 sqrt(base head_dim)) instead of 1/sqrt(head_dim). `dtype` sets the
 precision of activations, matrix products and the softmax (parameters stay
-float32; the output logits are cast to float32).
+float32; the output logits are cast to float32). `attention_dtype` ("compute":
+the same) computes the attention logits and their softmax in another
+precision: queries and keys are cast to it before their product, the
+probabilities back to `dtype` before they weight the values (float32 here is
+the usual mixed-precision upcast of the softmax).
 
 For gradient probes the "layers" of `forward` are the blocks: entry i is the
 residual stream after block i. `diagnostics` returns instability measures
@@ -66,6 +70,7 @@ class Config:
     parameterization: str = "standard"
     base_width: int = 64  # muP: the d_model at which it equals standard parameterisation
     dtype: str = "float32"
+    attention_dtype: str = "compute"
 
     CHOICES: ClassVar[dict] = {
         "activation": tuple(common.ACTIVATIONS),
@@ -73,6 +78,7 @@ class Config:
         "norm": ("pre", "post", "none"),
         "parameterization": tuple(common.PARAMETERIZATIONS),
         "dtype": tuple(common.DTYPES),
+        "attention_dtype": ("compute", *common.DTYPES),
     }
 
     def __post_init__(self):
@@ -109,6 +115,8 @@ class Attention(nnx.Module):
     def __init__(self, config: Config, rngs: nnx.Rngs):
         d, self.heads = config.d_model, config.heads
         self.head_dim = d // config.heads
+        self.logit_dtype = common.compute_dtype(
+            config.dtype if config.attention_dtype == "compute" else config.attention_dtype)
         self.qkv = Dense(d, 3 * d, "hidden", config, rngs)
         self.out = Dense(d, d, "hidden", config, rngs)
         self.q_norm = _norm(config, self.head_dim, rngs) if config.qk_norm else None
@@ -129,10 +137,11 @@ class Attention(nnx.Module):
     def __call__(self, x_BxTxD):
         b, t, d = x_BxTxD.shape
         q_BxTxHxE, k_BxSxHxE, v_BxSxHxE = self.queries_keys(x_BxTxD)
-        logits_BxHxTxS = jnp.einsum("bthe,bshe->bhts", q_BxTxHxE, k_BxSxHxE) * jnp.asarray(self.scale, q_BxTxHxE.dtype)
+        q_BxTxHxE, k_BxSxHxE = q_BxTxHxE.astype(self.logit_dtype), k_BxSxHxE.astype(self.logit_dtype)
+        logits_BxHxTxS = jnp.einsum("bthe,bshe->bhts", q_BxTxHxE, k_BxSxHxE) * jnp.asarray(self.scale, self.logit_dtype)
         causal_TxS = jnp.tril(jnp.ones((t, t), bool))
         probs_BxHxTxS = jax.nn.softmax(jnp.where(causal_TxS, logits_BxHxTxS, -jnp.inf), axis=-1)
-        out_BxTxD = jnp.einsum("bhts,bshe->bthe", probs_BxHxTxS, v_BxSxHxE).reshape(b, t, d)
+        out_BxTxD = jnp.einsum("bhts,bshe->bthe", probs_BxHxTxS.astype(v_BxSxHxE.dtype), v_BxSxHxE).reshape(b, t, d)
         # Diagnostics in float32 (they do not feed the loss).
         logits32 = logits_BxHxTxS.astype(jnp.float32)
         max_logit = jnp.max(jnp.where(causal_TxS, logits32, -jnp.inf))

@@ -256,6 +256,20 @@ def test_low_precision_programs_compute_in_that_dtype(dtype, family):
     assert set(dots) == {dtype}
 
 
+def test_attention_dtype_computes_only_the_attention_logits_in_it():
+    config = transformer.Config(layers=1, d_model=8, heads=2, dtype="float16", attention_dtype="float32")
+    model = transformer.Model(config, (4,), 5, sequence_output=True, rngs=nnx.Rngs(params=0))
+    jaxpr = jax.make_jaxpr(lambda x: model(x))(jnp.zeros((3, 4), jnp.int32)).jaxpr
+    dots = [([str(v.aval.dtype) for v in e.invars], e.outvars[0].aval.shape)
+            for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+    wide = [shape for dtypes, shape in dots if dtypes == ["float32", "float32"]]
+    assert wide == [(3, 2, 4, 4)]  # queries x keys: (batch, heads, queries, keys)
+    assert all(dtypes == ["float16", "float16"] for dtypes, shape in dots if shape != (3, 2, 4, 4))
+    assert len(dots) == 7  # q/k/v, logits, probabilities x values, output, MLP up and down, read-out
+    exps = [e.outvars[0].aval for e in jaxpr.eqns if e.primitive.name == "exp"]
+    assert any(a.shape == (3, 2, 4, 4) and str(a.dtype) == "float32" for a in exps)  # the softmax
+
+
 def test_probe_gives_one_entry_per_block_with_residual_stream_rms():
     task = {"name": "markov_lm", "vocab": 3, "length": 3, "batch_size": 2, "n_heldout": 2}
     model = {"family": "transformer",

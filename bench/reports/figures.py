@@ -13,6 +13,7 @@ import numpy as np
 
 from bench.analysis import claims as claims_lib
 from bench.reports import plots
+from bench.spec import schema
 
 _lr = claims_lib.run_lr
 
@@ -137,7 +138,7 @@ def _grid_map_jobs(experiment: str, slug: str, records: list[dict], factors) -> 
 
 def plot_jobs(experiment: str, records: list[dict], plot_dir: Path) -> dict[str, tuple]:
     """The experiment's figures: path -> (function, data, title, one-line caption)."""
-    slug = "".join(c if c.isalnum() else "-" for c in experiment).strip("-")
+    slug = schema.slug(experiment)
     factors = grid_factors(records)
     if factors:
         return {str(plot_dir / name): job for name, job in _grid_map_jobs(experiment, slug, records, factors).items()}

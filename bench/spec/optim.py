@@ -306,6 +306,9 @@ MITIGATIONS = {
     "parameterization": Mitigation("another parameterisation (standard, ntk, mup)",
                                    {"parameterization": Key(str)}, _model_keys),
     "dtype": Mitigation("another compute precision (float32, bfloat16, float16)", {"dtype": Key(str)}, _model_keys),
+    "attention_dtype": Mitigation("the attention logits and softmax in another precision (transformer; float32: "
+                                  "the usual upcast under a low-precision dtype)",
+                                  {"attention_dtype": Key(str, "float32")}, _model_keys),
     "combo": Mitigation("several mitigations at once, applied in order: apply = [{name = ...}, ...]",
                         {"apply": Key(list, of=dict, nonempty=True)}, _combo, lists=("apply",)),
 }

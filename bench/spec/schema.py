@@ -134,6 +134,11 @@ _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a s
 _PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings", dict: "tables"}
 
 
+def slug(name: str) -> str:
+    """An experiment's name as a file name (its plots'): letters and digits kept, every other character '-'."""
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
 def _name(typ) -> str:
     if isinstance(typ, tuple):
         return " or ".join(map(_name, typ))

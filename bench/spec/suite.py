@@ -34,7 +34,7 @@ from pathlib import Path
 
 from bench.spec import build, optim
 from bench.spec.claim_schema import validate_claims
-from bench.spec.schema import REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value
+from bench.spec.schema import REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value, slug
 from models import FAMILIES, common
 from tasks import TASKS
 
@@ -237,12 +237,13 @@ def _plan(path, key, config) -> dict:
 
 def _check_task_size(path, task_cfg: dict):
     """Refuses a task with an empty split or a trivial loss that is not above zero (every seed would fail)."""
+    import jax
     import numpy as np
 
     with np.errstate(all="ignore"):
         task = build.make_task(task_cfg)
     key = "task.n_train" if "n_train" in task_cfg else "task"
-    empty = [name for name, split in task.data.items() if min(len(a) for a in jax_leaves(split)) == 0]
+    empty = [name for name, split in task.data.items() if min(len(a) for a in jax.tree.leaves(split)) == 0]
     if empty:
         raise SuiteError(path, key, f"task {task_cfg['name']!r} has no examples in its {empty[0]!r} split; allowed: "
                          "a task large enough that every split holds examples (more n_train)")
@@ -250,15 +251,6 @@ def _check_task_size(path, task_cfg: dict):
         raise SuiteError(path, key, f"task {task_cfg['name']!r} has a trivial loss of {task.trivial_loss:g} (the loss "
                          "of its best constant predictor), so no run can be judged against it; allowed: a task whose "
                          "trivial loss is above zero (more n_train, or targets that vary)")
-
-
-def jax_leaves(tree) -> list:
-    """The arrays of a (nested) tuple, list or dict."""
-    if isinstance(tree, dict):
-        return [x for v in tree.values() for x in jax_leaves(v)]
-    if isinstance(tree, (tuple, list)):
-        return [x for v in tree for x in jax_leaves(v)]
-    return [tree]
 
 
 def canonical_section(source, section: str, table: dict) -> dict:
@@ -283,11 +275,6 @@ def _canonical(value):
     if isinstance(value, list):
         return [_canonical(v) for v in value]
     return value + 0.0 if isinstance(value, float) else value
-
-
-def slug(name: str) -> str:
-    """An experiment's name as a file name (its plots'): letters and digits kept, every other character '-'."""
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
 def cell_id(config: dict) -> str:
