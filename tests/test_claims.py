@@ -238,3 +238,16 @@ def test_a_baseline_on_more_seeds_pairs_with_a_variant_on_the_seeds_both_ran():
         r["per_seed"]["seed"] = list(range(100, 116))
     q = verdict(recs, claim(judged_on=None, questions=["init"]))["comparisons"][0]["questions"]["init"]
     assert q["n"] == [32, 16] and "signed-rank" not in q["test"]
+
+
+def test_an_arm_whose_mitigation_sets_its_learning_rate_is_read_at_the_rate_it_ran():
+    # The variant's cells sit on the grid at 0.01, 0.1 and 1 but run at ten times that (an `optimizer`
+    # mitigation with its own lr): its largest divergence-free rate is 1 as run, not 0.1 as on the grid.
+    base, cure = grid(BASE, 1.0), grid(CURE, 1.0)
+    for r in cure:
+        r["plan"] = {"optimizer": {"lr": r["config"]["optimizer"]["lr"] * 10}}
+    comp = verdict(base + cure)["comparisons"][0]
+    assert comp["arms"]["variant"]["lrs"] == pytest.approx([0.1, 1.0, 10.0])
+    assert comp["arms"]["baseline"]["lrs"] == pytest.approx([0.01, 0.1, 1.0])
+    q = comp["questions"]["trainability"]
+    assert q["effect"] == pytest.approx(10.0) and q["verdict"] == claims.SUPPORTED

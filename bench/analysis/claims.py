@@ -66,13 +66,14 @@ def _bools(record, key) -> np.ndarray:
 
 @dataclasses.dataclass
 class Arm:
-    """The cells of one arm (the same configuration over the learning-rate grid), sorted by learning rate."""
+    """The cells of one arm (the same configuration over the learning-rate grid), sorted by the learning rate
+    its runs used (a mitigation may set its own)."""
 
     records: list[dict]
 
     def __post_init__(self):
-        self.records = sorted(self.records, key=_lr)
-        self.lrs = np.array([_lr(r) for r in self.records])
+        self.records = sorted(self.records, key=run_lr)
+        self.lrs = np.array([run_lr(r) for r in self.records])
         self.trivial_loss = self.records[0]["thresholds"]["trivial_loss"]
         self.seeds = self.records[0]["per_seed"].get("seed")  # the same seeds in two arms: paired values
         self.n_seeds = len(self.records[0]["per_seed"]["trained"])

@@ -105,11 +105,12 @@ def matches(config: dict, selector: dict) -> bool:
 
 
 def _grid_lr(path, ckey, comp, sides, cells) -> float:
-    """The stated learning rate as it is on both arms' grids (each arm is read there, never at a neighbour)."""
+    """The stated learning rate as it is on both arms' grids, as run (a mitigation may set its own): each arm
+    is read there, never at a neighbour."""
     found = {}
     for side, experiment in sides.items():
         arm = [c for c in cells if c.experiment == experiment and matches(c.config, comp[side])]
-        grid = sorted({c.config["optimizer"]["lr"] for c in arm})
+        grid = sorted({c.plan["optimizer"]["lr"] for c in arm})
         same = [lr for lr in grid if math.isclose(lr, comp["lr"], rel_tol=1e-9)]
         if not same:
             raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not on the {side} arm's grid (experiment "
