@@ -334,7 +334,7 @@ def test_a_float_task_is_refused_not_read_as_tokens(tmp_path, capsys):
 def test_stability_suites_load_with_every_claim_selecting_cells(stability):
     large = suite.load(SUITES / "transformer_stability_large.toml")
     for loaded in (stability[0], large):
-        assert [c["id"] for c in loaded.claims] == ["T1", "T2", "T3", "T4", "T5", "T6"]
+        assert [c["id"] for c in loaded.claims] == ["T1", "T2", "T3", "T4", "T5", "T6", "T7"]
         for claim in loaded.claims:
             for comp in claim["comparison"]:
                 cells = [c for c in loaded.cells if c.experiment == comp["experiment"]]
