@@ -223,14 +223,19 @@ def test_the_report_counts_the_answers_a_perturbed_rerun_gives_differently(tmp_p
     judged = claims.verdicts(tables, grid(BASE, 0.1) + grid(CURE, 1.0))
     kept = replication.record(judged, [{}] * 6, 1e-6)
     assert [a["question"] for a in kept["answers"]] == ["init", "trainability"]
+    first = replication.lines(_write(tmp_path, kept), judged)[0]
     assert "0 of 2 judged answers differ from these (0 of them marked fragile in one run or both), and 0 of 1 " \
-        "claim verdicts" in replication.lines(_write(tmp_path, kept), judged)[0]
-    kept["answers"][1].update(verdict=claims.INCONCLUSIVE, stability=0.5)  # the rerun's trainability answer differs
+        "claim verdicts" in first
+    assert "effect lies inside this run's 95% interval in 2 of the 2 answers" in first
+    # The rerun's trainability answer differs, its effect outside this run's interval [10, 10].
+    kept["answers"][1].update(verdict=claims.INCONCLUSIVE, stability=0.5, effect=5.0, ci=[0.5, 12.0])
     kept["claims"][0]["verdict"] = claims.INCONCLUSIVE
     lines = replication.lines(_write(tmp_path, kept), judged)
     assert "1 of 2 judged answers differ from these (1 of them marked fragile in one run or both), and 1 of 1 " \
         "claim verdicts (1 in the verdict itself, 0 only in which regimes" in lines[0]
-    assert "trainability: supported here, inconclusive there (stability 1.00 / 0.50)" in lines[1]
+    assert "inside this run's 95% interval in 1 of the 2 answers" in lines[0]
+    assert lines[1].endswith("trainability: supported here (x10 [10, 10], stability 1.00), inconclusive there "
+                             "(x5 [0.5, 12], stability 0.50)")
     assert lines[2] == "  - claim c's verdict: supported here; inconclusive there"
     kept["claims"][0]["verdict"] = "depends: supported on init (x); contradicted on trainability (y)"
     judged[0]["verdict"] = "depends: supported on init (x)"

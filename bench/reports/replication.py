@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 from bench.analysis import claims as claims_lib
+from bench.reports.verdicts import effect_text
 
 FILE = "replication.json"
+EFFECT_KEYS = ("effect", "ci", "kind", "log_scale", "bound")  # what the report needs to print an answer's effect
 
 
 def _verdict_word(verdict: str) -> str:
@@ -26,6 +28,8 @@ def lines(results_dir: Path, judged: list[dict]) -> list[str]:
     mine = {(c["id"], i, name): q for c in judged for i, x in enumerate(c["comparisons"])
             for name, q in x["questions"].items() if q["judged"]}
     differ = [k for k, q in mine.items() if k in answers and answers[k]["verdict"] != q["verdict"]]
+    both = [k for k, q in mine.items() if q.get("effect") is not None and answers.get(k, {}).get("effect") is not None]
+    inside = [k for k in both if _inside(answers[k]["effect"], mine[k]["ci"])]
     warned = [k for k in differ if claims_lib.fragile(mine[k]) or claims_lib.fragile(answers[k])]
     verdicts = {c["claim"]: c["verdict"] for c in other["claims"]}
     changed = [c for c in judged if verdicts.get(c["id"], c["verdict"]) != c["verdict"]]
@@ -35,16 +39,30 @@ def lines(results_dir: Path, judged: list[dict]) -> list[str]:
              f"answers differ from these ({len(warned)} of them marked fragile in one run or both), and "
              f"{len(changed)} of {len(judged)} claim verdicts ({len(words)} in the verdict itself, "
              f"{len(changed) - len(words)} only in which regimes a \"depends\" names)."]
+    if both:
+        out[0] += (f" The rerun's effect lies inside this run's 95% interval in {len(inside)} of the {len(both)} "
+                   "answers both runs could estimate.")
     for key in differ:
         claim, comparison, question = key
         x = next(c for c in judged if c["id"] == claim)["comparisons"][comparison]
-        stabilities = [a.get("stability") for a in (mine[key], answers[key])]
-        shown = f" (stability {stabilities[0]:.2f} / {stabilities[1]:.2f})" if None not in stabilities else ""
+        here, there = (_answer(a) for a in (mine[key], answers[key]))
         out.append(f"  - claim {claim}, {x.get('regime') or x['experiment']}, {question}: "
-                     f"{mine[key]['verdict']} here, {answers[key]['verdict']} there{shown}")
+                     f"{mine[key]['verdict']} here{here}, {answers[key]['verdict']} there{there}")
     for c in changed:
         out.append(f"  - claim {c['id']}'s verdict: {c['verdict']} here; {verdicts[c['id']]} there")
     return out
+
+
+def _inside(effect: float, ci) -> bool:
+    """Whether an effect lies inside a 95% interval (ends included)."""
+    return ci is not None and ci[0] <= effect <= ci[1]
+
+
+def _answer(a: dict) -> str:
+    """ (effect [95% CI], stability S) of a judged answer, as much of it as is known."""
+    parts = [effect_text(a)] if a.get("effect") is not None and "kind" in a else []
+    parts += [f"stability {a['stability']:.2f}"] if a.get("stability") is not None else []
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def record(judged: list[dict], records: list[dict], init_perturbation: float) -> dict:
@@ -52,6 +70,6 @@ def record(judged: list[dict], records: list[dict], init_perturbation: float) ->
     return {"init_perturbation": init_perturbation, "cells": len(records),
             "claims": [{"claim": c["id"], "verdict": c["verdict"]} for c in judged],
             "answers": [{"claim": c["id"], "comparison": i, "question": name, "verdict": q["verdict"],
-                         "stability": q.get("stability")}
+                         "stability": q.get("stability"), **{k: q.get(k) for k in EFFECT_KEYS if k in q}}
                         for c in judged for i, x in enumerate(c["comparisons"])
                         for name, q in x["questions"].items() if q["judged"]]}

@@ -15,15 +15,15 @@ def _answer(name: str, q: dict) -> str:
     if q.get("p") is None:
         return f"{name}: {q['verdict']} ({q.get('note', '')})"
     if not q["judged"]:
-        return f"*{name}: {_effect(q)}, p={q['p']:.2g}*"
+        return f"*{name}: {effect_text(q)}, p={q['p']:.2g}*"
     if q["identical"] or "p_adjusted" not in q:
         return f"{name}: {q['verdict']} ({'identical in both arms' if q['identical'] else q.get('note', '')})"
     mark = " ⚠ fragile" if claims_lib.fragile(q) else ""
-    text = f"{name}: **{q['verdict']}**{mark}: {_effect(q)}, p={q['p_adjusted']:.2g}, stability {q['stability']:.2f}"
+    text = f"{name}: **{q['verdict']}**{mark}: {effect_text(q)}, p={q['p_adjusted']:.2g}, stability {q['stability']:.2f}"
     return text + (f"; {q['note']}" if q.get("note") else "")
 
 
-def _effect(q: dict) -> str:
+def effect_text(q: dict) -> str:
     """Effect [95% CI] (x: ratio, a signed number: difference, Δ: difference of rates); marked "≥" / "≤" (or "~", both
     ways) where infinite values made it a bound."""
     effect = (f"Δ{q['effect']:.3g}" if q["kind"] == "rate" else f"x{q['effect']:.3g}" if q["log_scale"]
@@ -61,7 +61,7 @@ def _headline(claim: dict) -> str:
     firm = [a for a in answers if a[2]["verdict"] in DECISIVE and not claims_lib.fragile(a[2])] or answers
     regime, name, q = min(firm, key=lambda a: (a[2].get("p_adjusted", a[2]["p"]), -abs(a[2]["effect_raw"])))
     seeds = "/".join(str(n) for n in dict.fromkeys(q["n"]))
-    return f"{regime}, {name} ({q['what'].split(';')[0]}): {_effect(q)}, {seeds} seeds"
+    return f"{regime}, {name} ({q['what'].split(';')[0]}): {effect_text(q)}, {seeds} seeds"
 
 
 def _can_decide(claim: dict, records: list[dict]) -> str:
@@ -146,7 +146,7 @@ def claim_section(claim: dict, by_experiment: dict) -> list[str]:
             "stability | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in claim["comparisons"]:
         for name, q in x["questions"].items():
-            effect = "–" if q.get("effect") is None else _effect(q)
+            effect = "–" if q.get("effect") is None else effect_text(q)
             p = "–" if q.get("p") is None else f"{q['p']:.2g}"
             adjusted = " | ".join(f"{q[k]:.2g}" if k in q else "–" for k in ("p_adjusted", "q_suite"))
             stability = f"{q['stability']:.2f}" if "stability" in q else "–"
