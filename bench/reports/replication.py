@@ -19,7 +19,8 @@ def _verdict_word(verdict: str) -> str:
 
 def lines(results_dir: Path, judged: list[dict]) -> list[str]:
     """How many answers and verdicts a perturbed rerun (`bench replicate`) gave differently, if one is recorded,
-    and which of the differing answers either run marked fragile."""
+    which of the differing answers either run marked fragile, and how many of the rerun's effects lie inside
+    this run's intervals."""
     path = results_dir / FILE
     if not path.is_file():
         return ["- No replication run is recorded beside these results (`python -m bench replicate`)."]
@@ -59,14 +60,15 @@ def _inside(effect: float, ci) -> bool:
 
 
 def _answer(a: dict) -> str:
-    """ (effect [95% CI], stability S) of a judged answer, as much of it as is known."""
+    """A judged answer's " (effect [95% CI], stability S)", as much of it as is known."""
     parts = [effect_text(a)] if a.get("effect") is not None and "kind" in a else []
     parts += [f"stability {a['stability']:.2f}"] if a.get("stability") is not None else []
     return f" ({', '.join(parts)})" if parts else ""
 
 
 def record(judged: list[dict], records: list[dict], init_perturbation: float) -> dict:
-    """What `bench replicate` keeps of a rerun: its judged answers (with their stability) and claim verdicts."""
+    """What `bench replicate` keeps of a rerun: its judged answers (with their effect, interval and stability)
+    and claim verdicts."""
     return {"init_perturbation": init_perturbation, "cells": len(records),
             "claims": [{"claim": c["id"], "verdict": c["verdict"]} for c in judged],
             "answers": [{"claim": c["id"], "comparison": i, "question": name, "verdict": q["verdict"],
