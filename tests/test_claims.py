@@ -251,3 +251,36 @@ def test_an_arm_whose_mitigation_sets_its_learning_rate_is_read_at_the_rate_it_r
     assert comp["arms"]["baseline"]["lrs"] == pytest.approx([0.01, 0.1, 1.0])
     q = comp["questions"]["trainability"]
     assert q["effect"] == pytest.approx(10.0) and q["verdict"] == claims.SUPPORTED
+
+
+def test_an_arm_whose_own_lr_repeats_over_the_grid_is_refused(tmp_path):
+    # A mitigation that sets its own lr runs every grid point at that lr: read as run, the arm would hold
+    # several cells at one learning rate, so the suite is refused, naming the comparison.
+    from bench.spec import suite
+    from bench.spec.schema import SuiteError
+
+    path = tmp_path / "own_lr.toml"
+    path.write_text("""
+[suite]
+name = "own_lr"
+seeds = 2
+steps = 5
+[task]
+name = "teacher_student"
+[model]
+family = "mlp"
+depth = 2
+width = 4
+[optimizer]
+name = "sgd"
+lr = [0.01, 0.1]
+[[experiment]]
+name = "e"
+mitigation = [{ name = "none" }, { name = "optimizer", optimizer = "adam", lr = 0.001 }]
+[[claim]]
+id = "1"
+comparison = [{ experiment = "e", baseline = { name = "none" }, variant = { name = "optimizer" }, expect = "better" }]
+""")
+    with pytest.raises(SuiteError, match=r"claim\[0\]\.comparison\[0\]\.variant.*several cells at one "
+                                         r"learning rate as run"):
+        suite.load(path)

@@ -237,6 +237,13 @@ def test_the_report_counts_the_answers_a_perturbed_rerun_gives_differently(tmp_p
     assert lines[1].endswith("trainability: supported here (x10 [10, 10], stability 1.00), inconclusive there "
                              "(x5 [0.5, 12], stability 0.50)")
     assert lines[2] == "  - claim c's verdict: supported here; inconclusive there"
+    # The same label, fragile in the rerun only: listed, not counted as a differing answer.
+    kept["answers"][1].update(verdict=claims.SUPPORTED, stability=0.6, effect=10.0, ci=[10.0, 10.0])
+    lines = replication.lines(_write(tmp_path, kept), judged)
+    assert "0 of 2 judged answers differ" in lines[0] and "1 more answer keeps its label but is fragile in one " \
+        "run only" in lines[0] and "in 2 of the 2 answers" in lines[0]
+    assert lines[1].endswith("trainability: supported in both, here (x10 [10, 10], stability 1.00), there "
+                             "(x10 [10, 10], stability 0.60)")
     kept["claims"][0]["verdict"] = "depends: supported on init (x); contradicted on trainability (y)"
     judged[0]["verdict"] = "depends: supported on init (x)"
     lines = replication.lines(_write(tmp_path, kept), judged)

@@ -361,7 +361,8 @@ def _questions(comp: dict, base: Arm, var: Arm) -> dict:
     if shared:
         where += " where neither arm diverged"  # how many seeds have one: counted once pooled
     out["training"] = dict(values=tuple(_gradient_values(v, gradient) for v in training),
-                           empty="no learning rate at which both arms ran without diverging",
+                           empty=("no learning rate at which both arms ran without diverging" if shared
+                                  else "the arms ran at no common learning rate"),
                            log_scale=True, worse_when=worse, censored=no_censoring,
                            what=f"{gradient}: end-to-end gradient {read} at {at:.0%} of training, {where}")
     (b_vals, b_cens), (v_vals, v_cens) = metric.values(base, lr), metric.values(var, lr)

@@ -3,6 +3,7 @@ says of them: which judged answers and claim verdicts came out differently."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from bench.analysis import claims as claims_lib
@@ -29,8 +30,11 @@ def lines(results_dir: Path, judged: list[dict]) -> list[str]:
     mine = {(c["id"], i, name): q for c in judged for i, x in enumerate(c["comparisons"])
             for name, q in x["questions"].items() if q["judged"]}
     differ = [k for k, q in mine.items() if k in answers and answers[k]["verdict"] != q["verdict"]]
-    both = [k for k, q in mine.items() if q.get("effect") is not None and answers.get(k, {}).get("effect") is not None]
-    inside = [k for k in both if _inside(answers[k]["effect"], mine[k]["ci"])]
+    # Same label, but fragile in one run only: a verdict that rests on the answer can change with it.
+    refragile = [k for k, q in mine.items() if k in answers and k not in differ
+                 and claims_lib.fragile(q) != claims_lib.fragile(answers[k])]
+    both = [k for k, q in mine.items() if _finite(q.get("effect")) and _finite(answers.get(k, {}).get("effect"))]
+    inside = [k for k in both if _inside(answers[k]["effect"], mine[k].get("ci"))]
     warned = [k for k in differ if claims_lib.fragile(mine[k]) or claims_lib.fragile(answers[k])]
     verdicts = {c["claim"]: c["verdict"] for c in other["claims"]}
     changed = [c for c in judged if verdicts.get(c["id"], c["verdict"]) != c["verdict"]]
@@ -40,23 +44,31 @@ def lines(results_dir: Path, judged: list[dict]) -> list[str]:
              f"answers differ from these ({len(warned)} of them marked fragile in one run or both), and "
              f"{len(changed)} of {len(judged)} claim verdicts ({len(words)} in the verdict itself, "
              f"{len(changed) - len(words)} only in which regimes a \"depends\" names)."]
+    if refragile:
+        kept = "answer keeps its label" if len(refragile) == 1 else "answers keep their label"
+        out[0] += f" {len(refragile)} more {kept} but {'is' if len(refragile) == 1 else 'are'} fragile in one run only."
     if both:
         out[0] += (f" The rerun's effect lies inside this run's 95% interval in {len(inside)} of the {len(both)} "
                    "answers both runs could estimate.")
-    for key in differ:
+    for key in differ + refragile:
         claim, comparison, question = key
         x = next(c for c in judged if c["id"] == claim)["comparisons"][comparison]
         here, there = (_answer(a) for a in (mine[key], answers[key]))
-        out.append(f"  - claim {claim}, {x.get('regime') or x['experiment']}, {question}: "
-                     f"{mine[key]['verdict']} here{here}, {answers[key]['verdict']} there{there}")
+        label = (f"{mine[key]['verdict']} here{here}, {answers[key]['verdict']} there{there}" if key in differ
+                 else f"{mine[key]['verdict']} in both, here{here}, there{there}")
+        out.append(f"  - claim {claim}, {x.get('regime') or x['experiment']}, {question}: {label}")
     for c in changed:
         out.append(f"  - claim {c['id']}'s verdict: {c['verdict']} here; {verdicts[c['id']]} there")
     return out
 
 
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _inside(effect: float, ci) -> bool:
-    """Whether an effect lies inside a 95% interval (ends included)."""
-    return ci is not None and ci[0] <= effect <= ci[1]
+    """Whether an effect lies inside a 95% interval (ends included, to rounding)."""
+    return ci is not None and (ci[0] <= effect <= ci[1] or any(math.isclose(effect, end, rel_tol=1e-9) for end in ci))
 
 
 def _answer(a: dict) -> str:

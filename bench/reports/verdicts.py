@@ -19,7 +19,8 @@ def _answer(name: str, q: dict) -> str:
     if q["identical"] or "p_adjusted" not in q:
         return f"{name}: {q['verdict']} ({'identical in both arms' if q['identical'] else q.get('note', '')})"
     mark = " ⚠ fragile" if claims_lib.fragile(q) else ""
-    text = f"{name}: **{q['verdict']}**{mark}: {effect_text(q)}, p={q['p_adjusted']:.2g}, stability {q['stability']:.2f}"
+    text = (f"{name}: **{q['verdict']}**{mark}: {effect_text(q)}, p={q['p_adjusted']:.2g}, "
+            f"stability {q['stability']:.2f}")
     return text + (f"; {q['note']}" if q.get("note") else "")
 
 
@@ -61,7 +62,8 @@ def _headline(claim: dict) -> str:
     firm = [a for a in answers if a[2]["verdict"] in DECISIVE and not claims_lib.fragile(a[2])] or answers
     regime, name, q = min(firm, key=lambda a: (a[2].get("p_adjusted", a[2]["p"]), -abs(a[2]["effect_raw"])))
     seeds = "/".join(str(n) for n in dict.fromkeys(q["n"]))
-    return f"{regime}, {name} ({q['what'].split(';')[0]}): {effect_text(q)}, {seeds} seeds"
+    mark = " ⚠ fragile" if claims_lib.fragile(q) else ""
+    return f"{regime}, {name} ({q['what'].split(';')[0]}): {effect_text(q)}{mark}, {seeds} seeds"
 
 
 def _can_decide(claim: dict, records: list[dict]) -> str:

@@ -77,17 +77,19 @@ def validate_claims(path, tables, cells) -> list[dict]:
                 if not any(matches(c.config, comp[side]) for c in in_exp):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects no cell of experiment "
                                      f"{experiment!r} (it is matched against the cells' mitigation)")
-                # One configuration per dataset over the grid (data_seed: the datasets are replicates).
-                lrs = [(c.config["task"].get("data_seed"), c.config["optimizer"]["lr"]) for c in in_exp
+                # One configuration per dataset over the learning rates as run (data_seed: the datasets are
+                # replicates; a mitigation that sets its own lr runs every grid point at it).
+                lrs = [(c.config["task"].get("data_seed"), c.plan["optimizer"]["lr"]) for c in in_exp
                        if matches(c.config, comp[side])]
                 if len(lrs) != len(set(lrs)):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
-                                     "rate; an arm is one configuration over the learning-rate grid (name every "
-                                     "mitigation parameter that varies)")
+                                     "rate as run; an arm is one configuration over the learning-rate grid (name "
+                                     "every mitigation parameter that varies; a mitigation that sets its own lr "
+                                     "belongs in an experiment whose grid has one point)")
             judged = comp["questions"] or claim["judged_on"]
             if "rate" in judged and comp["lr"] is None:
                 raise SuiteError(path, f"{ckey}.lr", "the rate question is judged at a stated learning rate; "
-                                 "allowed: a learning rate of both arms' grids")
+                                 "allowed: a learning rate of both arms' grids, as run")
             if comp["lr"] is not None:
                 comp["lr"] = _grid_lr(path, ckey, comp, sides, cells)
             if comp["experiment"] == sides["variant"] and comp["baseline"] == comp["variant"]:
@@ -113,7 +115,7 @@ def _grid_lr(path, ckey, comp, sides, cells) -> float:
         grid = sorted({c.plan["optimizer"]["lr"] for c in arm})
         same = [lr for lr in grid if math.isclose(lr, comp["lr"], rel_tol=1e-9)]
         if not same:
-            raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not on the {side} arm's grid (experiment "
+            raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not on the {side} arm's grid as run (experiment "
                              f"{experiment!r}: {', '.join(f'{x:g}' for x in grid)}); allowed: a learning rate of "
                              f"both arms' grids (baseline in {sides['baseline']!r}, variant in {sides['variant']!r})")
         found[side] = same[0]
