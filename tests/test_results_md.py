@@ -6,7 +6,7 @@ import pytest
 from bench.analysis import claims
 from bench.records import env, store
 from bench.reports import report
-from bench.reports.verdicts import _anchor as anchor
+from bench.reports.verdicts import anchor
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "claims"

@@ -47,13 +47,9 @@ SUPPORTED, CONTRADICTED, NO_EFFECT, INCONCLUSIVE = "supported", "contradicted", 
 NOT_SUPPORTED, DESCRIPTIVE = "not supported", "descriptive"
 
 
-def _lr(record) -> float:
-    return record["config"]["optimizer"]["lr"]
-
-
 def run_lr(record) -> float:
     """The learning rate a record's runs used: its plan's (a mitigation may set its own), else the grid's."""
-    return record.get("plan", {}).get("optimizer", {}).get("lr", _lr(record))
+    return record.get("plan", {}).get("optimizer", {}).get("lr", record["config"]["optimizer"]["lr"])
 
 
 def _as_float(values) -> np.ndarray:

@@ -42,7 +42,7 @@ DECISIVE = (claims_lib.SUPPORTED, claims_lib.CONTRADICTED)
 GLANCE = "## Answers at a glance"  # the heading of the first page's table, one row per claim
 
 
-def _anchor(title: str) -> str:
+def anchor(title: str) -> str:
     """GitHub's anchor of a Markdown heading."""
     return "#" + "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
@@ -89,7 +89,7 @@ def glance_table(judged: list[dict], records: list[dict]) -> list[str]:
     for c in judged:
         title = f"Claim {c['id']}: {c.get('title', '')}"
         fragile = f" ({len(c['fragile'])} fragile set aside)" if c["fragile"] else ""
-        lines.append(f"| [{c['id']}. {c.get('title', '')}]({_anchor(title)}) | **{c['verdict']}**{fragile} | "
+        lines.append(f"| [{c['id']}. {c.get('title', '')}]({anchor(title)}) | **{c['verdict']}**{fragile} | "
                      f"{_headline(c)} | {_can_decide(c, records)} |")
     return lines
 
@@ -165,7 +165,7 @@ def claim_section(claim: dict, by_experiment: dict) -> list[str]:
         selectors = [s for e, s in sides if e == experiment]
         recs = [r for r in by_experiment[experiment] if any(matches(r["config"], s) for s in selectors)]
         title = f"Experiment: {experiment}"
-        out += [f"Arms of [{experiment}]({_anchor(title)}):", "", *arms_table(recs), ""]
+        out += [f"Arms of [{experiment}]({anchor(title)}):", "", *arms_table(recs), ""]
     return out
 
 

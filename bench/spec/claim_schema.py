@@ -69,18 +69,16 @@ def validate_claims(path, tables, cells) -> list[dict]:
             ckey = f"{key}.comparison[{j}]"
             comp = check_table(path, ckey, comp_table, COMPARISON)
             check_choice(path, f"{ckey}.experiment", comp["experiment"], experiments)
-            in_exp = [c for c in cells if c.experiment == comp["experiment"]]
             sides = {"baseline": comp["experiment"], "variant": comp["variant_experiment"] or comp["experiment"]}
             for side, experiment in sides.items():
                 check_choice(path, f"{ckey}.variant_experiment", experiment, experiments)
-                in_exp = [c for c in cells if c.experiment == experiment]
-                if not any(matches(c.config, comp[side]) for c in in_exp):
+                arm = _arm(cells, experiment, comp[side])
+                if not arm:
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects no cell of experiment "
                                      f"{experiment!r} (it is matched against the cells' mitigation)")
                 # One configuration per dataset over the learning rates as run (data_seed: the datasets are
                 # replicates; a mitigation that sets its own lr runs every grid point at it).
-                lrs = [(c.config["task"].get("data_seed"), c.plan["optimizer"]["lr"]) for c in in_exp
-                       if matches(c.config, comp[side])]
+                lrs = [(c.config["task"].get("data_seed"), c.plan["optimizer"]["lr"]) for c in arm]
                 if len(lrs) != len(set(lrs)):
                     raise SuiteError(path, f"{ckey}.{side}", f"{comp[side]!r} selects several cells at one learning "
                                      "rate as run; an arm is one configuration over the learning-rate grid (name "
@@ -106,13 +104,17 @@ def matches(config: dict, selector: dict) -> bool:
     return all(mitigation.get(k) == v for k, v in selector.items())
 
 
+def _arm(cells, experiment: str, selector: dict) -> list:
+    """The cells of an experiment that a comparison's baseline or variant selector matches."""
+    return [c for c in cells if c.experiment == experiment and matches(c.config, selector)]
+
+
 def _grid_lr(path, ckey, comp, sides, cells) -> float:
     """The stated learning rate as it is on both arms' grids, as run (a mitigation may set its own): each arm
     is read there, never at a neighbour."""
     found = {}
     for side, experiment in sides.items():
-        arm = [c for c in cells if c.experiment == experiment and matches(c.config, comp[side])]
-        grid = sorted({c.plan["optimizer"]["lr"] for c in arm})
+        grid = sorted({c.plan["optimizer"]["lr"] for c in _arm(cells, experiment, comp[side])})
         same = [lr for lr in grid if math.isclose(lr, comp["lr"], rel_tol=1e-9)]
         if not same:
             raise SuiteError(path, f"{ckey}.lr", f"{comp['lr']:g} is not on the {side} arm's grid as run (experiment "
