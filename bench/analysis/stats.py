@@ -19,6 +19,10 @@ EXACT_MAX_SEEDS = 20  # sign patterns enumerated up to 2^20; beyond, MONTE_CARLO
 MONTE_CARLO = 200_000
 N_BOOTSTRAP = 2_000
 N_STABILITY = 200  # resamples of seeds behind an answer's stability
+# Values closer than this (relative to their magnitude) differ by the rounding of the analysis alone: the log and
+# exp of numpy differ in the last bits between CPUs (their SIMD kernels), while two runs' float32 numbers differ
+# by at least ~6e-8. Such values are one value, so zeros, ties and orderings are the same on every CPU.
+ROUNDING = 1e-11
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,6 +95,36 @@ def paired_hodges_lehmann(differences: np.ndarray):
     return np.median((differences[..., i] + differences[..., j]) / 2, axis=-1)
 
 
+def merge_rounding(x: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """x with every run of values that differ by rounding alone made equal to the run's smallest member.
+
+    Sorted neighbours are one value when their gap is at most ROUNDING times the larger magnitude (or times
+    `scale`, for differences of values of that magnitude, whose rounding follows the values, not the difference).
+    Infinite and NaN values are kept as they are.
+    """
+    x = np.array(x, np.float64)
+    finite = np.isfinite(x)
+    order = np.argsort(x[finite], kind="stable")
+    s = x[finite][order]
+    if s.size < 2:
+        return x
+    magnitude = np.maximum(np.abs(s[1:]), np.abs(s[:-1])) if scale is None else scale
+    starts = np.concatenate([[True], np.diff(s) > ROUNDING * magnitude])
+    merged = np.empty_like(s)
+    merged[order] = s[starts][np.cumsum(starts) - 1]
+    x[finite] = merged
+    return x
+
+
+def _paired_differences(b: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """v - b of values already merged by `merge_rounding`, with differences of equal size up to the rounding of
+    the values made equal (their ranks tie on every CPU); signs kept."""
+    d = v - b
+    both = np.abs(np.concatenate([b, v]))
+    scale = float(both[np.isfinite(both)].max(initial=0.0))
+    return np.sign(d) * merge_rounding(np.abs(d), scale=scale)
+
+
 def _finite(values: np.ndarray, both: np.ndarray) -> np.ndarray:
     """Infinite values replaced by the most extreme finite value of both arms (the effect becomes a bound)."""
     finite = both[np.isfinite(both)]
@@ -109,13 +143,12 @@ def _ordered(values: np.ndarray, both: np.ndarray) -> np.ndarray:
 
 
 def _fast_p(b: np.ndarray, v: np.ndarray, paired: bool, strata: np.ndarray | None = None) -> np.ndarray:
-    """Per row of resampled arms, the normal approximation of the same test (for stability only); `strata`:
-    each column's stratum (paired only)."""
+    """Per row of resampled arms, the normal approximation of the same test (for stability only). Paired: `v`
+    holds the rows of differences (`b` is unused) and `strata` each column's stratum."""
     with np.errstate(all="ignore"):
         if paired:  # the signed-rank statistic over its variance given the ranks (tie-corrected, zeros dropped)
-            d = v - b
-            ranks = _ranks(d, np.zeros(d.shape[-1], int) if strata is None else strata)
-            z = np.sum(np.sign(d) * ranks, -1) / np.sqrt(np.sum(ranks ** 2, -1))
+            ranks = _ranks(v, np.zeros(v.shape[-1], int) if strata is None else strata)
+            z = np.sum(np.sign(v) * ranks, -1) / np.sqrt(np.sum(ranks ** 2, -1))
             p = 2 * stats.norm.sf(np.abs(z))
         else:
             p = stats.mannwhitneyu(v, b, axis=-1, method="asymptotic").pvalue
@@ -158,7 +191,9 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     if log_scale:
         with np.errstate(divide="ignore"):
             b, v = np.log(b), np.log(v)
-    both = np.concatenate([b, v])
+    pooled = merge_rounding(np.concatenate([b, v]))  # ties within rounding: the same answer on every CPU
+    b, v = pooled[:len(b)], pooled[len(b):]
+    both = pooled
     bf, vf = _finite(b, both), _finite(v, both)
     # An infinite value (a run whose gradient overflowed, a seed that never converged) enters the effect as the
     # most extreme finite value of both arms: the effect and its interval are then bounds, not estimates.
@@ -167,10 +202,10 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     rng = np.random.default_rng(0)
     bo, vo = _ordered(b, both), _ordered(v, both)
     if paired:
-        d = vf - bf
+        d = _paired_differences(bf, vf)
         boots = paired_hodges_lehmann(d[_resample(len(d), strata, rng, N_BOOTSTRAP)])
         effect = float(paired_hodges_lehmann(d))
-        p, test = signed_rank_p(vo - bo, strata)
+        p, test = signed_rank_p(_paired_differences(bo, vo), strata)
     else:
         boots = hodges_lehmann(rng.choice(bf, (N_BOOTSTRAP, len(bf))), rng.choice(vf, (N_BOOTSTRAP, len(vf))))
         effect = float(hodges_lehmann(bf, vf))
@@ -230,11 +265,13 @@ def resamples(result: dict, n: int = N_STABILITY) -> dict[str, np.ndarray]:
     bf, vf, bo, vo, strata = result["_resample"]
     ib = _resample(len(bf), strata, rng, n)  # within strata: resampled columns are grouped by stratum
     iv = ib if result["paired"] else rng.integers(0, len(vf), (n, len(vf)))
+    order_strata = None if strata is None else np.sort(strata)
     if result["paired"]:
-        effect = paired_hodges_lehmann(vf[iv] - bf[ib])
+        effect = paired_hodges_lehmann(_paired_differences(bf, vf)[ib])
+        p = _fast_p(None, _paired_differences(bo, vo)[ib], True, order_strata)
     else:
         effect = hodges_lehmann(bf[ib], vf[iv])
-    p = _fast_p(bo[ib], vo[iv], result["paired"], None if strata is None else np.sort(strata))
+        p = _fast_p(bo[ib], vo[iv], False)
     shift = effect - result["effect_raw"]
     return {"effect": effect, "low": result["ci_raw"][0] + shift, "high": result["ci_raw"][1] + shift, "p": p}
 
