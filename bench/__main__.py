@@ -302,32 +302,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_replicate(args) -> int:
-    """Keeps a perturbed rerun's judged answers beside the results they replicate (read by the report)."""
-    import json
-
-    from bench.analysis import claims
-    from bench.records import store
-    from bench.reports import replication
-
-    for directory in (args.dir, args.rerun):
-        if not (Path(directory) / store.RESULTS_FILE).is_file():
-            raise UsageError(f"{directory}: no results.jsonl here (run `python -m bench run` first)")
-    suite, rerun_suite = store.read_suite(Path(args.dir)), store.read_suite(Path(args.rerun))
-    eps = rerun_suite["settings"].get("init_perturbation", 0.0)
-    if not eps:
-        raise UsageError(f"{args.rerun}: suite.json: settings.init_perturbation is 0; allowed: a rerun made with "
-                         "`bench run --set init_perturbation=EPS` (EPS > 0)")
-    if rerun_suite["claims"] != suite["claims"]:
-        raise UsageError(f"{args.rerun}: suite.json: claims differ from those of {args.dir}; allowed: the same suite")
-    records = store.read_results(Path(args.rerun))
-    judged = claims.verdicts(rerun_suite["claims"], records, min_effect=rerun_suite["settings"].get("min_effect", 1.25))
-    path = Path(args.dir) / replication.FILE
-    store.atomic_write(path, json.dumps(replication.record(judged, records, eps), indent=1) + "\n")
-    print(path)
-    return 0
-
-
 def cmd_reproduce(args) -> int:
     import tempfile
 
@@ -591,11 +565,6 @@ def parser() -> argparse.ArgumentParser:
     rpr.add_argument("--quiet", action="store_true", help="no progress display")
     rpr.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
     rpr.set_defaults(func=cmd_reproduce)
-    rep = sub.add_parser("replicate", help="keep a perturbed rerun's answers beside the results (RESULTS.md counts "
-                         "the answers and verdicts that differ)")
-    rep.add_argument("dir", help="the results directory the report is made from")
-    rep.add_argument("rerun", help="a run of the same suite with --set init_perturbation=EPS")
-    rep.set_defaults(func=cmd_replicate)
     per = sub.add_parser("peers", help="the suite vs an idiomatic PyTorch eager loop on the same cases (seed-steps/s)",
                          description="Needs PyTorch (pip install 'gradbench[peers]'); without it, one line says "
                                      f"it was skipped. Exit status: 0 compared, {PEERS_SKIPPED} skipped (no PyTorch), "

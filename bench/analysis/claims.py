@@ -1,31 +1,19 @@
-"""Statistical verdicts on the suite's claims, computed from results records (docs/METHODS.md, "Claims").
+"""Verdicts on a suite's pre-registered claims, computed from results records (docs/METHODS.md, "Claims").
 
-A claim (a `[[claim]]` table of a suite) holds comparisons; each compares a
-baseline arm of an experiment with a variant arm of the same experiment (or of
-`variant_experiment`, say an optimiser swept over its own learning-rate range). An *arm* is the set of
-cells selected by a mitigation selector: the same configuration at every
-learning rate of the grid, trained on the same seeds. A comparison answers the
-questions of QUESTIONS (bench/spec/claim_schema.py, which validates the tables):
+Each claim (a `[[claim]]` table, validated by bench/spec/claim_schema.py) asks
+one primary question: a baseline arm against a variant arm on one measure of
+MEASURES, where the claim expects the variant to be worse or better. An *arm*
+is one configuration over its learning-rate grid, trained on the same seeds as
+the other arm (values pair seed by seed), possibly over several datasets
+(strata) and replicate blocks.
 
-- `init`: the gradient at initialisation, the per-seed end-to-end ratio
-  ||dL/dh_first|| / ||dL/dh_last||, read as the comparison's `gradient` says:
-  explosion (a larger ratio is worse), vanishing (a smaller one is worse) or
-  either (the distance from 1, max(r, 1/r), is worse);
-- `training`: the same at the fraction `at` of the budget, at the stated
-  learning rate `lr`, else per seed the median over the learning rates both
-  arms' grids hold (the same rates in both arms, none chosen by the outcome),
-  leaving out the rates where either arm's run of the seed diverged;
-- `trainability`: a per-seed summary over the learning-rate grid, `metric`
-  (default the divergence-free learning rate);
-- `rate`: the divergence or failure rate (`rate`) over seeds at the stated `lr`;
-- `symmetry`: the per-seed kernel rank at initialisation (a lower one is worse).
-
-The comparison's `questions` (default: its claim's `judged_on`) are *judged*:
-only they enter the claim's multiplicity correction and its verdict; the
-others are reported as descriptive. Seeds are never pooled over the grid:
-every test compares one value per seed and arm; arms trained on the same
-seeds are paired seed by seed, on the seeds both ran where one arm ran more
-(bench/analysis/stats.py names each test).
+The answer is one word of a small vocabulary, from the effect's interval, an
+exact test and a margin (`word`): yes, no, negligible, opposite, unsettled;
+or degenerate, when the comparison cannot be made (an arm that fails on every
+seed at every learning rate, both arms censored at one end of the grid). The
+primary question is answered on the pooled seeds and again on each replicate
+block; the verdict is settled only when every block gives the pooled word.
+Secondary questions are answered the same way and decide nothing.
 """
 from __future__ import annotations
 
@@ -38,13 +26,12 @@ import numpy as np
 from bench.analysis import stats
 from bench.records import metrics
 from bench.records.cell import read_extended
-from bench.spec.claim_schema import JUDGED_BY_DEFAULT, matches
+from bench.spec.claim_schema import matches
 
 ALPHA = 0.05
-STABLE = 0.8  # an answer reproduced by fewer of the resamples of seeds than this is fragile
-MIN_RATE_EFFECT = 0.25  # the smallest difference of rates a `rate` answer counts as an effect
-SUPPORTED, CONTRADICTED, NO_EFFECT, INCONCLUSIVE = "supported", "contradicted", "no detectable effect", "inconclusive"
-NOT_SUPPORTED, DESCRIPTIVE = "not supported", "descriptive"
+MIN_RATE_EFFECT = 0.25  # the margin of a difference of shares (reach, divergence)
+YES, NO, NEGLIGIBLE, OPPOSITE, UNSETTLED, DEGENERATE = "yes", "no", "negligible", "opposite", "unsettled", "degenerate"
+WORDS = (YES, NO, NEGLIGIBLE, OPPOSITE, UNSETTLED, DEGENERATE)
 
 
 def run_lr(record) -> float:
@@ -58,6 +45,11 @@ def _as_float(values) -> np.ndarray:
 
 def _bools(record, key) -> np.ndarray:
     return np.asarray(record["per_seed"][key], bool)
+
+
+def reached(record) -> np.ndarray:
+    """Per seed, whether the run reached the task's target (its smoothed training loss) and did not diverge."""
+    return (_as_float(record["per_seed"]["steps_to_converge"]) >= 0) & ~_bools(record, "diverged")
 
 
 @dataclasses.dataclass
@@ -82,33 +74,19 @@ class Arm:
         """seeds x learning rates of a per-seed boolean field (trained, diverged, collapsed)."""
         return np.stack([_bools(r, key) for r in self.records], axis=1)
 
+    def reach(self) -> np.ndarray:
+        """seeds x learning rates: reached the target."""
+        return np.stack([reached(r) for r in self.records], axis=1)
+
     def tuned_index(self) -> int:
         """The grid index with the lowest median validation loss over seeds (a failed seed counts as infinity)."""
         losses = np.where(self.flags("trained"), self.per_seed("final_validation_loss"), np.inf)
         losses = np.where(np.isnan(losses), np.inf, losses)
         return int(np.argmin(np.quantile(losses, 0.5, axis=0, method="lower")))
 
-    def fastest_index(self) -> int:
-        """The grid index where the most seeds reach the target (ties: the fewest median steps, then the lower
-        learning rate): the arm's best learning rate for convergence."""
-        steps = self.per_seed("steps_to_converge")
-        steps = np.where(np.isnan(steps), np.inf, steps)
-        converged = np.isfinite(steps).sum(axis=0)
-        median = np.quantile(steps, 0.5, axis=0, method="lower")
-        return min(range(len(self.lrs)), key=lambda i: (-converged[i], median[i], i))
-
-    def seed_tuned(self) -> np.ndarray:
-        """Per seed, the grid index of its own lowest validation loss (a failed run counts as infinity; a seed
-        that failed everywhere: the lowest learning rate)."""
-        losses = np.where(self.flags("trained"), self.per_seed("final_validation_loss"), np.inf)
-        return np.argmin(np.where(np.isnan(losses), np.inf, losses), axis=1)
-
-    def read(self, fn: Callable[[dict], np.ndarray], lr: float | None) -> np.ndarray:
-        """Per-seed values fn(record) at the stated learning rate, else each seed's at its own tuned one."""
-        if lr is not None:
-            return fn(self.at(lr))
-        table = np.stack([fn(r) for r in self.records], axis=1)
-        return table[np.arange(self.n_seeds), self.seed_tuned()]
+    def never_trains(self) -> bool:
+        """Whether every seed failed (diverged or collapsed) at every learning rate."""
+        return not self.flags("trained").any()
 
     def at(self, lr: float) -> dict:
         """The record at a stated learning rate of the grid."""
@@ -117,8 +95,18 @@ class Arm:
             raise ValueError(f"learning rate {lr:g} is not on the arm's grid {self.lrs.tolist()}")
         return self.records[index[0]]
 
+    def read_at(self, lr: float | None) -> dict:
+        """The record at the stated learning rate, else at the arm's tuned one."""
+        return self.at(lr) if lr is not None else self.records[self.tuned_index()]
+
+    def reach_range(self) -> float:
+        """The width in decades of the learning rates at which at least half the seeds reach the target (each
+        grid point one grid step; 0: none)."""
+        half = self.reach().mean(axis=0) >= 0.5
+        return float(metrics.trained_width_decades(self.lrs, half[None, :])[0])
+
     def summary(self) -> dict:
-        """Trainability over the grid: medians of the per-seed summaries, outcomes and the tuned quality."""
+        """Trainability over the grid: outcomes per learning rate, the tuned learning rate and what it reached."""
         median = lambda x: float(np.quantile(x, 0.5, method="lower"))  # noqa: E731
 
         def censored_median(values, censored):
@@ -126,33 +114,41 @@ class Arm:
             edge = [c for v, c in zip(values, censored) if v == value and c]
             return value, edge[0] if edge else None
 
-        tuned, fastest = self.tuned_index(), self.fastest_index()
-        converged = np.isfinite(self.per_seed("steps_to_converge")).sum(axis=0)
+        tuned = self.tuned_index()
+        at_tuned = self.records[tuned]
 
-        def present_median(key, index):  # over the seeds that have a value (a diverged seed has none)
-            column = self.per_seed(key)[:, index]
+        def present_median(key):  # over the seeds that have a value (a diverged seed has none)
+            column = _as_float(at_tuned["per_seed"][key])
             return float(np.nanmedian(column)) if (~np.isnan(column)).any() else None
 
+        steps = _as_float(at_tuned["per_seed"]["steps_to_converge"])
         crit, crit_edge = censored_median(*metrics.critical_lr(self.lrs, self.flags("trained")))
         stable, stable_edge = censored_median(*metrics.stable_lr(self.lrs, self.flags("diverged")))
         return {
             "lrs": self.lrs.tolist(),
+            "run_steps_per_s": _median_of([r["throughput"].get("run_steps_per_s") for r in self.records]),
             "critical_lr": crit, "critical_lr_censored": crit_edge,
             "stable_lr": stable, "stable_lr_censored": stable_edge,
-            "lr_sensitivity": median(metrics.lr_sensitivity(self.per_seed("final_validation_loss"),
-                                                             self.trivial_loss)),
             "trained_decades": median(metrics.trained_width_decades(self.lrs, self.flags("trained"))),
+            "reach_decades": self.reach_range(),
             "diverged": [int(r["per_seed"]["diverged"].count(True)) for r in self.records],
             "collapsed": [int(r["per_seed"]["collapsed"].count(True)) for r in self.records],
+            "reached": self.reach().sum(axis=0).tolist(),
             "seeds": self.n_seeds,
-            "failure_rate": (1 - self.flags("trained").mean(axis=0)).tolist(),
-            "tuned_lr": run_lr(self.records[tuned]),
-            "tuned_converged": int(converged[tuned]),
-            "fastest_lr": run_lr(self.records[fastest]),
-            "fastest_converged": int(converged[fastest]),
-            "tuned_heldout_loss": present_median("final_heldout_loss", tuned),
-            "tuned_heldout_metric": present_median("final_heldout_metric", tuned),
+            "tuned_lr": run_lr(at_tuned),
+            "tuned_reached": int(reached(at_tuned).sum()),
+            "tuned_diverged": int(_bools(at_tuned, "diverged").sum()),
+            "tuned_steps": float(np.quantile(np.where(np.isnan(steps), np.inf, steps), 0.5, method="lower")),
+            "tuned_heldout_loss": present_median("final_heldout_loss"),
+            "tuned_heldout_metric": present_median("final_heldout_metric"),
+            "lr_sensitivity": median(metrics.lr_sensitivity(self.per_seed("final_validation_loss"),
+                                                             self.trivial_loss)),
         }
+
+
+def _median_of(values) -> float | None:
+    values = [v for v in values if v]
+    return float(sorted(values)[(len(values) - 1) // 2]) if values else None
 
 
 def e2e_ratio(record: dict, fraction: float) -> np.ndarray:
@@ -160,227 +156,64 @@ def e2e_ratio(record: dict, fraction: float) -> np.ndarray:
 
     A ratio that is not a number is read from the layers' gradients: no gradient at the input side (0/0
     included: every gradient zero) is total vanishing, ratio 0; a gradient that is not finite is explosion,
-    ratio infinity.
+    ratio infinity. At initialisation, an infinite ratio whose output-side gradient is exactly zero is
+    underflow, not explosion: NaN (no value).
     """
     k = record["explosion"]["fractions"].index(fraction)
     per_seed = record["explosion"]["per_seed"]
     values = np.array([read_extended(row[k]) for row in per_seed["e2e_ratio"]])
     growth = np.array([read_extended(row[k]) for row in per_seed["growth_per_layer"]])
-    return np.where(np.isnan(values), np.where(growth == 0.0, 0.0, np.inf), values)
-
-
-def _gradient_values(ratio: np.ndarray, gradient: str) -> np.ndarray:
-    """The ratio as the comparison reads it: explosion and vanishing the ratio itself, either max(r, 1/r)."""
-    if gradient != "either":
-        return ratio
-    with np.errstate(divide="ignore"):
-        return np.exp(np.abs(np.log(ratio)))
-
-
-def _heldout(record) -> np.ndarray:
-    """Per-seed held-out loss; a failed seed keeps its own loss capped at the trivial loss (not a number ->
-    the trivial loss), as learning-rate sensitivity counts it."""
-    raw = _as_float(record["per_seed"]["final_heldout_loss"])
-    trivial = record["thresholds"]["trivial_loss"]
-    failed = np.where(np.isfinite(raw), np.minimum(raw, trivial), trivial)
-    return np.where(_bools(record, "trained") & np.isfinite(raw), raw, failed)
-
-
-def _steps(record):
-    steps = _as_float(record["per_seed"]["steps_to_converge"])
-    return np.where(np.isnan(steps), np.inf, steps)
-
-
-def _gap(record):
-    ps = record["per_seed"]
-    gap = _as_float(ps["final_heldout_loss"]) - _as_float(ps["final_train_loss"])
-    return np.where(_bools(record, "trained"), gap, np.nan)
-
-
-def _recorded(record, key):
-    """A per-seed model diagnostic of every seed, trained or not (None, a non-finite value, -> inf)."""
-    values = _as_float(record["per_seed"][key])
-    return np.where(np.isnan(values), np.inf, values)
-
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-    """A trainability metric: per-seed values of an arm at a learning rate (or over the grid)."""
-
-    values: Callable[[Arm, float | None], tuple[np.ndarray, list]]  # -> (values, censoring per seed)
-    worse_when: int  # +1: a higher value is worse; -1: lower is worse
-    log_scale: bool  # effect as a ratio (True) or a difference (False)
-    description: str
-    # The minimum effect of a difference (log_scale False), given the suite's min_effect, the baseline's median
-    # and the trivial loss; default (min_effect - 1) x the baseline's median, at least 1% of the trivial loss.
-    min_difference: Callable[[float, float | None, float], float] | None = None
-
-
-def _grid_metric(fn):
-    def values(arm, lr):
-        del lr  # a summary over the whole grid
-        values, censored = fn(arm)
-        return np.array(values, np.float64), list(censored)
+    values = np.where(np.isnan(values), np.where(growth == 0.0, 0.0, np.inf), values)
+    if k == 0 and "log10_preact_grad_init" in per_seed:
+        underflow = np.array([any(read_extended(v) == -math.inf for v in row)
+                              for row in per_seed["log10_preact_grad_init"]])
+        values = np.where(np.isposinf(values) & underflow, np.nan, values)
     return values
 
 
-def _record_metric(fn):
-    return lambda arm, lr: (arm.read(fn, lr), [None] * arm.n_seeds)
+# Measures -------------------------------------------------------------------------------------------------
 
 
-def _fewest_steps(arm, lr):
-    """Steps to the target at the stated learning rate, else each seed's fewest over the grid."""
-    steps = _steps(arm.at(lr)) if lr is not None else np.min(np.stack([_steps(r) for r in arm.records]), axis=0)
-    return steps, [None] * arm.n_seeds
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """What a question compares: per-seed values of each arm, and how to read them.
 
-
-# The metrics a comparison may name; their names are the claim schema's METRIC_NAMES, in the same order.
-METRICS = {
-    "stable_lr": Metric(_grid_metric(lambda a: metrics.stable_lr(a.lrs, a.flags("diverged"))), -1, True,
-                        "per seed, the largest grid learning rate below its first divergence"),
-    "critical_lr": Metric(_grid_metric(lambda a: metrics.critical_lr(a.lrs, a.flags("trained"))), -1, True,
-                          "per seed, the largest grid learning rate at and below which it trained"),
-    "trained_decades": Metric(
-        _grid_metric(lambda a: (metrics.trained_width_decades(a.lrs, a.flags("trained")), [None] * a.n_seeds)),
-        -1, False, "per seed, the width in decades of the learning rates at which it trained",
-        min_difference=lambda min_effect, base, trivial: math.log10(min_effect)),
-    "lr_sensitivity": Metric(
-        lambda arm, lr: (metrics.lr_sensitivity(arm.per_seed("final_validation_loss"), arm.trivial_loss)
-                         / arm.trivial_loss, [None] * arm.n_seeds), +1, True,
-        "per seed, Wortsman et al.'s learning-rate sensitivity of the validation loss / trivial loss"),
-    "tuned_heldout_loss": Metric(_record_metric(_heldout), +1, True,
-                                 "held-out loss at each seed's tuned (or the stated) learning rate; a failed "
-                                 "seed's own loss capped at the trivial loss"),
-    "steps_to_converge": Metric(_record_metric(_steps), +1, True,
-                                "steps to the target at each seed's tuned (or the stated) learning rate; never = inf"),
-    "steps_at_fastest_lr": Metric(
-        _fewest_steps, +1, True,
-        "per seed, the fewest steps to the target over the grid (at its fastest learning rate) or at the stated "
-        "one; never = inf"),
-    "generalization_gap": Metric(_record_metric(_gap), +1, False,
-                                 "held-out minus training loss at each seed's tuned (or the stated) learning "
-                                 "rate, trained seeds"),
-    "max_attn_logit": Metric(_record_metric(lambda r: _recorded(r, "max_attn_logit")), +1, True,
-                             "largest attention logit during training at each seed's tuned (or the stated) "
-                             "learning rate; overflow = inf"),
-    "max_abs_log_z": Metric(_record_metric(lambda r: _recorded(r, "max_abs_log_z")), +1, True,
-                            "largest mean |log Z| of the output softmax during training at each seed's tuned "
-                            "(or the stated) learning rate; overflow = inf"),
-    "grad_zero_fraction": Metric(
-        _record_metric(lambda r: _recorded(r, "grad_zero_fraction")), +1, False,
-        "largest fraction of exactly-zero gradient entries in a step (underflow) at each seed's tuned (or the "
-        "stated) learning rate",
-        min_difference=lambda min_effect, base, trivial: max(abs(base or 0.0), 0.01) * (min_effect - 1)),
-}
-
-
-def _min_difference(metric: Metric | None, min_effect: float, result: dict, trivial_loss: float) -> float:
-    """The minimum effect of a difference: see Metric.min_difference."""
-    base_median = result["median"][0]
-    base = base_median if base_median is not None and math.isfinite(base_median) else None
-    if metric is not None and metric.min_difference is not None:
-        return metric.min_difference(min_effect, base, trivial_loss)
-    return max(abs(base) if base is not None else 0.0, 0.01 * trivial_loss) * (min_effect - 1)
-
-
-def judge(result: dict, expected_sign: int, threshold: float, alpha: float = ALPHA) -> str:
-    """The verdict of one judged answer, given its corrected p-value."""
-    if result.get("p") is None or result.get("note"):
-        return INCONCLUSIVE
-    if result.get("identical"):
-        return NO_EFFECT
-    return _answer(result["effect_raw"], *result["ci_raw"], result["p_adjusted"], result.get("bound", ""),
-                   expected_sign, threshold, alpha)
-
-
-def _answer(effect: float, low: float, high: float, p_adjusted: float, bound: str, expected_sign: int,
-            threshold: float, alpha: float) -> str:
-    """The verdict of an effect, its interval and its corrected p-value.
-
-    Effects that are bounds (an infinite value in an arm) are decisive only where the bound does not point
-    towards no effect, and are never "no detectable effect" or "not supported" on the side the bound leaves open.
+    `values(base, var, q)` returns (baseline values, variant values, censoring of each arm's median seed or
+    None, what was measured). `rate`: the values are per-seed events (a share is compared); else numbers,
+    compared as ratios (`log_scale`) or differences. `worse_when`: +1 a larger value is worse, -1 a smaller.
+    `training`: the measure needs arms that train (an arm that fails everywhere makes it degenerate).
+    `grid`: a per-seed value on the learning-rate grid (its effect is a whole number of grid steps).
     """
-    open_up, open_down = bound in ("≥", "~"), bound in ("≤", "~")
-    towards_zero = (effect > 0 and open_down and not open_up) or (effect < 0 and open_up and not open_down)
-    if p_adjusted < alpha and abs(effect) >= threshold and effect != 0 and not towards_zero:
-        return SUPPORTED if np.sign(effect) == expected_sign else CONTRADICTED
-    claimed_open = open_up if expected_sign > 0 else open_down
-    other_open = open_down if expected_sign > 0 else open_up
-    claimed_end = high if expected_sign > 0 else -low
-    other_end = -low if expected_sign > 0 else high
-    if claimed_end < threshold and not claimed_open:
-        return NO_EFFECT if other_end < threshold and not other_open else NOT_SUPPORTED
-    return INCONCLUSIVE
+
+    values: Callable
+    worse_when: int
+    log_scale: bool = True
+    rate: bool = False
+    training: bool = True
+    grid: bool = False
+    margin: Callable[[float, float], float] | None = None  # (min_effect, trivial loss) -> margin of a difference
 
 
-# What stability compares: "no detectable effect" and "not supported" both exclude the claimed effect, and
-# differ only in whether the opposite one is excluded too.
-_OUTCOME = {NO_EFFECT: "claimed effect excluded", NOT_SUPPORTED: "claimed effect excluded"}
+def _gradient(base: Arm, var: Arm, q: dict, distance: bool = False):
+    """The end-to-end gradient ratio at initialisation (each arm at its lowest learning rate, or the stated
+    one) or, at a later fraction, per seed the geometric median over the learning rates both arms ran where
+    neither run of the seed diverged."""
+    at, lr = q["at"], q["lr"]
+    if at == 0.0:
+        ratios = [e2e_ratio(a.at(a.lrs[0] if lr is None else lr), 0.0) for a in (base, var)]
+        where = "at initialisation"
+    else:
+        shared = [lr] if lr is not None else [x for x in base.lrs if np.isclose(var.lrs, x, rtol=1e-9).any()]
+        ratios = _training_ratios(base, var, shared, at)
+        where = f"at {at:.0%} of training (median over the {len(shared)} learning rates both arms ran, not diverged)"
+    if distance:  # distance from norm-preserving, either way: max(r, 1/r)
+        with np.errstate(divide="ignore"):
+            return (*[np.exp(np.abs(np.log(r))) for r in ratios], (None, None),
+                    f"gradient ratio's distance from 1 (either way) {where}", ratios)
+    return (*ratios, (None, None), f"gradient ratio (input / output side) {where}", ratios)
 
 
-def stability(result: dict, verdict: str, multiplier: float, alpha: float = ALPHA) -> float:
-    """The fraction of resamples of seeds (`stats.resamples`) whose answer has the outcome of `verdict`
-    (supported, contradicted, claimed effect excluded, inconclusive), each resample's p-value times the answer's
-    Holm multiplier in the full data."""
-    if result.get("note") or result.get("identical"):
-        return 1.0  # censored or identical arms answer the same on every resample
-    r = stats.resamples(result)
-    again = [_answer(e, lo, hi, min(1.0, p * multiplier), result.get("bound", ""), result["expected_sign"],
-                     result["threshold"], alpha) for e, lo, hi, p in zip(r["effect"], r["low"], r["high"], r["p"])]
-    outcome = _OUTCOME.get(verdict, verdict)
-    return float(np.mean([_OUTCOME.get(a, a) == outcome for a in again]))
-
-
-def _questions(comp: dict, base: Arm, var: Arm) -> dict:
-    """Every question's per-seed data for one comparison on one dataset: values, scale, direction, per-seed
-    censoring, what was measured."""
-    name = comp.get("metric", "stable_lr")
-    metric = METRICS[name]
-    lr, at, gradient = comp.get("lr"), comp.get("at", 0.5), comp.get("gradient", "explosion")
-    no_censoring = ([None] * base.n_seeds, [None] * var.n_seeds)
-    worse = -1 if gradient == "vanishing" else +1
-    read = {"explosion": "ratio", "vanishing": "ratio", "either": "max(ratio, 1/ratio)"}[gradient]
-    # The gradient at initialisation does not depend on the learning rate: each arm is read at the stated lr
-    # (on both grids), else at its own lowest one (the two arms' grids may differ).
-    initial = [a.at(a.lrs[0] if lr is None else lr) for a in (base, var)]
-    out = {"init": dict(values=tuple(_gradient_values(e2e_ratio(r, 0.0), gradient) for r in initial),
-                        log_scale=True, worse_when=worse, censored=no_censoring,
-                        what=f"{gradient}: end-to-end gradient {read} at initialisation")}
-    # In training, both arms at the same learning rates: the stated one, else per seed the median over every
-    # learning rate both grids hold (no choice of a tuned rate that a flat loss curve can flip). A run that
-    # diverged is left out (its divergence is the trainability answers' business): per seed, the rates where
-    # neither arm diverged.
-    shared = [lr] if lr is not None else [x for x in base.lrs if np.isclose(var.lrs, x, rtol=1e-9, atol=0).any()]
-    where = f"lr {lr:g}" if lr is not None else \
-        f"median over the {len(shared)} learning rates of both grids" if shared else "no learning rate on both grids"
-    training = _training_ratios(base, var, shared, at)
-    if shared:
-        where += " where neither arm diverged"  # how many seeds have one: counted once pooled
-    out["training"] = dict(values=tuple(_gradient_values(v, gradient) for v in training),
-                           empty=("no learning rate at which both arms ran without diverging" if shared
-                                  else "the arms ran at no common learning rate"),
-                           log_scale=True, worse_when=worse, censored=no_censoring,
-                           what=f"{gradient}: end-to-end gradient {read} at {at:.0%} of training, {where}")
-    (b_vals, b_cens), (v_vals, v_cens) = metric.values(base, lr), metric.values(var, lr)
-    out["trainability"] = dict(values=(b_vals, v_vals), log_scale=metric.log_scale, worse_when=metric.worse_when,
-                               censored=(list(b_cens), list(v_cens)), what=name, metric=metric)
-    if lr is not None:
-        rate = comp.get("rate", "failure")
-        flag = (lambda r: _bools(r, "diverged")) if rate == "divergence" else (lambda r: ~_bools(r, "trained"))
-        out["rate"] = dict(values=(flag(base.at(lr)), flag(var.at(lr))), rate=True, worse_when=+1,
-                           censored=no_censoring, what=f"{rate} rate at lr {lr:g}")
-    if all("kernel_rank_init" in a.records[0]["per_seed"] for a in (base, var)):
-        ranks = tuple(_as_float(r["per_seed"]["kernel_rank_init"]) for r in initial)
-        out["symmetry"] = dict(values=ranks,
-                               log_scale=True, worse_when=-1, censored=no_censoring,
-                               what="kernel rank at initialisation (1/n: every unit equal)")
-    return out
-
-
-def _training_ratios(base: Arm, var: Arm, lrs: list, at: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per seed and arm, the geometric median of the end-to-end ratio at fraction `at` over the learning rates
-    `lrs` at which neither arm's run of that seed diverged (arms on different seeds: at which the arm's own
-    run did not; NaN: there is none)."""
+def _training_ratios(base: Arm, var: Arm, lrs: list, at: float):
     if not lrs:
         return np.full(base.n_seeds, np.nan), np.full(var.n_seeds, np.nan)
     ratios = [np.stack([e2e_ratio(a.at(x), at) for x in lrs], axis=1) for a in (base, var)]
@@ -391,54 +224,230 @@ def _training_ratios(base: Arm, var: Arm, lrs: list, at: float) -> tuple[np.ndar
                                for row, keep in zip(r, k)]) for r, k in zip(ratios, ok))
 
 
-def _remark(question: str, comp: dict, result: dict) -> str | None:
-    """What a reader needs beside an explosion or vanishing answer: an arm whose gradient goes the other way."""
-    gradient = comp.get("gradient", "explosion")
-    if question not in ("init", "training") or gradient == "either" or None in result["median"]:
-        return None
-    other = [f"{side}'s median ratio {m:.3g}" for side, m in zip(("baseline", "variant"), result["median"])
-             if (m < 1 if gradient == "explosion" else m > 1)]
-    kind = "vanishes" if gradient == "explosion" else "explodes"
-    return f"the gradient {kind} towards the input ({'; '.join(other)})" if other else None
+def _at(fn, what: str):
+    """A per-seed value of the record at the stated learning rate, else at each arm's own tuned one."""
+    def values(base: Arm, var: Arm, q: dict):
+        where = f"at lr {q['lr']:g}" if q["lr"] is not None else "at each arm's tuned learning rate"
+        return fn(base.read_at(q["lr"])), fn(var.read_at(q["lr"])), (None, None), f"{what} {where}", None
+    return values
+
+
+def _grid(fn, what: str):
+    """A per-seed value over the learning-rate grid, with its censoring at the grid's ends."""
+    def values(base: Arm, var: Arm, q: dict):
+        (b, bc), (v, vc) = fn(base), fn(var)
+        b, v = np.asarray(b, np.float64), np.asarray(v, np.float64)
+        return b, v, (_median_censor(b, bc), _median_censor(v, vc)), what, None
+    return values
+
+
+def _steps(record):
+    steps = _as_float(record["per_seed"]["steps_to_converge"])
+    return np.where(np.isnan(steps) | _bools(record, "diverged"), np.inf, steps)
+
+
+def _heldout(record):
+    """Held-out loss; a diverged seed has none that counts: infinity (never a finite stand-in)."""
+    loss = _as_float(record["per_seed"]["final_heldout_loss"])
+    return np.where(_bools(record, "diverged") | ~np.isfinite(loss), np.inf, loss)
+
+
+def _gap(record):
+    ps = record["per_seed"]
+    gap = _as_float(ps["final_heldout_loss"]) - _as_float(ps["final_train_loss"])
+    return np.where(_bools(record, "trained"), gap, np.nan)
+
+
+def _recorded(key):
+    def fn(record):
+        values = _as_float(record["per_seed"][key])
+        return np.where(np.isnan(values), np.inf, values)
+    return fn
+
+
+MEASURES = {
+    "gradient": Measure(_gradient, +1, training=False),
+    "gradient_distance": Measure(lambda b, v, q: _gradient(b, v, q, distance=True), +1, training=False),
+    "reach": Measure(_at(reached, "seeds reaching the target"), -1, rate=True, log_scale=False),
+    "reach_range": Measure(_grid(lambda a: (metrics.trained_width_decades(a.lrs, a.reach()), [None] * a.n_seeds),
+                                 "width in decades of the learning rates at which the seed reached the target"), -1,
+                           log_scale=False, margin=None),
+    "divergence": Measure(_at(lambda r: _bools(r, "diverged"), "diverged"), +1, rate=True, log_scale=False,
+                          training=False),
+    "steps": Measure(_at(_steps, "steps to the target (never: infinity)"), +1),
+    "heldout_loss": Measure(_at(_heldout, "held-out loss (diverged: infinity)"), +1),
+    "overfitting_gap": Measure(_at(_gap, "held-out minus training loss, trained seeds"), +1, log_scale=False,
+                               margin=lambda min_effect, trivial: (min_effect - 1) * 0.1 * trivial),
+    "critical_lr": Measure(_grid(lambda a: metrics.critical_lr(a.lrs, a.flags("trained")),
+                                 "largest grid learning rate at and below which the seed trained"), -1,
+                           training=False, grid=True),
+    "stable_lr": Measure(_grid(lambda a: metrics.stable_lr(a.lrs, a.flags("diverged")),
+                               "largest grid learning rate below the seed's first divergence"), -1,
+                         training=False, grid=True),
+    "lr_sensitivity": Measure(_grid(lambda a: (metrics.lr_sensitivity(a.per_seed("final_validation_loss"),
+                                                                      a.trivial_loss) / a.trivial_loss,
+                                               [None] * a.n_seeds),
+                                    "learning-rate sensitivity of the validation loss / trivial loss"), +1,
+                              training=False),
+    "max_attn_logit": Measure(_at(_recorded("max_attn_logit"), "largest attention logit in training"), +1,
+                              training=False),
+    "max_abs_log_z": Measure(_at(_recorded("max_abs_log_z"), "largest batch-mean |log Z| of the output softmax"),
+                             +1, training=False),
+    "grad_zero_fraction": Measure(_at(_recorded("grad_zero_fraction"), "largest share of exactly-zero gradient "
+                                      "entries in a step"), +1, log_scale=False, training=False,
+                                  margin=lambda min_effect, trivial: 0.01 * (min_effect - 1) * 4),
+}
 
 
 def _median_censor(values, censored):
-    """The censoring of an arm's median seed."""
+    """The censoring of an arm's median seed ("above" / "below" the grid, or None)."""
     return censored[int(np.argsort(values, kind="stable")[(len(values) - 1) // 2])] if len(values) else None
 
 
+# The rule ---------------------------------------------------------------------------------------------------
+
+
+def word(effect: float, low: float, high: float, p: float, margin: float, alpha: float = ALPHA) -> str:
+    """The answer of an effect in the claimed direction (positive: as the claim says), its 95% interval and the
+    p of its exact test, against the margin (the smallest effect that matters).
+
+    yes: detected (p < alpha), as claimed, at least the margin; opposite: detected, the other way, at least the
+    margin; negligible: detected below the margin, or an interval inside (-margin, margin); no: the claimed
+    effect of the margin's size excluded (the interval ends below it) but neither of those; else unsettled.
+    """
+    if p < alpha and effect >= margin:
+        return YES
+    if p < alpha and effect <= -margin:
+        return OPPOSITE
+    if (-margin < low and high < margin) or (p < alpha and abs(effect) < margin):
+        return NEGLIGIBLE
+    if high < margin:
+        return NO
+    return UNSETTLED
+
+
+def _bound_ends(result: dict, sign: int) -> tuple[float, float]:
+    """The interval in the claimed direction, opened where infinite values made the effect a bound."""
+    low, high = sorted((sign * result["ci_raw"][0], sign * result["ci_raw"][1]))
+    bound = result.get("bound", "")
+    up, down = bound in ("≥", "~"), bound in ("≤", "~")
+    if (up and sign > 0) or (down and sign < 0):
+        high = math.inf
+    if (down and sign > 0) or (up and sign < 0):
+        low = -math.inf
+    return low, high
+
+
+def answer(base: list[dict], var: list[dict], q: dict, min_effect: float) -> dict:
+    """One question on the given records of both arms: values, test, effect, interval, word."""
+    base, var = _shared_seeds(base, var)
+    measure = MEASURES[q["measure"]]
+    values, strata, arms = _pooled(measure, q, base, var)
+    b_arm, v_arm = arms
+    sign = (1 if q["expect"] == "worse" else -1) * measure.worse_when
+    out = {"measure": q["measure"], "expected_sign": sign, "n": [len(values[0]), len(values[1])]}
+    never = [name for name, a in (("baseline", b_arm), ("variant", v_arm)) if a.never_trains()]
+    if measure.training and never:
+        return {**out, "word": DEGENERATE, "what": values[3],
+                "reason": " and ".join(never) + (" never train" if len(never) == 2 else " never trains")
+                + " (every seed fails at every learning rate)"}
+    paired = b_arm.seeds is not None and b_arm.seeds == v_arm.seeds
+    if measure.rate:
+        result = stats.compare_rates(values[0], values[1], paired=paired)
+        margin = MIN_RATE_EFFECT
+    else:
+        result = stats.compare(values[0], values[1], log_scale=measure.log_scale, paired=paired, strata=strata)
+        if result["p"] is None:
+            return {**out, **_public(result), "word": DEGENERATE, "what": values[3],
+                    "reason": "fewer than 2 seeds with a value in an arm"}
+        margin = math.log(min_effect) if measure.log_scale else \
+            measure.margin(min_effect, b_arm.trivial_loss) if measure.margin else math.log10(_grid_step(b_arm.lrs))
+    result = {**_public(result), "what": values[3], "margin": margin, "expected_sign": sign}
+    if values[4] is not None:  # the raw gradient ratios behind a distance
+        result["ratio_median"] = [float(np.nanmedian(r)) if np.isfinite(r).any() or np.isinf(r).any() else None
+                                  for r in values[4]]
+    censored = values[2]
+    if measure.grid and censored[0] and censored[0] == censored[1]:
+        return {**out, **result, "word": DEGENERATE,
+                "reason": f"both arms' median seeds are censored {censored[0]} the grid"}
+    if measure.grid:
+        result["bound"] = {("above", None): "≤", (None, "below"): "≤", (None, "above"): "≥",
+                           ("below", None): "≥"}.get(tuple(censored), "~" if any(censored) else "")
+        result["grid_step"] = _grid_step(b_arm.lrs)
+    if not measure.rate and q["measure"] == "steps" and any(not np.isfinite(np.quantile(v, 0.5, method="lower"))
+                                                              for v in values[:2]):
+        return {**out, **result, "word": DEGENERATE,
+                "reason": "fewer than half the seeds of " + " and ".join(
+                    n for n, v in zip(("the baseline", "the variant"), values[:2])
+                    if not np.isfinite(np.quantile(v, 0.5, method="lower"))) + " reach the target"}
+    low, high = _bound_ends(result, sign)
+    effect = sign * result["effect_raw"]
+    if result.get("identical"):
+        result["word"] = NEGLIGIBLE
+    else:
+        result["word"] = word(effect, low, high, result["p"], margin)
+        if result["word"] == YES and low == -math.inf and not (high == math.inf):
+            result["word"] = UNSETTLED  # a bound towards no effect cannot show the claimed one
+    return {**out, **result}
+
+
+def _grid_step(lrs) -> float:
+    return float(np.exp(np.mean(np.diff(np.log(lrs))))) if len(lrs) > 1 else 1.0
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def _pooled(measure: Measure, q: dict, base: list[dict], var: list[dict]):
+    """Per-seed values over every dataset both arms were trained on ((dataset, seed) pairs are the replicates,
+    strata for the test), with the arms of the first dataset for their outcomes."""
+    base_parts, var_parts = _by_dataset(base), _by_dataset(var)
+    shared = [k for k in base_parts if k in var_parts] or [next(iter(base_parts))]
+    pooled_b, pooled_v, censor, strata, ratios = [], [], [], [], ([], [])
+    arms = None
+    for stratum, key in enumerate(shared):
+        b_arm, v_arm = Arm(base_parts[key]), Arm(var_parts.get(key, next(iter(var_parts.values()))))
+        arms = arms or (b_arm, v_arm)
+        b, v, c, what, raw = measure.values(b_arm, v_arm, q)
+        pooled_b.append(b)
+        pooled_v.append(v)
+        censor.append(c)
+        strata += [stratum] * len(b)
+        if raw is not None:
+            ratios[0].append(raw[0])
+            ratios[1].append(raw[1])
+    dtype = bool if measure.rate else np.float64
+    values = (np.concatenate(pooled_b).astype(dtype), np.concatenate(pooled_v).astype(dtype), censor[0],
+              what + (f" ({len(shared)} datasets as strata)" if len(shared) > 1 else ""),
+              tuple(np.concatenate(r) for r in ratios) if ratios[0] else None)
+    return values, (np.asarray(strata) if len(shared) > 1 else None), arms
+
+
 def _by_dataset(records: list[dict]) -> dict:
-    """An arm's records split by the task's data_seed: each part is one configuration over the grid."""
+    """An arm's records split by the task's data_seed, each part's replicate blocks merged into one record per
+    learning rate (their seeds side by side)."""
     parts: dict = {}
     for r in records:
         parts.setdefault(r["config"].get("task", {}).get("data_seed"), []).append(r)
-    return parts
+    return {k: _merge_blocks(v) for k, v in parts.items()}
 
 
-def _pooled_questions(comp: dict, base: list[dict], var: list[dict]) -> tuple[dict, Arm, Arm]:
-    """The questions over every dataset both arms were trained on: (dataset, seed) pairs are the replicates."""
-    base_parts, var_parts = _by_dataset(base), _by_dataset(var)
-    shared = [k for k in base_parts if k in var_parts] or [next(iter(base_parts))]
-    pooled: dict = {}
-    for stratum, key in enumerate(shared):
-        b_arm, v_arm = Arm(base_parts[key]), Arm(var_parts.get(key, next(iter(var_parts.values()))))
-        for name, q in _questions(comp, b_arm, v_arm).items():
-            if name not in pooled:
-                pooled[name] = {**q, "values": ([], []), "censored": ([], []), "strata": []}
-            for side in (0, 1):
-                pooled[name]["values"][side].extend(q["values"][side])
-                pooled[name]["censored"][side].extend(q["censored"][side])
-            pooled[name]["strata"].extend([stratum] * len(q["values"][0]))
-    for q in pooled.values():
-        q["values"] = tuple(np.asarray(v, bool if q.get("rate") else np.float64) for v in q["values"])
-        q["censored"] = tuple(_median_censor(v, c) for v, c in zip(q["values"], q["censored"]))
-        q["strata"] = np.asarray(q["strata"]) if len(shared) > 1 else None
-        if q.get("empty"):
-            q["what"] += f" ({int(np.isfinite(q['values'][0]).sum())} of {len(q['values'][0])} seeds)"
-    if len(shared) > 1:
-        for q in pooled.values():
-            q["what"] += f" ({len(shared)} datasets as strata)"
-    return pooled, Arm(base_parts[shared[0]]), Arm(var_parts.get(shared[0], next(iter(var_parts.values()))))
+def _merge_blocks(records: list[dict]) -> list[dict]:
+    """One record per learning rate: the records of several replicate blocks with their per-seed fields
+    concatenated in block order."""
+    by_lr: dict = {}
+    for r in sorted(records, key=lambda r: r["config"].get("replicate", 0)):
+        by_lr.setdefault(run_lr(r), []).append(r)
+    merged = []
+    for group in by_lr.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        join = lambda tables: {k: [x for t in tables for x in t[k]] for k in tables[0]}  # noqa: E731
+        explosion = {**group[0]["explosion"], "per_seed": join([r["explosion"]["per_seed"] for r in group])}
+        merged.append({**group[0], "per_seed": join([r["per_seed"] for r in group]), "explosion": explosion})
+    return merged
 
 
 def _on_seeds(record: dict, keep: list[int]) -> dict:
@@ -446,127 +455,79 @@ def _on_seeds(record: dict, keep: list[int]) -> dict:
     cut = lambda table: {k: [v[i] for i in keep] for k, v in table.items()}  # noqa: E731
     explosion = record["explosion"]
     return {**record, "per_seed": cut(record["per_seed"]),
-            "explosion": {**explosion, "per_seed": cut(explosion["per_seed"]),
-                          **{k: [explosion[k][i] for i in keep] for k in ("e2e_ratio_init", "growth_init")
-                             if k in explosion}}}
+            "explosion": {**explosion, "per_seed": cut(explosion["per_seed"])}}
 
 
 def _shared_seeds(base: list[dict], var: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Both arms on the seeds they share, when they ran different ones (a baseline run on more seeds than a
-    variant is compared on the variant's): their values then pair seed by seed."""
-    seeds = [rs[0]["per_seed"].get("seed") for rs in (base, var)]
-    if None in seeds or seeds[0] == seeds[1] or not set(seeds[0]) & set(seeds[1]):
-        return base, var
-    shared = [s for s in seeds[0] if s in set(seeds[1])]
-    return tuple([_on_seeds(r, [arm_seeds.index(s) for s in shared]) for r in rs]
-                 for rs, arm_seeds in zip((base, var), seeds))
+    """Both arms on the seeds they share, per replicate block, when they ran different ones: their values then
+    pair seed by seed."""
+    out_b, out_v = [], []
+    for block in sorted({_block(r) for r in base} & {_block(r) for r in var}) or [None]:
+        b = [r for r in base if block is None or _block(r) == block]
+        v = [r for r in var if block is None or _block(r) == block]
+        seeds = [rs[0]["per_seed"].get("seed") for rs in (b, v)]
+        if None in seeds or seeds[0] == seeds[1] or not set(seeds[0]) & set(seeds[1]):
+            out_b += b
+            out_v += v
+            continue
+        shared = [s for s in seeds[0] if s in set(seeds[1])]
+        out_b += [_on_seeds(r, [seeds[0].index(s) for s in shared]) for r in b]
+        out_v += [_on_seeds(r, [seeds[1].index(s) for s in shared]) for r in v]
+    return out_b, out_v
 
 
-def _test_key(question: str, result: dict, values) -> tuple:
-    """What makes two answers the same test: the question's measure and both arms' values."""
-    return (question, result["what"], result["kind"], *(np.asarray(v, np.float64).tobytes() for v in values))
+def _block(record: dict) -> int:
+    return record["config"].get("replicate", 0)
 
 
-def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25, alpha: float = ALPHA) -> list[dict]:
-    """Every claim with its comparisons' answers: tested, corrected per claim over its distinct judged tests,
-    judged, and given a stability over resamples of seeds."""
-    rows, families = [], {}
+def _arm_records(records: list[dict], experiment: str, selector: dict) -> list[dict]:
+    return [r for r in records if r["experiment"] == experiment and matches(r["config"], selector)]
+
+
+def ask(q: dict, records: list[dict], min_effect: float, blocks: bool = False) -> dict:
+    """A question's answer on the pooled seeds, with the arms' summaries and, with `blocks`, its answer on
+    each replicate block."""
+    base = _arm_records(records, q["experiment"], q["baseline"])
+    var = _arm_records(records, q["variant_experiment"] or q["experiment"], q["variant"])
+    if not base or not var:
+        missing = " and ".join(side for side, rs in (("baseline", base), ("variant", var)) if not rs)
+        return {**q, "word": DEGENERATE, "reason": f"no records of the {missing} arm", "blocks": []}
+    out = {**q, **answer(base, var, q, min_effect)}
+    out["arms"] = {"baseline": Arm(_merge_blocks(_first_dataset(base))).summary(),
+                   "variant": Arm(_merge_blocks(_first_dataset(var))).summary()}
+    ids = sorted({_block(r) for r in base} & {_block(r) for r in var})
+    out["blocks"] = [answer([r for r in base if _block(r) == k], [r for r in var if _block(r) == k], q, min_effect)
+                     for k in ids] if blocks and len(ids) > 1 else []
+    return out
+
+
+def _first_dataset(records: list[dict]) -> list[dict]:
+    first = records[0]["config"].get("task", {}).get("data_seed")
+    return [r for r in records if r["config"].get("task", {}).get("data_seed") == first]
+
+
+def verdicts(claims: list[dict], records: list[dict], min_effect: float = 1.25) -> list[dict]:
+    """Every claim with its primary answer (pooled and per replicate block), its verdict and its secondary
+    answers; the suite's false-discovery q-value over the primary answers beside them."""
+    judged = []
     for claim in claims:
-        family: dict[tuple, list[dict]] = {}  # distinct judged test -> the answers that are it
-        for comp in claim["comparison"]:
-            var_experiment = comp.get("variant_experiment") or comp["experiment"]
-            base = [r for r in records if r["experiment"] == comp["experiment"] and matches(r["config"], comp["baseline"])]
-            var = [r for r in records if r["experiment"] == var_experiment and matches(r["config"], comp["variant"])]
-            judged = comp.get("questions") or claim.get("judged_on") or list(JUDGED_BY_DEFAULT)
-            row = {"claim": claim["id"], **comp, "judged": list(judged), "questions": {}}
-            if base and var:
-                base, var = _shared_seeds(base, var)
-                questions, base_arm, var_arm = _pooled_questions(comp, base, var)
-                row["arms"] = {"baseline": base_arm.summary(), "variant": var_arm.summary()}
-                expected = 1 if comp["expect"] == "worse" else -1
-                paired = base_arm.seeds is not None and base_arm.seeds == var_arm.seeds
-                for question, q in questions.items():
-                    if q.get("rate"):
-                        result = stats.compare_rates(*q["values"], paired=paired)
-                        threshold = MIN_RATE_EFFECT
-                    else:
-                        result = stats.compare(*q["values"], log_scale=q["log_scale"], censored=q["censored"],
-                                               paired=paired, strata=q["strata"])
-                        threshold = math.log(min_effect) if q["log_scale"] else _min_difference(
-                            q.get("metric"), min_effect, result, base_arm.trivial_loss)
-                    if result.get("note") and result["n"][0] < 2 and q.get("empty"):
-                        result["note"] = q["empty"]
-                    result.update(what=q["what"], expected_sign=expected * q["worse_when"], threshold=threshold,
-                                  judged=question in judged, remark=_remark(question, comp, result))
-                    row["questions"][question] = result
-                    if result["judged"] and result["p"] is not None and not result["identical"] \
-                            and not result.get("note"):
-                        family.setdefault(_test_key(question, result, q["values"]), []).append(result)
-            rows.append(row)
-        families[claim["id"]] = family
-    _correct(families, alpha)
-    for row in rows:
-        for result in row["questions"].values():
-            result["verdict"] = judge(result, result["expected_sign"], result["threshold"], alpha) \
-                if result["judged"] else DESCRIPTIVE
-            result.pop("_resample", None)
-    return [_claim_verdict(claim, [r for r in rows if r["claim"] == claim["id"]]) for claim in claims]
+        primary = ask(claim["primary"], records, min_effect, blocks=True)
+        secondary = [ask(q, records, min_effect) for q in claim["secondary"]]
+        judged.append({**claim, "primary": primary, "secondary": secondary, **settle(primary)})
+    tested = [c["primary"] for c in judged if c["primary"].get("p") is not None]
+    for answer_, q in zip(tested, stats.fdr([a["p"] for a in tested])):
+        answer_["q_suite"] = q
+    return judged
 
 
-def _correct(families: dict, alpha: float) -> None:
-    """Holm's correction within each claim's family of distinct judged tests (each counted once), the
-    Benjamini-Hochberg q-value over every distinct judged test of the suite beside it, and each answer's
-    stability: the fraction of resamples of seeds that reach the same answer at the same Holm multiplier."""
-    suite = {}
-    for claim, family in families.items():
-        tests = [answers[0] for answers in family.values()]
-        pvalues = [t["p"] for t in tests]
-        for key, t, p_adj, k in zip(family, tests, stats.holm(pvalues), stats.holm_multipliers(pvalues)):
-            decided = judge({**t, "p_adjusted": p_adj}, t["expected_sign"], t["threshold"], alpha)
-            again = stability(t, decided, k, alpha)
-            for answer in family[key]:
-                answer.update(p_adjusted=p_adj, family=len(tests), stability=again)
-            suite.setdefault(key, []).extend(family[key])
-    for answers, q in zip(suite.values(), stats.fdr([a[0]["p"] for a in suite.values()])):
-        for answer in answers:
-            answer["q_suite"] = q
-
-
-def fragile(answer: dict) -> bool:
-    """Whether an answer is reproduced by fewer than STABLE of the resamples of seeds."""
-    return answer.get("stability") is not None and answer["stability"] < STABLE
-
-
-def _claim_verdict(claim: dict, comparisons: list[dict]) -> dict:
-    """The stated rule: judged answers that are not fragile decide.
-
-    Decisive ones all agree: that answer. They disagree: "depends", naming which regime and question gave
-    which. None decisive: inconclusive if any judged answer is, or if a fragile answer would have decided
-    (set aside), else not supported if any answer excludes the claimed effect, else no detectable effect.
-    """
-    answers = [(c.get("regime") or c["experiment"], q, c["questions"][q])
-               for c in comparisons for q in c["judged"] if q in c["questions"]]
-    decisive = [(r, q, a["verdict"]) for r, q, a in answers if a["verdict"] in (SUPPORTED, CONTRADICTED)
-                and not fragile(a)]
-    set_aside = [f"{a['verdict']} on {q} ({r}), stability {a['stability']:.2f}" for r, q, a in answers
-                 if a["verdict"] in (SUPPORTED, CONTRADICTED, NO_EFFECT, NOT_SUPPORTED) and fragile(a)]
-    kinds = sorted({a[2] for a in decisive})
-    if len(kinds) == 1:
-        verdict = kinds[0]
-    elif kinds:
-        parts = []
-        for kind in kinds:  # e.g. "supported on trainability (ReLU at He scale); contradicted on init (ReLU, ...)"
-            by_question: dict[str, list] = {}
-            for regime, q, v in decisive:
-                if v == kind:
-                    by_question.setdefault(q, []).append(regime)
-            parts.append(f"{kind} on " + ", ".join(f"{q} ({'; '.join(r)})" for q, r in by_question.items()))
-        verdict = "depends: " + "; ".join(parts)
-    elif not answers or set_aside or any(a["verdict"] == INCONCLUSIVE for _, _, a in answers):
-        verdict = INCONCLUSIVE
-    elif any(a["verdict"] == NOT_SUPPORTED for _, _, a in answers):
-        verdict = NOT_SUPPORTED
-    else:
-        verdict = NO_EFFECT
-    return {**{k: v for k, v in claim.items() if k != "comparison"}, "verdict": verdict,
-            "fragile": set_aside, "comparisons": comparisons}
+def settle(primary: dict) -> dict:
+    """The verdict: the pooled word, settled when every replicate block gives it too; else unsettled, leaning
+    to the pooled word. Degenerate comparisons are said as such."""
+    pooled = primary["word"]
+    blocks = [b["word"] for b in primary.get("blocks", [])]
+    if pooled == DEGENERATE:
+        return {"verdict": DEGENERATE, "settled": False, "leans": None}
+    if pooled == UNSETTLED:
+        return {"verdict": UNSETTLED, "settled": False, "leans": None}
+    agree = len(blocks) > 1 and all(b == pooled for b in blocks)
+    return {"verdict": pooled if agree else UNSETTLED, "settled": agree, "leans": None if agree else pooled}

@@ -63,7 +63,8 @@ class Group:
                      "stop_at_convergence": float(cell.config["early_stop"])}
             if "init_perturbation" in cell.plan:
                 hyper["init_perturbation"] = cell.plan["init_perturbation"]
-            runs += [loop.Run(index, seed, hyper) for seed in range(cell.config["seeds"])]
+            first = cell.config.get("first_seed", 0)  # a replicate block's seeds follow the blocks before it
+            runs += [loop.Run(index, seed, hyper) for seed in range(first, first + cell.config["seeds"])]
         return runs
 
     @property

@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.analysis import claims
 
 
 def _duration(seconds: float | None) -> str:
@@ -130,13 +129,13 @@ def summary_table(records: list[dict]) -> Table:
 
 
 def verdict_table(judged: list[dict]) -> Table:
-    """One row per claim: its verdict and the comparisons' judged answers in a word each."""
-    table = Table(title="verdicts (the report has every answer with its effect, interval, p and stability)")
-    for column in ("claim", "verdict", "judged answers"):
+    """One row per (sub-)claim: its verdict, the primary answer pooled and per replicate block."""
+    table = Table(title="verdicts (the report has each claim's question, effect, interval and p)")
+    for column in ("claim", "verdict", "primary answer", "replicate blocks"):
         table.add_column(column, justify="left")
     for c in judged:
-        answers = "; ".join(f"{x.get('regime') or x['experiment']}: " + ", ".join(
-            f"{name} {q['verdict']}" + (" (fragile)" if q.get("stability", 1.0) < claims.STABLE else "")
-            for name, q in x["questions"].items() if q["judged"]) for x in c["comparisons"])
-        table.add_row(f"{c['id']}. {c.get('title', '')}", c["verdict"], answers)
+        q = c["primary"]
+        verdict = c["verdict"] + (f" (leans {c['leans']})" if c.get("leans") else "")
+        blocks = ", ".join(b["word"] for b in q.get("blocks", [])) or "–"
+        table.add_row(f"{c['id']}. {c['title']}", verdict, f"{q['measure']}: {q['word']}", blocks)
     return table

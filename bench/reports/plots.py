@@ -260,3 +260,36 @@ def diagnostic_vs_lr(series: dict[str, list[tuple[float, list]]], path, title: s
     ax.set_title(_diagnostic_title(title + note, description), fontsize=9)
     _legend(ax, len(series))
     _save(fig, path)
+
+
+def forest(rows: list[dict], path, title: str = "") -> None:
+    """One line per claim: its primary effect and 95% interval in units of its margin, oriented so that right
+    is what the claim says, with the margin band (|effect| < 1 margin: negligible) and each replicate block's
+    estimate as a small mark. rows: label, effect, low, high (margins; None: not estimable), blocks (margins)."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
+    ax.axvspan(-1, 1, color="0.9", zorder=0, label="within the margin (negligible)")
+    ax.axvline(0, color="0.5", linewidth=0.8)
+    clip = 8.0  # effects beyond 8 margins are drawn at the edge, with an arrow
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        if r["effect"] is None:
+            ax.text(0, y, "not estimable", fontsize=7, ha="center", va="center", color="0.4")
+            continue
+        low, high, effect = (float(np.clip(v, -clip, clip)) for v in (r["low"], r["high"], r["effect"]))
+        ax.plot([low, high], [y, y], color="k", linewidth=1.2)
+        ax.plot([effect], [y], "o", color="k", markersize=5)
+        for b in r.get("blocks", []):
+            if b is not None:
+                ax.plot([float(np.clip(b, -clip, clip))], [y + 0.22], "|", color="tab:blue", markersize=6)
+        for end, raw in ((low, r["low"]), (high, r["high"])):
+            if abs(raw) > clip:
+                ax.annotate("", xy=(np.sign(raw) * (clip + 0.6), y), xytext=(end, y),
+                            arrowprops={"arrowstyle": "->", "color": "k", "lw": 1.0})
+    ax.set_yticks(range(len(rows)), [r["label"] for r in reversed(rows)], fontsize=7)
+    ax.set_xlim(-clip - 1, clip + 1)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("primary effect in margins (right: as the claim says; ticks above: replicate blocks)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    _save(fig, path)

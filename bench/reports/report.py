@@ -10,9 +10,8 @@ import os
 from pathlib import Path
 
 from bench.analysis import claims as claims_lib
-from bench.analysis import stats
 from bench.records.store import read_results, read_suite
-from bench.reports import replication, verdicts
+from bench.reports import verdicts
 from bench.reports.figures import plot_jobs
 from bench.reports.tables import arms_table, cells_table
 
@@ -91,27 +90,11 @@ def render(results_dir, output) -> tuple[str, dict]:
     settings = suite["settings"]
     min_effect = settings.get("min_effect", 1.25)
     t = records[0]["thresholds"]
-    out += [f"How to read it (definitions: `docs/METHODS.md` of the gradbench repository). Per seed, a run "
-            f"*diverged* at the first step whose loss or gradient norm is non-finite or whose loss exceeds "
-            f"{t['divergence_factor']:g} x the task's trivial loss (the best constant predictor's) and twice its "
-            f"initial loss; it *collapsed* "
-            f"when it finished with a training loss of at least {t['collapse_fraction']:g} x the trivial loss; "
-            f"*failed* is either. Explosion is the end-to-end gradient ratio ||dL/dh_first|| / ||dL/dh_last|| "
-            f"(input side over output side; below 1: vanishing), at initialisation and during training (per seed, "
-            f"the median over the learning rates both arms ran without diverging). Each "
-            f"comparison names the questions it is judged on (in bold below); only those enter the claim's "
-            f"Holm correction and its verdict, the others (in italics) are descriptive, with an uncorrected p. "
-            f"A judged answer gives the effect of the variant against the baseline (x: ratio of Hodges-Lehmann "
-            f"medians, + or -: difference, Δ: difference of rates) with its 95% interval, the p of an exact test over "
-            f"seeds corrected within the claim, and its stability: the fraction of {stats.N_STABILITY} "
-            f"resamples of the seeds that give the same answer ('no detectable effect' and 'not supported' "
-            f"alike: both exclude the claimed effect). It is decisive only when p < "
-            f"{claims_lib.ALPHA:g} and the effect reaches the minimum effect ({min_effect:g}x, or a difference "
-            f"of {claims_lib.MIN_RATE_EFFECT:g} in a rate); an answer with a stability under "
-            f"{claims_lib.STABLE:g} is fragile (⚠) and no verdict rests on it.", ""]
     judged = claims_lib.verdicts(suite["claims"], records, min_effect=min_effect) if suite["claims"] else []
     if judged:
-        out += verdicts.sections(judged, records, by_experiment, t, replication.lines(results_dir, judged))
+        text, forest = verdicts.sections(judged, by_experiment, t, min_effect, plot_dir, link)
+        out += text
+        jobs.update(forest)
         out += ["## Appendix: experiments", "", "Each experiment once: every arm over its grid, every cell, "
                 "the figures.", ""]
     for experiment, recs in by_experiment.items():

@@ -76,7 +76,7 @@ def arms_table(records: list[dict]) -> list[str]:
         outcomes = " ".join(f"{d}/{c}" for d, c in zip(s["diverged"], s["collapsed"])) + f" of {s['seeds']}"
         lines.append(f"| {name} | {grid} | {outcomes} | {_censored(s['stable_lr'], s['stable_lr_censored'])} | "
                      f"{_censored(s['critical_lr'], s['critical_lr_censored'])} | {_fmt(s['trained_decades'])} | "
-                     f"{_fmt(s['lr_sensitivity'])} | {s['tuned_lr']:g} | {s['tuned_converged']}/{s['seeds']} | "
+                     f"{_fmt(s['lr_sensitivity'])} | {s['tuned_lr']:g} | {s['tuned_reached']}/{s['seeds']} | "
                      f"{_fmt(s['tuned_heldout_loss'])} | {_fmt(s['tuned_heldout_metric'])} |")
     return lines
 

@@ -1,45 +1,19 @@
-"""The claims' verdicts as Markdown: the one-row-per-claim table, the mitigations side by side, the caveats,
-the verdicts table and each claim's evidence."""
+"""The claims' verdicts as Markdown: one quotable row per (sub-)claim, the forest plot of the primary effects,
+the mitigations side by side, and (folded) each claim's design and evidence."""
 from __future__ import annotations
 
+import functools
+import math
+
 from bench.analysis import claims as claims_lib
-from bench.analysis import stats
-from bench.records import metrics
-from bench.reports.figures import median_e2e
-from bench.reports.tables import _fmt, _ratio, _selector, arms_table
+from bench.reports import plots
+from bench.reports.tables import _fmt, _selector, arms_table
 from bench.spec.claim_schema import matches
 
-
-def _answer(name: str, q: dict) -> str:
-    """One answer for a table cell: question, verdict (judged) with effect, interval, corrected p, stability."""
-    if q.get("p") is None:
-        return f"{name}: {q['verdict']} ({q.get('note', '')})"
-    if not q["judged"]:
-        return f"*{name}: {effect_text(q)}, p={q['p']:.2g}*"
-    if q["identical"] or "p_adjusted" not in q:
-        return f"{name}: {q['verdict']} ({'identical in both arms' if q['identical'] else q.get('note', '')})"
-    mark = " ⚠ fragile" if claims_lib.fragile(q) else ""
-    text = (f"{name}: **{q['verdict']}**{mark}: {effect_text(q)}, p={q['p_adjusted']:.2g}, "
-            f"stability {q['stability']:.2f}")
-    return text + (f"; {q['note']}" if q.get("note") else "")
-
-
-def effect_text(q: dict) -> str:
-    """Effect [95% CI] (x: ratio, a signed number: difference, Δ: difference of rates); marked "≥" / "≤" (or "~", both
-    ways) where infinite values made it a bound."""
-    effect = (f"Δ{q['effect']:.3g}" if q["kind"] == "rate" else f"x{q['effect']:.3g}" if q["log_scale"]
-              else f"{q['effect']:+.3g}")
-    return f"{q.get('bound', '')}{effect} [{q['ci'][0]:.3g}, {q['ci'][1]:.3g}]"
-
-
-def _medians(q: dict) -> str:
-    if q["kind"] == "rate":
-        return ", ".join(f"{k}/{n}" for k, n in zip(q["counts"], q["n"]))
-    return ", ".join(_ratio(m) for m in q["median"])
-
-
-DECISIVE = (claims_lib.SUPPORTED, claims_lib.CONTRADICTED)
 GLANCE = "## Answers at a glance"  # the heading of the first page's table, one row per claim
+FINDING_MAX = 320  # characters of a first-page finding
+VERDICT_MAX = 40  # characters of a first-page verdict cell
+FOREST = "forest.png"
 
 
 def anchor(title: str) -> str:
@@ -47,170 +21,214 @@ def anchor(title: str) -> str:
     return "#" + "".join(c for c in title.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
 
-def _judged(claim: dict):
-    """(regime, question, answer) of every judged answer of a claim that was tested."""
-    return [(x.get("regime") or x["experiment"], name, q) for x in claim["comparisons"]
-            for name, q in x["questions"].items() if q["judged"] and q.get("p") is not None]
+def _number(x: float, ratio: bool) -> str:
+    return f"x{x:.3g}" if ratio else f"{x:+.3g}"
 
 
-def _headline(claim: dict) -> str:
-    """The answer a claim's verdict rests on most firmly: the stable decisive judged answer with the smallest
-    corrected p (else the judged answer with the smallest p), with its interval and seeds."""
-    answers = _judged(claim)
-    if not answers:
+def effect_text(q: dict) -> str:
+    """The effect of the variant against the baseline with its 95% interval: x a ratio, Δ a difference of shares,
+    + or - a difference. A bound (infinite values in an arm, a median seed censored at the grid's end) is marked
+    ≥ or ≤ (~: both ways); an interval with no spread says so instead of printing [x, x]; a grid measure's
+    effect is said in grid steps."""
+    if q.get("effect") is None:
         return "–"
-    firm = [a for a in answers if a[2]["verdict"] in DECISIVE and not claims_lib.fragile(a[2])] or answers
-    regime, name, q = min(firm, key=lambda a: (a[2].get("p_adjusted", a[2]["p"]), -abs(a[2]["effect_raw"])))
-    seeds = "/".join(str(n) for n in dict.fromkeys(q["n"]))
-    mark = " ⚠ fragile" if claims_lib.fragile(q) else ""
-    return f"{regime}, {name} ({q['what'].split(';')[0]}): {effect_text(q)}{mark}, {seeds} seeds"
+    if q.get("kind") == "rate":
+        return f"Δ{q['effect']:+.2f} [{q['ci'][0]:+.2f}, {q['ci'][1]:+.2f}]"
+    ratio = q["log_scale"]
+    text = q.get("bound", "") + _number(q["effect"], ratio)
+    low, high = q["ci"]
+    if "grid_step" in q and ratio and q["effect"] > 0:
+        steps = math.log(q["effect"]) / math.log(q["grid_step"])
+        if abs(steps - round(steps)) < 1e-6 and round(steps) != 0:
+            n = abs(round(steps))
+            text += f" ({'at least ' if q.get('bound') else ''}{n} grid step{'s' if n > 1 else ''})"
+    if math.isclose(low, high, rel_tol=1e-12, abs_tol=0.0):
+        return text + ", the same on every resample of seeds"
+    return text + f" [{_number(low, ratio).lstrip('x+')}, {_number(high, ratio).lstrip('x+')}]"
 
 
-def _can_decide(claim: dict, records: list[dict]) -> str:
-    """Whether the design can reach a decisive answer: the smallest corrected p its tests can reach with their
-    seeds, and how far the claim's baselines explode at initialisation."""
-    answers = _judged(claim)
-    reach = [(stats.smallest_p(q) * q.get("family", 1)) for _, _, q in answers]
-    parts = [f"smallest reachable p {min(reach):.2g}" + (" (cannot reach 0.05)" if min(reach) >= claims_lib.ALPHA
-                                                        else "") if reach else "no test"]
-    medians = []
-    for x in claim["comparisons"]:
-        base = [r for r in records if r["experiment"] == x["experiment"] and matches(r["config"], x["baseline"])]
-        if base:
-            medians.append(median_e2e(base[0], 0.0))
-    if medians:
-        parts.append(f"baseline e2e ratio at init {_ratio(max(medians))}")
-    return "; ".join(parts)
+def verdict_cell(c: dict) -> str:
+    """The verdict in at most VERDICT_MAX characters: the word, and for an unsettled one the way it leans."""
+    if c["verdict"] == claims_lib.UNSETTLED and c["leans"]:
+        return f"**unsettled** (leans {c['leans']})"
+    return f"**{c['verdict']}**"
 
 
-def glance_table(judged: list[dict], records: list[dict]) -> list[str]:
-    """One row per claim: the answer, where it holds, the headline number, whether the design can decide it."""
-    lines = ["| claim | answer | headline answer (95% CI) | can the design decide? |", "|---|---|---|---|"]
+def agreement(c: dict) -> str:
+    """The replicate blocks' words beside the pooled one."""
+    blocks = [b["word"] for b in c["primary"].get("blocks", [])]
+    if c["primary"]["word"] == claims_lib.DEGENERATE:
+        return "–"
+    if len(blocks) < 2:
+        return "one block: not replicated"
+    same = sum(b == c["primary"]["word"] for b in blocks)
+    return f"{same} of {len(blocks)} blocks: " + ", ".join(blocks)
+
+
+def _medians(q: dict) -> str:
+    """Both arms' medians (shares reaching for a rate; raw gradient ratios behind a distance)."""
+    if q.get("kind") == "rate":
+        return " vs ".join(f"{k}/{n}" for k, n in zip(q["counts"], q["n"]))
+    medians = q.get("ratio_median") or q.get("median") or []
+    return " -> ".join("–" if m is None else _fmt(m) for m in medians)
+
+
+def _direction(q: dict) -> str:
+    """What a gradient answer says beyond its word: explosion or vanishing of the variant."""
+    ratios = q.get("ratio_median")
+    if not ratios or None in ratios:
+        return ""
+    base, var = ratios
+    if var < 1 / 1.25 and (q["measure"] == "gradient" and var < base or
+                           q["measure"] == "gradient_distance" and 1 / var >= max(base, 1 / base)):
+        return " (vanishing)"
+    return " (explosion)" if var > 1.25 and var > base else ""
+
+
+def finding(c: dict) -> str:
+    """The first page's finding: the primary measure, both arms' medians, the effect with its interval and
+    seeds, at most FINDING_MAX characters."""
+    q = c["primary"]
+    if q["word"] == claims_lib.DEGENERATE and q.get("effect") is None:
+        text = f"degenerate: {q['reason']}"
+    else:
+        seeds = "/".join(str(n) for n in dict.fromkeys(q["n"]))
+        text = (f"{q['label'] + ': ' if q.get('label') else ''}{q['what']}: {_medians(q)}{_direction(q)}; "
+                f"{effect_text(q)}, p={q['p']:.2g}, {seeds} seeds")
+        if q["word"] == claims_lib.DEGENERATE:
+            text = f"degenerate: {q['reason']}; {text}"
+    return text if len(text) <= FINDING_MAX else text[:FINDING_MAX - 1] + "…"
+
+
+def glance_table(judged: list[dict]) -> list[str]:
+    """One row per (sub-)claim: the verdict word, the finding and the replicate blocks' agreement."""
+    lines = ["| claim | verdict | finding (primary question) | replicate blocks |", "|---|---|---|---|"]
     for c in judged:
-        title = f"Claim {c['id']}: {c.get('title', '')}"
-        fragile = f" ({len(c['fragile'])} fragile set aside)" if c["fragile"] else ""
-        lines.append(f"| [{c['id']}. {c.get('title', '')}]({anchor(title)}) | **{c['verdict']}**{fragile} | "
-                     f"{_headline(c)} | {_can_decide(c, records)} |")
+        title = f"Claim {c['id']}: {c['title']}"
+        lines.append(f"| [{c['id']}. {c['title']}]({anchor(title)}) | {verdict_cell(c)} | {finding(c)} | "
+                     f"{agreement(c)} |")
     return lines
 
 
-def _run_speed(records: list[dict]) -> float | None:
-    """Median over an arm's cells of run-steps per second (steps of each real run per second of its program)."""
-    speeds = [r["throughput"].get("run_steps_per_s") for r in records]
-    speeds = [s for s in speeds if s]
-    return float(sorted(speeds)[(len(speeds) - 1) // 2]) if speeds else None
-
-
-def mitigations_table(judged: list[dict], records: list[dict]) -> list[str]:
-    """Per cure comparison (claims that expect `better`), the variant arm beside its baseline: divergences per
-    grid point, the largest lr with at most one seed in 16 diverged, trained range, convergence and quality
-    at the tuned lr, and run-steps/s relative to the baseline."""
-    lines = ["| claim | comparison | arm | diverged of seeds, per lr (low to high) | largest lr with ≤ 1/16 diverged | "
-             "trained decades | converged at its fastest lr | tuned held-out loss | run-steps/s vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def forest_job(judged: list[dict], plot_dir) -> dict:
+    """The forest plot of the primary effects, in margins, oriented so that right is what each claim says."""
+    rows = []
     for c in judged:
-        for x in c["comparisons"]:
-            if x["expect"] != "better" or "arms" not in x:
-                continue
-            sides = {"baseline": (x["experiment"], x["baseline"]),
-                     "variant": (x.get("variant_experiment") or x["experiment"], x["variant"])}
-            speeds = {side: _run_speed([r for r in records if r["experiment"] == e
-                                        and matches(r["config"], sel)]) for side, (e, sel) in sides.items()}
-            for side in ("baseline", "variant"):
-                s = x["arms"][side]
-                rates = {lr: d / s["seeds"] for lr, d in zip(s["lrs"], s["diverged"])}
-                stable = metrics.largest_stable_lr(rates, 1 / 16)
-                relative = "1" if side == "baseline" else \
-                    f"{speeds['variant'] / speeds['baseline']:.2f}" if speeds["variant"] and speeds["baseline"] else "–"
-                head = f"{c['id']} | {x.get('regime') or x['experiment']}" if side == "baseline" else " | "
-                lines.append(f"| {head} | {side}: {_selector(x[side])} | {' '.join(map(str, s['diverged']))} of "
-                             f"{s['seeds']} | {'none' if stable is None else f'{stable:g}'} | "
-                             f"{_fmt(s['trained_decades'])} | {s['fastest_converged']}/{s['seeds']} at "
-                             f"{s['fastest_lr']:g} | {_fmt(s['tuned_heldout_loss'])} at {s['tuned_lr']:g} | "
-                             f"{relative} |")
+        q = c["primary"]
+        scale = lambda x, q=q: None if x is None else q["expected_sign"] * x / q["margin"]  # noqa: E731
+        if q.get("effect_raw") is None or "margin" not in q:
+            rows.append({"label": f"{c['id']}. {c['title']}", "effect": None})
+            continue
+        low, high = sorted(scale(x) for x in q["ci_raw"])
+        rows.append({"label": f"{c['id']}. {c['title']}"[:60], "effect": scale(q["effect_raw"]), "low": low,
+                     "high": high, "blocks": [scale(b.get("effect_raw")) for b in q.get("blocks", [])]})
+    path = str(plot_dir / FOREST)
+    return {path: (functools.partial(plots.forest), rows, "Primary effects, in margins",
+                   "Each claim's primary effect (dot) and 95% interval in units of its margin (a ratio of "
+                   "1.25, a difference of 0.25 in a share), right when the variant does what the claim says; "
+                   "the grey band is the margin (negligible inside it); blue ticks are the replicate blocks' "
+                   "estimates.")}
+
+
+def mitigations_table(judged: list[dict]) -> list[str]:
+    """Per cure (a claim that expects the variant to be better), its primary arms side by side at each arm's
+    tuned learning rate: diverged and reaching the target of the seeds, median steps to the target, the width
+    of the learning rates where at least half reach it, and run-steps/s against the baseline's."""
+    lines = ["| claim | arm | tuned lr | diverged | reach the target | median steps to it | lr range where half "
+             "reach it (decades) | run-steps/s vs baseline |", "|---|---|---|---|---|---|---|---|"]
+    for c in judged:
+        q = c["primary"]
+        if q["expect"] != "better" or "arms" not in q:
+            continue
+        base_speed = q["arms"]["baseline"]["run_steps_per_s"]
+        for side in ("baseline", "variant"):
+            s = q["arms"][side]
+            speed = s["run_steps_per_s"]
+            relative = "1" if side == "baseline" else f"{speed / base_speed:.2f}" if speed and base_speed else "–"
+            steps = "never" if not math.isfinite(s["tuned_steps"]) else _fmt(s["tuned_steps"])
+            lines.append(f"| {c['id'] if side == 'baseline' else ''} | {side}: {_selector(q[side])} | "
+                         f"{s['tuned_lr']:g} | {s['tuned_diverged']}/{s['seeds']} | {s['tuned_reached']}/{s['seeds']} "
+                         f"| {steps} | {_fmt(s['reach_decades'])} | {relative} |")
     return lines
+
+
+def _question_row(name: str, q: dict) -> str:
+    what = q.get("what", "–")
+    p = f"{q['p']:.2g}" if q.get("p") is not None else "–"
+    word = q["word"] + (f" ({q['reason']})" if q.get("reason") else "")
+    return (f"| {name} | {_selector(q['baseline'])} | {_selector(q['variant'])} | {q['expect']} | {what} | "
+            f"{_medians(q) if 'n' in q and q.get('median') is not None else '–'} | {effect_text(q)} | "
+            f"{q.get('test', '–')} | {p} | {word} |")
 
 
 def claim_section(claim: dict, by_experiment: dict) -> list[str]:
-    """A claim's evidence: its text, every answer with its test, corrections and stability, its arms."""
-    out = [f"## Claim {claim['id']}: {claim.get('title', '')}", ""]
-    if claim.get("text"):
-        out += [claim["text"], ""]
+    """A claim's design and evidence: its question and rationale, the primary answer pooled and per replicate
+    block, the secondary answers, and the arms."""
+    q = claim["primary"]
+    out = [f"### Claim {claim['id']}: {claim['title']}", "",
+           f"**Question (pre-registered):** {claim['question']}", "", f"**Rationale:** {claim['rationale']}", ""]
     if claim.get("note"):
         out += [f"*Reading it:* {claim['note']}", ""]
-    family = max((q.get("family", 0) for x in claim["comparisons"] for q in x["questions"].values()), default=0)
-    out += [f"Judged on: {', '.join(dict.fromkeys(q for x in claim['comparisons'] for q in x['judged']))}; "
-            f"{family} distinct judged tests in the claim's Holm family.", ""]
-    if claim["fragile"]:
-        out += ["Set aside as fragile: " + "; ".join(claim["fragile"]) + ".", ""]
-    out += ["| comparison | baseline | variant | claim expects variant | question | measured | medians "
-            "(baseline, variant) | effect [95% CI] | test | p | p (Holm, claim) | q (FDR, suite) | "
-            "stability | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for x in claim["comparisons"]:
-        for name, q in x["questions"].items():
-            effect = "–" if q.get("effect") is None else effect_text(q)
-            p = "–" if q.get("p") is None else f"{q['p']:.2g}"
-            adjusted = " | ".join(f"{q[k]:.2g}" if k in q else "–" for k in ("p_adjusted", "q_suite"))
-            stability = f"{q['stability']:.2f}" if "stability" in q else "–"
-            verdict = q["verdict"] + (" ⚠ fragile" if claims_lib.fragile(q) else "") + \
-                (" (identical in both arms)" if q.get("identical") else "")
-            what = q["what"] + (f"; {q['remark']}" if q.get("remark") else "")
-            out.append(f"| {x.get('regime') or x['experiment']} | {_selector(x['baseline'])} | "
-                       f"{_selector(x['variant'])} | {x['expect']} | {name} | {what} | {_medians(q)} | "
-                       f"{effect} | {q.get('test', '–')} | {p} | {adjusted} | {stability} | {verdict} |")
+    out += [f"**Verdict:** {verdict_cell(claim)}; replicate blocks: {agreement(claim)}.", "",
+            "| question | baseline | variant | claim expects variant | measured | medians (baseline, variant) | "
+            "effect [95% CI] | test | p | answer |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out.append(_question_row("primary, pooled", q))
+    for i, b in enumerate(q.get("blocks", [])):
+        out.append(_question_row(f"primary, block {i}", {**q, **b}))
+    for s in claim["secondary"]:
+        out.append(_question_row(f"secondary: {s.get('label') or s['measure']}", s))
     out.append("")
-    sides = [(x["experiment"], x["baseline"]) for x in claim["comparisons"]] + \
-        [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in claim["comparisons"]]
+    sides = [(x["experiment"], x["baseline"]) for x in (q, *claim["secondary"])] + \
+        [(x.get("variant_experiment") or x["experiment"], x["variant"]) for x in (q, *claim["secondary"])]
     for experiment in dict.fromkeys(e for e, _ in sides):
         selectors = [s for e, s in sides if e == experiment]
-        recs = [r for r in by_experiment[experiment] if any(matches(r["config"], s) for s in selectors)]
-        title = f"Experiment: {experiment}"
-        out += [f"Arms of [{experiment}]({anchor(title)}):", "", *arms_table(recs), ""]
+        recs = [r for r in by_experiment.get(experiment, []) if any(matches(r["config"], s) for s in selectors)]
+        if recs:
+            title = f"Experiment: {experiment}"
+            out += [f"Arms of [{experiment}]({anchor(title)}):", "", *arms_table(recs), ""]
     return out
 
 
-def caveats(thresholds: dict, rerun: list[str]) -> list[str]:
-    """What a reader needs to judge the answers: what the outcomes mean, the family, what a rerun changes."""
+def how_to_read(min_effect: float, thresholds: dict) -> list[str]:
+    """The vocabulary and the rule, one definition each (docs/METHODS.md, "Claims")."""
     return [
-        f"- *Trained* means neither diverged (a non-finite loss or gradient, or a loss above "
-        f"{thresholds['divergence_factor']:g} x the trivial loss and twice the initial one) nor collapsed (a final "
-        f"training loss of at least {thresholds['collapse_fraction']:g} x the trivial loss: too slow for the budget, "
-        f"or back to chance). Divergence is instability; collapse is not. The divergence-free learning rate counts "
-        f"divergence only, the critical learning rate both.",
-        "- Each claim is its own family: its judged answers are Holm-corrected together (each distinct test once), "
-        "so a claim with more judged comparisons needs smaller p-values. The q-value over the whole table "
-        "(Benjamini-Hochberg) is in the per-claim tables for a reader who treats the table as one family.",
-        "- Descriptive answers (italics) are not corrected and decide nothing.",
-        "- A fragile answer (⚠, reproduced by fewer than 80% of resamples of its seeds) is where reruns on other "
-        "seeds or machines are expected to disagree; no verdict rests on one.",
-        "- The task sizes are those of a 2-core CPU run; `claims_large.toml` asks the same questions at "
-        "accelerator scale.",
-        *rerun,
+        "Each claim asks one pre-registered primary question in its own regime; its answer is one word, from the "
+        f"effect's 95% interval, an exact test (p < {claims_lib.ALPHA:g}) and a margin, the smallest effect that "
+        f"matters ({min_effect:g}x for a ratio, {claims_lib.MIN_RATE_EFFECT:g} for a difference of shares):",
+        "",
+        "- **yes**: detected, as the claim says, at least the margin;",
+        "- **opposite**: detected, the other way, at least the margin;",
+        "- **negligible**: detected below the margin, or an interval inside the margin both ways;",
+        "- **no**: the claimed effect of the margin's size is excluded, and neither of the above;",
+        "- **unsettled**: none of these;",
+        "- **degenerate**: the comparison cannot be made (an arm that fails on every seed at every learning "
+        "rate, both arms censored at one end of the grid, fewer than half the seeds reaching the target for "
+        "steps).",
+        "",
+        "The suite runs its seeds as independent replicate blocks (seeds of their own and, past the first, every "
+        "initial parameter x (1 + 1e-6 x N(0, 1))). A verdict is settled only when every block answers as the "
+        "pooled seeds do; otherwise it is **unsettled** and leans to the pooled word. *Reaching the target* "
+        f"means the smoothed training loss fell to the task's target and the run did not diverge (a loss above "
+        f"{thresholds['divergence_factor']:g} x the trivial loss, or not finite); a seed that never reaches it is "
+        "never given a finite number of steps. Explosion is the end-to-end gradient ratio ||dL/dh_first|| / "
+        "||dL/dh_last|| (below 1: vanishing); an underflowed gradient is no value, never explosion.",
+        "",
     ]
 
 
-def sections(judged: list[dict], records: list[dict], by_experiment: dict, thresholds: dict,
-             rerun: list[str]) -> list[str]:
-    """The report's part on the claims: answers at a glance, mitigations, caveats, verdicts, each claim."""
-    out = [GLANCE, "", *glance_table(judged, records), "",
-           "## Mitigations", "", "Every comparison whose claim expects the variant to be better, its arms "
-           "side by side (diverged seeds at each learning rate of the grid; the tuned learning rate is the "
-           "one with the lowest median validation loss).", "", *mitigations_table(judged, records), "",
-           "## Caveats", "", *caveats(thresholds, rerun), ""]
-    out += ["## Verdicts", "", "| claim | verdict | comparison | judged answers | descriptive |",
-            "|---|---|---|---|---|"]
-    for c in judged:
-        for i, x in enumerate(c["comparisons"]):
-            head = f"{c['id']}. {c.get('title', '')} | **{c['verdict']}**" if i == 0 else " | "
-            qs = x["questions"]
-            shown = lambda judged: "<br>".join(_answer(n, q) for n, q in qs.items()  # noqa: E731
-                                               if q["judged"] == judged) or "–"
-            out.append(f"| {head} | {x.get('regime') or x['experiment']} | {shown(True)} | {shown(False)} |")
-    out += ["", "A claim's verdict follows from its judged answers that are not fragile: decisive answers "
-            "that all agree give it; answers that disagree give `depends`, naming which regime and question "
-            "gave which; with no decisive answer it is `inconclusive` if any answer is, or if a fragile answer "
-            "would have decided (set aside), else `not supported` if an answer's interval excludes the claimed "
-            "effect, else `no detectable effect`.", ""]
+def sections(judged: list[dict], by_experiment: dict, thresholds: dict, min_effect: float, plot_dir,
+             link) -> tuple[list[str], dict]:
+    """The report's part on the claims: the glance table, the forest plot, the mitigations, then (folded) each
+    claim's design and evidence; and the forest plot's job."""
+    job = forest_job(judged, plot_dir)
+    path, (_fn, _rows, _title, caption) = next(iter(job.items()))
+    out = [GLANCE, "", *how_to_read(min_effect, thresholds), *glance_table(judged), "",
+           f"![forest]({link(path)})", "", f"*{caption}*", "",
+           "## Mitigations", "", "Each cure's primary arms side by side, each at its own tuned learning rate (the "
+           "lowest median validation loss).", "", *mitigations_table(judged), "",
+           "## Claims: design and evidence", "", "<details><summary>each claim's question, rationale, primary "
+           "answer per replicate block, secondary answers and arms</summary>", ""]
     for claim in judged:
         out += claim_section(claim, by_experiment)
-    return out
+    out += ["</details>", ""]
+    return out, job

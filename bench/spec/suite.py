@@ -55,6 +55,11 @@ SETTINGS = {
     "early_stop": Key(bool, True),  # a converged seed stops training (final numbers at convergence)
     "chunk_steps": Key(int, 100, ge=1),
     "trace_points": Key(int, 100, ge=2, le=1_000_000),
+    "replicates": Key(int, 1, ge=1, le=16, doc="independent replicate blocks: every cell runs once per block, on seeds "
+                      "of its own and, past the first, with replicate_perturbation; a claim is settled only when "
+                      "every block answers as the pooled seeds do"),
+    "replicate_perturbation": Key(float, 1e-6, ge=0, le=1, doc="the init_perturbation of every replicate block past "
+                                  "the first (when init_perturbation is 0)"),
     "init_perturbation": Key(float, 0.0, ge=0, le=1, doc="every initial parameter x (1 + this x N(0, 1)), drawn per "
                              "seed from its own key (imitates another machine's rounding); 0: none"),
 }
@@ -324,12 +329,14 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
     mitigations = [(f"mitigation[{i}]", *_mitigation_axes(path, f"mitigation[{i}]", m, exp["model"]))
                    for i, m in enumerate(exp["mitigation"])]
     n_cells = _size(task_axes) * _size(model_axes) * _size(opt_axes) * sum(_size(a) for _, _, a in mitigations)
-    if runs_before + n_cells * seeds > MAX_RUNS:
-        raise SuiteError(path, f"{exp['where']}.seeds", f"{n_cells} cells x {seeds} seeds (with the experiments "
-                         f"before: {runs_before + n_cells * seeds} runs) is more than {MAX_RUNS:,} runs; use fewer "
+    blocks = settings["replicates"]
+    if runs_before + n_cells * seeds * blocks > MAX_RUNS:
+        raise SuiteError(path, f"{exp['where']}.seeds", f"{n_cells} cells x {seeds} seeds x {blocks} replicate blocks "
+                         f"(with the experiments before: {runs_before + n_cells * seeds * blocks} runs) is more than "
+                         f"{MAX_RUNS:,} runs; use fewer "
                          "seeds or a coarser grid, or split the suite")
     cells = []
-    for m_key, m_name, m_axes in mitigations:
+    for block, (m_key, m_name, m_axes) in itertools.product(range(blocks), mitigations):
         for t, m, o, mp in itertools.product(_product(task_axes), _product(model_axes), _product(opt_axes),
                                              _product(m_axes)):
             config = {
@@ -344,11 +351,44 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
                 "smoothing": settings["smoothing"],
                 "early_stop": exp["early_stop"],
             }
-            if settings["init_perturbation"] > 0:  # absent at 0: unperturbed cells keep their ids
-                config["init_perturbation"] = settings["init_perturbation"]
+            perturbation = settings["init_perturbation"] or (settings["replicate_perturbation"] if block else 0.0)
+            if perturbation > 0:  # absent at 0: unperturbed cells keep their ids
+                config["init_perturbation"] = perturbation
+            if block:  # block 0 is the cell of a run without blocks (same id, same seeds)
+                config.update(replicate=block, first_seed=block * seeds)
             plan = _plan(path, m_key, config)
-            cells.append(Cell(cell_id(config), settings["name"], exp["name"], _label(config, varying), config, plan))
+            label = _label(config, varying) + (f" block={block}" if block else "")
+            cells.append(Cell(cell_id(config), settings["name"], exp["name"], label, config, plan))
     return cells
+
+
+def extended(path, raw: dict, seen: tuple = ()) -> dict:
+    """A suite file that `extends` another (a path relative to it): the other's tables with this file's on top.
+
+    Tables merge key by key; an [[experiment]] merges into the other's experiment of the same name (a new name
+    adds one); any other list (a mitigation list, the claims) is replaced whole. So a suite at another scale
+    states its scale knobs (seeds, steps, grids, sizes) and asks the same pre-registered claims.
+    """
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise SuiteError(path, "extends", f"{parent!r} is not allowed; allowed: the path of another suite file, "
+                         "relative to this one")
+    base_path = Path(path).parent / parent
+    if base_path.resolve() in seen or base_path.resolve() == Path(path).resolve():
+        raise SuiteError(path, "extends", f"{parent!r} extends this file again (a cycle)")
+    return _merged(extended(base_path, read_toml(base_path), (*seen, Path(path).resolve())), raw)
+
+
+def _merged(base, top, key: str = ""):
+    if isinstance(base, dict) and isinstance(top, dict):
+        return {**base, **{k: _merged(base[k], v, k) if k in base else v for k, v in top.items()}}
+    if key == "experiment" and isinstance(base, list) and isinstance(top, list):
+        named = {t.get("name"): t for t in top if isinstance(t, dict)}
+        return [_merged(b, named.pop(b.get("name"))) if isinstance(b, dict) and b.get("name") in named else b
+                for b in base] + list(named.values())
+    return top
 
 
 def read_toml(path) -> dict:
@@ -384,7 +424,7 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
     `overrides` (the command line's --set KEY=VALUE) override [suite] settings.
     """
     path = Path(path)
-    raw = check_table(path, "top level", read_toml(path), TOP_LEVEL)
+    raw = check_table(path, "top level", extended(path, read_toml(path)), TOP_LEVEL)
     settings = check_table(path, "suite", raw["suite"], SETTINGS)
     for key, value in (overrides or {}).items():
         if key not in SETTINGS or key in ("name", "description", "seeds", "steps"):
