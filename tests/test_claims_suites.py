@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.analysis import claims
+from bench.spec.claim_schema import matches
 from bench.engine import runner
 from bench.spec import suite
 
@@ -17,22 +17,36 @@ def both():
     return suite.load(SUITES / "claims.toml"), suite.load(SUITES / "claims_large.toml")
 
 
-def test_the_large_suite_judges_the_same_claims_at_accelerator_scale(both):
+def test_the_large_suite_is_the_claims_suite_with_its_scale_knobs_turned_up(both):
     cpu, large = both
-    assert [c["id"] for c in large.claims] == [c["id"] for c in cpu.claims] == [str(i) for i in range(1, 13)]
+    assert large.claims == cpu.claims and len(cpu.claims) == 17  # the same pre-registered claims, not a copy
+    assert {e["name"] for e in large.experiments} == {e["name"] for e in cpu.experiments}
     for s in both:
         for claim in s.claims:
-            for comp in claim["comparison"]:
-                for side, experiment in (("baseline", comp["experiment"]),
-                                         ("variant", comp["variant_experiment"] or comp["experiment"])):
-                    assert any(claims.matches(c.config, comp[side]) for c in s.cells
-                               if c.experiment == experiment), (s.name, claim["id"], side)
-    models = [c.plan["model"] for c in large.cells if c.plan["model"]["family"] == "mlp"]
-    assert max(m["depth"] for m in models) == 64 and max(m["width"] for m in models) == 1024
-    assert {e["name"] for e in large.experiments} == {e["name"] for e in cpu.experiments}
+            for q in (claim["primary"], *claim["secondary"]):
+                for side, experiment in (("baseline", q["experiment"]),
+                                         ("variant", q["variant_experiment"] or q["experiment"])):
+                    assert any(matches(c.config, q[side]) for c in s.cells if c.experiment == experiment), \
+                        (s.name, claim["id"], side)
     per_decade = lambda s: len([c for c in s.cells if c.experiment == "deep-tanh" and  # noqa: E731
-                                c.config["mitigation"] == {"name": "none"}])
+                                c.config["mitigation"] == {"name": "none"} and not c.config.get("replicate")])
     assert per_decade(large) == 41 and per_decade(cpu) == 21  # 5 decades at 8 and 4 points per decade
+    assert large.settings["seeds"] == 2 * cpu.settings["seeds"] and large.settings["replicates"] >= 2
+
+
+def test_a_suite_that_extends_another_merges_tables_and_experiments_by_name(tmp_path):
+    (tmp_path / "base.toml").write_text(SUITES.joinpath("example.toml").read_text())
+    base = suite.load(tmp_path / "base.toml")
+    first = base.experiments[0]["name"]
+    (tmp_path / "big.toml").write_text(f'extends = "base.toml"\n[suite]\nname = "big"\nseeds = 3\n'
+                                       f'[[experiment]]\nname = "{first}"\nsteps = 7\n')
+    big = suite.load(tmp_path / "big.toml")
+    assert big.name == "big" and {c.config["seeds"] for c in big.cells} == {3}
+    assert {c.config["steps"] for c in big.cells if c.experiment == first} == {7}
+    assert len(big.cells) == len(base.cells) and big.claims == base.claims
+    (tmp_path / "loop.toml").write_text('extends = "loop.toml"\n[suite]\nname = "x"\n')
+    with pytest.raises(suite.SuiteError, match="cycle"):
+        suite.load(tmp_path / "loop.toml")
 
 
 def test_every_experiment_of_the_large_suite_trains_shrunk(tmp_path):

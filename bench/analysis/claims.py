@@ -135,6 +135,7 @@ class Arm:
             "collapsed": [int(r["per_seed"]["collapsed"].count(True)) for r in self.records],
             "reached": self.reach().sum(axis=0).tolist(),
             "seeds": self.n_seeds,
+            "e2e_init": float(np.nanmedian(e2e_ratio(self.records[0], 0.0))),
             "tuned_lr": run_lr(at_tuned),
             "tuned_reached": int(reached(at_tuned).sum()),
             "tuned_diverged": int(_bools(at_tuned, "diverged").sum()),
@@ -227,8 +228,9 @@ def _training_ratios(base: Arm, var: Arm, lrs: list, at: float):
 def _at(fn, what: str):
     """A per-seed value of the record at the stated learning rate, else at each arm's own tuned one."""
     def values(base: Arm, var: Arm, q: dict):
-        where = f"at lr {q['lr']:g}" if q["lr"] is not None else "at each arm's tuned learning rate"
-        return fn(base.read_at(q["lr"])), fn(var.read_at(q["lr"])), (None, None), f"{what} {where}", None
+        where = f"at lr {q['lr']:g}" if q["lr"] is not None else \
+            "at each arm's tuned learning rate" if len(base.lrs) > 1 or len(var.lrs) > 1 else ""
+        return fn(base.read_at(q["lr"])), fn(var.read_at(q["lr"])), (None, None), f"{what} {where}".strip(), None
     return values
 
 
@@ -275,7 +277,7 @@ MEASURES = {
     "divergence": Measure(_at(lambda r: _bools(r, "diverged"), "diverged"), +1, rate=True, log_scale=False,
                           training=False),
     "steps": Measure(_at(_steps, "steps to the target (never: infinity)"), +1),
-    "heldout_loss": Measure(_at(_heldout, "held-out loss (diverged: infinity)"), +1),
+    "heldout_loss": Measure(_at(_heldout, "held-out loss (diverged: infinity)"), +1, training=False),
     "overfitting_gap": Measure(_at(_gap, "held-out minus training loss, trained seeds"), +1, log_scale=False,
                                margin=lambda min_effect, trivial: (min_effect - 1) * 0.1 * trivial),
     "critical_lr": Measure(_grid(lambda a: metrics.critical_lr(a.lrs, a.flags("trained")),
@@ -294,8 +296,7 @@ MEASURES = {
     "max_abs_log_z": Measure(_at(_recorded("max_abs_log_z"), "largest batch-mean |log Z| of the output softmax"),
                              +1, training=False),
     "grad_zero_fraction": Measure(_at(_recorded("grad_zero_fraction"), "largest share of exactly-zero gradient "
-                                      "entries in a step"), +1, log_scale=False, training=False,
-                                  margin=lambda min_effect, trivial: 0.01 * (min_effect - 1) * 4),
+                                      "entries in a step"), +1, training=False),
 }
 
 
@@ -360,9 +361,12 @@ def answer(base: list[dict], var: list[dict], q: dict, min_effect: float) -> dic
         if result["p"] is None:
             return {**out, **_public(result), "word": DEGENERATE, "what": values[3],
                     "reason": "fewer than 2 seeds with a value in an arm"}
-        margin = math.log(min_effect) if measure.log_scale else \
-            measure.margin(min_effect, b_arm.trivial_loss) if measure.margin else math.log10(_grid_step(b_arm.lrs))
-    result = {**_public(result), "what": values[3], "margin": margin, "expected_sign": sign}
+        step = _grid_step(b_arm.lrs)
+        margin = (max(math.log(min_effect), math.log(step)) if measure.grid else math.log(min_effect)) \
+            if measure.log_scale else measure.margin(min_effect, b_arm.trivial_loss) if measure.margin \
+            else math.log10(step)
+    result = {**_public(result), "what": values[3], "margin": margin, "expected_sign": sign,
+              "unit": {"reach_range": " decades", "overfitting_gap": " nats"}.get(q["measure"], "")}
     if values[4] is not None:  # the raw gradient ratios behind a distance
         result["ratio_median"] = [float(np.nanmedian(r)) if np.isfinite(r).any() or np.isinf(r).any() else None
                                   for r in values[4]]

@@ -277,7 +277,8 @@ def forest(rows: list[dict], path, title: str = "") -> None:
             continue
         low, high, effect = (float(np.clip(v, -clip, clip)) for v in (r["low"], r["high"], r["effect"]))
         ax.plot([low, high], [y, y], color="k", linewidth=1.2)
-        ax.plot([effect], [y], "o", color="k", markersize=5)
+        marker = {"≥": ">", "≤": "<"}.get(r.get("bound", ""), "o")  # a bound points the way it is open
+        ax.plot([effect], [y], marker, color="k", markersize=5)
         for b in r.get("blocks", []):
             if b is not None:
                 ax.plot([float(np.clip(b, -clip, clip))], [y + 0.22], "|", color="tab:blue", markersize=6)
@@ -292,4 +293,31 @@ def forest(rows: list[dict], path, title: str = "") -> None:
     ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
+    _save(fig, path)
+
+
+def reach_panels(panels: list[tuple[str, dict]], path, title: str = "") -> None:
+    """One panel per comparison: the share of seeds reaching the target at every learning rate, baseline against
+    variant, each arm's tuned learning rate marked. panels: (panel title, {arm label: (lrs, shares, tuned lr)})."""
+    cols = min(4, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    for ax, (name, arms) in zip(axes.flat, panels):
+        for (label, (lrs, shares, tuned)), style in zip(arms.items(), ({"color": "0.45", "linestyle": "--"},
+                                                                        {"color": "tab:blue", "linestyle": "-"})):
+            ax.plot(lrs, shares, marker=".", label=label, **style)
+            ax.axvline(tuned, ymax=0.08, color=style["color"], linewidth=2)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title("\n".join(textwrap.wrap(name, 40)), fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("learning rate", fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("share reaching the target", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
     _save(fig, path)

@@ -99,9 +99,9 @@ def render(results_dir, output) -> tuple[str, dict]:
                 "the figures.", ""]
     for experiment, recs in by_experiment.items():
         level = "###" if judged else "##"
-        out += [f"{level} Experiment: {experiment}", "", *arms_table(recs), "",
-                "<details><summary>every cell</summary>", "", *cells_table(recs, marks), "", "</details>", "",
-                *figures[experiment]]
+        out += [f"{level} Experiment: {experiment}", "", "<details><summary>its arms, every cell and its "
+                "figures</summary>", "", *arms_table(recs), "", *cells_table(recs, marks), "",
+                *figures[experiment], "</details>", ""]
         if len(environments(records)) > 1:
             out += [*environment_lines(recs, env_names), ""]
     return "\n".join(out), jobs

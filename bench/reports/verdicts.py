@@ -14,6 +14,8 @@ GLANCE = "## Answers at a glance"  # the heading of the first page's table, one 
 FINDING_MAX = 320  # characters of a first-page finding
 VERDICT_MAX = 40  # characters of a first-page verdict cell
 FOREST = "forest.png"
+REACH = "reach.png"
+LEARNING = ("reach", "reach_range", "steps")  # measures whose arms are drawn as shares reaching the target
 
 
 def anchor(title: str) -> str:
@@ -35,7 +37,7 @@ def effect_text(q: dict) -> str:
     if q.get("kind") == "rate":
         return f"Δ{q['effect']:+.2f} [{q['ci'][0]:+.2f}, {q['ci'][1]:+.2f}]"
     ratio = q["log_scale"]
-    text = q.get("bound", "") + _number(q["effect"], ratio)
+    text = q.get("bound", "") + _number(q["effect"], ratio) + q.get("unit", "")
     low, high = q["ci"]
     if "grid_step" in q and ratio and q["effect"] > 0:
         steps = math.log(q["effect"]) / math.log(q["grid_step"])
@@ -97,7 +99,13 @@ def finding(c: dict) -> str:
                 f"{effect_text(q)}, p={q['p']:.2g}, {seeds} seeds")
         if q["word"] == claims_lib.DEGENERATE:
             text = f"degenerate: {q['reason']}; {text}"
-    return text if len(text) <= FINDING_MAX else text[:FINDING_MAX - 1] + "…"
+    text = text if len(text) <= FINDING_MAX else text[:FINDING_MAX - 1] + "…"
+    return cell(text)
+
+
+def cell(text: str) -> str:
+    """Text for a Markdown table cell: a "|" of its own escaped."""
+    return text.replace("|", "\\|")
 
 
 def glance_table(judged: list[dict]) -> list[str]:
@@ -120,22 +128,46 @@ def forest_job(judged: list[dict], plot_dir) -> dict:
             rows.append({"label": f"{c['id']}. {c['title']}", "effect": None})
             continue
         low, high = sorted(scale(x) for x in q["ci_raw"])
+        bound = q.get("bound", "")
+        if bound in ("≥", "≤") and q["expected_sign"] < 0:  # oriented so that right is as the claim says
+            bound = "≤" if bound == "≥" else "≥"
         rows.append({"label": f"{c['id']}. {c['title']}"[:60], "effect": scale(q["effect_raw"]), "low": low,
-                     "high": high, "blocks": [scale(b.get("effect_raw")) for b in q.get("blocks", [])]})
+                     "high": high, "bound": bound,
+                     "blocks": [scale(b.get("effect_raw")) for b in q.get("blocks", [])]})
     path = str(plot_dir / FOREST)
     return {path: (functools.partial(plots.forest), rows, "Primary effects, in margins",
-                   "Each claim's primary effect (dot) and 95% interval in units of its margin (a ratio of "
-                   "1.25, a difference of 0.25 in a share), right when the variant does what the claim says; "
+                   "Each claim's primary effect (dot; a triangle for a bound, pointing the way it is open) and "
+                   "95% interval in units of its margin (a ratio of 1.25, a difference of 0.25 in a share, one "
+                   "grid step for a range of learning rates), right when the variant does what the claim says; "
                    "the grey band is the margin (negligible inside it); blue ticks are the replicate blocks' "
                    "estimates.")}
+
+
+def reach_job(judged: list[dict], plot_dir) -> dict:
+    """One panel per claim whose primary question is about learning: the share of seeds reaching the target
+    against the learning rate, baseline against variant, each arm's tuned learning rate marked."""
+    panels = []
+    for c in judged:
+        q = c["primary"]
+        if q["measure"] in LEARNING and "arms" in q:
+            arms = {side: (s["lrs"], [k / s["seeds"] for k in s["reached"]], s["tuned_lr"])
+                    for side, s in q["arms"].items()}
+            panels.append((f"{c['id']}. {q.get('label') or c['title']}", arms))
+    if not panels:
+        return {}
+    return {str(plot_dir / REACH): (functools.partial(plots.reach_panels), panels, "Seeds reaching the target",
+                                    "Per claim whose primary question is about learning, the share of seeds that "
+                                    "reach the target at each learning rate, baseline (dashed) against variant; "
+                                    "the marks on the axis are each arm's tuned learning rate.")}
 
 
 def mitigations_table(judged: list[dict]) -> list[str]:
     """Per cure (a claim that expects the variant to be better), its primary arms side by side at each arm's
     tuned learning rate: diverged and reaching the target of the seeds, median steps to the target, the width
     of the learning rates where at least half reach it, and run-steps/s against the baseline's."""
-    lines = ["| claim | arm | tuned lr | diverged | reach the target | median steps to it | lr range where half "
-             "reach it (decades) | run-steps/s vs baseline |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | arm | gradient ratio at init | tuned lr | diverged | reach the target | median steps to "
+             "it | lr range where half reach it (decades) | run-steps/s vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in judged:
         q = c["primary"]
         if q["expect"] != "better" or "arms" not in q:
@@ -147,13 +179,14 @@ def mitigations_table(judged: list[dict]) -> list[str]:
             relative = "1" if side == "baseline" else f"{speed / base_speed:.2f}" if speed and base_speed else "–"
             steps = "never" if not math.isfinite(s["tuned_steps"]) else _fmt(s["tuned_steps"])
             lines.append(f"| {c['id'] if side == 'baseline' else ''} | {side}: {_selector(q[side])} | "
-                         f"{s['tuned_lr']:g} | {s['tuned_diverged']}/{s['seeds']} | {s['tuned_reached']}/{s['seeds']} "
+                         f"{_fmt(s['e2e_init'])} | {s['tuned_lr']:.3g} | {s['tuned_diverged']}/{s['seeds']} | "
+                         f"{s['tuned_reached']}/{s['seeds']} "
                          f"| {steps} | {_fmt(s['reach_decades'])} | {relative} |")
     return lines
 
 
 def _question_row(name: str, q: dict) -> str:
-    what = q.get("what", "–")
+    what = cell(q.get("what", "–"))
     p = f"{q['p']:.2g}" if q.get("p") is not None else "–"
     word = q["word"] + (f" ({q['reason']})" if q.get("reason") else "")
     return (f"| {name} | {_selector(q['baseline'])} | {_selector(q['variant'])} | {q['expect']} | {what} | "
@@ -192,6 +225,10 @@ def claim_section(claim: dict, by_experiment: dict) -> list[str]:
 def how_to_read(min_effect: float, thresholds: dict) -> list[str]:
     """The vocabulary and the rule, one definition each (docs/METHODS.md, "Claims")."""
     return [
+        "Effects: x a ratio (variant over baseline, Hodges-Lehmann), Δ a difference of shares of seeds, + or - a "
+        "difference (in the unit named); ≥ or ≤ mark a bound, where infinite values (a seed that never reached "
+        "the target, a diverged one) or a seed censored at the grid's end leave one side open.",
+        "",
         "Each claim asks one pre-registered primary question in its own regime; its answer is one word, from the "
         f"effect's 95% interval, an exact test (p < {claims_lib.ALPHA:g}) and a margin, the smallest effect that "
         f"matters ({min_effect:g}x for a ratio, {claims_lib.MIN_RATE_EFFECT:g} for a difference of shares):",
@@ -223,11 +260,15 @@ def sections(judged: list[dict], by_experiment: dict, thresholds: dict, min_effe
     job = forest_job(judged, plot_dir)
     path, (_fn, _rows, _title, caption) = next(iter(job.items()))
     out = [GLANCE, "", *how_to_read(min_effect, thresholds), *glance_table(judged), "",
-           f"![forest]({link(path)})", "", f"*{caption}*", "",
+           "## Primary effects", "", f"![forest]({link(path)})", "", f"*{caption}*", "",
            "## Mitigations", "", "Each cure's primary arms side by side, each at its own tuned learning rate (the "
-           "lowest median validation loss).", "", *mitigations_table(judged), "",
-           "## Claims: design and evidence", "", "<details><summary>each claim's question, rationale, primary "
-           "answer per replicate block, secondary answers and arms</summary>", ""]
+           "lowest median validation loss).", "", *mitigations_table(judged), ""]
+    reach = reach_job(judged, plot_dir)
+    for path, (_fn, _data, _title, caption) in reach.items():
+        out += [f"![reach]({link(path)})", "", f"*{caption}*", ""]
+    job.update(reach)
+    out += ["## Claims: design and evidence", "", "<details><summary>each claim's question, rationale, primary "
+            "answer per replicate block, secondary answers and arms</summary>", ""]
     for claim in judged:
         out += claim_section(claim, by_experiment)
     out += ["</details>", ""]
