@@ -31,7 +31,7 @@ def test_the_large_suite_is_the_claims_suite_with_its_scale_knobs_turned_up(both
     per_decade = lambda s: len([c for c in s.cells if c.experiment == "deep-tanh" and  # noqa: E731
                                 c.config["mitigation"] == {"name": "none"} and not c.config.get("replicate")])
     assert per_decade(large) == 41 and per_decade(cpu) == 21  # 5 decades at 8 and 4 points per decade
-    assert large.settings["seeds"] == 2 * cpu.settings["seeds"] and large.settings["replicates"] >= 2
+    assert large.settings["seeds"] == 4 * cpu.settings["seeds"] and large.settings["replicates"] == 2
 
 
 def test_a_suite_that_extends_another_merges_tables_and_experiments_by_name(tmp_path):
@@ -60,3 +60,19 @@ def test_every_experiment_of_the_large_suite_trains_shrunk(tmp_path):
     for r in records:
         assert len(r["per_seed"]["loss_0"]) == 2 and np.all(np.isfinite(r["per_seed"]["loss_0"]))
         assert r["explosion"]["e2e_ratio_init"][0] is not None
+
+
+def test_replicate_blocks_run_seeds_of_their_own_and_the_first_block_is_the_plain_run(tmp_path):
+    # 2 seeds, 5 steps, the CI suite's first cell: once without blocks, once with 2 blocks (one program).
+    plain = suite.load(SUITES / "ci.toml", seeds=2, steps=5)
+    blocks = suite.load(SUITES / "ci.toml", seeds=2, steps=5, overrides={"replicates": 2})
+    first = plain.cells[0]
+    twins = [c for c in blocks.cells if c.config["mitigation"] == first.config["mitigation"]
+             and c.config["optimizer"] == first.config["optimizer"]]
+    assert [c.config.get("replicate", 0) for c in twins] == [0, 1]
+    assert twins[1].config["init_perturbation"] == blocks.settings["replicate_perturbation"] == 1e-6
+    a = runner.run_suite(dataclasses.replace(plain, cells=[first]), tmp_path / "a")[0]
+    b0, b1 = runner.run_suite(dataclasses.replace(blocks, cells=twins), tmp_path / "b")
+    assert b0["per_seed"]["seed"] == [0, 1] and b1["per_seed"]["seed"] == [2, 3]
+    assert b0["per_seed"]["final_train_loss"] == a["per_seed"]["final_train_loss"]  # block 0: no perturbation
+    assert b1["per_seed"]["final_train_loss"] != b0["per_seed"]["final_train_loss"]

@@ -58,8 +58,8 @@ SETTINGS = {
     "replicates": Key(int, 1, ge=1, le=16, doc="independent replicate blocks: every cell runs once per block, on seeds "
                       "of its own and, past the first, with replicate_perturbation; a claim is settled only when "
                       "every block answers as the pooled seeds do"),
-    "replicate_perturbation": Key(float, 1e-6, ge=0, le=1, doc="the init_perturbation of every replicate block past "
-                                  "the first (when init_perturbation is 0)"),
+    "replicate_perturbation": Key(float, 1e-6, ge=0, le=1, doc="added to init_perturbation in every replicate block "
+                                  "past the first"),
     "init_perturbation": Key(float, 0.0, ge=0, le=1, doc="every initial parameter x (1 + this x N(0, 1)), drawn per "
                              "seed from its own key (imitates another machine's rounding); 0: none"),
 }
@@ -208,8 +208,8 @@ def _plan(path, key, config) -> dict:
     plan = {"task": config["task"], "model": copy.deepcopy(config["model"]),
             "optimizer": copy.deepcopy(config["optimizer"]), "transforms": [], "skip_nonfinite": 0,
             "aux_losses": [], "loss_scaling": None}
-    if config.get("init_perturbation"):
-        plan["init_perturbation"] = config["init_perturbation"]  # traced: one program for every value > 0
+    if "init_perturbation" in config:
+        plan["init_perturbation"] = config["init_perturbation"]  # traced: one program for every value
     mitigation = config["mitigation"]
     name = mitigation["name"]
     try:
@@ -351,9 +351,11 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
                 "smoothing": settings["smoothing"],
                 "early_stop": exp["early_stop"],
             }
-            perturbation = settings["init_perturbation"] or (settings["replicate_perturbation"] if block else 0.0)
-            if perturbation > 0:  # absent at 0: unperturbed cells keep their ids
-                config["init_perturbation"] = perturbation
+            # Past the first block: replicate_perturbation on top of init_perturbation, so a rerun with
+            # --set init_perturbation moves every block, not only the first.
+            perturbation = settings["init_perturbation"] + (settings["replicate_perturbation"] if block else 0.0)
+            if perturbation > 0 or blocks > 1:  # absent at 0 without blocks: unperturbed cells keep their ids;
+                config["init_perturbation"] = perturbation  # with blocks, every block shares one program
             if block:  # block 0 is the cell of a run without blocks (same id, same seeds)
                 config.update(replicate=block, first_seed=block * seeds)
             plan = _plan(path, m_key, config)
