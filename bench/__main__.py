@@ -255,11 +255,12 @@ def cmd_compare(args) -> int:
     import json
 
     from bench.analysis import compare
-    from bench.records import store
 
     try:
-        baseline, current = (store.read_results(p, oldest=1) for p in (args.baseline, args.current))
-        result = compare.compare(baseline, current, alpha=args.alpha, throughput_threshold=args.throughput_threshold)
+        baseline, current = (compare.load(p) for p in (args.baseline, args.current))
+        result = compare.compare(baseline, current, alpha=args.alpha, throughput_threshold=args.throughput_threshold,
+                                 judge_across_machines=args.judge_throughput_across_machines,
+                                 fail_on_env_change=args.fail_on_env_change)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.json:
@@ -268,11 +269,13 @@ def cmd_compare(args) -> int:
         print(compare.markdown(result, args.all), end="")
     else:
         out = Console(width=None if sys.stdout.isatty() else 160)
+        for line in compare.environment_lines(result):
+            out.print(line, markup=False)
         out.print(compare.table(result, args.all))
         for line in compare.one_side(result) + compare.detectable_lines(result):
             out.print(line, markup=False)
         out.print(compare.summary(result), markup=False)
-    return 1 if result["regressed"] else 0
+    return 1 if result["failed"] else 0
 
 
 def cmd_export(args) -> int:
@@ -550,8 +553,10 @@ def parser() -> argparse.ArgumentParser:
                          "per-seed values, Holm-corrected over all cells x metrics; throughput as a ratio, "
                          "each side normalised by its run's yardstick, worse only below both "
                          "--throughput-threshold and the noise band of the two runs' timed chunks. Prints, per "
-                         "metric, the smallest regression of one cell it can detect with these seeds. Exit "
-                         "status: 0 nothing regressed, 1 regressed, 2 bad input.")
+                         "metric, the smallest regression of one cell it can detect with these seeds. It first "
+                         "lists every difference of the two runs' environments; throughput from other machines is "
+                         "reported, not judged. Exit status: 0 nothing regressed, 1 regressed (or the environment "
+                         "changed, with --fail-on-env-change), 2 bad input.")
     cmp.add_argument("baseline", help="baseline results.jsonl or run directory")
     cmp.add_argument("current", help="current results.jsonl or run directory")
     cmp.add_argument("--alpha", type=_fraction(0.0, 1.0), default=0.05,
@@ -559,6 +564,12 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
                      help="normalised steps/s ratio current/baseline below which throughput is worse (when "
                           "also below the noise band); 0 turns the check off (default 0.8)")
+    cmp.add_argument("--fail-on-env-change", action="store_true",
+                     help="exit 1 when the environment differs (library versions, Python, backend, devices, CPU "
+                          "model, XLA flags; not the code under test), whatever the verdicts")
+    cmp.add_argument("--judge-throughput-across-machines", action="store_true",
+                     help="judge throughput even when the runs were made on other machines (CPU model or cores, "
+                          "backend, device kind or count); by default it is reported only")
     cmp.add_argument("--all", action="store_true", help="list unchanged cell-metrics too")
     fmt = cmp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
