@@ -102,7 +102,8 @@ def environment_lines(result: dict) -> list[str]:
         lines += [f"  {d['name']}: {d['baseline']} -> {d['current']}"
                   + (" (the code under test)" if d["kind"] == "code" else "") for d in diffs]
     machine = [d["name"] for d in diffs if d["kind"] == "machine"]
-    what = f"the {' and '.join(machine)} differ{'s' if len(machine) == 1 else ''}"
+    names = f"{', '.join(machine[:-1])} and {machine[-1]}" if len(machine) > 1 else "".join(machine)
+    what = f"the {names} differ{'s' if len(machine) == 1 else ''}"
     if machine and not result["environment"]["throughput_judged"]:
         lines.append(f"throughput was not judged across machines ({what}): its ratios are reported only "
                      "(--judge-throughput-across-machines judges them)")
