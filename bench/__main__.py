@@ -279,14 +279,19 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bench.records import store
+    from bench.records import checks, store
     from bench.reports import export
 
+    directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
+    suffix = ".csv" if args.format == "tidy" else ".json"
+    output = Path(args.output or directory / f"{args.format}{suffix}")
     try:
-        records = store.read_results(args.dir)
+        if args.format != "tensorboard":
+            export.check_output(args.format, output)
+        records = checks.check(store.read_results(args.dir), checks.results_file(args.dir), ("diverged", "trained"),
+                               summaries=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
     if args.format == "tensorboard":
         target = Path(args.output or directory / "tensorboard")
         try:
@@ -295,8 +300,12 @@ def cmd_export(args) -> int:
             raise UsageError(str(e)) from None
         print(f"{len(written)} cells in {target} (tensorboard --logdir {target})")
         return 0
-    suffix = ".csv" if args.format == "tidy" else ".json"
-    output = Path(args.output or directory / f"{args.format}{suffix}")
+    if args.format == "tidy" and output.suffix.lower() == ".parquet":  # Parquet alone, as asked
+        if not export.write_parquet(export.tidy_rows(records), output):
+            raise UsageError(f"--output {output}: Parquet needs pyarrow: pip install 'gradbench[parquet]' (or give "
+                             "a .csv path)")
+        print(output)
+        return 0
     for path, text in export.outputs(records, args.format, output).items():
         store.atomic_write(path, text)
         print(path)
@@ -581,14 +590,17 @@ def parser() -> argparse.ArgumentParser:
                                      "written). JSON files are strict (no NaN or Infinity tokens).")
     exp.add_argument("dir", help="run directory or results.jsonl")
     exp.add_argument("--format", required=True, choices=export_formats(),
-                     help="pytest-benchmark: one saved run, a round per timed chunk, ops = steps/s "
-                          "(`pytest-benchmark compare` loads it); github-action-benchmark: OUTPUT-bigger.json "
-                          "(customBiggerIsBetter: steps/s) and OUTPUT-smaller.json (customSmallerIsBetter: 1 + "
-                          "divergence rate, 1 + failure rate, 1 + steps to converge); tidy: one row per cell x seed "
-                          "as CSV (and Parquet with pyarrow); tensorboard: event files per cell (needs the "
-                          "tensorboard extra)")
-    exp.add_argument("--output", help="output file (default: DIR/FORMAT.json, DIR/tidy.csv) or, for tensorboard, "
-                                      "directory (default: DIR/tensorboard)")
+                     help="pytest-benchmark: one saved run, one benchmark per compiled program, a round per "
+                          "timed chunk, ops = steps/s normalised by the run's yardstick (raw steps/s in extra_info; "
+                          "`pytest-benchmark compare` loads it); github-action-benchmark: OUTPUT-bigger.json "
+                          "(customBiggerIsBetter: normalised steps/s per program, raw in extra) and "
+                          "OUTPUT-smaller.json (customSmallerIsBetter, per cell: 1 + divergence rate, 1 + failure "
+                          "rate, 1 + steps to converge); tidy: one row per cell x seed with the program's throughput "
+                          "and the versions, as CSV (and Parquet beside it with pyarrow) or Parquet; tensorboard: "
+                          "event files per cell (needs the tensorboard extra)")
+    exp.add_argument("--output", help="output file, ending in .json (pytest-benchmark, github-action-benchmark) or "
+                                      ".csv or .parquet (tidy) (default: DIR/FORMAT.json, DIR/tidy.csv) or, for "
+                                      "tensorboard, directory (default: DIR/tensorboard)")
     exp.set_defaults(func=cmd_export)
     rpr = sub.add_parser("reproduce", help="rerun recorded cells from their stored config and compare the numbers",
                          description="Exit status: 0 every metric identical or within noise (throughput only "
