@@ -420,7 +420,8 @@ def table(result: dict, show_all: bool = False):
     rows = _shown(result, show_all)
     hidden = len(result["rows"]) - len(rows)
     if not rows:
-        return f"all {hidden} cell-metrics unchanged or not judged"
+        untested = sum(r["verdict"] == UNTESTED for r in result["rows"])
+        return f"all {hidden} cell-metrics unchanged" + (f" or not judged ({untested})" if untested else "")
     tbl = Table(title="compare: current vs baseline", caption=f"{hidden} cell-metrics unchanged or not judged "
                 "(--all lists them)" if hidden else None)
     for column in COLUMNS:
