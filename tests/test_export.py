@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from pytest_benchmark.logger import Logger
 from pytest_benchmark.storage.file import FileStorage
 
 from bench.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def records(run_dir):
@@ -95,6 +98,21 @@ def test_a_faster_runner_moves_raw_steps_not_the_normalised_series(tiny_run, tmp
     assert slow["name"] == quick["name"] and math.isclose(slow["value"], quick["value"])
     raw = records(tiny_run)[0]["throughput"]["steps_per_s"]
     assert f"raw {raw:.6g} steps/s" in slow["extra"] and f"raw {2 * raw:.6g} steps/s" in quick["extra"]
+
+
+def test_a_program_is_one_series_whatever_the_experiments_its_cells_belong_to():
+    from bench.reports import export
+
+    recs = [json.loads(line) for line in (ROOT / "results" / "claims" / "results.jsonl").read_text().splitlines()]
+    groups = export.programs(recs)
+    assert sum(map(len, groups)) == len(recs) and len({export.program_id(g) for g in groups}) == len(groups)
+    for cells in groups:  # one measurement, one compiled program: same runs, same static model
+        assert len({json.dumps(c["throughput"], sort_keys=True) for c in cells}) == 1
+        assert sum(c["config"]["seeds"] for c in cells) == cells[0]["throughput"]["runs_per_program"]
+    # Cells of several experiments (the effects suite's) trained in one program: one series, not one per experiment.
+    shared = [g for g in groups if len({c["experiment"] for c in g}) > 1]
+    assert shared and all(" | " in export.program_name(g) for g in shared)
+    assert len(groups) < len({(c["experiment"], json.dumps(c["throughput"])) for c in recs})
 
 
 def test_github_action_benchmark_arrays(tiny_run, tmp_path, capsys):

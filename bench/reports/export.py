@@ -2,8 +2,9 @@
 
 Throughput is a property of a compiled program, not of a cell: the cells of
 one program (one `bench run` group, whose records carry one throughput
-measurement) are one series, named by the experiment and its cells' labels
-(`EXPERIMENT: LABEL; LABEL; ...`, id: a hash of its cell ids). Its value is
+measurement; it may span experiments) are one series, named by the
+experiment and its cells' labels (`EXPERIMENT: LABEL; LABEL; ...`, with ` | `
+between experiments; id: a hash of its cell ids). Its value is
 **normalised** the way compare judges it: steps/s divided by the run's own
 yardstick (env.scan_flops_per_s, else env.matmul_flops_per_s) in GFLOP/s, so
 "program steps per yardstick GFLOP", with the raw steps/s beside it; a
@@ -80,17 +81,22 @@ def program_id(records: list[dict]) -> str:
 
 
 def programs(records: list[dict]) -> list[list[dict]]:
-    """The records grouped by compiled program, in file order: cells of one suite and experiment whose records
-    carry one throughput measurement (the engine times a program once and writes it to each of its cells)."""
+    """The records grouped by compiled program, in file order: cells of one suite whose records carry one
+    throughput measurement (the engine times a program once and writes it to each of its cells, which may
+    belong to several experiments)."""
     groups: dict[str, list[dict]] = {}
     for r in records:
-        key = json.dumps([r["suite"], r["experiment"], r["throughput"]], sort_keys=True)
+        key = json.dumps([r["suite"], r["throughput"]], sort_keys=True)
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 
 
 def program_name(records: list[dict]) -> str:
-    return f"{records[0]['experiment']}: " + "; ".join(r["label"] for r in records)
+    """`EXPERIMENT: LABEL; LABEL; ...` (experiments in order, ` | ` between them where a program spans several)."""
+    by_experiment: dict[str, list[str]] = {}
+    for r in records:
+        by_experiment.setdefault(r["experiment"], []).append(r["label"])
+    return " | ".join(f"{e}: " + "; ".join(labels) for e, labels in by_experiment.items())
 
 
 YARDSTICKS = ("scan", "matmul")  # env.{name}_flops_per_s, in the order compare prefers them
