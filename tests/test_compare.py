@@ -264,14 +264,16 @@ def test_compare_names_every_environment_difference(run_dir, tmp_path, capsys):
         "versions.jax", "versions.jaxlib", "versions.optax", "python", "backend", "device_kind", "device_count",
         "xla_flags", "code_sha256"}
     assert {r["verdict"] for r in result["rows"] if r["metric"] == "steps_per_s"} == {"untested"}
-    # Only the code changed (what a pull request tests): no environment change, throughput judged.
+    # Only the code changed (what a pull request tests) and the kernel build: no environment change, throughput
+    # judged.
     code_only = records(run_dir)
     for r in code_only:
         r["env"]["code_sha256"] = "f" * 64
+        r["env"]["platform"] += "-v2"
     assert main(["compare", str(run_dir), str(write(tmp_path / "code.jsonl", code_only)), "--fail-on-env-change",
                  "--throughput-threshold", "0"]) == 0
     out = capsys.readouterr().out
-    assert "environment: 1 difference" in out and "ENVIRONMENT CHANGED" not in out
+    assert "environment: 2 differences" in out and "ENVIRONMENT CHANGED" not in out and "\n  OS: " in out
     assert "not judged across machines" not in out and "normalised by each run's scan FLOP/s" in out
 
 

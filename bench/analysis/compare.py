@@ -54,6 +54,7 @@ ENV_KEYS = (
     ("git_dirty", "uncommitted changes"),
 )
 CODE_KEYS = {"code_sha256", "package_version", "git_commit", "git_dirty"}  # the change under test, not the environment
+INFO_KEYS = {"platform"}  # listed, never an environment change: a runner's kernel build moves between identical VMs
 MACHINE_KEYS = ("backend", "device_kind", "device_count", "cpu", "cpu_count")  # another machine: throughput not judged
 HASHES = {"code_sha256", "git_commit"}  # shown by their first 12 characters
 
@@ -84,7 +85,8 @@ def environment_differences(baseline: list[dict], current: list[dict]) -> list[d
             values = {json.dumps(_env_value(r["env"], key), sort_keys=True) for r in records}
             sides.append([json.loads(v) for v in sorted(values)])
         if sides[0] != sides[1]:
-            kind = "machine" if key in MACHINE_KEYS else "code" if key in CODE_KEYS else "environment"
+            kind = ("machine" if key in MACHINE_KEYS else "code" if key in CODE_KEYS else "info" if key in INFO_KEYS
+                    else "environment")
             out.append({"key": key, "name": name, "kind": kind,
                         "baseline": " or ".join(_show(key, v) for v in sides[0]),
                         "current": " or ".join(_show(key, v) for v in sides[1])})
@@ -108,7 +110,7 @@ def environment_lines(result: dict) -> list[str]:
                      "(--judge-throughput-across-machines judges them)")
     elif machine:
         lines.append(f"throughput judged across machines ({what}), as asked")
-    changed = ", ".join(d["name"] for d in diffs if d["kind"] != "code")
+    changed = ", ".join(d["name"] for d in diffs if d["kind"] in ("machine", "environment"))
     if changed and result["environment"]["fail_on_env_change"]:
         lines.append(f"ENVIRONMENT CHANGED ({changed}): failing, as --fail-on-env-change asks")
     return lines
@@ -350,7 +352,7 @@ def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
     regressed = list(dict.fromkeys(r["cell_id"] for r in rows if r["verdict"] == WORSE))
     modes = sorted({r["throughput"] for r in rows if "throughput" in r})
     seeds = [(len(base_by[c]["per_seed"]["diverged"]), len(cur_by[c]["per_seed"]["diverged"])) for c in paired]
-    changed = any(d["kind"] != "code" for d in differences)
+    changed = any(d["kind"] in ("machine", "environment") for d in differences)
     return {
         "environment": {"differences": differences, "machine_changed": bool(machine),
                         "throughput_judged": not_judged is None, "changed": changed,
