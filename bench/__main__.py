@@ -255,11 +255,12 @@ def cmd_compare(args) -> int:
     import json
 
     from bench.analysis import compare
-    from bench.records import store
 
     try:
-        baseline, current = (store.read_results(p, oldest=1) for p in (args.baseline, args.current))
-        result = compare.compare(baseline, current, alpha=args.alpha, throughput_threshold=args.throughput_threshold)
+        baseline, current = (compare.load(p) for p in (args.baseline, args.current))
+        result = compare.compare(baseline, current, alpha=args.alpha, throughput_threshold=args.throughput_threshold,
+                                 judge_across_machines=args.judge_throughput_across_machines,
+                                 fail_on_env_change=args.fail_on_env_change)
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.json:
@@ -268,22 +269,29 @@ def cmd_compare(args) -> int:
         print(compare.markdown(result, args.all), end="")
     else:
         out = Console(width=None if sys.stdout.isatty() else 160)
+        for line in compare.environment_lines(result):
+            out.print(line, markup=False)
         out.print(compare.table(result, args.all))
         for line in compare.one_side(result) + compare.detectable_lines(result):
             out.print(line, markup=False)
         out.print(compare.summary(result), markup=False)
-    return 1 if result["regressed"] else 0
+    return 1 if result["failed"] else 0
 
 
 def cmd_export(args) -> int:
-    from bench.records import store
+    from bench.records import checks, store
     from bench.reports import export
 
+    directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
+    suffix = ".csv" if args.format == "tidy" else ".json"
+    output = Path(args.output or directory / f"{args.format}{suffix}")
     try:
-        records = store.read_results(args.dir)
+        if args.format != "tensorboard":
+            export.check_output(args.format, output)
+        records = checks.check(store.read_results(args.dir), checks.results_file(args.dir), ("diverged", "trained"),
+                               summaries=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
     if args.format == "tensorboard":
         target = Path(args.output or directory / "tensorboard")
         try:
@@ -292,8 +300,12 @@ def cmd_export(args) -> int:
             raise UsageError(str(e)) from None
         print(f"{len(written)} cells in {target} (tensorboard --logdir {target})")
         return 0
-    suffix = ".csv" if args.format == "tidy" else ".json"
-    output = Path(args.output or directory / f"{args.format}{suffix}")
+    if args.format == "tidy" and output.suffix.lower() == ".parquet":  # Parquet alone, as asked
+        if not export.write_parquet(export.tidy_rows(records), output):
+            raise UsageError(f"--output {output}: Parquet needs pyarrow: pip install 'gradbench[parquet]' (or give "
+                             "a .csv path)")
+        print(output)
+        return 0
     for path, text in export.outputs(records, args.format, output).items():
         store.atomic_write(path, text)
         print(path)
@@ -524,8 +536,10 @@ def parser() -> argparse.ArgumentParser:
                          "per-seed values, Holm-corrected over all cells x metrics; throughput as a ratio, "
                          "each side normalised by its run's yardstick, worse only below both "
                          "--throughput-threshold and the noise band of the two runs' timed chunks. Prints, per "
-                         "metric, the smallest regression of one cell it can detect with these seeds. Exit "
-                         "status: 0 nothing regressed, 1 regressed, 2 bad input.")
+                         "metric, the smallest regression of one cell it can detect with these seeds. It first "
+                         "lists every difference of the two runs' environments; throughput from other machines is "
+                         "reported, not judged. Exit status: 0 nothing regressed, 1 regressed (or the environment "
+                         "changed, with --fail-on-env-change), 2 bad input.")
     cmp.add_argument("baseline", help="baseline results.jsonl or run directory")
     cmp.add_argument("current", help="current results.jsonl or run directory")
     cmp.add_argument("--alpha", type=_fraction(0.0, 1.0), default=0.05,
@@ -533,6 +547,12 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("--throughput-threshold", type=_fraction(0.0, 1.0), default=0.8,
                      help="normalised steps/s ratio current/baseline below which throughput is worse (when "
                           "also below the noise band); 0 turns the check off (default 0.8)")
+    cmp.add_argument("--fail-on-env-change", action="store_true",
+                     help="exit 1 when the environment differs (library versions, Python, backend, devices, CPU "
+                          "model, XLA flags; not the code under test), whatever the verdicts")
+    cmp.add_argument("--judge-throughput-across-machines", action="store_true",
+                     help="judge throughput even when the runs were made on other machines (CPU model or cores, "
+                          "backend, device kind or count); by default it is reported only")
     cmp.add_argument("--all", action="store_true", help="list unchanged cell-metrics too")
     fmt = cmp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON object")
@@ -544,14 +564,17 @@ def parser() -> argparse.ArgumentParser:
                                      "written). JSON files are strict (no NaN or Infinity tokens).")
     exp.add_argument("dir", help="run directory or results.jsonl")
     exp.add_argument("--format", required=True, choices=export_formats(),
-                     help="pytest-benchmark: one saved run, a round per timed chunk, ops = steps/s "
-                          "(`pytest-benchmark compare` loads it); github-action-benchmark: OUTPUT-bigger.json "
-                          "(customBiggerIsBetter: steps/s) and OUTPUT-smaller.json (customSmallerIsBetter: 1 + "
-                          "divergence rate, 1 + failure rate, 1 + steps to converge); tidy: one row per cell x seed "
-                          "as CSV (and Parquet with pyarrow); tensorboard: event files per cell (needs the "
-                          "tensorboard extra)")
-    exp.add_argument("--output", help="output file (default: DIR/FORMAT.json, DIR/tidy.csv) or, for tensorboard, "
-                                      "directory (default: DIR/tensorboard)")
+                     help="pytest-benchmark: one saved run, one benchmark per compiled program, a round per "
+                          "timed chunk, ops = steps/s normalised by the run's yardstick (raw steps/s in extra_info; "
+                          "`pytest-benchmark compare` loads it); github-action-benchmark: OUTPUT-bigger.json "
+                          "(customBiggerIsBetter: normalised steps/s per program, raw in extra) and "
+                          "OUTPUT-smaller.json (customSmallerIsBetter, per cell: 1 + divergence rate, 1 + failure "
+                          "rate, 1 + steps to converge); tidy: one row per cell x seed with the program's throughput "
+                          "and the versions, as CSV (and Parquet beside it with pyarrow) or Parquet; tensorboard: "
+                          "event files per cell (needs the tensorboard extra)")
+    exp.add_argument("--output", help="output file, ending in .json (pytest-benchmark, github-action-benchmark) or "
+                                      ".csv or .parquet (tidy) (default: DIR/FORMAT.json, DIR/tidy.csv) or, for "
+                                      "tensorboard, directory (default: DIR/tensorboard)")
     exp.set_defaults(func=cmd_export)
     rpr = sub.add_parser("reproduce", help="rerun recorded cells from their stored config and compare the numbers",
                          description="Exit status: 0 every metric identical or within noise (throughput only "

@@ -1,10 +1,27 @@
-"""Shared helpers: tiny suite files written to a temporary directory."""
+"""Shared helpers: tiny suite files written to a temporary directory; one compilation cache for the test run."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
-# Tests (and the subprocesses they start) never write into the user's persistent compilation cache.
-os.environ["GRADBENCH_COMPILE_CACHE"] = "0"
+# One persistent compilation cache for the whole test run, in a temporary directory removed at its end: this process
+# and every `python -m bench` subprocess a test starts (they inherit the environment) reuse each other's compiled
+# programs, and no test reads or writes the user's cache. A cached program is the same executable, so no number
+# changes; tests that count compilations count programs built in their process, cached or not.
+TEST_CACHE = tempfile.mkdtemp(prefix="gradbench-test-cache-")
+os.environ["GRADBENCH_COMPILE_CACHE"] = "1"
+os.environ["GRADBENCH_CACHE_DIR"] = TEST_CACHE
+
+
+def pytest_configure(config):
+    from bench.engine import compile_cache
+
+    compile_cache.enable()  # before this process compiles anything
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 TINY = """
 [suite]

@@ -1,7 +1,9 @@
 """bench compare: a run against itself, a doctored copy, a change within noise, garbage; records' environment."""
 import copy
 import json
+import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -226,3 +228,163 @@ def test_cells_on_one_side_are_listed(run_dir, tmp_path, capsys):
     assert main(["compare", str(run_dir), str(write(tmp_path / "one.jsonl", recs[:1]))]) == 0
     assert "only in baseline (1): tiny: none lr=0.5" in capsys.readouterr().out
     assert store.read_results(run_dir)[0]["cell_id"] == recs[0]["cell_id"]
+
+
+# The environment first; throughput across machines; the CI baseline's own gate cases (results/ci, 20 seeds).
+
+CI_BASELINE = Path(__file__).resolve().parent.parent / "results" / "ci"
+
+
+def committed_ci():
+    return records(CI_BASELINE)
+
+
+def test_compare_names_every_environment_difference(run_dir, tmp_path, capsys):
+    recs = records(run_dir)
+    for r in recs:
+        env = r["env"]
+        env["versions"].update(jax="0.11.0", jaxlib="0.11.0", optax="0.3.0")
+        env.update(backend="gpu", device_kind="NVIDIA H100", device_count=8, python="3.12.4",
+                   xla_flags="--xla_gpu_autotune_level=0", code_sha256="f" * 64)
+    doctored = write(tmp_path / "upgraded.jsonl", recs)
+    assert main(["compare", str(run_dir), str(doctored), "--markdown"]) == 0  # nothing regressed: reported
+    out = capsys.readouterr().out
+    head = out.split("cells paired")[0]
+    for line in ("- jax: 0.10.2 -> 0.11.0", "- jaxlib: 0.10.2 -> 0.11.0", "- optax: ", " -> 0.3.0", "- Python: ",
+                 " -> 3.12.4", "- backend: cpu -> gpu", "- device kind: cpu -> NVIDIA H100", "- device count: 1 -> 8",
+                 "- XLA flags: ", " -> '--xla_gpu_autotune_level=0'", "- code sha256: ", " -> ffffffffffff (the "
+                 "code under test)", "throughput was not judged across machines (the backend, device kind and "
+                 "device count differ)"):
+        assert line in head, line
+    assert head.index("environment: 9 differences") < head.index("- jax")
+    assert main(["compare", str(run_dir), str(doctored), "--fail-on-env-change", "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed"] and not result["regressed"] and result["environment"]["changed"]
+    assert {d["key"] for d in result["environment"]["differences"]} == {
+        "versions.jax", "versions.jaxlib", "versions.optax", "python", "backend", "device_kind", "device_count",
+        "xla_flags", "code_sha256"}
+    assert {r["verdict"] for r in result["rows"] if r["metric"] == "steps_per_s"} == {"untested"}
+    # Only the code changed (what a pull request tests) and the kernel build: no environment change, throughput
+    # judged.
+    code_only = records(run_dir)
+    for r in code_only:
+        r["env"]["code_sha256"] = "f" * 64
+        r["env"]["platform"] += "-v2"
+    assert main(["compare", str(run_dir), str(write(tmp_path / "code.jsonl", code_only)), "--fail-on-env-change",
+                 "--throughput-threshold", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "environment: 2 differences" in out and "ENVIRONMENT CHANGED" not in out and "\n  OS: " in out
+    assert "not judged across machines" not in out and "normalised by each run's scan FLOP/s" in out
+
+
+def test_an_unchanged_run_on_another_cpu_model_passes_and_says_throughput_was_not_judged(tmp_path, capsys):
+    # What an unchanged checkout gave on a 2-core AMD EPYC against the Intel Xeon baseline (issue 33): steps/s
+    # normalised x0.68-0.77, CPU time x0.40-0.43, so with the default threshold every cell read "worse".
+    base = committed_ci()
+    cur = copy.deepcopy(base)
+    for r in cur:
+        r["env"]["cpu"] = "AMD EPYC 7B13"
+        t = r["throughput"]
+        for key in ("steps_per_s", "cpu_steps_per_s"):
+            t[key] *= 0.4
+        for key in ("chunk_steps_per_s", "chunk_cpu_steps_per_s", "steps_per_s_iqr"):
+            t[key] = [v * 0.4 for v in t[key]]
+    amd = write(tmp_path / "amd.jsonl", cur)
+    assert main(["compare", str(CI_BASELINE), str(amd)]) == 0
+    out = capsys.readouterr().out
+    assert "CPU model: Intel(R) Xeon(R) Processor -> AMD EPYC 7B13" in out.splitlines()[1]
+    assert "throughput was not judged across machines (the CPU model differs)" in out
+    assert "throughput: not judged across machines (reported only). Nothing regressed." in out
+    assert main(["compare", str(CI_BASELINE), str(amd), "--json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out)["rows"] if r["metric"] == "steps_per_s"]
+    assert len(rows) == 6 and {r["verdict"] for r in rows} == {"untested"}
+    assert all(r["test"].startswith("not judged: another machine (CPU model)") and r["ratio"] < 0.5 for r in rows)
+    assert main(["compare", str(CI_BASELINE), str(amd), "--judge-throughput-across-machines"]) == 1
+    assert "REGRESSED: 6 cells" in capsys.readouterr().out
+    assert main(["compare", str(CI_BASELINE), str(amd), "--fail-on-env-change"]) == 1
+    assert "ENVIRONMENT CHANGED (CPU model)" in capsys.readouterr().out
+
+
+def test_the_ci_baseline_with_a_divergence_regression_of_0_to_10_of_20_fails(tmp_path, capsys):
+    recs = committed_ci()
+    cell = next(r for r in recs if r["divergence_rate"] == 0)
+    ps = cell["per_seed"]
+    assert len(ps["diverged"]) == 20
+    for i in range(10):
+        ps["diverged"][i], ps["trained"][i], ps["steps_to_converge"][i], ps["final_heldout_loss"][i] = \
+            True, False, None, None
+    assert main(["compare", str(CI_BASELINE), str(write(tmp_path / "div.jsonl", recs)), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["regressed"] == [cell["cell_id"]] and result["environment"]["differences"] == []
+    worst = result["rows"][0]
+    assert (worst["metric"], worst["baseline"], worst["current"], worst["verdict"]) == \
+        ("divergence_rate", "0/20", "10/20", "worse")
+
+
+def _without_diverged(recs):
+    del recs[0]["per_seed"]["diverged"]
+
+
+def _zero_throughput(recs):
+    recs[0]["throughput"]["steps_per_s"] = 0.0
+
+
+def _nan_throughput(recs):
+    recs[1]["throughput"]["steps_per_s"] = math.nan
+
+
+def _nan_chunk(recs):
+    recs[1]["throughput"]["chunk_steps_per_s"][0] = math.nan
+
+
+def _two_records_of_one_cell(recs):
+    other = copy.deepcopy(recs[0])
+    other["per_seed"]["diverged"][0] = not other["per_seed"]["diverged"][0]
+    recs.append(other)
+
+
+def _short_per_seed(recs):
+    recs[0]["per_seed"]["steps_to_converge"] = recs[0]["per_seed"]["steps_to_converge"][:3]
+
+
+def _nan_yardstick(recs):
+    recs[0]["env"]["scan_flops_per_s"] = math.nan
+
+
+@pytest.mark.parametrize("doctor, words", [
+    (_without_diverged, ["record 1 ", "per_seed.diverged: '(missing)'", "allowed: a non-empty list of true/false"]),
+    (_zero_throughput, ["record 1 ", "throughput.steps_per_s: 0.0", "allowed: a finite number above 0"]),
+    (_nan_throughput, ["record 2 ", "throughput.steps_per_s: NaN", "allowed: a finite number above 0"]),
+    (_nan_chunk, ["record 2 ", "throughput.chunk_steps_per_s: [NaN", "allowed: a list of finite numbers above 0"]),
+    (_two_records_of_one_cell, ["records 1 and 3", "two different records of one cell", "allowed: one record"]),
+    (_short_per_seed, ["per_seed.steps_to_converge", "allowed: a list of 16 numbers"]),
+    (_nan_yardstick, ["env.scan_flops_per_s: NaN", "allowed: a finite number above 0, or null"]),
+])
+@pytest.mark.parametrize("side", ["baseline", "current"])
+def test_records_compare_cannot_judge_are_refused_on_one_line(run_dir, tmp_path, capsys, doctor, words, side):
+    recs = records(run_dir)
+    doctor(recs)
+    bad = write(tmp_path / "bad.jsonl", recs)  # NaN written as the NaN token
+    args = [str(run_dir), str(bad)] if side == "current" else [str(bad), str(run_dir)]
+    for fmt in ([], ["--json"], ["--markdown"]):
+        assert main(["compare", *args, *fmt]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
+        assert captured.err.startswith(f"error: {bad}: record")
+        assert all(w in captured.err for w in words), captured.err
+
+
+def test_a_record_repeated_unchanged_is_read_once(run_dir, tmp_path, capsys):
+    recs = records(run_dir)
+    assert main(["compare", str(run_dir), str(write(tmp_path / "twice.jsonl", recs + recs[:1])), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["paired"] == 2
+
+
+def test_a_nan_per_seed_value_ranks_last_and_json_stays_strict(run_dir, tmp_path, capsys):
+    recs = records(run_dir)
+    cell = stable_cell(recs)
+    cell["per_seed"]["final_heldout_loss"] = [math.nan] * 16  # NaN is data: a loss that is no loss at all
+    assert main(["compare", str(run_dir), str(write(tmp_path / "nan.jsonl", recs)), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out, parse_constant=lambda token: pytest.fail(token))
+    worse = [r for r in result["rows"] if r["verdict"] == "worse"]
+    assert [(r["metric"], r["current"]) for r in worse] == [("final_heldout_loss", "median never")]

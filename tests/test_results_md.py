@@ -49,13 +49,79 @@ def test_the_first_page_is_one_quotable_row_per_claim():
         assert blocks.startswith(("2 of 2 blocks", "1 of 2 blocks", "0 of 2 blocks", "–")), blocks
 
 
-def test_committed_results_come_from_the_code_at_head():
-    records = store.ResultsStore(RESULTS).records
-    hashes = {r["env"]["code_sha256"] for r in records}
-    assert hashes == {env.code_hash(ROOT)}, (
-        "results/claims was made by other code than HEAD's (env.NUMBER_CODE: the code that produces records): rerun "
-        "`python -m bench run --out results/claims` and `python -m bench report results/claims --output RESULTS.md`")
-    assert not any(r["env"]["git_dirty"] for r in records)
+# The committed results are checked by reproduction, not by the hash of the code that made them: a refactor that
+# changes no number needs no regeneration, and one that does is caught. The cheapest whole compiled programs
+# (all the cells that trained together, so the rerun is the same program whatever the engine's batching) of each
+# committed suite are rerun at HEAD; every per-seed value must come back bit for bit.
+PROGRAMS_RERUN = {RESULTS: 1, BEYOND: 1}  # 5-10 s each on 2 idle CPU cores (compile included), 20-30 s loaded
+NUMERIC = ("jax", "jaxlib", "numpy")  # the libraries whose rounding the numbers are
+MACHINE = ("backend", "device_kind", "cpu")
+OUTCOMES = ("diverged", "divergence_step", "steps_to_converge", "collapsed", "trained", "skipped_steps", "seed")
+
+
+def cheapest_programs(records: list[dict], count: int) -> list[list[dict]]:
+    """The `count` programs of the records that cost least to rerun (recorded compile seconds plus steps over
+    steps/s), ties by their first cell id."""
+    from bench.reports.export import programs
+
+    def cost(cells):
+        t = cells[0]["throughput"]
+        return (t["compile_s"] + max(c["config"]["steps"] for c in cells) / t["steps_per_s"], cells[0]["cell_id"])
+
+    return sorted(programs(records), key=cost)[:count]
+
+
+def _same_numbers(recorded: dict, rerun: dict, exact: bool) -> list[str]:
+    """Per-seed keys whose values differ: any bit (exact), else outcomes or floats beyond 1e-4 relative."""
+    differ = []
+    for key, values in recorded["per_seed"].items():
+        new = rerun["per_seed"].get(key)
+        if exact or key in OUTCOMES:
+            if json.dumps(values) != json.dumps(new):
+                differ.append(key)
+        elif not isinstance(new, list) or len(new) != len(values) or any(
+                (a is None) != (b is None) or (a is not None and not math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-9))
+                for a, b in zip(values, new) if not isinstance(a, str)):
+            differ.append(key)
+    return differ
+
+
+@pytest.mark.parametrize("source", list(PROGRAMS_RERUN), ids=lambda p: p.name)
+def test_committed_results_are_reproduced_at_head(source, tmp_path):
+    from bench.analysis import reproduce
+
+    records = store.read_results(source)
+    here = env.environment()
+    made = records[0]["env"]
+    versions = [f"{k} {made['versions'][k]} (here {here['versions'][k]})" for k in NUMERIC
+                if made["versions"][k] != here["versions"][k]]
+    if versions:
+        pytest.skip(f"{source.name} was made with other numeric libraries: {', '.join(versions)}; install "
+                    "them with `pip install -c .ci/constraints.txt -e .`")
+    # Bit for bit where the machine kind is the one that made them; another CPU model rounds differently (its
+    # vector width changes XLA's summation order), so there outcomes must match and floats agree to 1e-4.
+    exact = all(made[k] == here[k] for k in MACHINE)
+    info = reproduce.suite_info(records, source)
+    failures = []
+    for number, cells in enumerate(cheapest_programs(records, PROGRAMS_RERUN[source])):
+        wanted = [c["cell_id"] for c in cells]
+        new = {r["cell_id"]: r for r in reproduce.rerun(reproduce.cells(records, wanted), info,
+                                                         tmp_path / f"program{number}")}
+        assert set(new) == set(wanted)
+        for old in cells:
+            differ = _same_numbers(old, new[old["cell_id"]], exact)
+            if differ:
+                failures.append(f"{old['experiment']}: {old['label']} ({', '.join(differ)})")
+    assert not failures, (
+        f"{source.relative_to(ROOT)}: rerun at HEAD, these cells' per-seed numbers changed "
+        f"({'bit for bit' if exact else 'beyond rounding, on another CPU model'}): {'; '.join(failures)}. If the "
+        "change is meant, regenerate: `python -m bench run --out results/claims` (and transformer_stability), then "
+        "`python -m bench report results/claims --also results/transformer_stability --output RESULTS.md`")
+
+
+def test_committed_results_hold_no_uncommitted_code():
+    for source in (RESULTS, BEYOND, ROOT / "results" / "ci"):
+        assert not any(r["env"]["git_dirty"] for r in store.read_results(source)), source
 
 
 def test_every_cure_of_the_exploding_network_starts_from_a_gradient_that_really_explodes():

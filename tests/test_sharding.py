@@ -82,4 +82,6 @@ def test_compile_cache_directory_follows_the_environment(tmp_path):
     assert compile_cache.directory({"GRADBENCH_CACHE_DIR": str(tmp_path)}) == tmp_path
     assert compile_cache.directory({"GRADBENCH_COMPILE_CACHE": "0", "XDG_CACHE_HOME": "/x"}) is None
     assert compile_cache.enable(False, {"XDG_CACHE_HOME": "/x"}) is None
-    assert os.environ["GRADBENCH_COMPILE_CACHE"] == "0"  # conftest: tests never write the user's cache
+    # conftest: the tests share a cache of their own, never the user's
+    assert compile_cache.directory() == Path(os.environ["GRADBENCH_CACHE_DIR"]) != compile_cache.directory({"HOME": "/h"})
+    assert Path(os.environ["GRADBENCH_CACHE_DIR"]).name.startswith("gradbench-test-cache-")

@@ -15,9 +15,19 @@ on a CPU backend the steps per second of the process's CPU time must be worse
 too (a loaded machine slows the wall clock, not the CPU time a step costs).
 `detectable` gives, per metric, the smallest effect in one cell that the
 comparison can find with its seeds and tests.
+
+The comparison leads with the environment: every difference between the two
+runs' env blocks (library versions, Python, backend, devices, CPU model, XLA
+flags, code hash). Throughput measured on other machines (another CPU model or
+core count, backend, device kind or count) is reported, not judged, unless
+asked (`judge_across_machines`): neither yardstick nor CPU time carries a
+step's cost from one CPU model to another. Records are checked as they are
+read (`load`, bench.records.checks): a record compare cannot judge is refused
+with one line naming the file, the record and the key.
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -31,6 +41,86 @@ EXACT_MAX = 20  # seeds per side up to which an untied Mann-Whitney test is exac
 PERMUTATIONS = 9999
 WORSE, BETTER, UNCHANGED, UNTESTED = "worse", "better", "unchanged", "untested"
 ORDER = {WORSE: 0, BETTER: 1, UNCHANGED: 2, UNTESTED: 3}
+
+
+# The environment, in the order compare lists its differences: (key in env, what it is called).
+ENV_KEYS = (
+    ("versions.jax", "jax"), ("versions.jaxlib", "jaxlib"), ("versions.flax", "flax"), ("versions.optax", "optax"),
+    ("versions.numpy", "numpy"), ("versions.scipy", "scipy"), ("python", "Python"), ("jax_plugins", "jax plugins"),
+    ("cuda", "CUDA"), ("backend", "backend"), ("device_kind", "device kind"), ("device_count", "device count"),
+    ("platform_version", "platform version"), ("cpu", "CPU model"), ("cpu_count", "CPU cores"),
+    ("platform", "OS"), ("xla_flags", "XLA flags"), ("default_matmul_precision", "matmul precision"),
+    ("code_sha256", "code sha256"), ("package_version", "gradbench"), ("git_commit", "commit"),
+    ("git_dirty", "uncommitted changes"),
+)
+CODE_KEYS = {"code_sha256", "package_version", "git_commit", "git_dirty"}  # the change under test, not the environment
+INFO_KEYS = {"platform"}  # listed, never an environment change: a runner's kernel build moves between identical VMs
+MACHINE_KEYS = ("backend", "device_kind", "device_count", "cpu", "cpu_count")  # another machine: throughput not judged
+HASHES = {"code_sha256", "git_commit"}  # shown by their first 12 characters
+
+
+def _env_value(env: dict, key: str):
+    for part in key.split("."):
+        env = env.get(part) if isinstance(env, dict) else None
+    return env
+
+
+def _show(key: str, value) -> str:
+    if value is None:
+        return "(not recorded)"
+    if key in HASHES and isinstance(value, str):
+        return value[:12]
+    if key == "xla_flags":
+        return repr(value)
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def environment_differences(baseline: list[dict], current: list[dict]) -> list[dict]:
+    """Every env key (ENV_KEYS) whose values differ between the two runs, each side's distinct values listed
+    (a merged run may hold several); `kind`: "machine", "code" or "environment"."""
+    out = []
+    for key, name in ENV_KEYS:
+        sides = []
+        for records in (baseline, current):
+            values = {json.dumps(_env_value(r["env"], key), sort_keys=True) for r in records}
+            sides.append([json.loads(v) for v in sorted(values)])
+        if sides[0] != sides[1]:
+            kind = ("machine" if key in MACHINE_KEYS else "code" if key in CODE_KEYS else "info" if key in INFO_KEYS
+                    else "environment")
+            out.append({"key": key, "name": name, "kind": kind,
+                        "baseline": " or ".join(_show(key, v) for v in sides[0]),
+                        "current": " or ".join(_show(key, v) for v in sides[1])})
+    return out
+
+
+def environment_lines(result: dict) -> list[str]:
+    """The environment block: one line per difference, then whether throughput was judged."""
+    diffs = result["environment"]["differences"]
+    if not diffs:
+        lines = ["environment: the same (library versions, Python, backend and devices, CPU, XLA flags, code)"]
+    else:
+        lines = [f"environment: {len(diffs)} difference{'s' if len(diffs) > 1 else ''} (baseline -> current)"]
+        lines += [f"  {d['name']}: {d['baseline']} -> {d['current']}"
+                  + (" (the code under test)" if d["kind"] == "code" else "") for d in diffs]
+    machine = [d["name"] for d in diffs if d["kind"] == "machine"]
+    names = f"{', '.join(machine[:-1])} and {machine[-1]}" if len(machine) > 1 else "".join(machine)
+    what = f"the {names} differ{'s' if len(machine) == 1 else ''}"
+    if machine and not result["environment"]["throughput_judged"]:
+        lines.append(f"throughput was not judged across machines ({what}): its ratios are reported only "
+                     "(--judge-throughput-across-machines judges them)")
+    elif machine:
+        lines.append(f"throughput judged across machines ({what}), as asked")
+    changed = ", ".join(d["name"] for d in diffs if d["kind"] in ("machine", "environment"))
+    if changed and result["environment"]["fail_on_env_change"]:
+        lines.append(f"ENVIRONMENT CHANGED ({changed}): failing, as --fail-on-env-change asks")
+    return lines
+
+
+def load(path) -> list[dict]:
+    """The checked records of a results file or run directory (any schema compare reads); ValueError (one line)."""
+    from bench.records import checks, store
+
+    return checks.check(store.read_results(path, oldest=1), checks.results_file(path), PER_SEED_KEYS)
 
 
 def _diverged(record):
@@ -48,7 +138,7 @@ def _ranked_last(key, worst):
         ps = record["per_seed"]
         if key not in ps:
             return None
-        return [worst if d or v is None else float(v) for v, d in zip(ps[key], ps["diverged"])]
+        return [worst if d or v is None or math.isnan(float(v)) else float(v) for v, d in zip(ps[key], ps["diverged"])]
     return values
 
 
@@ -56,7 +146,7 @@ def _present(key):
     """Per-seed values of `key`, seeds without a value left out."""
     def values(record):
         vs = record["per_seed"].get(key)
-        return None if vs is None else [float(v) for v in vs if v is not None]
+        return None if vs is None else [float(v) for v in vs if v is not None and not math.isnan(float(v))]
     return values
 
 
@@ -68,6 +158,7 @@ METRICS = {
     "final_heldout_loss": (_ranked_last("final_heldout_loss", math.inf), "values", "higher"),
     "critical_lr": (_present("critical_lr"), "values", "lower"),
 }
+PER_SEED_KEYS = ("diverged", "trained", "steps_to_converge", "final_heldout_loss", "critical_lr")  # what METRICS read
 
 
 def rate_test(baseline: list[bool], current: list[bool]) -> dict:
@@ -124,14 +215,15 @@ def _judge(ratio: float, base: tuple[float, float], cur: tuple[float, float], th
             "verdict": WORSE if ratio < worse_below else BETTER if ratio > better_above else UNCHANGED}
 
 
-def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
+def throughput_row(base: dict, cur: dict, threshold: float, not_judged: str | None = None) -> dict:
     """Steps/s of current over baseline, each divided by its run's yardstick (`calibrate`: the scan's FLOP/s
     where both records hold it, else the matmul's), judged against the threshold and the two runs' noise band.
 
     On a CPU backend, where both records hold it, the CPU-time rate (program steps per second of the
     process's CPU time) is judged the same way, and throughput is worse (better) only when both say so: a
     machine that other jobs load slows the wall clock and the calibration unevenly, while the CPU time a step
-    costs barely moves; code that does more work per step moves both.
+    costs barely moves; code that does more work per step moves both. `not_judged`: why the ratio is
+    reported only (another machine), or None.
     """
     tb, tc = base["throughput"], cur["throughput"]
     sb, sc = tb["steps_per_s"], tc["steps_per_s"]
@@ -158,6 +250,8 @@ def throughput_row(base: dict, cur: dict, threshold: float) -> dict:
     rb, rc = tb.get("runs_per_program"), tc.get("runs_per_program")
     if rb != rc:  # steps/s is of the whole compiled program: other run counts are other programs
         verdict, test = UNTESTED, f"not comparable: {rb} vs {rc} runs per program"
+    elif not_judged:
+        verdict, test = UNTESTED, f"not judged: {not_judged}; {test}"
     return {"metric": "steps_per_s", "test": test, "p": None, "p_adjusted": None,
             "baseline": f"{sb:.4g}", "current": f"{sc:.4g}", "effect": f"x{ratio:.2f}", "ratio": ratio,
             "noise_band": list(wall["band"]), "worse_below": wall["worse_below"],
@@ -209,8 +303,15 @@ def detectable(rows: list[dict], seeds: tuple[int, int], alpha: float) -> dict[s
 
 
 def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
-            throughput_threshold: float = THROUGHPUT_THRESHOLD) -> dict:
-    """Every paired cell and metric tested and judged; raises ValueError when the runs are not of one suite."""
+            throughput_threshold: float = THROUGHPUT_THRESHOLD, judge_across_machines: bool = False,
+            fail_on_env_change: bool = False) -> dict:
+    """Every paired cell and metric tested and judged; raises ValueError when the runs are not of one suite.
+
+    The result leads with `environment`: the differences of the two runs' env blocks, whether throughput was
+    judged (not across machines unless `judge_across_machines`) and whether the environment (anything but
+    the code) changed; `failed` is true when a cell regressed, or the environment changed and
+    `fail_on_env_change` asks to fail on that.
+    """
     suites = {side: sorted({r["suite"] for r in recs}) for side, recs in (("baseline", baseline), ("current", current))}
     if suites["baseline"] != suites["current"]:
         raise ValueError(f"different suites: baseline {', '.join(suites['baseline'])}, "
@@ -219,6 +320,9 @@ def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
     paired = [cid for cid in base_by if cid in cur_by]
     if not paired:
         raise ValueError("no cell_id in common (different --seeds/--steps overrides or suite edits give new cells)")
+    differences = environment_differences(baseline, current)
+    machine = [d["name"] for d in differences if d["kind"] == "machine"]
+    not_judged = f"another machine ({', '.join(machine)})" if machine and not judge_across_machines else None
     rows = []
     for cid in paired:
         b, c = base_by[cid], cur_by[cid]
@@ -235,7 +339,7 @@ def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
             result = rate_test(vb, vc) if kind == "rate" else rank_test(vb, vc)
             result["worse_direction"] = 1 if worse_if == "higher" else -1
             rows.append({**cell, "metric": metric, **result})
-        rows.append({**cell, **throughput_row(b, c, throughput_threshold)})
+        rows.append({**cell, **throughput_row(b, c, throughput_threshold, not_judged)})
     tested = [r for r in rows if r["p"] is not None]
     for row, p_adj in zip(tested, holm([r["p"] for r in tested])):
         worse_direction = row.pop("worse_direction")
@@ -248,7 +352,12 @@ def compare(baseline: list[dict], current: list[dict], alpha: float = ALPHA,
     regressed = list(dict.fromkeys(r["cell_id"] for r in rows if r["verdict"] == WORSE))
     modes = sorted({r["throughput"] for r in rows if "throughput" in r})
     seeds = [(len(base_by[c]["per_seed"]["diverged"]), len(cur_by[c]["per_seed"]["diverged"])) for c in paired]
+    changed = any(d["kind"] in ("machine", "environment") for d in differences)
     return {
+        "environment": {"differences": differences, "machine_changed": bool(machine),
+                        "throughput_judged": not_judged is None, "changed": changed,
+                        "fail_on_env_change": fail_on_env_change},
+        "failed": bool(regressed) or (fail_on_env_change and changed),
         "detectable": detectable(rows, min(seeds), alpha),
         "detectable_seeds": list(min(seeds)),
         "alpha": alpha, "correction": f"Holm over {len(tested)} tests (cells x metrics)",
@@ -269,9 +378,15 @@ def summary(result: dict) -> str:
     """One paragraph: what was compared, how, and what regressed."""
     names = {r["cell_id"]: f"{r['experiment']}: {r['label']}" for r in result["rows"]}
     regressed = "; ".join(names[c] for c in result["regressed"])
+    env = result["environment"]
+    throughput = (f"worse below x{result['throughput_threshold']:g} and its noise band, "
+                  f"{' / '.join(result['throughput'])}" if env["throughput_judged"]
+                  else "not judged across machines (reported only)")
+    changed = " ENVIRONMENT CHANGED (--fail-on-env-change)." if env["changed"] and env["fail_on_env_change"] else ""
     return (f"{result['paired']} cells paired; {result['correction']}, alpha {result['alpha']:g}; throughput: "
-            f"worse below x{result['throughput_threshold']:g} and its noise band, {' / '.join(result['throughput'])}. "
-            + (f"REGRESSED: {len(result['regressed'])} cells ({regressed})." if regressed else "Nothing regressed."))
+            f"{throughput}. "
+            + (f"REGRESSED: {len(result['regressed'])} cells ({regressed})." if regressed else "Nothing regressed.")
+            + changed)
 
 
 def detectable_lines(result: dict) -> list[str]:
@@ -307,9 +422,10 @@ def table(result: dict, show_all: bool = False):
     rows = _shown(result, show_all)
     hidden = len(result["rows"]) - len(rows)
     if not rows:
-        return f"all {hidden} cell-metrics unchanged"
-    tbl = Table(title="compare: current vs baseline", caption=f"{hidden} cell-metrics unchanged (--all lists them)"
-                if hidden else None)
+        untested = sum(r["verdict"] == UNTESTED for r in result["rows"])
+        return f"all {hidden} cell-metrics unchanged" + (f" or not judged ({untested})" if untested else "")
+    tbl = Table(title="compare: current vs baseline", caption=f"{hidden} cell-metrics unchanged or not judged "
+                "(--all lists them)" if hidden else None)
     for column in COLUMNS:
         tbl.add_column(column, justify="right" if column in ("p", "p (Holm)") else "left")
     style = {WORSE: "bold red", BETTER: "green"}
@@ -322,13 +438,20 @@ def markdown(result: dict, show_all: bool = False) -> str:
     """The comparison as a pull-request comment."""
     rows = _shown(result, show_all)
     hidden = len(result["rows"]) - len(rows)
-    lines = ["### gradbench compare", "", summary(result), "", *[f"{line}  " for line in detectable_lines(result)], ""]
+    env = []
+    for line in environment_lines(result):
+        item = line.startswith("  ")
+        if env and item != env[-1].startswith("- "):
+            env.append("")  # a list apart from the lines around it
+        env.append(f"- {line.strip()}" if item else f"{line}  ")
+    lines = ["### gradbench compare", "", *env, "", summary(result), "",
+             *[f"{line}  " for line in detectable_lines(result)], ""]
     if rows:
         lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
         lines.append("")
     if hidden:
-        lines += [f"{hidden} cell-metrics unchanged.", ""]
+        lines += [f"{hidden} cell-metrics unchanged or not judged.", ""]
     lines += [f"{line}  " for line in one_side(result)]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -1,24 +1,41 @@
 """Results records -> what other tools read (`python -m bench export`).
 
-pytest-benchmark: one saved run, one benchmark per cell whose time is seconds
-per program step, one round per timed chunk (1 / its steps/s), so rounds,
-stddev and IQR are the chunks' spread; `stats.ops` is the cell's steps/s (the
-median over timed chunks, what `bench run` prints); `machine_info` and
-`commit_info` are the record's env. github-action-benchmark: two arrays of
-{name, unit, value, range, extra}: `customBiggerIsBetter` (steps/s) and
-`customSmallerIsBetter` (divergence rate, failure rate where recorded, median
-steps to converge), the smaller-is-better values with a +1 offset (1 + rate,
-1 + steps) so that none is 0 and the action's current/previous ratio is
-always defined. tidy: one row per cell x seed, the config flattened into
-columns, as CSV (and Parquet where pyarrow is installed). tensorboard: per
-cell, its median loss and gradient-norm traces and per-seed scalars
-(tensorboardX, the `tensorboard` extra). No value is ever NaN or infinite in a
-JSON file (strict parsers reject the tokens): such values are null, or the
-entry is left out.
+Throughput is a property of a compiled program, not of a cell: the cells of
+one program (one `bench run` group, whose records carry one throughput
+measurement; it may span experiments) are one series, named by the
+experiment and its cells' labels (`EXPERIMENT: LABEL; LABEL; ...`, with ` | `
+between experiments; id: a hash of its cell ids). Its value is
+**normalised** the way compare judges it: steps/s divided by the run's own
+yardstick (env.scan_flops_per_s, else env.matmul_flops_per_s) in GFLOP/s, so
+"program steps per yardstick GFLOP", with the raw steps/s beside it; a
+runner of other speed moves both the program and the yardstick, not the
+normalised figure.
+
+pytest-benchmark: one saved run, one benchmark per program whose time is the
+normalised seconds per program step (seconds x yardstick GFLOP/s: yardstick
+GFLOP per step), one round per timed chunk, so rounds, stddev and IQR are the
+chunks' spread; `stats.ops` is the normalised steps/s; `extra_info` holds the
+raw steps/s, the CPU-time rate, the yardstick and the cells; `machine_info`
+and `commit_info` are the record's env. github-action-benchmark: two arrays
+of {name, unit, value, range, extra}: `customBiggerIsBetter` (per program,
+normalised steps/s; raw steps/s in `extra`) and `customSmallerIsBetter` (per
+cell: divergence rate, failure rate where recorded, median steps to
+converge), the smaller-is-better values with a +1 offset (1 + rate, 1 +
+steps) so that none is 0 and the action's current/previous ratio is always
+defined. tidy: one row per cell x seed, the config flattened into columns,
+the program's throughput (raw and normalised) and the environment's versions,
+as CSV (`--output X.csv`; and X.parquet beside it where pyarrow is installed)
+or Parquet alone (`--output X.parquet`). tensorboard: per cell, its median
+loss and gradient-norm traces and per-seed scalars (tensorboardX, the
+`tensorboard` extra). Records are checked first (bench.records.checks): a
+throughput that is NaN or not above 0 is refused, never exported. No value is
+ever NaN or infinite in a JSON file (strict parsers reject the tokens): such
+values are null, or the entry is left out.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -58,21 +75,74 @@ def _name(record: dict) -> str:
     return f"{record['experiment']}: {record['label']}"
 
 
+def program_id(records: list[dict]) -> str:
+    """A program's stable id: sha256 of its cells' ids (sorted), first 16 hex digits."""
+    return hashlib.sha256(" ".join(sorted(r["cell_id"] for r in records)).encode()).hexdigest()[:16]
+
+
+def programs(records: list[dict]) -> list[list[dict]]:
+    """The records grouped by compiled program, in file order: cells of one suite whose records carry one
+    throughput measurement (the engine times a program once and writes it to each of its cells, which may
+    belong to several experiments)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        key = json.dumps([r["suite"], r["throughput"]], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
+def program_name(records: list[dict]) -> str:
+    """`EXPERIMENT: LABEL; LABEL; ...` (experiments in order, ` | ` between them where a program spans several)."""
+    by_experiment: dict[str, list[str]] = {}
+    for r in records:
+        by_experiment.setdefault(r["experiment"], []).append(r["label"])
+    return " | ".join(f"{e}: " + "; ".join(labels) for e, labels in by_experiment.items())
+
+
+YARDSTICKS = ("scan", "matmul")  # env.{name}_flops_per_s, in the order compare prefers them
+
+
+def yardstick(record: dict) -> tuple[str, float] | None:
+    """(name, GFLOP/s) of the run's yardstick that normalises its throughput, or None when it has none."""
+    for name in YARDSTICKS:
+        value = _finite(record["env"].get(f"{name}_flops_per_s"))
+        if value and value > 0:
+            return name, value / 1e9
+    return None
+
+
+def normalised(record: dict, steps_per_s: float) -> float | None:
+    """Steps/s over the run's yardstick GFLOP/s (program steps per yardstick GFLOP); None without a yardstick."""
+    stick = yardstick(record)
+    return None if stick is None else steps_per_s / stick[1]
+
+
+NORMALISED_UNIT = "steps per yardstick GFLOP (steps/s / the run's yardstick GFLOP/s)"
+
+
 def _rates(record: dict) -> list[float]:
     """The finite per-timed-chunk steps/s (the median alone in records older than chunk_steps_per_s)."""
     t = record["throughput"]
     return [v for v in map(_finite, t.get("chunk_steps_per_s") or [t.get("steps_per_s")]) if v and v > 0]
 
 
-def _extra(record: dict) -> dict:
-    n = len(record["per_seed"]["diverged"])
-    t = record["throughput"]
-    return {"cell_id": record["cell_id"], "suite": record["suite"], "seeds": n,
+def _cell_summary(record: dict) -> dict:
+    return {"cell_id": record["cell_id"], "label": record["label"], "seeds": len(record["per_seed"]["diverged"]),
             "divergence_rate": record["divergence_rate"], "divergence_rate_ci": record["divergence_rate_ci"],
-            "converged": record["converged"], "median_steps_to_converge": record["median_steps_to_converge"],
-            "steps_per_s": t.get("steps_per_s"), "run_steps_per_s": t.get("run_steps_per_s"),
-            "runs_per_program": t.get("runs_per_program"), "examples_per_s": t.get("examples_per_s"),
-            "flops_per_step": t.get("flops_per_step")}
+            "converged": record["converged"], "median_steps_to_converge": record["median_steps_to_converge"]}
+
+
+def _extra(cells: list[dict]) -> dict:
+    """A program's raw throughput, its yardstick and its cells (pytest-benchmark's extra_info)."""
+    r, t = cells[0], cells[0]["throughput"]
+    stick = yardstick(r)
+    return {"program_id": program_id(cells), "suite": r["suite"], "experiment": r["experiment"],
+            "normalised_steps_per_s": normalised(r, t["steps_per_s"]), "normalised_unit": NORMALISED_UNIT,
+            "steps_per_s": t["steps_per_s"], "cpu_steps_per_s": t.get("cpu_steps_per_s"),
+            "yardstick": stick and f"{stick[0]} ({stick[1]:.4g} GFLOP/s)",
+            "run_steps_per_s": t.get("run_steps_per_s"), "runs_per_program": t.get("runs_per_program"),
+            "examples_per_s": t.get("examples_per_s"), "flops_per_step": t.get("flops_per_step"),
+            "compile_s": t.get("compile_s"), "cells": [_cell_summary(c) for c in cells]}
 
 
 def _stats(seconds: np.ndarray, ops: float) -> dict:
@@ -102,18 +172,23 @@ def machine_info(env: dict) -> dict:
 
 
 def pytest_benchmark(records: list[dict]) -> dict:
-    """A pytest-benchmark saved run: one benchmark per cell with a finite throughput, time = seconds per step."""
+    """A pytest-benchmark saved run: one benchmark per compiled program, time = normalised seconds per step
+    (seconds x the run's yardstick GFLOP/s; raw seconds where a record has no yardstick, said in its unit)."""
     env = records[0]["env"]
     benchmarks = []
-    for r in records:
-        rates, ops = _rates(r), _finite(r["throughput"].get("steps_per_s"))
-        if not rates or not ops:
-            continue  # no finite throughput: nothing a benchmark tool could chart
+    for cells in programs(records):
+        r = cells[0]
+        rates, ops = np.asarray(_rates(r)), r["throughput"]["steps_per_s"]
+        stick = yardstick(r)
+        scale = stick[1] if stick else 1.0
+        unit = ("seconds x yardstick GFLOP/s per program step (yardstick GFLOP per step; one round per timed chunk)"
+                if stick else "seconds per program step (raw: the record has no yardstick; one round per timed chunk)")
         benchmarks.append({
-            "group": r["experiment"], "name": _name(r), "fullname": f"{r['suite']}::{r['experiment']}::{r['label']}",
-            "params": {"cell_id": r["cell_id"]}, "param": r["cell_id"], "extra_info": _extra(r),
-            "options": {"timer": "perf_counter", "unit": "seconds per program step (one round per timed chunk)"},
-            "stats": _stats(1.0 / np.asarray(rates), ops)})
+            "group": r["experiment"], "name": program_name(cells),
+            "fullname": f"{r['suite']}::{r['experiment']}::{program_name(cells)}",
+            "params": {"program_id": program_id(cells)}, "param": program_id(cells), "extra_info": _extra(cells),
+            "options": {"timer": "perf_counter", "unit": unit},
+            "stats": _stats(scale / rates, ops / scale)})
     return strict({
         "machine_info": machine_info(env),
         "commit_info": {"id": env.get("git_commit"), "dirty": env.get("git_dirty"), "project": "gradbench",
@@ -138,17 +213,30 @@ def _entry(name: str, unit: str, value, range_: str | None, extra: str) -> dict 
 def github_action_benchmark(records: list[dict]) -> dict[str, list[dict]]:
     """github-action-benchmark inputs: {"customBiggerIsBetter": [...], "customSmallerIsBetter": [...]}.
 
-    Smaller-is-better values are 1 + the rate or 1 + the steps (never 0: the action alerts on the ratio
+    Bigger-is-better: one entry per compiled program, its normalised steps/s (the raw steps/s in `extra`).
+    Smaller-is-better, per cell: 1 + the rate or 1 + the steps (never 0: the action alerts on the ratio
     current / previous); an entry whose value is not finite is left out.
     """
     bigger, smaller = [], []
+    for cells in programs(records):
+        r, t = cells[0], cells[0]["throughput"]
+        env, rates, stick = r["env"], _rates(r), yardstick(r)
+        machine = f"{env.get('backend')} {env.get('device_kind')}; commit {(env.get('git_commit') or 'unknown')[:10]}"
+        raw = (f"raw {t['steps_per_s']:.6g} steps/s (timed chunks {min(rates):.4g}-{max(rates):.4g})"
+               + (f", {t['cpu_steps_per_s']:.6g} per CPU second" if _finite(t.get("cpu_steps_per_s")) else ""))
+        where = f"program {program_id(cells)}; {len(cells)} cells, {t.get('runs_per_program')} runs; {machine}"
+        if stick:
+            low, high = (normalised(r, x) for x in (min(rates), max(rates)))
+            bigger.append(_entry(f"{program_name(cells)} normalised steps/s", NORMALISED_UNIT,
+                                 normalised(r, t["steps_per_s"]), f"timed chunks {low:.4g}-{high:.4g}",
+                                 f"{raw}; yardstick {stick[0]} {stick[1]:.4g} GFLOP/s; {where}"))
+        else:
+            bigger.append(_entry(f"{program_name(cells)} steps/s (raw, no yardstick)", "steps/s", t["steps_per_s"],
+                                 f"timed chunks {min(rates):.4g}-{max(rates):.4g}", f"{raw}; {where}"))
     for r in records:
-        env, n, t = r["env"], len(r["per_seed"]["diverged"]), r["throughput"]
-        where = f"cell {r['cell_id']}; {n} seeds; {env['backend']} {env['device_kind']}; commit " \
-                f"{(env['git_commit'] or 'unknown')[:10]}"
-        rates = _rates(r)
-        spread = f"timed chunks {min(rates):.4g}-{max(rates):.4g} ({len(rates)})" if rates else None
-        bigger.append(_entry(f"{_name(r)} steps/s", "steps/s", t.get("steps_per_s"), spread, where))
+        env, n = r["env"], len(r["per_seed"]["diverged"])
+        where = f"cell {r['cell_id']}; {n} seeds; {env.get('backend')} {env.get('device_kind')}; commit " \
+                f"{(env.get('git_commit') or 'unknown')[:10]}"
         low, high = r["divergence_rate_ci"]
         smaller.append(_entry(f"{_name(r)} divergence rate", "1 + fraction of seeds", 1 + r["divergence_rate"],
                               f"95% CI {1 + low:.2f}-{1 + high:.2f}", where))
@@ -191,14 +279,30 @@ def _number(x):
     return float(x) if isinstance(x, str) and x in ("inf", "-inf") else x
 
 
+ENV_COLUMNS = ("python", "backend", "device_kind", "device_count", "cpu", "cpu_count", "xla_flags", "code_sha256",
+               "git_commit", "git_dirty", "timestamp")  # env.* columns of the tidy table, after env.versions
+
+
 def tidy_rows(records: list[dict]) -> list[dict]:
     """One row per cell x seed: the cell's identity and config flattened (task.*, model.*, optimizer.lr,
-    mitigation.name and its parameters, ...), then the seed's outcomes and its end-to-end gradient ratio at
-    each snapshot (e2e_ratio@FRACTION of the budget)."""
+    mitigation.name and its parameters, ...), its program and the program's throughput (throughput.*: raw
+    and normalised steps/s, the yardstick), the environment (env.jax, env.jaxlib, ... env.python,
+    env.backend, env.cpu, env.code_sha256, ...), then the seed's outcomes and its end-to-end gradient ratio
+    at each snapshot (e2e_ratio@FRACTION of the budget)."""
     rows = []
+    program = {r["cell_id"]: cells for cells in programs(records) for r in cells}
     for r in records:
+        cells, t, env = program[r["cell_id"]], r["throughput"], r["env"]
+        stick = yardstick(r)
         cell = {"suite": r["suite"], "experiment": r["experiment"], "cell_id": r["cell_id"], "label": r["label"],
-                **_flatten(r["config"])}
+                **_flatten(r["config"]),
+                "program": program_name(cells), "program_id": program_id(cells),
+                "throughput.normalised_steps_per_s": normalised(r, t["steps_per_s"]),
+                "throughput.steps_per_s": t["steps_per_s"], "throughput.cpu_steps_per_s": t.get("cpu_steps_per_s"),
+                "throughput.yardstick": stick and stick[0], "throughput.yardstick_gflops": stick and stick[1],
+                "throughput.runs_per_program": t.get("runs_per_program"), "throughput.compile_s": t.get("compile_s"),
+                **{f"env.{k}": v for k, v in (env.get("versions") or {}).items()},
+                **{f"env.{k}": env.get(k) for k in ENV_COLUMNS}}
         ps, ex = r["per_seed"], r.get("explosion", {})
         fractions = ex.get("fractions", [])
         e2e = ex.get("per_seed", {}).get("e2e_ratio", [])
@@ -237,7 +341,12 @@ def write_parquet(rows: list[dict], path: Path) -> bool:
             values = [None if v is None else str(v) for v in values]
         data[c] = values
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(data), path)
+    tmp = path.with_name(f".{path.name}.partial")  # written whole, then renamed: never half a file at `path`
+    try:
+        pq.write_table(pa.table(data), tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return True
 
 
@@ -276,12 +385,25 @@ def write_tensorboard(records: list[dict], directory: Path) -> list[Path]:
     return written
 
 
+SUFFIXES = {"pytest-benchmark": (".json",), "github-action-benchmark": (".json",), "tidy": (".csv", ".parquet")}
+
+
+def check_output(fmt: str, output: Path) -> None:
+    """ValueError (one line) unless `output` ends in a suffix the format writes: a path is honoured as given,
+    never written under another suffix."""
+    allowed = SUFFIXES.get(fmt)
+    if allowed and output.suffix.lower() not in allowed:
+        raise ValueError(f"--output {output}: --format {fmt} writes {' or '.join(allowed)}; allowed: a path "
+                         f"ending in {' or '.join(allowed)}")
+
+
 def outputs(records: list[dict], fmt: str, output: Path) -> dict[Path, str]:
     """The JSON or CSV files to write for a format (path -> text): pytest-benchmark to `output`,
     github-action-benchmark to OUTPUT-bigger.json (customBiggerIsBetter) and OUTPUT-smaller.json
-    (customSmallerIsBetter), tidy to OUTPUT.csv."""
+    (customSmallerIsBetter), tidy to OUTPUT.csv (nothing here for OUTPUT.parquet: `write_parquet`)."""
+    check_output(fmt, output)
     if fmt == "tidy":
-        return {output.with_suffix(".csv"): tidy_csv(tidy_rows(records))}
+        return {output: tidy_csv(tidy_rows(records))} if output.suffix.lower() == ".csv" else {}
     dump = lambda data: json.dumps(strict(data), indent=1, allow_nan=False) + "\n"  # noqa: E731
     if fmt == "pytest-benchmark":
         return {output: dump(pytest_benchmark(records))}
