@@ -23,12 +23,10 @@ max_norm = [0.5, 2.0]
 [[claim]]
 id = 7
 title = "clipping cures explosion"
+question = "does clipping widen the learning rates at which the tiny MLP reaches its target?"
+rationale = "a test of the report, not of clipping"
 note = "a tiny MLP: too small to explode"
-[[claim.comparison]]
-experiment = "tiny"
-baseline = { name = "none" }
-variant = { name = "clip_by_global_norm", max_norm = 2.0 }
-expect = "better"
+primary = { experiment = "tiny", baseline = { name = "none" }, variant = { name = "clip_by_global_norm", max_norm = 2.0 }, measure = "reach_range", expect = "better" }
 """
 
 
@@ -184,10 +182,12 @@ def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
     path = report.write(module_tmp / "a")
     assert not stale.exists()
     text = path.read_text()
-    assert text.index("## Verdicts") < text.index("## Claim 7")
-    assert "| 7. clipping cures explosion | **" in text and "| tiny | " in text
-    assert "## Claim 7: clipping cures explosion\n\n*Reading it:* a tiny MLP: too small to explode\n" in text
-    assert "<summary>every cell</summary>" in text and "median critical lr" in text
+    assert text.index("## Answers at a glance") < text.index("### Claim 7")
+    assert "| [7. clipping cures explosion](#claim-7-clipping-cures-explosion) | **" in text
+    assert "### Claim 7: clipping cures explosion\n\n**Question (pre-registered):** does clipping" in text
+    assert "*Reading it:* a tiny MLP: too small to explode\n" in text
+    assert "<summary>its arms, every cell and its figures</summary>" in text and "median critical lr" in text
+    assert (module_tmp / "a" / "plots" / "forest.png").read_bytes()[:4] == b"\x89PNG" and "(plots/forest.png)" in text
     assert "none lr=10000.0 | 1.00 [0.51, 1] | 4 | 0 |" in text  # 4/4 diverged, Wilson interval
     settings = json.loads((module_tmp / "a" / "suite.json").read_text())["settings"]
     assert (f"Reproduce (paths relative to the directory of this report): `python -m bench run {first_run[0]} "

@@ -16,8 +16,9 @@ from tests.conftest import TINY
 
 GOOD = dict(seeds=2, steps=20, lr="0.05", extra="")
 BASE = TINY.format(**GOOD)
-COMPARE = ('\n[[claim]]\nid = 1\ncomparison = [{{ experiment = "tiny", baseline = {{ name = "none" }}, '
-           'variant = {{ name = "none" }}, expect = "better"{} }}]\n')
+COMPARE = ('\n[[claim]]\nid = 1\ntitle = "t"\nquestion = "q"\nrationale = "r"\nprimary = {{ experiment = "tiny", '
+           'baseline = {{ name = "none" }}, variant = {{ name = "none" }}, measure = "reach", '
+           'expect = "better"{} }}\n')
 
 
 def edit(old, new):
@@ -47,8 +48,9 @@ BAD_SUITES = {
     "experiment model string": (BASE + '\n[[experiment]]\nname = "a"\nmodel = "mlp"\n',
                                 ["experiment[0].model", "a table"]),
     "mitigation = [5]": ("mitigation = [5]\n" + BASE, ["top level.mitigation", "a list of tables"]),
-    "comparison = 5": (BASE + '\n[[claim]]\nid = 1\ncomparison = 5\n', ["claim[0].comparison"]),
-    "comparison = [5]": (BASE + '\n[[claim]]\nid = 1\ncomparison = [5]\n', ["claim[0].comparison"]),
+    "primary = 5": (BASE + '\n[[claim]]\nid = 1\ntitle = "t"\nquestion = "q"\nrationale = "r"\nprimary = 5\n',
+                    ["claim[0].primary"]),
+    "secondary = [5]": (BASE + COMPARE.format("") + 'secondary = [5]\n', ["claim[0].secondary"]),
     "optimizer typo": (mitigation('name = "optimizer"\noptimizer = "adamm"'), ["mitigation[0].optimizer", "did you mean 'adam'"]),
     "optimizer = 5": (mitigation('name = "optimizer"\noptimizer = 5'), ["mitigation[0].optimizer", "a string"]),
     "warmup_steps abc": (mitigation('name = "warmup"\nwarmup_steps = "abc"'), ["mitigation[0].warmup_steps"]),
@@ -101,11 +103,11 @@ BAD_SUITES = {
     "collapse_fraction 0": (edit("[suite]", "[suite]\ncollapse_fraction = 0"), ["suite.collapse_fraction"]),
     "min_effect 1": (edit("[suite]", "[suite]\nmin_effect = 1.0"), ["suite.min_effect", "> 1"]),
     "claim expect": (BASE + COMPARE.format("").replace("better", "higher"), ["expect", "worse, better"]),
-    "claim lr off the grid": (BASE + COMPARE.format(", lr = 0.3"), ["comparison[0].lr", "0.05"]),
-    "claim at": (BASE + COMPARE.format(", at = 0.3"), ["comparison[0].at"]),
-    "claim metric": (BASE + COMPARE.format(', metric = "speed"'), ["comparison[0].metric"]),
+    "claim lr off the grid": (BASE + COMPARE.format(", lr = 0.3"), ["primary.lr", "0.05"]),
+    "claim at": (BASE + COMPARE.format(", at = 0.3"), ["primary.at"]),
+    "claim measure": (BASE + COMPARE.format("").replace('"reach"', '"speed"'), ["primary.measure"]),
     "claim experiment": (BASE + COMPARE.format("").replace('"tiny"', '"tny"'), ["did you mean 'tiny'"]),
-    "claim judged_on": (BASE + COMPARE.format("").replace("id = 1", 'id = 1\njudged_on = ["x"]'), ["judged_on"]),
+    "claim without a rationale": (BASE + COMPARE.format("").replace('rationale = "r"\n', ''), ["rationale"]),
 }
 
 
