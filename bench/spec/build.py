@@ -26,6 +26,11 @@ def make_task(task_cfg: dict):
     return _task(json.dumps(task_cfg, sort_keys=True))
 
 
+def structure_task(task_cfg: dict) -> dict:
+    """A task config with a traced `data_seed` (None in a static plan) at 0: a task of the same shapes."""
+    return {**task_cfg, "data_seed": 0} if task_cfg.get("data_seed", 0) is None else task_cfg
+
+
 def make_model(model_cfg: dict, task, key):
     """A fresh Flax model of a canonical model config, shaped for `task`."""
     cfg = dict(model_cfg)
@@ -64,6 +69,22 @@ def _check(task_json: str, model_json: str) -> None:
     if ops > MAX_OPS:
         raise ValueError(f"the model's prediction traces to {ops:,} operations, more than {MAX_OPS:,} (compiling it "
                          f"would take minutes or hang); allowed: a smaller model (fewer layers)")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_flops(task_json: str, model_json: str) -> float:
+    from bench.engine import flops
+
+    task = _task(task_json)
+    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
+    traced = jax.make_jaxpr(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True))(x)
+    return flops.count(traced.jaxpr)
+
+
+def forward_flops(task_cfg: dict, model_cfg: dict) -> float:
+    """Model FLOPs of one prediction on a training batch (traced abstractly; initial scales change nothing)."""
+    structure = {k: (1.0 if k in INIT_SCALES else v) for k, v in model_cfg.items()}
+    return _forward_flops(json.dumps(structure_task(task_cfg), sort_keys=True), json.dumps(structure, sort_keys=True))
 
 
 def check(task_cfg: dict, model_cfg: dict) -> None:
@@ -122,7 +143,7 @@ def init_powers(task_cfg: dict, model_cfg: dict) -> dict[str, tuple[float, ...]]
     variance, 1 for a spectral scale; 0 for leaves it does not touch); otherwise it stays static.
     """
     unit = unit_scales({**model_cfg, **{k: None for k in INIT_SCALES if k in model_cfg}})
-    return _init_powers(json.dumps(task_cfg, sort_keys=True), json.dumps(unit, sort_keys=True))
+    return _init_powers(json.dumps(structure_task(task_cfg), sort_keys=True), json.dumps(unit, sort_keys=True))
 
 
 def scale_init(params, powers: dict[str, tuple[float, ...]], values: dict):
@@ -175,7 +196,7 @@ def memory_estimate(plan: dict, hyper: dict, n_runs: int) -> dict[str, int]:
     """
     from bench.spec import optim
 
-    task = make_task(plan["task"])
+    task = make_task(structure_task(plan["task"]))
     model_cfg = unit_scales(plan["model"])
     abstract = nnx.eval_shape(lambda: make_model(model_cfg, task, jax.random.key(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
