@@ -178,7 +178,7 @@ class _Chunk:
     start: int
     traces: tuple  # (loss, grad norm, model diagnostics), runs x steps
     status: tuple  # (diverged, converge_step) per run after the chunk
-    full: bool  # it computed every run (only such chunks are timed: they measure the whole program)
+    share: float  # the tiles it computed over the program's (per device, the most): 1 when every run
     measured: bool  # a snapshot was taken just before it (its time is not the chunk's alone)
 
 
@@ -217,7 +217,7 @@ def train_group(prepared: Prepared,
         return True
 
     losses, norms, diag_traces = [], [], []
-    chunk_times = []  # (wall s, process CPU s) per timed chunk
+    chunk_times = []  # (wall s, process CPU s) per timed chunk, of the whole program (compacted chunks scaled)
     quiet = quiet or Quiet()
     stopped = np.zeros(len(stops), bool)  # as the host last read it (one chunk behind the devices)
     real = np.arange(len(stops)) < n_real  # the padding runs are computed only where a chunk computes every run
@@ -229,14 +229,16 @@ def train_group(prepared: Prepared,
         nonlocal carry, dispatched, computed
         measured_before = snapshot(dispatched)
         active = ~stopped & (dispatched < prepared.budgets) & real
-        full = not compact or active.all()
-        table = None if full else jax.device_put(prog.table(active), prog.runs_sharding)
-        computed += (prog.max_tiles * prog.mesh.size if full else int(prog.table(active)[1].sum())) \
-            * prog.tile * chunk_steps
+        if not compact or active.all():
+            table, count = None, np.full(prog.mesh.size, prog.max_tiles)
+        else:
+            table = prog.table(active)
+            count, table = table[1], jax.device_put(table, prog.runs_sharding)
+        computed += int(count.sum()) * prog.tile * chunk_steps
         carry, traces, status = prog.chunk(carry, hyper, seeds, data, dispatched, table)
         for x in jax.tree.leaves((traces, status)):
             x.copy_to_host_async()
-        inflight.append(_Chunk(dispatched, traces, status, full, measured_before))
+        inflight.append(_Chunk(dispatched, traces, status, int(count.max()) / prog.max_tiles, measured_before))
         dispatched += chunk_steps
 
     snapshot(0)
@@ -252,8 +254,9 @@ def train_group(prepared: Prepared,
         c = inflight.popleft()
         diverged, converge_step = (np.asarray(x) for x in c.status)
         now = clock.read()
-        if not first and c.full and not c.measured and quiet.clean(mark):
-            chunk_times.append((now[0] - last[0], now[1] - last[1]))
+        if not first and c.share > 0 and not c.measured and quiet.clean(mark):
+            # a compacted chunk's time scaled to the whole program's (the tiles run one after another)
+            chunk_times.append(((now[0] - last[0]) / c.share, (now[1] - last[1]) / c.share))
         first = False
         last, mark = now, quiet.mark()
         loss, norm, diag = c.traces
@@ -268,7 +271,9 @@ def train_group(prepared: Prepared,
             break  # a chunk still in flight changes nothing: every run is masked
     for t in due:  # the snapshots not yet taken (every run stopped early) measure the parameters the runs hold
         snapshot(t)
-    evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(carry, hyper, data)))
+    # A diverged run has no final numbers (its record says null): only the others are evaluated (the rest NaN).
+    evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(
+        carry, hyper, data, jax.device_put(prog.table(~diverged & real), prog.runs_sharding))))
     host, arrays = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get((carry, snaps)))
     arrays.update({k: host[k] for k in ("loss_0", "kernel_rank_0", "diverged", "divergence_step", "converge_step",
                                         "max_grad_norm", "skipped_steps")})

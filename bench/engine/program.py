@@ -214,7 +214,7 @@ class Program:
 
         def evaluate(table, count, carry, hyper, data):
             first = _gather((carry, hyper), table[0, 0])
-            return _over_tiles(table, count, rows_like(evaluate_tile, 0, *first, data), lambda out, idx: _scatter(
+            return _over_tiles(table, count, rows_like(evaluate_tile, jnp.nan, *first, data), lambda out, idx: _scatter(
                 out, idx, evaluate_tile(*_gather((carry, hyper), idx), data)))
 
         on_runs, once = self.runs_sharding, self.replicated
@@ -506,9 +506,11 @@ class Program:
         return self._run("measure", self._measure, *self.full_table(), carry, snaps, hyper, seeds, snap_at, data,
                          jnp.int32(t))
 
-    def evaluate(self, carry, hyper, data):
-        """Loss and metric of every run on the training-evaluation, validation and held-out sets."""
-        return self._run("evaluate", self._evaluate, *self.full_table(), carry, hyper, data)
+    def evaluate(self, carry, hyper, data, table=None):
+        """Loss and metric on the training-evaluation, validation and held-out sets of the runs of `table`
+        (None: every run; the others' are NaN)."""
+        table = self.full_table() if table is None else table
+        return self._run("evaluate", self._evaluate, *table, carry, hyper, data)
 
 
 # The most recently used Programs, shared by groups with the same structure. Bounded: every compiled program

@@ -63,7 +63,7 @@ def main(repeats: int = 5):
         if i:
             ratios.append(seconds["grid"] / seconds["alone"])
             print(f"repeat {i}: grid {seconds['grid']:.2f} s, alone {seconds['alone']:.2f} s, ratio {ratios[-1]:.2f} "
-                  f"(grid computed {results['grid'].throughput['computed_fraction']:.2f} of its run-steps)", flush=True)
+                  f"(grid computed {results['grid'].throughput.get('computed_fraction', 1.0):.2f} of its run-steps)", flush=True)
     print(f"median ratio {np.median(ratios):.2f} over {repeats} repeats")
     grid_result, alone_result = results["grid"], results["alone"]
     first = [i for i, r in enumerate(grid_result.runs) if r.cell_index == 0]
