@@ -18,9 +18,17 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
+def _null_nonfinite(value):
+    if isinstance(value, dict):
+        return {k: _null_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_null_nonfinite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 @pytest.fixture(scope="module")
 def nan_dir(tiny_run, module_tmp):
-    """The tiny run's records with a NaN throughput, NaN losses and an infinite gradient ratio, as NaN tokens."""
+    """The tiny run's records with a NaN throughput, NaN losses and an infinite gradient ratio."""
     recs = records(tiny_run)
     bad = recs[1]
     assert bad["divergence_rate"] > 0.5  # lr 0.5: most seeds diverged
@@ -31,7 +39,8 @@ def nan_dir(tiny_run, module_tmp):
     recs[0]["explosion"]["per_seed"]["e2e_ratio"][0][0] = "inf"
     out = module_tmp / "nan"
     out.mkdir()
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))  # NaN / Infinity tokens
+    # As records keep non-finite numbers: null (NaN, Infinity tokens are refused when the file is read)
+    (out / "results.jsonl").write_text("".join(json.dumps(_null_nonfinite(r)) + "\n" for r in recs))
     (out / "suite.json").write_text((tiny_run / "suite.json").read_text())
     return out
 
