@@ -483,10 +483,13 @@ def cmd_probe(args) -> int:
     if args.batch is not None:
         task_table["batch_size"] = args.batch
     task = canonical_section("--task", "task", task_table)
+    _backend()
     try:
         from bench.spec import build
 
         build.check(task, model)
+        build.refuse_if_too_large(build.run_bytes(task, model), args.seeds, "--seeds, --set",
+                                  f"probing {args.seeds} seeds at once")
     except (ValueError, OSError, OverflowError, MemoryError) as e:
         raise UsageError(f"--task {task['name']} with --model {model['family']}: {e}") from None
     if args.plot:
