@@ -53,7 +53,8 @@ MAX_NAME = 100  # characters of a suite name used as the directory runs/NAME
 def _default_out(suite) -> Path:
     """runs/NAME, refusing a name that is not one plain directory name."""
     name = suite.name
-    if not name or len(name) > MAX_NAME or any(c in name for c in "/\\\0") or ".." in name or name == ".":
+    if not name or len(name) > MAX_NAME or len(name.encode()) > 255 or any(c in name for c in "/\\\0") \
+            or ".." in name or name == ".":
         raise UsageError(f"{suite.path}: suite.name: {name[:MAX_NAME]!r} cannot name the output directory "
                          f"runs/NAME (1 to {MAX_NAME} characters without '/', '\\', '..' or NUL); rename the "
                          "suite or give --out DIR")
@@ -195,7 +196,11 @@ def cmd_run(args) -> int:
     cells = runner.shard_cells(suite.cells, shard)
     _check_memory(suite, cells)  # before anything is compiled or written
     # Opened here first so that a refused directory is one line, before any progress display starts.
-    store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
+    from bench.records.env import provenance
+
+    # Records made under other code or library versions are never reused (refused, or with --force retrained).
+    store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force,
+                            provenance=provenance())
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
     compiles_before = dict(program.COMPILES)
     try:
@@ -224,12 +229,10 @@ def cmd_run(args) -> int:
     elif not args.no_report:
         from bench.reports import report
 
-        written = report.write(out)
-        if suite.claims and len(records) == len(suite.cells):
-            from bench.analysis import claims
-
-            out_console.print(console.verdict_table(claims.verdicts(suite.claims, records,
-                                                                    min_effect=suite.settings["min_effect"])))
+        judged = report.judge(out)  # once: REPORT.md and the console table show the same verdicts
+        written = report.write(out, judged=judged)
+        if judged and len(records) == len(suite.cells):
+            out_console.print(console.verdict_table(judged))
         out_console.print(f"report: {written}", markup=False)
     return 0
 
@@ -237,11 +240,13 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from bench import files
     from bench.records import store
-    from bench.reports import report
 
     for directory in map(Path, [args.dir, *args.also]):
-        if not (directory / store.RESULTS_FILE).is_file() or not (directory / store.SUITE_FILE).is_file():
+        if not (directory / store.RESULTS_FILE).exists() or not (directory / store.SUITE_FILE).exists():
             raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
+        store.read_suite(directory), store.read_results(directory)  # one line naming what is wrong, before jax
+    from bench.reports import report
+
     output = args.output if args.output is not None else Path(args.dir) / "REPORT.md"
     output = files.check_output(output, "--output", reads=_inputs(args.dir, *args.also), overwrite=args.overwrite)
     try:
@@ -315,11 +320,12 @@ def cmd_merge(args) -> int:
 def cmd_compare(args) -> int:
     import json
 
-    from bench.analysis import compare
     from bench.records import store
 
     try:
         baseline, current = (store.read_results(p, oldest=1) for p in (args.baseline, args.current))
+        from bench.analysis import compare  # after the inputs are read: bad input is refused without jax
+
         result = compare.compare(baseline, current, alpha=args.alpha, throughput_threshold=args.throughput_threshold)
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -339,12 +345,12 @@ def cmd_compare(args) -> int:
 def cmd_export(args) -> int:
     from bench import files
     from bench.records import store
-    from bench.reports import export
 
     try:
         records = store.read_results(args.dir)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    from bench.reports import export
     directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
     if args.format == "tensorboard":
         target = Path(args.output if args.output is not None else directory / "tensorboard")
@@ -375,14 +381,16 @@ def cmd_replicate(args) -> int:
     """Keeps a perturbed rerun's judged answers beside the results they replicate (read by the report)."""
     import json
 
-    from bench.analysis import claims
     from bench.records import store
-    from bench.reports import replication
 
     for directory in (args.dir, args.rerun):
-        if not (Path(directory) / store.RESULTS_FILE).is_file():
+        if not (Path(directory) / store.RESULTS_FILE).exists():
             raise UsageError(f"{directory}: no results.jsonl here (run `python -m bench run` first)")
     suite, rerun_suite = store.read_suite(Path(args.dir)), store.read_suite(Path(args.rerun))
+    store.read_results(Path(args.dir))  # the results the replication is kept beside: refused here if broken
+    from bench.analysis import claims
+    from bench.reports import replication
+
     eps = rerun_suite["settings"].get("init_perturbation", 0.0)
     if not eps:
         raise UsageError(f"{args.rerun}: suite.json: settings.init_perturbation is 0; allowed: a rerun made with "
@@ -400,19 +408,29 @@ def cmd_replicate(args) -> int:
 def cmd_reproduce(args) -> int:
     import tempfile
 
+    from bench.records import store
+
+    if args.out is not None and not args.out.strip():
+        raise UsageError(f"--out {args.out!r}: an empty path; allowed: a new directory (default: a temporary one)")
+    if args.out and (Path(args.out) / store.RESULTS_FILE).exists():
+        raise UsageError(f"--out {args.out}: already holds results; give an empty or new directory")
+    try:
+        records = store.read_results(args.results)
+        results_dir = Path(args.results) if Path(args.results).is_dir() else Path(args.results).parent
+        if (results_dir / store.SUITE_FILE).exists():
+            store.read_suite(results_dir)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     from bench.analysis import reproduce
     from bench.engine import compile_cache
-    from bench.records import store
     from bench.reports import console
 
     compile_cache.enable(not args.no_compile_cache)
+    _backend()
     try:
-        records = store.read_results(args.results)
         cells = reproduce.cells(records, args.cell)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.out and (Path(args.out) / store.RESULTS_FILE).exists():
-        raise UsageError(f"--out {args.out}: already holds results; give an empty or new directory")
     info = reproduce.suite_info(records, Path(args.results))
     wanted = {c.cell_id for c in cells}
     with tempfile.TemporaryDirectory(prefix="gradbench-reproduce-") as scratch, \
@@ -579,8 +597,9 @@ def parser() -> argparse.ArgumentParser:
                      "and every experiment's own seeds")
     run.add_argument("--steps", type=steps, help="step budget of every cell (>= 1); overrides the suite's and "
                      "every experiment's own steps")
-    run.add_argument("--force", action="store_true", help="use --out even if it holds another suite's records or "
-                     "records from other --seeds/--steps (they are discarded)")
+    run.add_argument("--force", action="store_true", help="use --out even if it holds another suite's records, "
+                     "records from other --seeds/--steps (they are discarded), or records made under other code or "
+                     "library versions (jax, jaxlib, flax, optax, numpy, Python; their cells train again)")
     run.add_argument("--shard", default="0/1", help="run shard i of n (e.g. 0/4): whole compiled groups of cells, "
                      "dealt by cost (runs x steps), never one split")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

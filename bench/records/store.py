@@ -153,7 +153,7 @@ class ResultsStore:
         gradbench (schema), are never reused: refused in one line naming the difference, or with `force`
         discarded, so their cells train again.
         """
-        from bench.records.cell import SCHEMA_VERSION
+        from bench.records.validate import SCHEMA_VERSION
 
         store = cls.__new__(cls)
         store.dir, store.path = Path(out_dir), Path(out_dir) / RESULTS_FILE
@@ -323,7 +323,7 @@ def parse_records(text: str, file, oldest: int) -> list[dict]:
     """The records of a results file's text; StoreError naming the file, line and key for anything that is not a
     record (validate.CORE; validate.CURRENT for the current schema) of schema_version `oldest` or newer that this
     gradbench knows, or a second record of one cell."""
-    from bench.records.cell import SCHEMA_VERSION
+    from bench.records.validate import SCHEMA_VERSION
 
     records, lines = [], {}
     for number, line in enumerate(text.splitlines(), 1):
@@ -366,7 +366,7 @@ def read_results(path, oldest: int | None = None) -> list[dict]:
     Args:
       oldest: the oldest schema_version accepted (default: only the current one).
     """
-    from bench.records.cell import SCHEMA_VERSION
+    from bench.records.validate import SCHEMA_VERSION
 
     oldest = SCHEMA_VERSION if oldest is None else oldest
     path = Path(path)

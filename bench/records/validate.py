@@ -17,6 +17,9 @@ import math
 from typing import Any
 
 
+SCHEMA_VERSION = 2  # of the records bench/records/cell.py writes (CURRENT below)
+
+
 class Invalid(ValueError):
     """A value that breaks its shape; the message names the key and what is allowed (the caller adds the file)."""
 
