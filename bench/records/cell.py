@@ -9,7 +9,7 @@ import numpy as np
 from bench.records import metrics
 from bench.spec.schema import SNAPSHOT_FRACTIONS
 
-SCHEMA_VERSION = 2
+from bench.records.validate import SCHEMA_VERSION  # noqa: E402,F401 (declared beside the record's shape)
 
 
 def json_number(x):
