@@ -238,7 +238,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench import files
+    from bench.spec import files
     from bench.records import store
 
     for directory in map(Path, [args.dir, *args.also]):
@@ -343,7 +343,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bench import files
+    from bench.spec import files
     from bench.records import store
 
     try:
@@ -717,7 +717,7 @@ def _peer_cases():
 
 def main(argv=None) -> int:
     """Entry point; returns the exit status."""
-    from bench.files import InputError
+    from bench.spec.files import InputError
     from bench.records.store import StoreError
     from bench.spec.schema import SuiteError
 

@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench import files
+from bench.spec import files
 from bench.records import validate
 
 RESULTS_FILE = "results.jsonl"
@@ -76,6 +76,27 @@ def read_suite(out_dir) -> dict:
         raise StoreError(f"{path}: not readable as a suite record ({type(e).__name__}); it is corrupt: move the "
                          "directory away and rerun") from None
     return suite
+
+
+def read_replication(path) -> dict:
+    """A replication.json (`bench replicate`); StoreError naming the file and key if it is not one."""
+    path = Path(path)
+    try:
+        value = validate.loads(files.read_bytes(path, "json").decode("utf-8"))
+        validate.check(value, validate.REPLICATION, "")
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no such file") from None
+    except files.InputError as e:
+        raise StoreError(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); rerun `python -m "
+                         "bench replicate` to write it again") from None
+    except validate.Invalid as e:
+        raise StoreError(f"{path}: {e} (not a replication record as `bench replicate` writes it); rerun `python -m "
+                         "bench replicate` to write it again") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: cannot be read ({type(e).__name__})") from None
+    return value
 
 
 class ResultsStore:

@@ -191,6 +191,16 @@ SUITE = {
 }
 
 
+# replication.json (bench replicate writes it beside the results; the report reads it).
+REPLICATION = {
+    "init_perturbation": NUMBER,
+    "cells": int,
+    "claims": [{"claim": (str, int), "verdict": str}],
+    "answers": [{"claim": (str, int), "comparison": int, "question": str, "verdict": str,
+                 "stability": Opt(NUMBER), "effect": EXTENDED, "ci": Opt([EXTENDED])}],
+}
+
+
 def record(value, current: bool) -> None:
     """Invalid unless `value` is a results record (of the current schema when `current`)."""
     if not isinstance(value, dict):

@@ -2,11 +2,11 @@
 says of them: which judged answers and claim verdicts came out differently."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from bench.analysis import claims as claims_lib
+from bench.records.store import read_replication
 from bench.reports.verdicts import effect_text
 
 FILE = "replication.json"
@@ -23,9 +23,9 @@ def lines(results_dir: Path, judged: list[dict]) -> list[str]:
     which of the differing answers either run marked fragile, and how many of the rerun's effects lie inside
     this run's intervals."""
     path = results_dir / FILE
-    if not path.is_file():
+    if not path.exists():
         return ["- No replication run is recorded beside these results (`python -m bench replicate`)."]
-    other = json.loads(path.read_text())
+    other = read_replication(path)  # validated: StoreError (one line naming the key) if it is not one
     answers = {(a["claim"], a["comparison"], a["question"]): a for a in other["answers"]}
     mine = {(c["id"], i, name): q for c in judged for i, x in enumerate(c["comparisons"])
             for name, q in x["questions"].items() if q["judged"]}
