@@ -238,7 +238,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench import files
+    from bench.spec import files
     from bench.records import store
 
     for directory in map(Path, [args.dir, *args.also]):
@@ -263,7 +263,7 @@ def _inputs(*directories) -> list[Path]:
     out = []
     for d in map(Path, directories):
         if d.is_dir():
-            out += [d / store.RESULTS_FILE, d / store.SUITE_FILE, d / "replication.json"]
+            out += [d / store.RESULTS_FILE, d / store.SUITE_FILE]
         else:
             out += [d, d.parent / store.SUITE_FILE]
     return out
@@ -345,7 +345,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bench import files
+    from bench.spec import files
     from bench.records import checks, store
 
     directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
@@ -709,7 +709,7 @@ def _peer_cases():
 
 def main(argv=None) -> int:
     """Entry point; returns the exit status."""
-    from bench.files import InputError
+    from bench.spec.files import InputError
     from bench.records.store import StoreError
     from bench.spec.schema import SuiteError
 

@@ -459,3 +459,20 @@ def test_a_run_judges_its_verdicts_once(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     report = (tmp_path / "o" / "REPORT.md").read_text()
     assert "clipping" in out and "clipping" in report
+
+
+# ---- a full disk while writing figures -----------------------------------------------------------------------------
+
+def test_a_full_disk_while_plotting_names_the_figure_and_keeps_the_report(done, tmp_path, monkeypatch, capsys):
+    import matplotlib.figure
+
+    d = _copy(done, tmp_path)
+    before = (d / "REPORT.md").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # as matplotlib raises it: no file name
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    assert main(["report", str(d)]) == 2
+    err = _one_line(capsys, str(d / "plots"), ".png", "No space left on device")
+    assert (d / "REPORT.md").read_bytes() == before and not [p for p in d.iterdir() if p.name.startswith(".")], err

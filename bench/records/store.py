@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench import files
+from bench.spec import files
 from bench.records import validate
 
 RESULTS_FILE = "results.jsonl"

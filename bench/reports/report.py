@@ -181,7 +181,10 @@ def write(results_dir, output=None, also=(), judged: list | None = None) -> Path
     for directory in (results_dir, *also):
         Path(directory, "plots").mkdir(parents=True, exist_ok=True)
     for path, (fn, data, title, _caption) in jobs.items():
-        fn(data, path, title)
+        try:
+            fn(data, path, title)
+        except OSError as e:  # a full disk, a read-only plots/: name the figure, not matplotlib's stream
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     drawn = {Path(path).resolve() for path in jobs}
     for directory in (results_dir, *also):
         for stale in Path(directory, "plots").glob("*.png"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from bench import files
+from bench.spec import files
 from bench.spec.schema import Key, SuiteError
 
 MAX_SEEDS = 10_000  # seeds of one cell
