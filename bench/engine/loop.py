@@ -8,6 +8,7 @@ boundaries).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import threading
@@ -17,7 +18,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from bench.engine.program import Program, padded_count, program
+from bench.engine.program import Program, padded_count, program, tile_runs
 from bench.spec.schema import SNAPSHOT_FRACTIONS
 
 
@@ -134,6 +135,7 @@ class Prepared:
     inputs: tuple  # (hyper, seeds, snap_at, unit_state, data) on the devices
     stops: np.ndarray  # per padded run: stops training at convergence
     due: list[int]  # the steps at which some run takes a snapshot
+    budgets: np.ndarray  # per padded run: its step budget
 
 
 def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Prepared:
@@ -150,61 +152,128 @@ def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Pre
     Thread-safe: the runner prepares the next groups in a background thread while one trains, so that
     compiling (one core on a CPU) overlaps training.
     """
-    # Padding: copies of the last run fill the run axis up to a multiple of the device count; they finish
-    # when it does, and their results are dropped.
-    padded = runs + [runs[-1]] * (padded_count(len(runs)) - len(runs))
+    # Padding: copies of the last run fill the run axis up to whole tiles on every device; their results are
+    # dropped (and compacted chunks do not compute them).
+    padded = runs + [runs[-1]] * (padded_count(len(runs), tile_runs(plan)) - len(runs))
     chunk_steps, snap_at = snapshot_plan([r.hyper["budget"] for r in padded], min(chunk_steps, steps))
-    prog = program(plan, len(padded), chunk_steps)
-    hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k == "budget" else np.float32)
+    data_seeds = sorted({int(r.hyper["data_seed"]) for r in padded}) if "data_seed" in runs[0].hyper else [0]
+    prog = program(plan, len(padded), chunk_steps, max(len(data_seeds), 2))
+    hyper = {k: np.asarray([r.hyper[k] for r in padded], np.int32 if k in ("budget", "data_seed") else np.float32)
              for k in runs[0].hyper}
+    if prog.per_run_data:  # each run's index into the stacked datasets
+        hyper["dataset"] = np.searchsorted(data_seeds, hyper.pop("data_seed")).astype(np.int32)
     seeds = np.asarray([r.seed for r in padded], np.int32)
     inputs = (*jax.device_put((hyper, seeds, snap_at, prog.unit_state(seeds)), prog.runs_sharding),
-              jax.device_put(prog.task.data, prog.replicated))
+              jax.device_put(prog.stack_data(data_seeds), prog.replicated))
     prog.compile_all(*inputs)
     return Prepared(prog, runs, steps, chunk_steps, inputs,
-                    np.array([r.hyper["stop_at_convergence"] > 0 for r in padded]), sorted(set(snap_at.flat)))
+                    np.array([r.hyper["stop_at_convergence"] > 0 for r in padded]), sorted(set(snap_at.flat)),
+                    hyper["budget"])
+
+
+@dataclasses.dataclass
+class _Chunk:
+    """A chunk dispatched and not yet read: its outputs (being copied to the host) and how it was run."""
+
+    start: int
+    traces: tuple  # (loss, grad norm, model diagnostics), runs x steps
+    status: tuple  # (diverged, converge_step) per run after the chunk
+    share: float  # the tiles it computed over the program's (per device, the most): 1 when every run
+    measured: bool  # a snapshot was taken just before it (its time is not the chunk's alone)
 
 
 def train_group(prepared: Prepared,
                 on_chunk: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-                quiet: Quiet | None = None) -> GroupResult:
+                quiet: Quiet | None = None, compact: bool = True) -> GroupResult:
     """Trains every run of a prepared group together and returns their per-run results.
 
     on_chunk: called after every chunk with (steps done, diverged, converged) per run; the host stops
     early once every run is done.
     quiet: tells which chunks ran with nothing compiling beside them (None: every chunk did); only those
     are timed, and extra chunks timed under `quiet.hold()` make up MIN_TIMED.
+    compact: each chunk computes only the tiles of the runs still training (those that have not diverged,
+    converged where they stop there, or run their budget), packed together; off: every run, every chunk.
+    Either way every number is the same (a run that stopped is never changed again, and a run's numbers
+    do not depend on the tile it is computed in).
+
+    The host dispatches the next chunk before it reads the previous chunk's status and traces: it decides
+    which runs a chunk computes from the status one chunk old (a run that stopped in the last chunk is
+    computed once more, masked), and stops one chunk late (that chunk changes nothing and is not kept).
     """
     prog, runs, steps, chunk_steps, stops, due = (prepared.prog, prepared.runs, prepared.steps,
                                                   prepared.chunk_steps, prepared.stops, prepared.due)
     n_real = len(runs)
     hyper, seeds, snap_at, unit_state, data = prepared.inputs
     carry, snaps = prog.init(seeds, hyper, data, unit_state), prog.snapshots(len(stops))
-    # chunk_times: (wall s, process CPU s) per chunk, None where something compiled beside it
-    losses, norms, diag_traces, chunk_times = [], [], [], []
+    measured: set[int] = set()
+
+    def snapshot(t: int) -> bool:
+        """Takes the snapshots due at step t on the carry the runs hold now (dispatched, not waited for)."""
+        nonlocal snaps
+        if t not in due or t in measured:
+            return False
+        snaps = prog.measure(carry, snaps, hyper, seeds, snap_at, data, t)
+        measured.add(t)
+        return True
+
+    losses, norms, diag_traces = [], [], []
+    chunk_times = []  # (wall s, process CPU s) per timed chunk, of the whole program (compacted chunks scaled)
     quiet = quiet or Quiet()
-    done = 0
-    while True:
-        if done in due:  # finished before the next chunk's clock starts
-            snaps = jax.block_until_ready(prog.measure(carry, snaps, hyper, seeds, snap_at, data, done))
-        if done >= steps:
-            break
-        mark, clock = quiet.mark(), _Clock()
-        carry, (loss, norm, diag) = prog.chunk(carry, hyper, seeds, data, done)
-        status = jax.device_get({k: carry[k] for k in ("diverged", "converge_step")})
-        chunk_times.append(clock.read() if quiet.clean(mark) else None)
+    stopped = np.zeros(len(stops), bool)  # as the host last read it (one chunk behind the devices)
+    real = np.arange(len(stops)) < n_real  # the padding runs are computed only where a chunk computes every run
+    inflight: collections.deque[_Chunk] = collections.deque()
+    dispatched = 0  # steps dispatched
+    computed = 0  # run-steps computed (tiles x tile runs x steps)
+
+    def dispatch():
+        nonlocal carry, dispatched, computed
+        measured_before = snapshot(dispatched)
+        active = ~stopped & (dispatched < prepared.budgets) & real
+        if not compact or active.all():
+            table, count = None, np.full(prog.mesh.size, prog.max_tiles)
+        else:
+            table = prog.table(active)
+            count, table = table[1], jax.device_put(table, prog.runs_sharding)
+        computed += int(count.sum()) * prog.tile * chunk_steps
+        carry, traces, status = prog.chunk(carry, hyper, seeds, data, dispatched, table)
+        for x in jax.tree.leaves((traces, status)):
+            x.copy_to_host_async()
+        inflight.append(_Chunk(dispatched, traces, status, int(count.max()) / prog.max_tiles, measured_before))
+        dispatched += chunk_steps
+
+    snapshot(0)
+    jax.block_until_ready(snaps)  # the first chunk's clock starts with nothing else queued
+    clock, mark = _Clock(), quiet.mark()
+    last = clock.read()
+    dispatch()
+    read = 0  # steps whose results the host has read
+    first = True
+    while inflight:
+        if dispatched < steps:
+            dispatch()
+        c = inflight.popleft()
+        diverged, converge_step = (np.asarray(x) for x in c.status)
+        now = clock.read()
+        if not first and c.share > 0 and not c.measured and quiet.clean(mark):
+            # a compacted chunk's time scaled to the whole program's (the tiles run one after another)
+            chunk_times.append(((now[0] - last[0]) / c.share, (now[1] - last[1]) / c.share))
+        first = False
+        last, mark = now, quiet.mark()
+        loss, norm, diag = c.traces
         losses.append(np.asarray(loss)[:n_real])
         norms.append(np.asarray(norm)[:n_real])
         diag_traces.append({k: np.asarray(v)[:n_real] for k, v in diag.items()})
-        done += chunk_steps
+        read = c.start + chunk_steps
+        stopped = diverged | ((converge_step >= 0) & stops)
         if on_chunk:
-            on_chunk(min(done, steps), status["diverged"][:n_real], status["converge_step"][:n_real] >= 0)
-        if np.all(status["diverged"] | ((status["converge_step"] >= 0) & stops)):
-            break
-    for t in due:  # every run stopped early: the snapshots still due measure the parameters they hold
-        if t > done:
-            snaps = prog.measure(carry, snaps, hyper, seeds, snap_at, data, t)
-    evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(carry, data)))
+            on_chunk(min(read, steps), diverged[:n_real], converge_step[:n_real] >= 0)
+        if np.all(stopped[:n_real]):
+            break  # a chunk still in flight changes nothing: every run is masked
+    for t in due:  # the snapshots not yet taken (every run stopped early) measure the parameters the runs hold
+        snapshot(t)
+    # A diverged run has no final numbers (its record says null): only the others are evaluated (the rest NaN).
+    evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(
+        carry, hyper, data, jax.device_put(prog.table(~diverged & real), prog.runs_sharding))))
     host, arrays = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get((carry, snaps)))
     arrays.update({k: host[k] for k in ("loss_0", "kernel_rank_0", "diverged", "divergence_step", "converge_step",
                                         "max_grad_norm", "skipped_steps")})
@@ -213,12 +282,12 @@ def train_group(prepared: Prepared,
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
     # the calls after it that ran with nothing compiling beside them, with extra (discarded) chunks, timed
     # while no compile runs, when fewer than MIN_TIMED such calls were made.
-    timed = [t for t in chunk_times[1:] if t is not None]
+    timed = chunk_times
     if len(timed) < MIN_TIMED:
         with quiet.hold():
             for _ in range(MIN_TIMED - len(timed)):
                 clock = _Clock()
-                carry, _ = jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, done))
+                carry, *_ = jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, dispatched))
                 timed.append(clock.read())
     # Per timed chunk steps/s: the median is the throughput, the quartiles its spread (a shared machine's noise).
     wall, cpu = np.asarray(timed).T
@@ -226,6 +295,7 @@ def train_group(prepared: Prepared,
     steps_per_s = float(np.median(rates))
     q25, q75 = (float(q) for q in np.percentile(rates, [25, 75]))
     batch = prog.plan["task"].get("batch_size", 1)
+    flops_per_step = prog.flops_per_run_step * len(runs) if prog.flops_per_run_step else None
     arrays.update({
         "final_train_loss": np.asarray(evaluation["train_eval"][0]),
         "final_train_metric": np.asarray(evaluation["train_eval"][1]),
@@ -255,8 +325,12 @@ def train_group(prepared: Prepared,
             "runs_per_program": len(runs),
             "devices": prog.mesh.size,  # the run axis (padded to a multiple of it) is sharded over these
             "compile_s": prog.compile_s,
-            "flops_per_step": prog.flops_per_step,
-            "achieved_flops_per_s": prog.flops_per_step * steps_per_s if prog.flops_per_step else None,
+            "flops_per_step": flops_per_step,  # of the real runs (not the padding)
+            "achieved_flops_per_s": flops_per_step * steps_per_s if flops_per_step else None,
             "chunk_steps": chunk_steps,
+            "tile_runs": prog.tile,  # runs are computed in tiles of this many (batch invariance)
+            # the run-steps the chunks computed, over those of every run for every chunk (compaction's saving)
+            "computed_fraction": computed / (len(stops) * dispatched) if dispatched else 1.0,
+            "runs_padded": len(stops),  # the run axis: the runs padded to whole tiles on every device
         },
     )

@@ -87,6 +87,45 @@ def _over_runs(fn, in_axes, n_runs: int):
     return single
 
 
+# Runs per tile. Every run is computed in a tile of exactly `tile_runs(plan)` runs (`Program` docstring), a
+# number that depends on the backend and the model alone, never on the group around a run: at most
+# TILE_RUNS[backend], halved while a tile's step would exceed TILE_FLOPS[backend] model FLOPs. A larger tile
+# wastes less per-operation overhead (XLA:CPU's dominates on the suites' small models); a smaller one lets
+# finished runs be dropped at a finer grain and costs a group of few runs less (a tile is computed whole).
+TILE_RUNS = {"cpu": 16, "gpu": 64, "tpu": 64}
+TILE_FLOPS = {"cpu": 1e9, "gpu": 1e11, "tpu": 1e11}
+
+
+def tile_runs(plan: dict | None = None, backend: str | None = None) -> int:
+    """Runs per tile for a static plan on a backend (default: JAX's); GRADBENCH_TILE_RUNS overrides it."""
+    import os
+
+    if os.environ.get("GRADBENCH_TILE_RUNS"):
+        return int(os.environ["GRADBENCH_TILE_RUNS"])
+    backend = backend or jax.default_backend()
+    tile = TILE_RUNS.get(backend, 16)
+    if plan is not None:
+        per_run = 3 * build.forward_flops(plan["task"], plan["model"])  # forward and backward pass
+        while tile > 1 and tile * per_run > TILE_FLOPS.get(backend, 1e11):
+            tile //= 2
+    return tile
+
+
+def _gather(tree, idx):
+    """Rows `idx` of every leaf (an index past the end reads the last row: a tile's unused slot)."""
+    return jax.tree.map(lambda x: jnp.take(x, idx, axis=0, mode="clip"), tree)
+
+
+def _over_tiles(table, count, state, step):
+    """`state` after `step(state, idx)` for the first `count` tiles of `table` (this device's: 1 x tiles x runs)."""
+    return jax.lax.fori_loop(0, count[0], lambda i, s: step(s, table[0, i]), state)
+
+
+def _scatter(tree, idx, rows):
+    """`tree` with rows `idx` replaced by `rows` (an index past the end is dropped: a tile's unused slot)."""
+    return jax.tree.map(lambda x, y: x.at[idx].set(y, mode="drop"), tree, rows)
+
+
 def run_mesh(n_runs: int) -> Mesh:
     """A one-axis mesh ("runs") over every local device, or over one device when their count does not
     divide `n_runs` (`bench.engine.loop.prepare` pads the runs so that it does)."""
@@ -96,10 +135,13 @@ def run_mesh(n_runs: int) -> Mesh:
     return Mesh(np.array(devices), ("runs",))
 
 
-def padded_count(n_runs: int) -> int:
-    """The run count rounded up to a multiple of the local device count (the extra runs are dropped)."""
-    n_devices = jax.local_device_count()
-    return -(-n_runs // n_devices) * n_devices
+def padded_count(n_runs: int, tile: int) -> int:
+    """The run count rounded up to whole tiles on every local device (the extra runs are dropped).
+
+    Whole tiles: every device holds at least one tile's worth of distinct rows, so XLA never sees a run axis
+    of one (which it would simplify, computing that run differently from a run among others)."""
+    unit = jax.local_device_count() * tile
+    return -(-n_runs // unit) * unit
 
 
 class Program:
@@ -110,7 +152,10 @@ class Program:
         # Counting zero and non-finite gradient entries is two passes over every parameter per step: done
         # where precision is the question (a low-precision dtype, or loss scaling), else recorded as null.
         self.count_entries = bool(plan.get("loss_scaling")) or plan["model"].get("dtype", "float32") != "float32"
-        self.task = make_task(plan["task"])
+        # A traced data_seed (None in the plan): the group's datasets are stacked (`stack_data`) and each run
+        # trains on its own (hyper["dataset"]); the task of data_seed 0 gives the shapes and functions.
+        self.per_run_data = plan["task"].get("data_seed", 0) is None
+        self.task = make_task(build.structure_task(plan["task"]))
         # Traced initial scales (None in the static plan): the model is built at 1 and its leaves rescaled.
         self.model_cfg = build.unit_scales(plan["model"])
         self.init_powers = build.init_powers(plan["task"], self.model_cfg)
@@ -129,18 +174,85 @@ class Program:
         self.mesh = run_mesh(n_runs)
         self.runs_sharding = NamedSharding(self.mesh, PartitionSpec("runs"))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        # Tiles: every program computes its runs in tiles of `tile` runs (a loop over the tiles that a table lists,
+        # each tile a vmap over its runs), so a run's numbers do not depend on the run count or on which runs
+        # share its tile; the chunk is given only the tiles of runs still training (`full_table`, `table`).
+        self.tile = tile_runs(plan, self.mesh.devices.flat[0].platform)
+        self.n_runs, self.n_local = n_runs, n_runs // self.mesh.size
+        self.max_tiles = -(-self.n_local // self.tile)
+        per_tile = lambda fn, axes: _over_runs(fn, axes, self.tile)  # noqa: E731
+        init_tile = per_tile(self._init_one, (0, 0, 0, None))
+        chunk_tile = per_tile(self._chunk_one, (0, 0, 0, None, None))
+        measure_tile = per_tile(self._measure_one, (0, 0, 0, 0, 0, None, None))
+        evaluate_tile = per_tile(self._evaluate_one, (0, 0, None))
+
+        def rows_like(fn, fill, *args):  # `fill` rows for every local run, shaped like fn's output per run
+            shapes = jax.eval_shape(fn, *args)
+            return jax.tree.map(lambda x: jnp.full((self.n_local, *x.shape[1:]), fill, x.dtype), shapes)
+
+        def init(table, count, hyper, seeds, unit_state, data):
+            first = _gather((hyper, seeds, unit_state), table[0, 0])
+            return _over_tiles(table, count, rows_like(init_tile, 0, *first, data), lambda out, idx: _scatter(
+                out, idx, init_tile(*_gather((hyper, seeds, unit_state), idx), data)))
+
+        def chunk(table, count, carry, hyper, seeds, data, start):
+            TRACE_COUNT["chunk"] += 1
+            _, traces = jax.eval_shape(chunk_tile, _gather(carry, table[0, 0]), *_gather((hyper, seeds), table[0, 0]),
+                                       data, start)
+            traces = jax.tree.map(lambda x: jnp.full((self.n_local, *x.shape[1:]), jnp.nan, x.dtype), traces)
+
+            def step(state, idx):
+                rows = chunk_tile(_gather(state[0], idx), *_gather((hyper, seeds), idx), data, start)
+                return _scatter(state, idx, rows)
+
+            carry, traces = _over_tiles(table, count, (carry, traces), step)
+            return carry, traces, (carry["diverged"], carry["converge_step"])
+
+        def measure(table, count, carry, snaps, hyper, seeds, snap_at, data, t):
+            return _over_tiles(table, count, snaps, lambda out, idx: _scatter(out, idx, measure_tile(
+                _gather(carry, idx), _gather(out, idx), *_gather((hyper, seeds, snap_at), idx), data, t)))
+
+        def evaluate(table, count, carry, hyper, data):
+            first = _gather((carry, hyper), table[0, 0])
+            return _over_tiles(table, count, rows_like(evaluate_tile, jnp.nan, *first, data), lambda out, idx: _scatter(
+                out, idx, evaluate_tile(*_gather((carry, hyper), idx), data)))
+
         on_runs, once = self.runs_sharding, self.replicated
-        self._init = jax.jit(_over_runs(self._init_one, (0, 0, 0, None), n_runs),
-                            in_shardings=(on_runs, on_runs, on_runs, once), out_shardings=on_runs)
-        self._evaluate = jax.jit(_over_runs(self._evaluate_one, (0, None), n_runs),
-                                in_shardings=(on_runs, once), out_shardings=on_runs)
-        self._chunk = jax.jit(_over_runs(self._chunk_one, (0, 0, 0, None, None), n_runs), donate_argnums=0,
-                              in_shardings=(on_runs, on_runs, on_runs, once, once), out_shardings=on_runs)
-        self._measure = jax.jit(_over_runs(self._measure_one, (0, 0, 0, 0, 0, None, None), n_runs),
-                                donate_argnums=1, in_shardings=(on_runs,) * 5 + (once, once), out_shardings=on_runs)
+        runs_spec, once_spec = PartitionSpec("runs"), PartitionSpec()
+
+        def sharded(local, name, n_per_run, n_once, donate=()):
+            """A jitted program over the run axis, each device looping over its own runs' tiles (`shard_map`)."""
+            local.__name__ = local.__qualname__ = name  # the persistent cache's file names
+            mapped = jax.shard_map(local, mesh=self.mesh, in_specs=(runs_spec,) * (2 + n_per_run) + (once_spec,) * n_once,
+                                   out_specs=runs_spec, check_vma=False)
+            return jax.jit(mapped, donate_argnums=donate,
+                           in_shardings=(on_runs,) * (2 + n_per_run) + (once,) * n_once, out_shardings=on_runs)
+
+        self._init = sharded(init, "_init_one", 3, 1)
+        self._chunk = sharded(chunk, "_chunk_one", 3, 2, donate=(2,))
+        self._measure = sharded(measure, "_measure_one", 5, 2, donate=(3,))
+        self._evaluate = sharded(evaluate, "_evaluate_one", 2, 1)
+        self._full = None
         self.compiled = {}  # name -> compiled executable
         self.compile_s = 0.0  # init + chunk + measure + evaluate
-        self.flops_per_step = None
+        self.flops_per_run_step = None  # model FLOPs of one run's step
+
+    def stack_data(self, data_seeds: list[int]):
+        """The data argument of the programs: the task's data, or, with a traced data_seed, the datasets of
+        `data_seeds` stacked on a leading axis (at least two, so that no run's dataset is a constant to XLA)."""
+        if not self.per_run_data:
+            return self.task.data
+        seeds = list(data_seeds) * (2 if len(data_seeds) == 1 else 1)
+        tasks = [make_task({**self.plan["task"], "data_seed": int(s)}) for s in seeds]
+        return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *[t.data for t in tasks])
+
+    def _data(self, data, hyper):
+        """A run's data: its dataset where data_seed is traced."""
+        return jax.tree.map(lambda d: d[hyper["dataset"]], data) if self.per_run_data else data
+
+    def _threshold(self, hyper, name):
+        """The task's trivial loss or target: per run where the runs carry it (their datasets differ)."""
+        return hyper[name] if name in hyper else getattr(self.task, name)
 
     # Pure per-run functions -------------------------------------------------
     def _unit_state_one(self, seed):
@@ -153,13 +265,18 @@ class Program:
 
         The random initialisers (a threefry hash per layer) are most of what an init program would take to
         compile; run op by op, each operation compiles once per shape and every later group with layers of
-        that shape reuses it. Runs of one seed share its state.
+        that shape reuses it. Runs of one seed share its state. Seeds are made `tile` at a time (the last tile
+        padded), so a seed's state does not depend on which others are made with it.
         """
         unique, index = np.unique(seeds, return_inverse=True)
-        state = jax.vmap(self._unit_state_one)(jnp.asarray(unique, jnp.int32))
+        padded = np.resize(unique, -(-len(unique) // self.tile) * self.tile).astype(np.int32)
+        tiles = [jax.vmap(self._unit_state_one)(jnp.asarray(padded[i:i + self.tile]))
+                 for i in range(0, len(padded), self.tile)]
+        state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *tiles)
         return jax.tree.map(lambda x: x[index], state)
 
     def _init_one(self, hyper, seed, unit_state, data):
+        data = self._data(data, hyper)
         params, rest = unit_state
         params = build.scale_init(params, self.init_powers, {k: hyper[f"model.{k}"] for k in self.init_powers})
         if self.plan.get("init_perturbation"):
@@ -229,7 +346,7 @@ class Program:
         update; `snap_step` says from which step they are (for a diverged run, those whose loss exploded).
         """
         _, data_key = seed_keys(seed)
-        x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
+        x, y = self.task.sample(self._data(data, hyper), jax.random.fold_in(data_key, t))
         shifts = [jnp.zeros(s.shape, s.dtype) for s in self.preact_shapes]
         scale = c["loss_scale"]["scale"]
         (grads, g_shifts), _ = jax.grad(self._objective, argnums=(2, 6), has_aux=True)(
@@ -277,13 +394,13 @@ class Program:
         # its results do not depend on which other runs share the program.
         active = ~self._stopped(c, hyper) & (t < hyper["budget"])
         # A step that dynamic loss scaling skips (non-finite gradients) is not divergence; its loss still counts.
-        boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), self.task.trivial_loss,
+        boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), self._threshold(hyper, "trivial_loss"),
                                          hyper["factor"], t, c["loss_0"])
         keep = active & ~boom & ~skip
         ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
         n_updates = c["n_updates"] + keep
         smoothed = metrics.debiased(ema, hyper["smoothing"], n_updates)
-        converged = keep & (c["converge_step"] < 0) & (smoothed <= self.task.target)
+        converged = keep & (c["converge_step"] < 0) & (smoothed <= self._threshold(hyper, "target"))
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
         safe_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, jnp.inf)
         carry = {
@@ -302,13 +419,13 @@ class Program:
         return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)
 
     def _chunk_one(self, carry, hyper, seed, data, start):
-        TRACE_COUNT["chunk"] += 1
         _, data_key = seed_keys(seed)
         tx = optim.build(self.plan, hyper, self.lr_groups)
-        step = functools.partial(self._step, hyper, tx, data_key, data)
+        step = functools.partial(self._step, hyper, tx, data_key, self._data(data, hyper))
         return jax.lax.scan(step, carry, start + jnp.arange(self.chunk_steps))
 
-    def _evaluate_one(self, carry, data):
+    def _evaluate_one(self, carry, hyper, data):
+        data = self._data(data, hyper)
         out = {}
         for split in ("train_eval", "validation", "heldout"):
             x, y = data[split]
@@ -329,42 +446,71 @@ class Program:
         seconds = time.perf_counter() - t0
         self.compile_s += seconds
         COMPILES["seconds"] += seconds
-        if name == "chunk":  # FLOPs counted from the jaxpr
-            self.flops_per_step = flops.count(traced.jaxpr) / self.chunk_steps or None
+        if name == "chunk":  # FLOPs counted from the jaxpr: one tile's (a loop body counts once), per run
+            self.flops_per_run_step = flops.count(traced.jaxpr) / self.chunk_steps / self.tile or None
 
     def _run(self, name: str, jitted, *args):
         """Calls `jitted`, compiled ahead of time on first use."""
         self._compile(name, jitted, *args)
         return self.compiled[name](*args)
 
+    def table(self, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(table, count) of the tiles to compute: per device, its runs that `active` marks (all when None), in
+        order, packed into tiles of `tile` runs (`table`: devices x max tiles x tile, an unused slot holding
+        the local run count) and how many tiles hold them (`count`: per device)."""
+        n, tile, k = self.n_local, self.tile, self.max_tiles
+        table = np.full((self.mesh.size, k * tile), n, np.int32)
+        count = np.zeros(self.mesh.size, np.int32)
+        for d in range(self.mesh.size):
+            local = np.arange(n) if active is None else np.flatnonzero(np.asarray(active)[d * n:(d + 1) * n])
+            table[d, :len(local)] = local
+            count[d] = -(-len(local) // tile)
+        return table.reshape(self.mesh.size, k, tile), count
+
+    def full_table(self):
+        """`table()` on the devices: every run."""
+        if getattr(self, "_full", None) is None:
+            self._full = jax.device_put(self.table(), self.runs_sharding)
+        return self._full
+
     def compile_all(self, hyper, seeds, snap_at, unit_state, data) -> None:
         """Compiles init, chunk, measure and evaluate for these inputs without running anything."""
-        carry = jax.eval_shape(self._init, hyper, seeds, unit_state, data)
+        table = self.full_table()
+        carry = jax.eval_shape(self._init, *table, hyper, seeds, unit_state, data)
+        carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding), carry)
         snaps = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding),
                              self._empty_snapshots(len(seeds)))
         step = jax.ShapeDtypeStruct((), jnp.int32)
-        self._compile("init", self._init, hyper, seeds, unit_state, data)
-        self._compile("chunk", self._chunk, carry, hyper, seeds, data, step)
-        self._compile("measure", self._measure, carry, snaps, hyper, seeds, snap_at, data, step)
-        self._compile("evaluate", self._evaluate, carry, data)
+        self._compile("init", self._init, *table, hyper, seeds, unit_state, data)
+        self._compile("chunk", self._chunk, *table, carry, hyper, seeds, data, step)
+        self._compile("measure", self._measure, *table, carry, snaps, hyper, seeds, snap_at, data, step)
+        self._compile("evaluate", self._evaluate, *table, carry, hyper, data)
 
     def init(self, seeds, hyper, data, unit_state=None):
         """The initial carry of every run (`unit_state`: `unit_state(seeds)` on the devices, if made already)."""
         if unit_state is None:
             unit_state = jax.device_put(self.unit_state(np.asarray(seeds)), self.runs_sharding)
-        return self._run("init", self._init, hyper, seeds, unit_state, data)
+        return self._run("init", self._init, *self.full_table(), hyper, seeds, unit_state, data)
 
-    def chunk(self, carry, hyper, seeds, data, start):
-        """Runs one chunk of steps from step `start` (the carry is donated)."""
-        return self._run("chunk", self._chunk, carry, hyper, seeds, data, jnp.int32(start))
+    def chunk(self, carry, hyper, seeds, data, start, table=None):
+        """Runs one chunk of steps from step `start` (the carry is donated) for the runs of `table` (`table()`,
+        on the devices; None: every run): the others keep their carry and have NaN traces.
+
+        Returns (carry, (loss, grad norm, model diagnostics) per run and step, (diverged, converge_step) per
+        run): the status is a copy that the next chunk's donation of the carry leaves readable."""
+        table = self.full_table() if table is None else table
+        return self._run("chunk", self._chunk, *table, carry, hyper, seeds, data, jnp.int32(start))
 
     def measure(self, carry, snaps, hyper, seeds, snap_at, data, t):
         """Takes the snapshots due at step `t` (the snapshot arrays are donated)."""
-        return self._run("measure", self._measure, carry, snaps, hyper, seeds, snap_at, data, jnp.int32(t))
+        return self._run("measure", self._measure, *self.full_table(), carry, snaps, hyper, seeds, snap_at, data,
+                         jnp.int32(t))
 
-    def evaluate(self, carry, data):
-        """Loss and metric of every run on the training-evaluation, validation and held-out sets."""
-        return self._run("evaluate", self._evaluate, carry, data)
+    def evaluate(self, carry, hyper, data, table=None):
+        """Loss and metric on the training-evaluation, validation and held-out sets of the runs of `table`
+        (None: every run; the others' are NaN)."""
+        table = self.full_table() if table is None else table
+        return self._run("evaluate", self._evaluate, *table, carry, hyper, data)
 
 
 # The most recently used Programs, shared by groups with the same structure. Bounded: every compiled program
@@ -376,9 +522,11 @@ _PROGRAMS: collections.OrderedDict = collections.OrderedDict()
 _PROGRAMS_LOCK = threading.Lock()
 
 
-def program(plan: dict, n_runs: int, chunk_steps: int) -> Program:
-    """The Program of a static plan, shared by every group with the same structure (while it is recent)."""
-    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps)
+def program(plan: dict, n_runs: int, chunk_steps: int, n_datasets: int = 1) -> Program:
+    """The Program of a static plan, shared by every group with the same structure (while it is recent).
+
+    n_datasets: where data_seed is traced, how many datasets the group's data stacks (a shape of its inputs)."""
+    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps, n_datasets)
     with _PROGRAMS_LOCK:
         if key not in _PROGRAMS:
             _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)

@@ -63,6 +63,10 @@ class Group:
                      "stop_at_convergence": float(cell.config["early_stop"])}
             if "init_perturbation" in cell.plan:
                 hyper["init_perturbation"] = cell.plan["init_perturbation"]
+            if "data_seed" in cell.plan["task"]:  # traced: the group stacks its datasets (Program.stack_data)
+                task = make_task(cell.plan["task"])
+                hyper.update(data_seed=cell.plan["task"]["data_seed"], trivial_loss=task.trivial_loss,
+                             target=task.target)
             first = cell.config.get("first_seed", 0)  # a replicate block's seeds follow the blocks before it
             runs += [loop.Run(index, seed, hyper) for seed in range(first, first + cell.config["seeds"])]
         return runs
@@ -83,6 +87,8 @@ def group_cells(cells: list[Cell]) -> list[Group]:
         plan = optim.static_plan(cell.plan)
         if "init_perturbation" in plan:
             plan["init_perturbation"] = True  # traced (Group.runs): every value > 0 shares one program
+        if "data_seed" in plan["task"]:
+            plan["task"]["data_seed"] = None  # traced (Group.runs): every dataset of one shape shares one program
         groups.setdefault(json.dumps(plan, sort_keys=True), Group(plan, [])).cells.append(cell)
     return list(groups.values())
 
@@ -197,8 +203,9 @@ def _train(suite: Suite, store: ResultsStore, group: Group, prepared: loop.Prepa
            quiet: loop.Quiet | None = None) -> list[dict]:
     """Trains one prepared group, adds its records to the store and returns them."""
     result = loop.train_group(prepared, on_chunk, quiet)
-    task, env = make_task(group.cells[0].plan["task"]), environment()
+    env = environment()
     new = [cell_record(cell, [i for i, r in enumerate(result.runs) if r.cell_index == index], result, env,
-                       suite.settings["trace_points"], task) for index, cell in enumerate(group.cells)]
+                       suite.settings["trace_points"], make_task(cell.plan["task"]))
+           for index, cell in enumerate(group.cells)]
     store.add(new)
     return new

@@ -58,6 +58,11 @@ def make_task(task_cfg: dict):
     return _task(json.dumps(task_cfg, sort_keys=True))
 
 
+def structure_task(task_cfg: dict) -> dict:
+    """A task config with a traced `data_seed` (None in a static plan) at 0: a task of the same shapes."""
+    return {**task_cfg, "data_seed": 0} if task_cfg.get("data_seed", 0) is None else task_cfg
+
+
 def make_model(model_cfg: dict, task, key):
     """A fresh Flax model of a canonical model config, shaped for `task`."""
     cfg = dict(model_cfg)
@@ -140,6 +145,22 @@ def _check_run_size(task, model_cfg: dict) -> None:
     refuse_if_too_large(size, 1, f"model.{keys[0]}", f"one run of this model ({given})")
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_flops(task_json: str, model_json: str) -> float:
+    from bench.engine import flops
+
+    task = _task(task_json)
+    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
+    traced = jax.make_jaxpr(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True))(x)
+    return flops.count(traced.jaxpr)
+
+
+def forward_flops(task_cfg: dict, model_cfg: dict) -> float:
+    """Model FLOPs of one prediction on a training batch (traced abstractly; initial scales change nothing)."""
+    structure = {k: (1.0 if k in INIT_SCALES else v) for k, v in model_cfg.items()}
+    return _forward_flops(json.dumps(structure_task(task_cfg), sort_keys=True), json.dumps(structure, sort_keys=True))
+
+
 def check(task_cfg: dict, model_cfg: dict) -> None:
     """Builds the task and (abstractly) the model and its prediction on a batch; raises ValueError/OSError if they
     do not fit. Initial scales change no shape: configs that differ only there are checked once."""
@@ -196,7 +217,7 @@ def init_powers(task_cfg: dict, model_cfg: dict) -> dict[str, tuple[float, ...]]
     variance, 1 for a spectral scale; 0 for leaves it does not touch); otherwise it stays static.
     """
     unit = unit_scales({**model_cfg, **{k: None for k in INIT_SCALES if k in model_cfg}})
-    return _init_powers(json.dumps(task_cfg, sort_keys=True), json.dumps(unit, sort_keys=True))
+    return _init_powers(json.dumps(structure_task(task_cfg), sort_keys=True), json.dumps(unit, sort_keys=True))
 
 
 def scale_init(params, powers: dict[str, tuple[float, ...]], values: dict):
@@ -249,7 +270,7 @@ def memory_estimate(plan: dict, hyper: dict, n_runs: int) -> dict[str, int]:
     """
     from bench.spec import optim
 
-    task = make_task(plan["task"])
+    task = make_task(structure_task(plan["task"]))
     model_cfg = unit_scales(plan["model"])
     abstract = nnx.eval_shape(lambda: make_model(model_cfg, task, jax.random.key(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)

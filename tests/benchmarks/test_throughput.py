@@ -51,18 +51,17 @@ def harness_chunk(p, seeds):
     hyper = {**optim.traced_values(p), "budget": 10**9, "factor": 10.0, "smoothing": 0.9,
              "stop_at_convergence": 0.0}
     runs = [loop.Run(0, s, hyper) for s in range(seeds)]
-    prog = program.program(optim.static_plan(p), len(runs), STEPS)
-    hyper = {k: jnp.asarray([r.hyper[k] for r in runs]) for k in hyper}
-    hyper["budget"] = hyper["budget"].astype(jnp.int32)
-    seeds_arr = jnp.arange(seeds, dtype=jnp.int32)
-    state = {"carry": prog.init(seeds_arr, hyper, prog.task.data), "start": 0}
+    prepared = loop.prepare(optim.static_plan(p), runs, steps=10**9, chunk_steps=STEPS)
+    prog, (hyper, seeds_arr, _, unit_state, data) = prepared.prog, prepared.inputs
+    state = {"carry": prog.init(seeds_arr, hyper, data, unit_state), "start": 0}
 
     def run():
-        state["carry"], out = prog.chunk(state["carry"], hyper, seeds_arr, prog.task.data, state["start"])
+        state["carry"], *out = prog.chunk(state["carry"], hyper, seeds_arr, data, state["start"])
         state["start"] += STEPS
         jax.block_until_ready(out)
 
     run()
+    run.prog = prog
     return run
 
 
@@ -166,7 +165,7 @@ def efficiency(rounds: int = 10) -> float:
     p = plan(4, 1024, 512)
     p["optimizer"] = {"name": "sgd", "lr": 1e-3, "warmup_steps": 0, **optim.optimizer_defaults("sgd")}
     run = harness_chunk(p, 1)
-    flops_per_chunk = program.program(optim.static_plan(p), 1, STEPS).flops_per_step * STEPS
+    flops_per_chunk = run.prog.flops_per_run_step * STEPS
     ratios = []
     for _ in range(rounds):
         t0 = time.perf_counter()
