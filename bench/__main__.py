@@ -346,19 +346,18 @@ def cmd_compare(args) -> int:
 
 def cmd_export(args) -> int:
     from bench.spec import files
-    from bench.records import checks, store
+    from bench.records import store
 
     directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
     suffix = ".csv" if args.format == "tidy" else ".json"
     output = Path(args.output or directory / f"{args.format}{suffix}")
     try:
-        records = checks.check(store.read_results(args.dir), checks.results_file(args.dir), ("diverged", "trained"),
-                               summaries=True)
+        records = store.read_results(args.dir)
         from bench.reports import export  # after the inputs are read: bad input is refused without jax
 
         if args.format != "tensorboard":
-            export.check_output(args.format, output)
             output = files.check_output(output, "--output", reads=_inputs(args.dir), overwrite=args.overwrite)
+            export.check_output(args.format, output)  # a suffix the format does not write: never another name
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.format == "tensorboard":

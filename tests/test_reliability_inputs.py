@@ -201,7 +201,7 @@ BROKEN_SUITE_JSON = {
 }
 
 
-@pytest.mark.parametrize("command", ["report", "merge", "reproduce", "replicate", "resume"])
+@pytest.mark.parametrize("command", ["report", "merge", "reproduce", "resume"])
 @pytest.mark.parametrize("name", BROKEN_SUITE_JSON)
 def test_broken_suite_json_is_one_line_naming_the_key(done, tmp_path, capsys, name, command):
     d = _copy(done, tmp_path)
@@ -210,7 +210,7 @@ def test_broken_suite_json_is_one_line_naming_the_key(done, tmp_path, capsys, na
     suite = json.loads((d / "suite.json").read_text())
     (d / "suite.json").write_text(change if isinstance(change, str) else json.dumps(change(suite)))
     argv = {"report": ["report", str(d)], "merge": ["merge", str(tmp_path / "m"), str(d)],
-            "reproduce": ["reproduce", str(d), "--quiet"], "replicate": ["replicate", str(done), str(d)],
+            "reproduce": ["reproduce", str(d), "--quiet"],
             "resume": ["run", str(tmp_path / "suite.toml"), "--out", str(d), "--quiet"]}[command]
     before = _tree(tmp_path)
     assert main(argv) == 2
@@ -450,8 +450,9 @@ def test_a_run_judges_its_verdicts_once(tmp_path, monkeypatch, capsys):
     real = claims.verdicts
     monkeypatch.setattr(claims, "verdicts", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     extra = ('[[mitigation]]\nname = "none"\n[[mitigation]]\nname = "clip_by_global_norm"\n\n[[claim]]\nid = "1"\n'
-             'title = "clipping"\ncomparison = [{ experiment = "tiny", baseline = { name = "none" }, variant = '
-             '{ name = "clip_by_global_norm" }, expect = "better", lr = 0.5 }]\n')
+             'title = "clipping"\nquestion = "q"\nrationale = "r"\nprimary = { experiment = "tiny", baseline = '
+             '{ name = "none" }, variant = { name = "clip_by_global_norm" }, measure = "reach_range", '
+             'expect = "better" }\n')
     path = tmp_path / "claim.toml"
     path.write_text(TINY.format(seeds=2, steps=4, lr="[0.05, 0.5]", extra=extra))
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
