@@ -92,26 +92,43 @@ def count_ops(jaxpr) -> int:
     return n
 
 
+def _traced(task, model_cfg: dict):
+    """(init, forward, params, rest): the jaxprs of the model's initialisation and of its prediction on a training
+    batch, and its abstract parameters and other state. Traced once for both guards: the model's initialisation,
+    the costly part of tracing, is not traced again for the memory estimate."""
+    graphdef = []
+
+    def init():
+        definition, params, rest = nnx.split(make_model(model_cfg, task, jax.random.key(0)), nnx.Param, ...)
+        graphdef.append(definition)  # static: the structure merge needs, no arrays
+        return params, rest
+
+    init_jaxpr, (params, rest) = jax.make_jaxpr(init, return_shape=True)()
+    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
+    forward = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef[0], p, r, copy=True)(x, train=True))(params, rest, x)
+    return init_jaxpr, forward, params, rest
+
+
 @functools.lru_cache(maxsize=None)
 def _check(task_json: str, model_json: str) -> None:
-    task = _task(task_json)
-    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
-    traced = jax.make_jaxpr(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True))(x)
-    ops = count_ops(traced.jaxpr)
+    task, model_cfg = _task(task_json), json.loads(model_json)
+    init, forward, params, rest = _traced(task, model_cfg)
+    ops = count_ops(init.jaxpr) + count_ops(forward.jaxpr)  # initialisation and prediction, as one program
     if ops > MAX_OPS:
         raise ValueError(f"the model's prediction traces to {ops:,} operations, more than {MAX_OPS:,} (compiling it "
                          f"would take minutes or hang); allowed: a smaller model (fewer layers)")
-    _check_run_size(task, json.loads(model_json))
+    _check_run_size(_sizes(task, forward, params, rest), model_cfg)
+
+
+def _sizes(task, forward, params, rest) -> dict[str, int]:
+    activations, _ = _intermediates(forward.jaxpr)
+    return {"params": _nbytes(params), "activations": activations, "data": _nbytes(task.data),
+            "per_run": 3 * _nbytes(params) + _nbytes(rest) + activations}
 
 
 def _run_bytes(task, model_cfg: dict) -> dict[str, int]:
-    abstract = nnx.eval_shape(lambda: make_model(model_cfg, task, jax.random.key(0)))
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
-    traced = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef, p, r, copy=True)(x, train=True))(params, rest, x)
-    activations, _ = _intermediates(traced.jaxpr)
-    return {"params": _nbytes(params), "activations": activations, "data": _nbytes(task.data),
-            "per_run": 3 * _nbytes(params) + _nbytes(rest) + activations}
+    _, forward, params, rest = _traced(task, model_cfg)
+    return _sizes(task, forward, params, rest)
 
 
 def run_bytes(task_cfg: dict, model_cfg: dict) -> dict[str, int]:
@@ -133,11 +150,10 @@ def refuse_if_too_large(size: dict, runs: int, key: str, what: str) -> None:
                        f"{'fewer seeds, ' if runs > 1 else ''}a smaller model (width, depth) or batch")
 
 
-def _check_run_size(task, model_cfg: dict) -> None:
-    """TooLarge if one run and the task's data would not fit in memory (nothing allocated: traced abstractly)."""
+def _check_run_size(size: dict, model_cfg: dict) -> None:
+    """TooLarge if one run and the task's data (`_sizes`, traced abstractly: nothing allocated) would not fit."""
     if os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
         return
-    size = _run_bytes(task, model_cfg)
     family = FAMILIES[model_cfg["family"]]
     config = family.Config(**{k: v for k, v in model_cfg.items() if k != "family"})
     keys = _grown(config, family.Config()) or ["width"]
