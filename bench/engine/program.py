@@ -96,6 +96,20 @@ TILE_RUNS = {"cpu": 16, "gpu": 64, "tpu": 64}
 TILE_FLOPS = {"cpu": 1e9, "gpu": 1e11, "tpu": 1e11}
 
 
+@functools.lru_cache(maxsize=None)
+def _forward_flops(task_json: str, model_json: str) -> float:
+    task = make_task(build.structure_task(json.loads(task_json)))
+    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
+    model_cfg = build.unit_scales(json.loads(model_json))
+    traced = jax.make_jaxpr(lambda x: make_model(model_cfg, task, jax.random.key(0))(x, train=True))(x)
+    return flops.count(traced.jaxpr)
+
+
+def forward_flops(plan: dict) -> float:
+    """Model FLOPs of one prediction on a training batch (traced abstractly) of a static plan."""
+    return _forward_flops(json.dumps(plan["task"], sort_keys=True), json.dumps(plan["model"], sort_keys=True))
+
+
 def tile_runs(plan: dict | None = None, backend: str | None = None) -> int:
     """Runs per tile for a static plan on a backend (default: JAX's); GRADBENCH_TILE_RUNS overrides it."""
     import os
@@ -105,7 +119,7 @@ def tile_runs(plan: dict | None = None, backend: str | None = None) -> int:
     backend = backend or jax.default_backend()
     tile = TILE_RUNS.get(backend, 16)
     if plan is not None:
-        per_run = 3 * build.forward_flops(plan["task"], plan["model"])  # forward and backward pass
+        per_run = 3 * forward_flops(plan)  # forward and backward pass
         while tile > 1 and tile * per_run > TILE_FLOPS.get(backend, 1e11):
             tile //= 2
     return tile

@@ -161,22 +161,6 @@ def _check_run_size(size: dict, model_cfg: dict) -> None:
     refuse_if_too_large(size, 1, f"model.{keys[0]}", f"one run of this model ({given})")
 
 
-@functools.lru_cache(maxsize=None)
-def _forward_flops(task_json: str, model_json: str) -> float:
-    from bench.engine import flops
-
-    task = _task(task_json)
-    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
-    traced = jax.make_jaxpr(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True))(x)
-    return flops.count(traced.jaxpr)
-
-
-def forward_flops(task_cfg: dict, model_cfg: dict) -> float:
-    """Model FLOPs of one prediction on a training batch (traced abstractly; initial scales change nothing)."""
-    structure = {k: (1.0 if k in INIT_SCALES else v) for k, v in model_cfg.items()}
-    return _forward_flops(json.dumps(structure_task(task_cfg), sort_keys=True), json.dumps(structure, sort_keys=True))
-
-
 def check(task_cfg: dict, model_cfg: dict) -> None:
     """Builds the task and (abstractly) the model and its prediction on a batch; raises ValueError/OSError if they
     do not fit. Initial scales change no shape: configs that differ only there are checked once."""
