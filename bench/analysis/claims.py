@@ -135,7 +135,7 @@ class Arm:
             "collapsed": [int(r["per_seed"]["collapsed"].count(True)) for r in self.records],
             "reached": self.reach().sum(axis=0).tolist(),
             "seeds": self.n_seeds,
-            "e2e_init": float(np.nanmedian(e2e_ratio(self.records[0], 0.0))),
+            "e2e_init": _nan_median(e2e_ratio(self.records[0], 0.0)),
             "tuned_lr": run_lr(at_tuned),
             "tuned_reached": int(reached(at_tuned).sum()),
             "tuned_diverged": int(_bools(at_tuned, "diverged").sum()),
@@ -145,6 +145,12 @@ class Arm:
             "lr_sensitivity": median(metrics.lr_sensitivity(self.per_seed("final_validation_loss"),
                                                              self.trivial_loss)),
         }
+
+
+def _nan_median(values: np.ndarray) -> float | None:
+    """The median of the values that are not NaN (None: there are none)."""
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else None
 
 
 def _median_of(values) -> float | None:
