@@ -53,7 +53,8 @@ MAX_NAME = 100  # characters of a suite name used as the directory runs/NAME
 def _default_out(suite) -> Path:
     """runs/NAME, refusing a name that is not one plain directory name."""
     name = suite.name
-    if not name or len(name) > MAX_NAME or any(c in name for c in "/\\\0") or ".." in name or name == ".":
+    if not name or len(name) > MAX_NAME or len(name.encode()) > 255 or any(c in name for c in "/\\\0") \
+            or ".." in name or name == ".":
         raise UsageError(f"{suite.path}: suite.name: {name[:MAX_NAME]!r} cannot name the output directory "
                          f"runs/NAME (1 to {MAX_NAME} characters without '/', '\\', '..' or NUL); rename the "
                          "suite or give --out DIR")
@@ -128,15 +129,58 @@ def _check_memory(suite, cells) -> None:
                          "smaller model or batch)")
 
 
+def _cluster() -> tuple[int, int]:
+    """(process, processes) of a multi-process launch (bench.engine.cluster), one line if it cannot start."""
+    from bench.engine import cluster
+
+    try:
+        return cluster.initialize()
+    except (ValueError, RuntimeError) as e:
+        described = " ".join(f"{k}={os.environ[k]}" for k in ("SLURM_JOB_ID", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS",
+                                                               "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+                             if os.environ.get(k))
+        raise UsageError(f"{described}: a multi-process launch, but jax.distributed could not start "
+                         f"({_first_line(e)}); allowed: a launch that names its coordinator (srun under SLURM, or "
+                         "JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID), or one process (unset "
+                         "SLURM_NTASKS)") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _backend() -> None:
+    """Starts jax's backend; one line naming JAX_PLATFORMS if none can start (e.g. cuda on a machine without a GPU)."""
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as e:  # noqa: BLE001 (jax raises RuntimeError, or an AssertionError for a missing plugin)
+        platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
+        raise UsageError(f"JAX_PLATFORMS={platforms!r}: no jax backend could start here "
+                         f"({_first_line(e) if str(e).strip() else 'no such platform or no device for it'}); allowed: "
+                         "a platform this machine has a device and jax plugin for (cpu always), or JAX_PLATFORMS unset "
+                         "to let jax choose") from None
+
+
 def cmd_run(args) -> int:
-    from bench.engine import cluster, compile_cache, program, runner
+    from bench.spec.settings import read_toml
+
+    # Faults of the command line and of the suite file itself, before jax is imported (one line, fast).
+    if args.out is not None and not args.out.strip():
+        raise UsageError(f"--out {args.out!r}: an empty path; allowed: a directory (default: runs/SUITE_NAME)")
+    _shard(args.shard)
+    read_toml(args.suite)
+
+    from bench.engine import compile_cache, program, runner
     from bench.records import store
     from bench.reports import console
     from bench.spec import suite as suite_lib
 
     cache = compile_cache.enable(not args.no_compile_cache)
     # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS; before anything touches a JAX backend.
-    process, processes = cluster.initialize()
+    process, processes = _cluster()
+    _backend()
     path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
     suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps,
                            overrides=_set_values(args.set))
@@ -146,11 +190,17 @@ def cmd_run(args) -> int:
         raise UsageError(f"--shard {args.shard}: the suite's {len(suite.cells)} cells make {groups} compiled groups, "
                          f"so shard {index} of {count} has none; use at most {groups} shards")
     out = Path(args.out) if args.out else _default_out(suite)
+    from bench.engine import cluster
+
     shard = cluster.compose((index, count), (process, processes))
     cells = runner.shard_cells(suite.cells, shard)
     _check_memory(suite, cells)  # before anything is compiled or written
     # Opened here first so that a refused directory is one line, before any progress display starts.
-    store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force)
+    from bench.records.env import provenance
+
+    # Records made under other code or library versions are never reused (refused, or with --force retrained).
+    store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force,
+                            provenance=provenance())
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
     compiles_before = dict(program.COMPILES)
     try:
@@ -179,28 +229,44 @@ def cmd_run(args) -> int:
     elif not args.no_report:
         from bench.reports import report
 
-        written = report.write(out)
-        if suite.claims and len(records) == len(suite.cells):
-            from bench.analysis import claims
-
-            out_console.print(console.verdict_table(claims.verdicts(suite.claims, records,
-                                                                    min_effect=suite.settings["min_effect"])))
+        judged = report.judge(out)  # once: REPORT.md and the console table show the same verdicts
+        written = report.write(out, judged=judged)
+        if judged and len(records) == len(suite.cells):
+            out_console.print(console.verdict_table(judged))
         out_console.print(f"report: {written}", markup=False)
     return 0
 
 
 def cmd_report(args) -> int:
+    from bench.spec import files
     from bench.records import store
-    from bench.reports import report
 
     for directory in map(Path, [args.dir, *args.also]):
-        if not (directory / store.RESULTS_FILE).is_file() or not (directory / store.SUITE_FILE).is_file():
+        if not (directory / store.RESULTS_FILE).exists() or not (directory / store.SUITE_FILE).exists():
             raise UsageError(f"{directory}: no results.jsonl and suite.json here (run `python -m bench run` first)")
+        store.read_suite(directory), store.read_results(directory)  # one line naming what is wrong, before jax
+    from bench.reports import report
+
+    output = args.output if args.output is not None else Path(args.dir) / "REPORT.md"
+    output = files.check_output(output, "--output", reads=_inputs(args.dir, *args.also), overwrite=args.overwrite)
     try:
-        print(report.write(args.dir, args.output, also=args.also))
+        print(report.write(args.dir, output, also=args.also))
     except ValueError as e:  # unreadable records or suite.json, or no records
         raise UsageError(str(e)) from None
     return 0
+
+
+def _inputs(*directories) -> list[Path]:
+    """The files a command reads from these results directories (or results files): no output may replace them."""
+    from bench.records import store
+
+    out = []
+    for d in map(Path, directories):
+        if d.is_dir():
+            out += [d / store.RESULTS_FILE, d / store.SUITE_FILE]
+        else:
+            out += [d, d.parent / store.SUITE_FILE]
+    return out
 
 
 def _param(key) -> str:
@@ -279,21 +345,25 @@ def cmd_compare(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from bench.records import checks, store
-    from bench.reports import export
+    from bench.spec import files
+    from bench.records import store
 
     directory = Path(args.dir) if Path(args.dir).is_dir() else Path(args.dir).parent
     suffix = ".csv" if args.format == "tidy" else ".json"
     output = Path(args.output or directory / f"{args.format}{suffix}")
     try:
+        records = store.read_results(args.dir)
+        from bench.reports import export  # after the inputs are read: bad input is refused without jax
+
         if args.format != "tensorboard":
-            export.check_output(args.format, output)
-        records = checks.check(store.read_results(args.dir), checks.results_file(args.dir), ("diverged", "trained"),
-                               summaries=True)
+            output = files.check_output(output, "--output", reads=_inputs(args.dir), overwrite=args.overwrite)
+            export.check_output(args.format, output)  # a suffix the format does not write: never another name
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.format == "tensorboard":
-        target = Path(args.output or directory / "tensorboard")
+        target = Path(args.output if args.output is not None else directory / "tensorboard")
+        if str(target) in ("", ".") or (target.exists() and not target.is_dir()):
+            raise UsageError(f"--output {str(target)!r}: not a directory; allowed: a directory for the event files")
         try:
             written = export.write_tensorboard(records, target)
         except export.MissingExtra as e:
@@ -306,7 +376,13 @@ def cmd_export(args) -> int:
                              "a .csv path)")
         print(output)
         return 0
-    for path, text in export.outputs(records, args.format, output).items():
+    written = export.outputs(records, args.format, output)
+    try:
+        for path in [*written, *([output.with_suffix(".parquet")] if args.format == "tidy" else [])]:
+            files.check_output(path, "--output", reads=_inputs(args.dir), overwrite=args.overwrite)
+    except ValueError as e:  # every file is checked before the first is written
+        raise UsageError(str(e)) from None
+    for path, text in written.items():
         store.atomic_write(path, text)
         print(path)
     if args.format == "tidy" and export.write_parquet(export.tidy_rows(records), output.with_suffix(".parquet")):
@@ -317,19 +393,29 @@ def cmd_export(args) -> int:
 def cmd_reproduce(args) -> int:
     import tempfile
 
+    from bench.records import store
+
+    if args.out is not None and not args.out.strip():
+        raise UsageError(f"--out {args.out!r}: an empty path; allowed: a new directory (default: a temporary one)")
+    if args.out and (Path(args.out) / store.RESULTS_FILE).exists():
+        raise UsageError(f"--out {args.out}: already holds results; give an empty or new directory")
+    try:
+        records = store.read_results(args.results)
+        results_dir = Path(args.results) if Path(args.results).is_dir() else Path(args.results).parent
+        if (results_dir / store.SUITE_FILE).exists():
+            store.read_suite(results_dir)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     from bench.analysis import reproduce
     from bench.engine import compile_cache
-    from bench.records import store
     from bench.reports import console
 
     compile_cache.enable(not args.no_compile_cache)
+    _backend()
     try:
-        records = store.read_results(args.results)
         cells = reproduce.cells(records, args.cell)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.out and (Path(args.out) / store.RESULTS_FILE).exists():
-        raise UsageError(f"--out {args.out}: already holds results; give an empty or new directory")
     info = reproduce.suite_info(records, Path(args.results))
     wanted = {c.cell_id for c in cells}
     with tempfile.TemporaryDirectory(prefix="gradbench-reproduce-") as scratch, \
@@ -400,10 +486,13 @@ def cmd_probe(args) -> int:
     if args.batch is not None:
         task_table["batch_size"] = args.batch
     task = canonical_section("--task", "task", task_table)
+    _backend()
     try:
         from bench.spec import build
 
         build.check(task, model)
+        build.refuse_if_too_large(build.run_bytes(task, model), args.seeds, "--seeds, --set",
+                                  f"probing {args.seeds} seeds at once")
     except (ValueError, OSError, OverflowError, MemoryError) as e:
         raise UsageError(f"--task {task['name']} with --model {model['family']}: {e}") from None
     if args.plot:
@@ -480,7 +569,7 @@ def version() -> str:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from bench.spec.schema import Key
-    from bench.spec.suite import MAX_SEEDS, SETTINGS
+    from bench.spec.settings import MAX_SEEDS, SETTINGS
 
     seeds, steps = _count(SETTINGS["seeds"]), _count(SETTINGS["steps"])
     p = Parser(prog="python -m bench", description=__doc__.splitlines()[0])
@@ -493,8 +582,9 @@ def parser() -> argparse.ArgumentParser:
                      "and every experiment's own seeds")
     run.add_argument("--steps", type=steps, help="step budget of every cell (>= 1); overrides the suite's and "
                      "every experiment's own steps")
-    run.add_argument("--force", action="store_true", help="use --out even if it holds another suite's records or "
-                     "records from other --seeds/--steps (they are discarded)")
+    run.add_argument("--force", action="store_true", help="use --out even if it holds another suite's records, "
+                     "records from other --seeds/--steps (they are discarded), or records made under other code or "
+                     "library versions (jax, jaxlib, flax, optax, numpy, Python; their cells train again)")
     run.add_argument("--shard", default="0/1", help="run shard i of n (e.g. 0/4): whole compiled groups of cells, "
                      "dealt by cost (runs x steps), never one split")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -512,6 +602,8 @@ def parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write a Markdown report with plots and verdicts from a results directory")
     rep.add_argument("dir", help="results directory (results.jsonl and suite.json)")
     rep.add_argument("--output", help="report path (default: DIR/REPORT.md)")
+    rep.add_argument("--overwrite", action="store_true", help="let --output replace a file the report reads or a "
+                     "results directory's own file (results.jsonl, suite.json, ...); refused without it")
     rep.add_argument("--also", action="append", default=[], metavar="DIR",
                      help="another results directory, appended as a section 'Beyond the article', its claims "
                           "answered in the first page's table (repeatable)")
@@ -575,6 +667,8 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", help="output file, ending in .json (pytest-benchmark, github-action-benchmark) or "
                                       ".csv or .parquet (tidy) (default: DIR/FORMAT.json, DIR/tidy.csv) or, for "
                                       "tensorboard, directory (default: DIR/tensorboard)")
+    exp.add_argument("--overwrite", action="store_true", help="let --output replace the results it reads or a results "
+                     "directory's own file (results.jsonl, suite.json, ...); refused without it")
     exp.set_defaults(func=cmd_export)
     rpr = sub.add_parser("reproduce", help="rerun recorded cells from their stored config and compare the numbers",
                          description="Exit status: 0 every metric identical or within noise (throughput only "
@@ -614,8 +708,9 @@ def _peer_cases():
 
 def main(argv=None) -> int:
     """Entry point; returns the exit status."""
+    from bench.spec.files import InputError
     from bench.records.store import StoreError
-    from bench.spec.suite import SuiteError
+    from bench.spec.schema import SuiteError
 
     try:
         args = parser().parse_args(argv)
@@ -623,7 +718,7 @@ def main(argv=None) -> int:
         return e.code
     try:
         return args.func(args)
-    except (SuiteError, UsageError, StoreError) as e:
+    except (SuiteError, UsageError, StoreError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a filesystem fault outside the results store

@@ -1,4 +1,5 @@
-"""Tasks by name. Each module exports DESCRIPTION, Config and make(config) -> base.Task."""
+"""Tasks by name. Each module exports DESCRIPTION, Config, make(config) -> base.Task and data_bytes(config) (the
+bytes making its data takes, known before anything is allocated)."""
 from tasks import clusters, teacher_student
 from tasks import cifar10, digits
 from tasks import adding, copy_memory

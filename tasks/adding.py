@@ -73,6 +73,11 @@ def _sample(data, key, *, batch_size: int, length: int):
     del data
     return examples(key, batch_size, length)
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    return 3 * 4 * config.n_heldout * (6 * config.length + 2)
+
 
 def make(config: Config) -> base.Task:
     """Draws the fixed train_eval, validation and heldout sets from `data_seed`."""

@@ -70,6 +70,11 @@ def _sample(data, key, *, config: Config):
     del data
     return examples(key, config.batch_size, config)
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    return 3 * 4 * config.n_heldout * (3 * config.n_keys + 6 * config.n_pairs + 8)
+
 
 def make(config: Config) -> base.Task:
     """Draws the fixed train_eval, validation and heldout sets from `data_seed`."""

@@ -96,6 +96,14 @@ def read(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
             "heldout": read_batch(path / HELDOUT_FILE)}
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    train = min(config.n_train or 50_000, 50_000)
+    heldout = min(config.n_heldout or 10_000, 10_000)
+    # every file read as uint8, then the kept rows as float32 (scaled, standardised, on the device)
+    return 60_000 * 3073 + (train + heldout) * 3072 * 4 * 3 + (train + heldout) * 8
+
 
 def make(config: Config) -> base.Task:
     """Reads the directory, applies the caps and standardises per channel with training statistics."""

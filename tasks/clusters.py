@@ -44,6 +44,12 @@ class Config:
         if not 0 <= self.label_noise <= 1 or self.separation <= 0 or self.target <= 0:
             raise ValueError("label_noise must be in [0, 1], separation and target > 0")
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    n = config.n_train + config.n_heldout + config.n_validation
+    return 4 * n * (4 * config.input_dim + 6) + 4 * config.n_classes * config.input_dim
+
 
 def make(config: Config) -> base.Task:
     """Draws class means, examples and label noise from `data_seed`."""

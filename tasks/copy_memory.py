@@ -76,6 +76,12 @@ def _sample(data, key, *, config: Config):
     del data
     return examples(key, config.batch_size, config)
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    steps = 2 * config.n_remember + config.length + 1
+    return 3 * 4 * config.n_heldout * (2 * steps * (config.n_symbols + 2) + 2 * steps + config.n_remember)
+
 
 def make(config: Config) -> base.Task:
     """Draws the fixed train_eval, validation and heldout sets from `data_seed`; the loss reads the recall steps."""

@@ -46,6 +46,12 @@ def _load():
     digits = load_digits()
     return digits.images, digits.target
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    images = 1797  # the bundled scans: the data is this size whatever the config
+    return images * 64 * (8 + 4 * 4) + images * 16
+
 
 def make(config: Config) -> base.Task:
     """Splits the bundled images with `data_seed` and standardises them."""

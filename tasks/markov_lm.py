@@ -114,6 +114,11 @@ def _sample(data, key, *, batch_size: int, length: int):
     """A fresh training batch from the step's key and the chain held in the data pytree."""
     return sequences(key, batch_size, length, data["log_p"], data["log_pi"])
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    return 3 * 8 * config.vocab ** 2 + 3 * 4 * config.n_heldout * (4 * config.length + 2 * config.vocab)
+
 
 def make(config: Config) -> base.Task:
     """Draws the chain and the fixed train_eval, validation and heldout sets from `data_seed`."""

@@ -47,6 +47,12 @@ class Config:
         if self.noise < 0 or self.target <= 0:
             raise ValueError("noise must be >= 0 and target > 0")
 
+def data_bytes(config: Config) -> int:
+    """Bytes this config's data takes to make (its arrays and the intermediates beside them), known before `make`
+    allocates anything: the harness refuses a task that cannot fit before making it."""
+    n = config.n_train + config.n_heldout + config.n_validation
+    return 4 * n * (2 * config.input_dim + 2 * config.teacher_width + 4 * config.output_dim)
+
 
 def make(config: Config) -> base.Task:
     """Draws the teacher and both splits from `data_seed`."""

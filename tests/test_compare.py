@@ -351,14 +351,30 @@ def _nan_yardstick(recs):
     recs[0]["env"]["scan_flops_per_s"] = math.nan
 
 
+def _null_throughput(recs):
+    recs[1]["throughput"]["steps_per_s"] = None
+
+
+def _negative_yardstick(recs):
+    recs[0]["env"]["matmul_flops_per_s"] = -1.0
+
+
+def _word_per_seed(recs):
+    recs[1]["per_seed"]["final_heldout_loss"][2] = "lots"
+
+
+# Each breakage -> the line it is on and the key named (every message also says what is allowed).
 @pytest.mark.parametrize("doctor, words", [
-    (_without_diverged, ["record 1 ", "per_seed.diverged: '(missing)'", "allowed: a non-empty list of true/false"]),
-    (_zero_throughput, ["record 1 ", "throughput.steps_per_s: 0.0", "allowed: a finite number above 0"]),
-    (_nan_throughput, ["record 2 ", "throughput.steps_per_s: NaN", "allowed: a finite number above 0"]),
-    (_nan_chunk, ["record 2 ", "throughput.chunk_steps_per_s: [NaN", "allowed: a list of finite numbers above 0"]),
-    (_two_records_of_one_cell, ["records 1 and 3", "two different records of one cell", "allowed: one record"]),
-    (_short_per_seed, ["per_seed.steps_to_converge", "allowed: a list of 16 numbers"]),
-    (_nan_yardstick, ["env.scan_flops_per_s: NaN", "allowed: a finite number above 0, or null"]),
+    (_without_diverged, ["line 1: ", "per_seed.diverged: missing"]),
+    (_zero_throughput, ["line 1: ", "throughput.steps_per_s: 0.0", "> 0"]),
+    (_nan_throughput, ["line 2: ", "throughput.steps_per_s: NaN"]),
+    (_null_throughput, ["line 2: ", "throughput.steps_per_s: null", "> 0"]),
+    (_nan_chunk, ["line 2: ", "throughput.chunk_steps_per_s[0]: NaN"]),
+    (_two_records_of_one_cell, ["line 3: ", "repeats line 1", "one record per cell"]),
+    (_short_per_seed, ["line 1: ", "per_seed.steps_to_converge: 3 values", "16 seeds"]),
+    (_nan_yardstick, ["line 1: ", "env.scan_flops_per_s: NaN"]),
+    (_negative_yardstick, ["line 1: ", "env.matmul_flops_per_s: -1.0", "> 0"]),
+    (_word_per_seed, ["line 2: ", "per_seed.final_heldout_loss[2]: \"lots\""]),
 ])
 @pytest.mark.parametrize("side", ["baseline", "current"])
 def test_records_compare_cannot_judge_are_refused_on_one_line(run_dir, tmp_path, capsys, doctor, words, side):
@@ -370,21 +386,34 @@ def test_records_compare_cannot_judge_are_refused_on_one_line(run_dir, tmp_path,
         assert main(["compare", *args, *fmt]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.count("\n") == 1 and "Traceback" not in captured.err
-        assert captured.err.startswith(f"error: {bad}: record")
+        assert captured.err.startswith(f"error: {bad}: line ") and "allowed: " in captured.err
         assert all(w in captured.err for w in words), captured.err
 
 
-def test_a_record_repeated_unchanged_is_read_once(run_dir, tmp_path, capsys):
+def test_a_record_repeated_unchanged_is_refused(run_dir, tmp_path, capsys):
     recs = records(run_dir)
-    assert main(["compare", str(run_dir), str(write(tmp_path / "twice.jsonl", recs + recs[:1])), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["paired"] == 2
+    twice = write(tmp_path / "twice.jsonl", recs + recs[:1])
+    assert main(["compare", str(run_dir), str(twice), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {twice}: line 3: ") and "repeats line 1 (the same record)" in err
+    assert err.count("\n") == 1 and "allowed: one record per cell" in err
 
 
 def test_a_nan_per_seed_value_ranks_last_and_json_stays_strict(run_dir, tmp_path, capsys):
     recs = records(run_dir)
     cell = stable_cell(recs)
-    cell["per_seed"]["final_heldout_loss"] = [math.nan] * 16  # NaN is data: a loss that is no loss at all
+    nan = [r for r in copy.deepcopy(recs) if r["cell_id"] == cell["cell_id"]]
+    nan[0]["per_seed"]["final_heldout_loss"] = [math.nan] * 16  # in memory, NaN is a loss that is no loss at all
+    rows = compare.compare(records(run_dir), nan)["rows"]
+    assert [r["metric"] for r in rows if r["verdict"] == "worse"] == ["final_heldout_loss"]
+    cell["per_seed"]["final_heldout_loss"] = [None] * 16  # as records write a non-finite loss: null
     assert main(["compare", str(run_dir), str(write(tmp_path / "nan.jsonl", recs)), "--json"]) == 1
     result = json.loads(capsys.readouterr().out, parse_constant=lambda token: pytest.fail(token))
     worse = [r for r in result["rows"] if r["verdict"] == "worse"]
     assert [(r["metric"], r["current"]) for r in worse] == [("final_heldout_loss", "median never")]
+
+
+def test_every_per_seed_key_compare_reads_is_declared_in_the_record_shape():
+    from bench.records import validate
+
+    assert set(compare.PER_SEED_KEYS) <= set(validate.CORE["per_seed"])

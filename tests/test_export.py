@@ -24,9 +24,17 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
+def _null_nonfinite(value):
+    if isinstance(value, dict):
+        return {k: _null_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_null_nonfinite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 @pytest.fixture(scope="module")
 def nan_dir(tiny_run, module_tmp):
-    """The tiny run's records with NaN losses and an infinite gradient ratio, as NaN tokens."""
+    """The tiny run's records with NaN losses and an infinite gradient ratio, as records keep them."""
     recs = records(tiny_run)
     assert recs[1]["divergence_rate"] > 0.5  # lr 0.5: most seeds diverged
     recs[0]["per_seed"]["final_heldout_loss"][0] = math.nan
@@ -34,7 +42,8 @@ def nan_dir(tiny_run, module_tmp):
     recs[0]["explosion"]["per_seed"]["e2e_ratio"][0][0] = "inf"
     out = module_tmp / "nan"
     out.mkdir()
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))  # NaN / Infinity tokens
+    # As records keep non-finite numbers: null (NaN, Infinity tokens are refused when the file is read)
+    (out / "results.jsonl").write_text("".join(json.dumps(_null_nonfinite(r)) + "\n" for r in recs))
     (out / "suite.json").write_text((tiny_run / "suite.json").read_text())
     return out
 
@@ -164,9 +173,10 @@ def test_exports_of_diverged_and_nan_cells_are_strict_json(nan_dir, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["pytest-benchmark", "github-action-benchmark", "tidy", "tensorboard"])
-@pytest.mark.parametrize("key, value", [("steps_per_s", math.nan), ("steps_per_s", 0.0),
+@pytest.mark.parametrize("key, value", [("steps_per_s", math.nan), ("steps_per_s", 0.0), ("steps_per_s", None),
                                         ("chunk_steps_per_s", [math.nan, math.inf])])
-def test_a_throughput_that_is_nan_or_zero_is_refused_never_exported(tiny_run, tmp_path, capsys, fmt, key, value):
+def test_a_throughput_that_is_nan_zero_or_null_is_refused_never_exported(tiny_run, tmp_path, capsys, fmt, key,
+                                                                         value):
     recs = records(tiny_run)
     recs[1]["throughput"][key] = value
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -174,8 +184,8 @@ def test_a_throughput_that_is_nan_or_zero_is_refused_never_exported(tiny_run, tm
     assert main(["export", str(tmp_path), "--format", fmt]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"error: {tmp_path / 'results.jsonl'}: record 2 (cell {recs[1]['cell_id']}): "
-                          f"throughput.{key}: ") and "allowed: " in err
+    assert err.startswith(f"error: {tmp_path / 'results.jsonl'}: line 2: ") and f"throughput.{key}" in err
+    assert "allowed: " in err
     assert sorted(tmp_path.iterdir()) == before  # nothing written
 
 
@@ -184,6 +194,12 @@ def test_a_throughput_that_is_nan_or_zero_is_refused_never_exported(tiny_run, tm
     (lambda r: r.pop("divergence_rate"), "divergence_rate"),
     (lambda r: r.update(median_steps_to_converge=math.nan), "median_steps_to_converge"),
     (lambda r: r["config"].update(steps="many"), "config.steps"),
+    (lambda r: r["config"].update(steps=0), "config.steps"),
+    (lambda r: r.update(divergence_rate=1.5), "divergence_rate"),
+    (lambda r: r.update(divergence_rate_ci=[0.0, 0.5, 1.0]), "divergence_rate_ci"),
+    (lambda r: r.update(steps_to_converge_ci=[1]), "steps_to_converge_ci"),
+    (lambda r: r.update(converged=1.5), "converged"),
+    (lambda r: r["env"].pop("timestamp"), "env.timestamp"),
 ])
 def test_records_export_cannot_read_are_refused_on_one_line(tiny_run, tmp_path, capsys, doctor, key):
     recs = records(tiny_run)
@@ -191,7 +207,8 @@ def test_records_export_cannot_read_are_refused_on_one_line(tiny_run, tmp_path, 
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main(["export", str(tmp_path), "--format", "github-action-benchmark"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"record 1 (cell {recs[0]['cell_id']}): {key}: " in err and "allowed: " in err
+    assert err.startswith(f"error: {tmp_path / 'results.jsonl'}: line 1: ") and err.count("\n") == 1
+    assert f" {key}: " in err and "allowed: " in err
     assert not list(tmp_path.glob("github-action-benchmark*"))
 
 
@@ -286,7 +303,7 @@ def test_tensorboard_export_reads_back(nan_dir, tmp_path, capsys):
         loss = np.array([[np.nan if v is None else v for v in seed] for seed in r["trace"]["loss"]], float)
         first = r["trace"]["step"][0]
         assert scalars["median/loss"][first] == pytest.approx(float(np.nanmedian(loss[:, 0])), rel=1e-6)
-    assert "cell/steps_per_s" not in _events(next((out / "tiny" / recs[1]["cell_id"]).glob("events.*")))
+        assert scalars["cell/steps_per_s"] == {0: pytest.approx(r["throughput"]["steps_per_s"])}
 
 
 def test_tensorboard_without_the_extra_exits_2(tiny_run, tmp_path, capsys, monkeypatch):
@@ -295,6 +312,19 @@ def test_tensorboard_without_the_extra_exits_2(tiny_run, tmp_path, capsys, monke
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'gradbench[tensorboard]'" in err
     assert not (tmp_path / "tb").exists()
+
+
+def test_a_tensorboard_write_that_fails_names_the_users_path(tiny_run, tmp_path, capsys, monkeypatch):
+    import types
+
+    def full(logdir):  # as a writer fails on a full disk: naming a file of its own choosing
+        raise OSError(28, "No space left on device", "/tmp/tbx-scratch/events.out.tfevents.0")
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=full))
+    out = tmp_path / "tb"
+    assert main(["export", str(tiny_run), "--format", "tensorboard", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out}: No space left on device\n"
 
 
 def test_export_of_garbage_exits_2(tmp_path, capsys):

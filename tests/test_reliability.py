@@ -161,11 +161,15 @@ def _write(tmp_path, name, data: bytes):
     return str(tmp_path / name)
 
 
+SUITE_JSON = {"path": "suite.toml", "name": "tiny", "claims": [], "experiments": [], "cells": 1,
+              "settings": {"seeds": 2, "steps": 20, "chunk_steps": 20, "trace_points": 1000}}
+
+
 def _done_dir(tmp_path, lines: bytes):
     """A results directory of the tiny suite whose results.jsonl holds `lines`."""
     out = tmp_path / "done"
     out.mkdir()
-    (out / "suite.json").write_text(json.dumps({"name": "tiny", "settings": {"seeds": 2, "steps": 20}}))
+    (out / "suite.json").write_text(json.dumps(SUITE_JSON))
     (out / "results.jsonl").write_bytes(lines)
     return str(out)
 

@@ -75,7 +75,7 @@ def test_reproduce_refuses_unknown_cells_and_edited_configs(tiny_run, tmp_path, 
     assert main(["reproduce", str(tiny_run), "--cell", "0123456789abcdef"]) == 2
     assert "--cell 0123456789abcdef: no such cell_id" in capsys.readouterr().err
     recs = store.read_results(tiny_run)
-    recs[0]["config"]["seeds"] = 3
+    recs[0]["config"]["divergence_factor"] = 11.0  # an edit that keeps the record's shape
     edited = tmp_path / "edited.jsonl"
     edited.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main(["reproduce", str(edited), "--cell", recs[0]["cell_id"]]) == 2

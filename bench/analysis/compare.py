@@ -22,8 +22,8 @@ flags, code hash). Throughput measured on other machines (another CPU model or
 core count, backend, device kind or count) is reported, not judged, unless
 asked (`judge_across_machines`): neither yardstick nor CPU time carries a
 step's cost from one CPU model to another. Records are checked as they are
-read (`load`, bench.records.checks): a record compare cannot judge is refused
-with one line naming the file, the record and the key.
+read (`load`, against bench.records.validate): a record compare cannot judge
+is refused with one line naming the file, the line and the key.
 """
 from __future__ import annotations
 
@@ -117,10 +117,11 @@ def environment_lines(result: dict) -> list[str]:
 
 
 def load(path) -> list[dict]:
-    """The checked records of a results file or run directory (any schema compare reads); ValueError (one line)."""
-    from bench.records import checks, store
+    """The records of a results file or run directory (any schema compare reads: bench.records.validate.CORE
+    declares what compare reads of them); StoreError (a ValueError, one line naming the file, line and key)."""
+    from bench.records import store
 
-    return checks.check(store.read_results(path, oldest=1), checks.results_file(path), PER_SEED_KEYS)
+    return store.read_results(path, oldest=1)
 
 
 def _diverged(record):
@@ -159,6 +160,7 @@ METRICS = {
     "critical_lr": (_present("critical_lr"), "values", "lower"),
 }
 PER_SEED_KEYS = ("diverged", "trained", "steps_to_converge", "final_heldout_loss", "critical_lr")  # what METRICS read
+# (validate.CORE declares each of them, so a record compare reads is checked before it is judged)
 
 
 def rate_test(baseline: list[bool], current: list[bool]) -> dict:

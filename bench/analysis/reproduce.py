@@ -12,13 +12,12 @@ group). Where the environment differs
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from bench.analysis import compare
 from bench.engine import runner
-from bench.records.store import SUITE_FILE
+from bench.records.store import SUITE_FILE, read_suite
 from bench.spec.suite import Cell, Suite, cell_id
 
 IDENTICAL, NOISE, DIFFERENT = "identical", "within noise", "different"
@@ -50,7 +49,7 @@ def suite_info(records: list[dict], results_path: Path) -> dict:
     """The suite path and run settings the cells need: suite.json beside the results, else the records'."""
     directory = results_path if results_path.is_dir() else results_path.parent
     if (directory / SUITE_FILE).exists():
-        info = json.loads((directory / SUITE_FILE).read_text())
+        info = read_suite(directory)  # validated: StoreError (one line) if corrupt
         where = info.get("suite_from_out")
         return {"path": os.path.relpath(directory / where) if where and not os.path.isabs(where) else where
                 or info["path"], "settings": info["settings"]}

@@ -7,9 +7,8 @@ import warnings
 import numpy as np
 
 from bench.records import metrics
+from bench.records.validate import SCHEMA_VERSION  # declared beside the record's shape
 from bench.spec.schema import SNAPSHOT_FRACTIONS
-
-SCHEMA_VERSION = 2
 
 
 def json_number(x):

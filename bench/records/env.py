@@ -17,7 +17,7 @@ CODE_PATHS = (*CODE_DIRS, "pyproject.toml")
 # The code that produces a record's numbers (reports, comparisons and the command line only read them).
 NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
     "spec/build", "engine/loop", "engine/flops", "records/metrics", "spec/optim", "engine/probe", "engine/program",
-    "records/cell", "engine/runner", "spec/schema", "spec/suite")))
+    "records/cell", "engine/runner", "spec/schema", "spec/suite", "spec/settings")))
 
 
 def code_hash(root: Path) -> str:
@@ -103,6 +103,28 @@ def _static_env() -> dict:
         # Dirty: uncommitted changes to the code that produces the numbers (not to results or docs).
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS).strip()),
     }
+
+
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy")  # the libraries whose versions can change a record's numbers
+
+
+@functools.lru_cache(maxsize=1)
+def provenance() -> dict:
+    """What a record's numbers depend on besides its config: the code hash, the libraries' versions and Python's
+    (as `environment` records them; cheap: nothing is timed and no backend is started)."""
+    root = Path(__file__).resolve().parents[2]
+    return {"code_sha256": code_hash(root), "versions": {p: _version(p) for p in LIBRARIES},
+            "python": platform.python_version()}
+
+
+def provenance_differences(env: dict, current: dict) -> list[str]:
+    """`key recorded -> current` for each provenance value (`provenance`) in which a record's env differs."""
+    recorded = {"code_sha256": env.get("code_sha256"), "python": env.get("python"),
+                **{f"{p}": (env.get("versions") or {}).get(p) for p in LIBRARIES}}
+    now = {"code_sha256": current["code_sha256"], "python": current["python"], **current["versions"]}
+    short = lambda k, v: v[:12] if k == "code_sha256" and isinstance(v, str) else v  # noqa: E731
+    return [f"{'code hash' if k == 'code_sha256' else k} {short(k, recorded[k])} -> {short(k, now[k])}"
+            for k in now if recorded[k] != now[k]]
 
 
 def environment() -> dict:

@@ -9,13 +9,28 @@ import os
 import tempfile
 from pathlib import Path
 
+from bench.spec import files
+from bench.records import validate
+
 RESULTS_FILE = "results.jsonl"
 SUITE_FILE = "suite.json"  # the validated suite beside its results: what reports and verdicts read
 LOCK_FILE = "results.jsonl.lock"  # held (fcntl.flock) while the directory is read, merged and rewritten
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Writes `text` to `path` so a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Writes `text` to `path` so a reader sees the old file or the new one, never half.
+
+    An OSError names `path` (never the temporary file beside it), and a directory at `path` is refused
+    before anything is written.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -25,22 +40,12 @@ def atomic_write(path: Path, text: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
-
-
-_NOT_JSON = object()
-
-
-def _lines(text: str):
-    """(line number, decoded JSON value or _NOT_JSON) for every non-blank line of a results file."""
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError:
-                yield number, _NOT_JSON
 
 
 class StoreError(ValueError):
@@ -52,17 +57,24 @@ def _describe(e: OSError) -> str:
 
 
 def read_suite(out_dir) -> dict:
-    """The suite.json of a results directory; StoreError if it is missing or not a JSON object."""
+    """The suite.json of a results directory; StoreError (naming the file and key) if missing or not a suite record."""
     path = Path(out_dir) / SUITE_FILE
     try:
-        suite = json.loads(path.read_text())
+        suite = validate.loads(files.read_bytes(path, "json").decode("utf-8"))
+        validate.suite(suite)
     except FileNotFoundError:
         raise StoreError(f"{path}: no such file (run `python -m bench run` first)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except files.InputError as e:
+        raise StoreError(str(e)) from None
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); the file is corrupt: "
+                         "move the directory away and rerun") from None
+    except validate.Invalid as e:
+        raise StoreError(f"{path}: {e} (not a suite record as `bench run` writes it); move the directory away and "
+                         "rerun") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: not readable as a suite record ({type(e).__name__}); it is corrupt: move the "
                          "directory away and rerun") from None
-    if not isinstance(suite, dict) or not isinstance(suite.get("name"), str):
-        raise StoreError(f"{path}: not a suite record (no name); move the directory away and rerun")
     return suite
 
 
@@ -82,20 +94,34 @@ class ResultsStore:
         self.records: list[dict] = self._read()
         self.order: dict[str, int] = {}  # cell_id -> position in the suite (set by `open`)
 
-    def _read(self) -> list[dict]:
+    def _text(self) -> str:
+        """The results file's text ('' if there is none); StoreError naming it if it cannot be read as one."""
         try:
-            text = self.path.read_text()
+            return files.read_bytes(self.path, "results").decode("utf-8")
         except FileNotFoundError:
-            return []
+            return ""
         except IsADirectoryError:
             raise StoreError(f"{self.path}: is a directory, not a results file") from None
+        except files.InputError as e:
+            raise StoreError(str(e)) from None
         except UnicodeDecodeError:
             raise StoreError(f"{self.path}: not text; the file is corrupt: move it away (records in it are "
                              "lost) and rerun to train its cells again") from None
         except OSError as e:
             raise StoreError(f"{self.path}: cannot be read ({_describe(e)})") from None
+
+    def _read(self) -> list[dict]:
+        """The file's records, checked only for a cell_id (a store's own writes; `open` validates in full)."""
         records = []
-        for number, record in _lines(text):
+        for number, line in enumerate(self._text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = validate.loads(line)
+            except validate.Invalid as e:
+                raise StoreError(f"{self.path}: line {number}: {e}") from None
+            except json.JSONDecodeError:
+                record = None
             if not isinstance(record, dict) or not isinstance(record.get("cell_id"), str):
                 raise StoreError(f"{self.path}: line {number} is not a results record (the file is truncated or "
                                  "corrupt); move it away, or delete that line to retrain its cell")
@@ -119,8 +145,16 @@ class ResultsStore:
             os.close(fd)  # releases the lock
 
     @classmethod
-    def open(cls, out_dir, suite: dict, cell_ids, force: bool = False) -> ResultsStore:
-        """Opens `out_dir` for a run of `suite` (its suite.json) whose cells are `cell_ids`; StoreError if refused."""
+    def open(cls, out_dir, suite: dict, cell_ids, force: bool = False, provenance: dict | None = None) -> ResultsStore:
+        """Opens `out_dir` for a run of `suite` (its suite.json) whose cells are `cell_ids`; StoreError if refused.
+
+        Every record already there is validated (`parse_records`). With `provenance` (bench.records.env.provenance
+        of this process), records made under another code hash, library or Python version, or by an older
+        gradbench (schema), are never reused: refused in one line naming the difference, or with `force`
+        discarded, so their cells train again.
+        """
+        from bench.records.validate import SCHEMA_VERSION
+
         store = cls.__new__(cls)
         store.dir, store.path = Path(out_dir), Path(out_dir) / RESULTS_FILE
         store.order = {cell_id: i for i, cell_id in enumerate(cell_ids)}
@@ -128,13 +162,18 @@ class ResultsStore:
             for name in (RESULTS_FILE, SUITE_FILE):  # temporary files of a writer that was killed (writers hold the lock)
                 for stale in store.dir.glob(f".{name}.*"):
                     stale.unlink(missing_ok=True)
-            store.records = store._read()
             old = read_suite(store.dir) if (store.dir / SUITE_FILE).exists() else None
-            reason = _foreign(old, suite, store.records, set(cell_ids))
+            reason = _foreign(old, suite, store._read(), set(cell_ids))
             if reason and not force:
                 raise StoreError(f"{store.dir}: {reason}; use another --out, or --force to discard them")
-            if reason:
-                store.records = [r for r in store.records if r["cell_id"] in cell_ids]
+            store.records = parse_records(store._text(), store.path, oldest=1)
+            stale = _stale(store.records, provenance, SCHEMA_VERSION)
+            if stale and not force:
+                raise StoreError(f"{store.path}: {stale[0]}; they are not reused: use another --out, or --force to "
+                                 "train those cells again")
+            if reason or stale:
+                kept = set(cell_ids) - set(stale[1] if stale else ())
+                store.records = [r for r in store.records if r["cell_id"] in kept]
                 store._write()
             store._atomic(store.dir / SUITE_FILE, json.dumps(suite, indent=1, allow_nan=False))
         return store
@@ -164,6 +203,27 @@ class ResultsStore:
                              "rerun the same command to resume") from None
 
 
+def _stale(records: list[dict], provenance: dict | None, schema: int) -> tuple[str, set] | None:
+    """(why, their cell ids) for records of an older schema or (with `provenance`) made under other code or
+    library versions than this process's; None if there are none."""
+    older = {r["cell_id"] for r in records if r["schema_version"] < schema}
+    if older:
+        return (f"{len(older)} records were written by an older gradbench (schema_version < {schema})", older)
+    if provenance is None:
+        return None
+    from bench.records.env import provenance_differences
+
+    diffs: dict[str, set] = {}
+    for r in records:
+        for d in provenance_differences(r["env"], provenance):
+            diffs.setdefault(d, set()).add(r["cell_id"])
+    if not diffs:
+        return None
+    ids = set().union(*diffs.values())
+    return (f"{len(ids)} of its {len(records)} records were made under other code or library versions than this "
+            f"run ({'; '.join(sorted(diffs))})", ids)
+
+
 def _foreign(old: dict | None, suite: dict, records: list[dict], cell_ids: set) -> str | None:
     """Why a directory's contents do not belong to `suite`, or None."""
     if old is not None and old["name"] != suite["name"]:
@@ -190,7 +250,9 @@ def suite_from(out_dir, suite_path) -> str | None:
 
 
 PROVENANCE = ("git_commit", "git_dirty", "code_sha256", "package_version", "versions")  # what merge keeps apart
-LOCAL_SUITE_KEYS = ("suite_from_out",)  # suite.json keys that depend on where a shard was written
+# suite.json keys that depend on where a shard was run and written (the suite file's path as typed, relative
+# to the working directory or absolute, and as seen from the output directory)
+LOCAL_SUITE_KEYS = ("path", "suite_from_out")
 
 
 def _provenance(env: dict) -> str:
@@ -220,16 +282,17 @@ def merge(out_dir, shard_dirs, allow_mixed: bool = False) -> int:
     Raises ValueError (nothing written) when a directory holds no results, comes from another suite, repeats
     a cell of another, or (unless allow_mixed) was made by another commit, code or library versions.
     """
-    suites, sources = [], {}
+    suites, sources, given = [], {}, {}
     if (Path(out_dir) / RESULTS_FILE).exists():
         raise ValueError(f"{out_dir}: already holds {RESULTS_FILE}; merge into a new directory")
     for directory in map(Path, shard_dirs):
         if not (directory / RESULTS_FILE).exists() or not (directory / SUITE_FILE).exists():
             raise ValueError(f"{directory}: no {RESULTS_FILE} and {SUITE_FILE} here")
-        suite = json.loads((directory / SUITE_FILE).read_text())
+        suite = read_suite(directory)
         suites.append({k: v for k, v in suite.items() if k not in LOCAL_SUITE_KEYS})
-        if str(directory) in sources:
-            raise ValueError(f"{directory}: given twice; each shard once")
+        if directory.resolve() in given:
+            raise ValueError(f"{directory}: given twice (as {given[directory.resolve()]} too); each shard once")
+        given[directory.resolve()] = directory
         sources[str(directory)] = read_results(directory)
     if any(s != suites[0] for s in suites[1:]):
         raise ValueError(f"{', '.join(map(str, shard_dirs))}: not shards of one suite (their {SUITE_FILE} differ)")
@@ -244,7 +307,7 @@ def merge(out_dir, shard_dirs, allow_mixed: bool = False) -> int:
     if mixed and not allow_mixed:
         raise ValueError(f"records of different provenance: {mixed}; pass --allow-mixed to merge them anyway "
                          "(the report then lists each environment)")
-    first = json.loads((Path(shard_dirs[0]) / SUITE_FILE).read_text())
+    first = read_suite(shard_dirs[0])
     if first.get("suite_from_out") and not Path(first["suite_from_out"]).is_absolute():
         first["suite_from_out"] = suite_from(out_dir, Path(shard_dirs[0]) / first["suite_from_out"])
     atomic_write(Path(out_dir) / SUITE_FILE, json.dumps(first, indent=1))
@@ -256,37 +319,67 @@ REQUIRED_KEYS = ("cell_id", "schema_version", "suite", "experiment", "label", "c
                  "env")
 
 
+def parse_records(text: str, file, oldest: int) -> list[dict]:
+    """The records of a results file's text; StoreError naming the file, line and key for anything that is not a
+    record (validate.CORE; validate.CURRENT for the current schema) of schema_version `oldest` or newer that this
+    gradbench knows, or a second record of one cell."""
+    from bench.records.validate import SCHEMA_VERSION
+
+    records, lines = [], {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = validate.loads(line)
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{file}: line {number}: not JSON ({e.msg} at column {e.colno}); allowed: one results "
+                             "record per line (a truncated or edited file: delete that line to retrain its cell)") \
+                from None
+        except validate.Invalid as e:
+            raise StoreError(f"{file}: line {number}: {e}") from None
+        version = record.get("schema_version") if isinstance(record, dict) else None
+        if isinstance(record, dict) and "schema_version" in record and (
+                type(version) is not int or not oldest <= version <= SCHEMA_VERSION):
+            known = f"{SCHEMA_VERSION}" if oldest == SCHEMA_VERSION else f"{oldest} to {SCHEMA_VERSION}"
+            hint = ("written by an older gradbench: rerun the suite" if type(version) is int and version < oldest
+                    else "unknown: upgrade gradbench to read it")
+            raise StoreError(f"{file}: line {number}: schema_version {version!r} is {hint} (this one reads {known})")
+        try:
+            validate.record(record, current=version == SCHEMA_VERSION)
+        except validate.Invalid as e:
+            raise StoreError(f"{file}: line {number}: not a results record as `bench run` writes it: {e}") from None
+        if record["cell_id"] in lines:
+            first = lines[record["cell_id"]]
+            same = "the same record" if record == records[first[1]] else "another record"
+            raise StoreError(f"{file}: line {number}: cell {record['cell_id']} ({record['experiment']}: "
+                             f"{record['label']}) repeats line {first[0]} ({same}); allowed: one record per cell "
+                             "(delete one of the two lines)")
+        lines[record["cell_id"]] = (number, len(records))
+        records.append(record)
+    return records
+
+
 def read_results(path, oldest: int | None = None) -> list[dict]:
-    """The records of a results file or a run directory; ValueError (one line) if unreadable or of another schema.
+    """The records of a results file or a run directory; StoreError (a ValueError, one line naming the file, line
+    and key) if unreadable, not records (bench.records.validate), of another schema, or two of one cell.
 
     Args:
       oldest: the oldest schema_version accepted (default: only the current one).
     """
-    from bench.records.cell import SCHEMA_VERSION
+    from bench.records.validate import SCHEMA_VERSION
 
     oldest = SCHEMA_VERSION if oldest is None else oldest
     path = Path(path)
     file = path / RESULTS_FILE if path.is_dir() else path
     try:
-        text = file.read_text()
+        text = files.read_bytes(file, "results").decode("utf-8")
     except FileNotFoundError:
-        raise ValueError(f"{file}: no such file (expected a {RESULTS_FILE} or a run directory holding one)") from None
+        raise StoreError(f"{file}: no such file (expected a {RESULTS_FILE} or a run directory holding one)") from None
+    except files.InputError as e:
+        raise StoreError(str(e)) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{file}: cannot read it as text ({type(e).__name__})") from None
-    records = []
-    for number, record in _lines(text):
-        if record is _NOT_JSON:
-            raise ValueError(f"{file}: line {number}: not JSON (expected one results record per line)")
-        missing = [k for k in REQUIRED_KEYS if k not in record] if isinstance(record, dict) else ["cell_id"]
-        if missing:
-            raise ValueError(f"{file}: line {number}: not a results record (no {missing[0]!r})")
-        version = record["schema_version"]
-        if type(version) is not int or not oldest <= version <= SCHEMA_VERSION:
-            known = f"{SCHEMA_VERSION}" if oldest == SCHEMA_VERSION else f"{oldest} to {SCHEMA_VERSION}"
-            hint = ("written by an older gradbench: rerun the suite" if type(version) is int and version < oldest
-                    else "unknown: upgrade gradbench to read it")
-            raise ValueError(f"{file}: line {number}: schema_version {version!r} is {hint} (this one reads {known})")
-        records.append(record)
+        raise StoreError(f"{file}: cannot read it as text ({type(e).__name__})") from None
+    records = parse_records(text, file, oldest)
     if not records:
-        raise ValueError(f"{file}: no results records")
+        raise StoreError(f"{file}: no results records")
     return records

@@ -27,8 +27,8 @@ the program's throughput (raw and normalised) and the environment's versions,
 as CSV (`--output X.csv`; and X.parquet beside it where pyarrow is installed)
 or Parquet alone (`--output X.parquet`). tensorboard: per cell, its median
 loss and gradient-norm traces and per-seed scalars (tensorboardX, the
-`tensorboard` extra). Records are checked first (bench.records.checks): a
-throughput that is NaN or not above 0 is refused, never exported. No value is
+`tensorboard` extra). Records are checked as they are read (bench.records.
+validate): a throughput that is null or not above 0 is refused, never exported. No value is
 ever NaN or infinite in a JSON file (strict parsers reject the tokens): such
 values are null, or the entry is left out.
 """
@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -353,7 +354,7 @@ def write_parquet(rows: list[dict], path: Path) -> bool:
 def write_tensorboard(records: list[dict], directory: Path) -> list[Path]:
     """One event-file directory per cell (DIRECTORY/EXPERIMENT/CELL_ID): its median loss and gradient-norm
     traces over seeds (NaN where every seed diverged) and per-seed scalars (step = seed). MissingExtra when
-    tensorboardX is not installed."""
+    tensorboardX is not installed; an OSError names `directory` as given (never a path tensorboardX chose)."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
@@ -361,28 +362,35 @@ def write_tensorboard(records: list[dict], directory: Path) -> list[Path]:
     written = []
     for r in records:
         logdir = directory / r["experiment"] / r["cell_id"]
-        writer = SummaryWriter(str(logdir))
-        writer.add_text("cell", f"{_name(r)} ({r['suite']})", 0)
-        steps = r["trace"]["step"]
-        for key in ("loss", "grad_norm"):
-            traces = np.array([[np.nan if v is None else v for v in seed] for seed in r["trace"][key]], float)
-            with np.errstate(all="ignore"):
-                median = np.nanmedian(np.where(np.isfinite(traces), traces, np.nan), axis=0) if traces.size else []
-            for step, value in zip(steps, median):
-                if math.isfinite(value):
-                    writer.add_scalar(f"median/{key}", float(value), int(step))
-        ps = r["per_seed"]
-        for key in ("diverged", "steps_to_converge", "final_train_loss", "final_heldout_loss", "max_grad_norm"):
-            for seed, value in zip(ps["seed"], ps.get(key, [])):
-                value = _finite(value)
-                if value is not None:
-                    writer.add_scalar(f"per_seed/{key}", value, int(seed))
-        writer.add_scalar("cell/divergence_rate", r["divergence_rate"], 0)
-        if _finite(r["throughput"].get("steps_per_s")):
-            writer.add_scalar("cell/steps_per_s", r["throughput"]["steps_per_s"], 0)
-        writer.close()
+        try:
+            _write_cell(SummaryWriter(str(logdir)), r)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror or str(e), str(directory)) from None
         written.append(logdir)
     return written
+
+
+def _write_cell(writer, r: dict) -> None:
+    """One cell's event file (see `write_tensorboard`)."""
+    writer.add_text("cell", f"{_name(r)} ({r['suite']})", 0)
+    steps = r["trace"]["step"]
+    for key in ("loss", "grad_norm"):
+        traces = np.array([[np.nan if v is None else v for v in seed] for seed in r["trace"][key]], float)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a step where every seed diverged: NaN, left out
+            median = np.nanmedian(np.where(np.isfinite(traces), traces, np.nan), axis=0) if traces.size else []
+        for step, value in zip(steps, median):
+            if math.isfinite(value):
+                writer.add_scalar(f"median/{key}", float(value), int(step))
+    ps = r["per_seed"]
+    for key in ("diverged", "steps_to_converge", "final_train_loss", "final_heldout_loss", "max_grad_norm"):
+        for seed, value in zip(ps["seed"], ps.get(key, [])):
+            value = _finite(value)
+            if value is not None:
+                writer.add_scalar(f"per_seed/{key}", value, int(seed))
+    writer.add_scalar("cell/divergence_rate", r["divergence_rate"], 0)
+    writer.add_scalar("cell/steps_per_s", r["throughput"]["steps_per_s"], 0)  # validated: a number > 0
+    writer.close()
 
 
 SUFFIXES = {"pytest-benchmark": (".json",), "github-action-benchmark": (".json",), "tidy": (".csv", ".parquet")}

@@ -61,8 +61,21 @@ def environment_lines(records: list[dict], names: dict[str, str]) -> list[str]:
         [f"- {name} ({len(recs)} records): {environment_line(recs)}" for name, recs in sorted(shown.items())]
 
 
-def render(results_dir, output) -> tuple[str, dict]:
-    """The report's Markdown text for `output`, and the plots it links (path -> job)."""
+def _judge(suite: dict, records: list[dict]) -> list:
+    if not suite["claims"]:
+        return []
+    return claims_lib.verdicts(suite["claims"], records, min_effect=suite["settings"].get("min_effect", 1.25))
+
+
+def judge(results_dir) -> list:
+    """The verdicts of a results directory's claims (its suite.json and records), as its report gives them; a
+    caller that shows them too passes them to `write` so they are judged once."""
+    return _judge(read_suite(results_dir), read_results(results_dir))
+
+
+def render(results_dir, output, judged: list | None = None) -> tuple[str, dict]:
+    """The report's Markdown text for `output`, and the plots it links (path -> job); `judged`: the directory's
+    verdicts if already judged (`judge`)."""
     results_dir, output = Path(results_dir), Path(output)
     suite = read_suite(results_dir)
     records = read_results(results_dir)
@@ -90,7 +103,7 @@ def render(results_dir, output) -> tuple[str, dict]:
     settings = suite["settings"]
     min_effect = settings.get("min_effect", 1.25)
     t = records[0]["thresholds"]
-    judged = claims_lib.verdicts(suite["claims"], records, min_effect=min_effect) if suite["claims"] else []
+    judged = _judge(suite, records) if judged is None else judged
     if judged:
         text, forest = verdicts.sections(judged, by_experiment, t, min_effect, plot_dir, link)
         out += text
@@ -131,11 +144,11 @@ def _glance_span(lines: list[str]) -> tuple[int, int] | None:
     return start, end
 
 
-def render_all(results_dirs: list, output) -> tuple[str, dict]:
+def render_all(results_dirs: list, output, judged: list | None = None) -> tuple[str, dict]:
     """The report of the first directory, then each further one as a section "Beyond the article: NAME"; the
     further ones' claims join the first page's "Answers at a glance" table (one row per claim, linked to its
     section) instead of a table of their own."""
-    text, jobs = render(results_dirs[0], output)
+    text, jobs = render(results_dirs[0], output, judged)
     lines = text.splitlines()
     for extra in results_dirs[1:]:
         more, more_jobs = render(extra, output)
@@ -153,21 +166,25 @@ def render_all(results_dirs: list, output) -> tuple[str, dict]:
     return "\n".join(lines), jobs
 
 
-def write(results_dir, output=None, also=()) -> Path:
+def write(results_dir, output=None, also=(), judged: list | None = None) -> Path:
     """Writes the report (default DIR/REPORT.md) and its plots; returns the report's path.
 
-    `also`: further results directories, appended as sections "Beyond the article: NAME". Each directory's
+    `also`: further results directories, appended as sections "Beyond the article: NAME"; `judged`: the first
+    directory's verdicts if already judged (`judge`). Each directory's
     plots/ holds its report's figures: a figure the report no longer draws (of an experiment the results no
     longer hold) is removed.
     """
     from bench.records.store import atomic_write
 
     output = Path(output or Path(results_dir) / "REPORT.md")
-    text, jobs = render_all([results_dir, *also], output)
+    text, jobs = render_all([results_dir, *also], output, judged)
     for directory in (results_dir, *also):
         Path(directory, "plots").mkdir(parents=True, exist_ok=True)
     for path, (fn, data, title, _caption) in jobs.items():
-        fn(data, path, title)
+        try:
+            fn(data, path, title)
+        except OSError as e:  # a full disk, a read-only plots/: name the figure, not matplotlib's stream
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     drawn = {Path(path).resolve() for path in jobs}
     for directory in (results_dir, *also):
         for stale in Path(directory, "plots").glob("*.png"):

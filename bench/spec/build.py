@@ -1,6 +1,7 @@
 """Tasks and models from canonical configs (shared by validation and the engine)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -18,7 +19,38 @@ from tasks import TASKS
 def _task(task_json: str):
     cfg = json.loads(task_json)
     module = TASKS[cfg.pop("name")]
-    return module.make(module.Config(**cfg))
+    config = module.Config(**cfg)
+    _check_data_size(module, config)  # before `make` allocates anything
+    return module.make(config)
+
+
+class TooLarge(ValueError):
+    """A task or model that cannot fit in memory, refused before anything is allocated; the message names the key."""
+
+
+def _grown(config, defaults) -> list[str]:
+    """The integer keys of a config set above their defaults (what made it large), in field order."""
+    return [f.name for f in dataclasses.fields(config) if isinstance(getattr(config, f.name), int)
+            and not isinstance(getattr(config, f.name), bool) and isinstance(getattr(defaults, f.name), int)
+            and getattr(config, f.name) > getattr(defaults, f.name)]
+
+
+def _check_data_size(module, config) -> None:
+    """TooLarge if making the task's data (`data_bytes`, the task's own count) would not fit in memory."""
+    size = module.data_bytes(config)
+    if size <= 2**28 or os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
+        return
+    available, where = available_memory()
+    if size > available:
+        keys = _grown(config, module.Config()) or ["n_train"]
+        given = ", ".join(f"{k}={getattr(config, k)}" for k in keys if hasattr(config, k))
+        raise TooLarge(f"task.{keys[0]}: making this task's data ({given}) needs about {_gib(size)}, more than "
+                       f"the {_gib(available)} of {where}; allowed: a task that fits (fewer examples, shorter "
+                       "sequences, a smaller vocabulary)")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
 
 
 def make_task(task_cfg: dict):
@@ -60,15 +92,73 @@ def count_ops(jaxpr) -> int:
     return n
 
 
+def _traced(task, model_cfg: dict):
+    """(init, forward, params, rest): the jaxprs of the model's initialisation and of its prediction on a training
+    batch, and its abstract parameters and other state. Traced once for both guards: the model's initialisation,
+    the costly part of tracing, is not traced again for the memory estimate."""
+    graphdef = []
+
+    def init():
+        definition, params, rest = nnx.split(make_model(model_cfg, task, jax.random.key(0)), nnx.Param, ...)
+        graphdef.append(definition)  # static: the structure merge needs, no arrays
+        return params, rest
+
+    init_jaxpr, (params, rest) = jax.make_jaxpr(init, return_shape=True)()
+    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
+    forward = jax.make_jaxpr(lambda p, r, x: nnx.merge(graphdef[0], p, r, copy=True)(x, train=True))(params, rest, x)
+    return init_jaxpr, forward, params, rest
+
+
 @functools.lru_cache(maxsize=None)
 def _check(task_json: str, model_json: str) -> None:
-    task = _task(task_json)
-    x, _ = jax.eval_shape(lambda: task.sample(task.data, jax.random.key(0)))
-    traced = jax.make_jaxpr(lambda x: make_model(json.loads(model_json), task, jax.random.key(0))(x, train=True))(x)
-    ops = count_ops(traced.jaxpr)
+    task, model_cfg = _task(task_json), json.loads(model_json)
+    init, forward, params, rest = _traced(task, model_cfg)
+    ops = count_ops(init.jaxpr) + count_ops(forward.jaxpr)  # initialisation and prediction, as one program
     if ops > MAX_OPS:
         raise ValueError(f"the model's prediction traces to {ops:,} operations, more than {MAX_OPS:,} (compiling it "
                          f"would take minutes or hang); allowed: a smaller model (fewer layers)")
+    _check_run_size(_sizes(task, forward, params, rest), model_cfg)
+
+
+def _sizes(task, forward, params, rest) -> dict[str, int]:
+    activations, _ = _intermediates(forward.jaxpr)
+    return {"params": _nbytes(params), "activations": activations, "data": _nbytes(task.data),
+            "per_run": 3 * _nbytes(params) + _nbytes(rest) + activations}
+
+
+def _run_bytes(task, model_cfg: dict) -> dict[str, int]:
+    _, forward, params, rest = _traced(task, model_cfg)
+    return _sizes(task, forward, params, rest)
+
+
+def run_bytes(task_cfg: dict, model_cfg: dict) -> dict[str, int]:
+    """Bytes of one run without its optimiser (per_run: parameters x3 for their gradient and update, one training
+    step's activations) and of the task's data, traced abstractly (nothing allocated beyond the task's data)."""
+    return _run_bytes(make_task(task_cfg), unit_scales(model_cfg))
+
+
+def refuse_if_too_large(size: dict, runs: int, key: str, what: str) -> None:
+    """TooLarge (naming `key`) if `runs` runs and the data (`run_bytes`' sizes) exceed the memory available."""
+    total = runs * size["per_run"] + 2 * size["data"]
+    if total <= 2**28 or os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
+        return
+    available, where = available_memory()
+    if total > available:
+        raise TooLarge(f"{key}: {what} needs about {_gib(total)} ({runs} run(s) of {_gib(size['per_run'])}: "
+                       f"parameters {_gib(size['params'])} x3, activations {_gib(size['activations'])}; data "
+                       f"{_gib(size['data'])} x2), more than the {_gib(available)} of {where}; allowed: "
+                       f"{'fewer seeds, ' if runs > 1 else ''}a smaller model (width, depth) or batch")
+
+
+def _check_run_size(size: dict, model_cfg: dict) -> None:
+    """TooLarge if one run and the task's data (`_sizes`, traced abstractly: nothing allocated) would not fit."""
+    if os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
+        return
+    family = FAMILIES[model_cfg["family"]]
+    config = family.Config(**{k: v for k, v in model_cfg.items() if k != "family"})
+    keys = _grown(config, family.Config()) or ["width"]
+    given = ", ".join(f"{k}={getattr(config, k)}" for k in keys if hasattr(config, k))
+    refuse_if_too_large(size, 1, f"model.{keys[0]}", f"one run of this model ({given})")
 
 
 def check(task_cfg: dict, model_cfg: dict) -> None:

@@ -134,9 +134,20 @@ _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a s
 _PLURAL = {bool: "booleans", int: "integers", float: "numbers", str: "strings", dict: "tables"}
 
 
+SLUG_BYTES = 96  # an experiment's part of its plots' file names (a file name holds at most 255 bytes)
+
+
 def slug(name: str) -> str:
-    """An experiment's name as a file name (its plots'): letters and digits kept, every other character '-'."""
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    """An experiment's name as a file name (its plots'): letters and digits kept, every other character '-'; a
+    name longer than SLUG_BYTES (UTF-8) is cut and ends in a hash of the whole name, so any valid name gives file
+    names a file system accepts, and different names different ones."""
+    text = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    if len(text.encode()) <= SLUG_BYTES:
+        return text
+    import hashlib
+
+    head = text.encode()[:SLUG_BYTES - 13].decode("utf-8", "ignore").rstrip("-")
+    return f"{head}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
 def _name(typ) -> str:
