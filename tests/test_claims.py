@@ -59,7 +59,8 @@ def judge(records, **kw):
 @pytest.mark.parametrize("effect, low, high, p, expected", [
     (0.5, 0.3, 0.7, 0.001, claims.YES),  # detected, as claimed, beyond the margin
     (-0.5, -0.7, -0.3, 0.001, claims.OPPOSITE),
-    (0.1, 0.05, 0.15, 0.001, claims.NEGLIGIBLE),  # detected below the margin: negligible, not "no effect"
+    (0.1, 0.05, 0.15, 0.001, claims.NEGLIGIBLE),  # detected, wholly below the margin: negligible, not "no effect"
+    (0.2, 0.1, 0.3, 0.01, claims.UNSETTLED),  # detected, below the margin, but the interval reaches past it
     (0.05, -0.1, 0.2, 0.4, claims.NEGLIGIBLE),  # interval inside the margin both ways
     (-0.2, -0.6, 0.1, 0.3, claims.NO),  # the claimed effect excluded, the opposite not shown
     (0.3, -0.1, 0.7, 0.2, claims.UNSETTLED),
@@ -113,6 +114,10 @@ def test_an_underflowed_gradient_is_no_value_never_explosion():
     r = record(BASE, 0.01, [True] * 16, e2e_init=ratios, log10_grads=zero_at_output)
     values = claims.e2e_ratio(r, 0.0)
     assert np.isnan(values[:4]).all() and (values[4:] == 100.0).all()
+    # An overflow leaves non-finite layers anywhere (a -inf among them): with a finite output side it is explosion.
+    overflow = record(BASE, 0.01, [True] * 2, e2e_init=[math.inf] * 2,
+                      log10_grads=[[None, -math.inf, 38.0, 21.5]] * 2)
+    assert np.isposinf(claims.e2e_ratio(overflow, 0.0)).all()
 
 
 def test_a_degenerate_arm_decides_nothing():

@@ -172,7 +172,7 @@ def e2e_ratio(record: dict, fraction: float) -> np.ndarray:
     growth = np.array([read_extended(row[k]) for row in per_seed["growth_per_layer"]])
     values = np.where(np.isnan(values), np.where(growth == 0.0, 0.0, np.inf), values)
     if k == 0 and "log10_preact_grad_init" in per_seed:
-        underflow = np.array([any(read_extended(v) == -math.inf for v in row)
+        underflow = np.array([bool(row) and read_extended(row[-1]) == -math.inf  # the output side's is zero
                               for row in per_seed["log10_preact_grad_init"]])
         values = np.where(np.isposinf(values) & underflow, np.nan, values)
     return values
@@ -319,14 +319,15 @@ def word(effect: float, low: float, high: float, p: float, margin: float, alpha:
     p of its exact test, against the margin (the smallest effect that matters).
 
     yes: detected (p < alpha), as claimed, at least the margin; opposite: detected, the other way, at least the
-    margin; negligible: detected below the margin, or an interval inside (-margin, margin); no: the claimed
-    effect of the margin's size excluded (the interval ends below it) but neither of those; else unsettled.
+    margin; negligible: the whole interval inside (-margin, margin), detected or not; no: the claimed effect of
+    the margin's size excluded (the interval ends below it) but neither of those; else unsettled (a detected
+    effect below the margin whose interval reaches past it among them).
     """
     if p < alpha and effect >= margin:
         return YES
     if p < alpha and effect <= -margin:
         return OPPOSITE
-    if (-margin < low and high < margin) or (p < alpha and abs(effect) < margin):
+    if -margin < low and high < margin:
         return NEGLIGIBLE
     if high < margin:
         return NO

@@ -235,7 +235,7 @@ def how_to_read(min_effect: float, thresholds: dict) -> list[str]:
         "",
         "- **yes**: detected, as the claim says, at least the margin;",
         "- **opposite**: detected, the other way, at least the margin;",
-        "- **negligible**: detected below the margin, or an interval inside the margin both ways;",
+        "- **negligible**: the whole interval inside the margin both ways, detected or not;",
         "- **no**: the claimed effect of the margin's size is excluded, and neither of the above;",
         "- **unsettled**: none of these;",
         "- **degenerate**: the comparison cannot be made (an arm that fails on every seed at every learning "
