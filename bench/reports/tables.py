@@ -5,8 +5,10 @@ from bench.analysis import claims as claims_lib
 from bench.reports.figures import median_e2e, variant
 
 
-def _fmt(x, digits=3):
-    return "–" if x is None else f"{x:.{digits}g}"
+def _fmt(x, digits=3, sign=""):
+    """x to `digits` significant digits, read first at 10: a value that lies on a rounding boundary (a median of
+    two, 0.9375) prints the same on a CPU whose last bits put it a hair below (docs/METHODS.md, "Statistics")."""
+    return "–" if x is None else f"{float(f'{float(x):.10g}'):{sign}.{digits}g}"
 
 
 def _interval(ci, digits=3):
@@ -15,7 +17,7 @@ def _interval(ci, digits=3):
 
 
 def _ratio(x) -> str:
-    return "–" if x is None else "∞" if x == "inf" or x == float("inf") else f"{float(x):.3g}"
+    return "∞" if x == "inf" or x == float("inf") else _fmt(x)
 
 
 def _median_rank(per_seed: dict, key: str) -> str:

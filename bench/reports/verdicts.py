@@ -24,7 +24,7 @@ def anchor(title: str) -> str:
 
 
 def _number(x: float, ratio: bool) -> str:
-    return f"x{x:.3g}" if ratio else f"{x:+.3g}"
+    return f"x{_fmt(x)}" if ratio else _fmt(x, sign="+")
 
 
 def effect_text(q: dict) -> str:
@@ -179,7 +179,7 @@ def mitigations_table(judged: list[dict]) -> list[str]:
             relative = "1" if side == "baseline" else f"{speed / base_speed:.2f}" if speed and base_speed else "–"
             steps = "never" if not math.isfinite(s["tuned_steps"]) else _fmt(s["tuned_steps"])
             lines.append(f"| {c['id'] if side == 'baseline' else ''} | {side}: {_selector(q[side])} | "
-                         f"{_fmt(s['e2e_init'])} | {s['tuned_lr']:.3g} | {s['tuned_diverged']}/{s['seeds']} | "
+                         f"{_fmt(s['e2e_init'])} | {_fmt(s['tuned_lr'])} | {s['tuned_diverged']}/{s['seeds']} | "
                          f"{s['tuned_reached']}/{s['seeds']} "
                          f"| {steps} | {_fmt(s['reach_decades'])} | {relative} |")
     return lines
