@@ -65,8 +65,8 @@ class Group:
                 hyper["init_perturbation"] = cell.plan["init_perturbation"]
             if "data_seed" in cell.plan["task"]:  # traced: the group stacks its datasets (Program.stack_data)
                 task = make_task(cell.plan["task"])
-                hyper.update(data_seed=cell.plan["task"]["data_seed"], trivial_loss=task.trivial_loss,
-                             target=task.target)
+                hyper.update(data_seed=cell.plan["task"]["data_seed"], trivial_loss=float(task.trivial_loss),
+                             target=float(task.target))
             first = cell.config.get("first_seed", 0)  # a replicate block's seeds follow the blocks before it
             runs += [loop.Run(index, seed, hyper) for seed in range(first, first + cell.config["seeds"])]
         return runs
@@ -95,9 +95,12 @@ def group_cells(cells: list[Cell]) -> list[Group]:
 
 def suite_record(suite: Suite, out_dir) -> dict:
     """What suite.json holds: the validated suite beside its results (and its path as seen from out_dir)."""
-    return {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
-            "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
-            "cells": len(suite.cells)}
+    record = {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
+              "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
+              "cells": len(suite.cells)}
+    if suite.plugins:  # what `reproduce` imports again, and what the run's code hash joins
+        record["plugins"] = [p.record() for p in suite.plugins]
+    return record
 
 
 def run_suite(suite: Suite, out_dir, shard=(0, 1),
@@ -203,7 +206,7 @@ def _train(suite: Suite, store: ResultsStore, group: Group, prepared: loop.Prepa
            quiet: loop.Quiet | None = None) -> list[dict]:
     """Trains one prepared group, adds its records to the store and returns them."""
     result = loop.train_group(prepared, on_chunk, quiet)
-    env = environment()
+    env = environment(suite.plugins)
     new = [cell_record(cell, [i for i, r in enumerate(result.runs) if r.cell_index == index], result, env,
                        suite.settings["trace_points"], make_task(cell.plan["task"]))
            for index, cell in enumerate(group.cells)]

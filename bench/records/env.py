@@ -29,6 +29,19 @@ def code_hash(root: Path) -> str:
     return digest.hexdigest()
 
 
+def code_hash_with(base: str, plugins) -> str:
+    """The code hash of a run whose suite imports plugins: `base` (`code_hash`) joined with each plugin's name and
+    the sha256 of its source (`plugins`: suite.json's entries, or bench.spec.plugins.Plugin); `base` unchanged
+    without plugins, so a suite without plugins keeps the repository's code hash."""
+    entries = sorted((p["name"], p["sha256"]) if isinstance(p, dict) else (p.name, p.sha256) for p in plugins or ())
+    if not entries:
+        return base
+    digest = hashlib.sha256(base.encode())
+    for name, sha in entries:
+        digest.update(b"\0plugin\0" + name.encode() + b"\0" + sha.encode())
+    return digest.hexdigest()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -127,6 +140,9 @@ def provenance_differences(env: dict, current: dict) -> list[str]:
             for k in now if recorded[k] != now[k]]
 
 
-def environment() -> dict:
-    """Package version and code hash, library versions, CPU, accelerator, calibration, git commit, timestamp."""
-    return {**_static_env(), "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+def environment(plugins=()) -> dict:
+    """Package version and code hash (joined with the suite's `plugins`' sources: `code_hash_with`), library
+    versions, CPU, accelerator, calibration, git commit, timestamp."""
+    env = _static_env()
+    return {**env, "code_sha256": code_hash_with(env["code_sha256"], plugins),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
