@@ -17,7 +17,7 @@ CODE_PATHS = (*CODE_DIRS, "pyproject.toml")
 # The code that produces a record's numbers (reports, comparisons and the command line only read them).
 NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
     "spec/build", "engine/loop", "engine/flops", "records/metrics", "spec/optim", "engine/probe", "engine/program",
-    "records/cell", "engine/runner", "spec/schema", "spec/suite", "spec/settings")))
+    "records/cell", "engine/runner", "spec/schema", "spec/suite", "spec/settings", "spec/plugins")))
 
 
 def code_hash(root: Path) -> str:
