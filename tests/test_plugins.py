@@ -40,12 +40,13 @@ def test_the_example_runs_with_no_driver_and_its_entries_are_in_the_records_and_
 
     recs = records(example_run)
     by_label = {(r["experiment"], r["label"]): r for r in recs}
-    assert len(recs) == 4 * 3 + 2 * 3  # clipping: 4 arms x 3 lrs; families: 2 families x 3 lrs
+    assert len(recs) == 6 * 3 + 2 * 3  # clipping: 6 arms x 3 lrs; families: 2 families x 3 lrs
     ema = [r for r in recs if r["config"]["mitigation"]["name"] == "ema_clip"]
     assert sorted({r["config"]["mitigation"]["multiple"] for r in ema}) == [1.5, 3.0]
+    assert sorted({r["config"]["mitigation"]["window"] for r in ema}) == [1, 5]
     assert all(r["plan"]["transforms"] == [{"name": "ema_clip", "multiple": r["config"]["mitigation"]["multiple"],
-                                            "window": 10}] for r in ema)
-    # Both multiples (traced) train in one compiled program: 2 multiples x 3 lrs x 2 seeds runs.
+                                            "window": r["config"]["mitigation"]["window"]}] for r in ema)
+    # Both multiples (traced) train in one compiled program per window (static): 2 multiples x 3 lrs x 2 seeds.
     assert {r["throughput"]["runs_per_program"] for r in ema} == {12}
     # Each family is its own compiled program (3 lrs x 2 seeds), and a cell of each.
     families = [r for r in recs if r["experiment"] == "families"]
@@ -57,7 +58,12 @@ def test_the_example_runs_with_no_driver_and_its_entries_are_in_the_records_and_
         assert len(r["per_seed"]["diverged"]) == 2
         assert all(d or np.isfinite(loss) for d, loss in zip(r["per_seed"]["diverged"],
                                                               r["per_seed"]["final_train_loss"]))
-    small = by_label[("clipping", "ema_clip(multiple=1.5,window=10) lr=0.03")]
+    # At lr 0.3 every unclipped seed diverges; the plugin's clip at multiple 1.5 from step 1 keeps seed 0
+    # training, and a window of 5 (no clip in the steps where these runs explode) keeps none.
+    assert by_label[("clipping", "none lr=0.3")]["per_seed"]["diverged"] == [True, True]
+    assert by_label[("clipping", "ema_clip(multiple=1.5,window=1) lr=0.3")]["per_seed"]["diverged"][0] is False
+    assert by_label[("clipping", "ema_clip(multiple=1.5,window=5) lr=0.3")]["per_seed"]["diverged"] == [True, True]
+    small = by_label[("clipping", "ema_clip(multiple=1.5,window=1) lr=0.03")]
     assert small["per_seed"]["diverged"] == [False, False]
     assert all(loss < l0 for loss, l0 in zip(small["per_seed"]["final_train_loss"], small["per_seed"]["loss_0"]))
     # The plugin's cells carry its source hash (their identity); built-in cells do not.
@@ -73,7 +79,7 @@ def test_the_example_runs_with_no_driver_and_its_entries_are_in_the_records_and_
     assert {r["env"]["code_sha256"] for r in recs} != {code_hash(ROOT)}
     assert len({r["env"]["code_sha256"] for r in recs}) == 1
     report = (example_run / "REPORT.md").read_text()
-    assert "ema_clip(multiple=1.5,window=10)" in report and "family=resmlp" in report
+    assert "ema_clip(multiple=1.5,window=1)" in report and "family=resmlp" in report
     assert "Plugins" in report and "custom_ext.py" in report
     assert "resmlp vs mlp, depth 12" in report  # the claim's secondary question selects each family's arm
 
@@ -86,7 +92,7 @@ def test_builtin_cells_of_a_plugin_suite_keep_their_ids(tmp_path):
     plain = tmp_path / "plain.toml"
     # the same suite without the plugin's entries (and without the plugin) gives the same ids to the same cells
     plain.write_text(text.replace('plugins = ["custom_ext.py"]', "")
-                     .replace('  { name = "ema_clip", multiple = [1.5, 3.0], window = 10 },\n', "")
+                     .replace('  { name = "ema_clip", multiple = [1.5, 3.0], window = [1, 5] },\n', "")
                      .replace('["mlp", "resmlp"]', '"mlp"').split("[[claim]]")[0])
     without = {(c.experiment, c.label): c.cell_id for c in suite.load(plain).cells}
     builtin = [c for c in with_plugin.cells if "plugins" not in c.config]
@@ -99,7 +105,7 @@ def test_builtin_cells_of_a_plugin_suite_keep_their_ids(tmp_path):
 def test_report_reproduce_and_compare_work_on_plugin_results(example_run, tmp_path):
     assert bench("report", str(example_run), "--output", str(tmp_path / "R.md")).returncode == 0
     assert "ema_clip" in (tmp_path / "R.md").read_text()
-    ema = next(r for r in records(example_run) if r["label"] == "ema_clip(multiple=3.0,window=10) lr=1.0")
+    ema = next(r for r in records(example_run) if r["label"] == "ema_clip(multiple=1.5,window=1) lr=0.3")
     resmlp = next(r for r in records(example_run) if r["label"] == "none family=resmlp lr=1.0")
     again = tmp_path / "again"
     done = bench("reproduce", str(example_run), "--cell", ema["cell_id"], "--cell", resmlp["cell_id"],
@@ -230,7 +236,7 @@ def factory(multiple, window):
 
     def update(updates, state, params=None):
         ema, count = state
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         limit = multiple * ema / (1.0 - decay ** jnp.maximum(count, 1).astype(jnp.float32))
         clip = (count >= window) & (norm > limit)
         scale = jnp.where(clip, limit / jnp.where(clip, norm, 1.0), 1.0)

@@ -47,7 +47,7 @@ def ema_clip(multiple, window: int) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         debias = 1.0 - decay ** jnp.maximum(state.count, 1).astype(jnp.float32)
         limit = multiple * state.ema / debias
         ready = state.count >= window
