@@ -102,6 +102,17 @@ def test_builtin_cells_of_a_plugin_suite_keep_their_ids(tmp_path):
         assert without[(c.experiment, label)] == c.cell_id
 
 
+def test_a_family_grid_refuses_a_key_one_family_lacks(tmp_path):
+    from bench.spec import suite
+    from bench.spec.schema import SuiteError
+
+    path = tmp_path / "suite.toml"
+    text = (EXAMPLE / "suite.toml").read_text().replace('"custom_ext.py"', f'"{EXAMPLE / "custom_ext.py"}"')
+    path.write_text(text.replace('init = "normal" }', 'init = "normal", norm = "layer" }'))
+    with pytest.raises(SuiteError, match=r"model\.norm: not a key of family 'resmlp' \(model\.family is a list"):
+        suite.load(path)
+
+
 def test_report_reproduce_and_compare_work_on_plugin_results(example_run, tmp_path):
     assert bench("report", str(example_run), "--output", str(tmp_path / "R.md")).returncode == 0
     assert "ema_clip" in (tmp_path / "R.md").read_text()
@@ -191,6 +202,11 @@ def test_editing_the_plugin_changes_the_code_hash_and_its_cell_is_rerun_not_reus
     # The halved limit clips harder from step `window` on: the trained losses differ from the old plugin's.
     assert new["per_seed"]["final_train_loss"] != old["per_seed"]["final_train_loss"]
     assert after["none"]["per_seed"]["final_train_loss"] == before["none"]["per_seed"]["final_train_loss"]
+    # Reading the results back imports the plugin again: one that is gone is one line naming suite.json.
+    (tmp_path / "custom_ext.py").unlink()
+    gone = bench("reproduce", str(out), "--quiet")
+    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1, gone.stderr
+    assert f"{out / 'suite.json'}: suite.plugins: 'custom_ext.py': no such file" in gone.stderr
 
 
 @pytest.mark.parametrize("plugin, words", [
