@@ -18,6 +18,7 @@ from pathlib import Path
 from bench.analysis import compare
 from bench.engine import runner
 from bench.records.store import SUITE_FILE, read_suite
+from bench.spec import plugins
 from bench.spec.suite import Cell, Suite, cell_id
 
 IDENTICAL, NOISE, DIFFERENT = "identical", "within noise", "different"
@@ -51,17 +52,21 @@ def suite_info(records: list[dict], results_path: Path) -> dict:
     if (directory / SUITE_FILE).exists():
         info = read_suite(directory)  # validated: StoreError (one line) if corrupt
         where = info.get("suite_from_out")
-        return {"path": os.path.relpath(directory / where) if where and not os.path.isabs(where) else where
-                or info["path"], "settings": info["settings"]}
+        path = os.path.relpath(directory / where) if where and not os.path.isabs(where) else where or info["path"]
+        # The suite's plugins, imported again (a file plugin: relative to the suite file); SuiteError if one fails.
+        loaded = plugins.load_recorded(info.get("plugins"), path, directory / SUITE_FILE)
+        return {"path": path, "settings": info["settings"], "plugins": loaded}
     r = records[0]
-    return {"path": f"(cells of {results_path})",
+    # Without suite.json: the plugins the cells name, imported as modules (a file plugin needs its suite.json).
+    names = sorted({name for rec in records for name in rec["config"].get("plugins", {})})
+    return {"path": f"(cells of {results_path})", "plugins": plugins.load(names, directory, results_path),
             "settings": {"chunk_steps": r["throughput"]["chunk_steps"], "trace_points": len(r["trace"]["step"])}}
 
 
 def rerun(cells_: list[Cell], info: dict, out_dir, progress=None) -> list[dict]:
     """Trains the cells again into `out_dir` (bench.engine.runner, as `bench run` does) and returns their new records."""
     suite = Suite(path=info["path"], name=cells_[0].suite, settings=info["settings"], experiments=[],
-                  cells=cells_, claims=[])
+                  cells=cells_, claims=[], plugins=tuple(info.get("plugins", ())))
     return runner.run_suite(suite, out_dir, progress=progress)
 
 

@@ -46,6 +46,13 @@ def group_count(cells: list[Cell]) -> int:
     return len(group_cells(cells))
 
 
+# Plan values the engine traces beside those bench.spec.optim declares traced (`traced_values`): name -> (the plan
+# section holding it, None for the plan itself; what the static plan keeps in its place). init_perturbation: every
+# value > 0 shares one program (True: the program perturbs); data_seed: every dataset of one shape shares one (None:
+# the program stacks the group's datasets). Group.runs reads them, group_cells blanks them.
+PLAN_TRACED = {"init_perturbation": (None, True), "data_seed": ("task", None)}
+
+
 @dataclasses.dataclass
 class Group:
     """Cells with the same static plan: they train together in one program."""
@@ -61,12 +68,13 @@ class Group:
             hyper = {**optim.traced_values(cell.plan), "budget": cell.config["steps"],
                      "factor": cell.config["divergence_factor"], "smoothing": cell.config["smoothing"],
                      "stop_at_convergence": float(cell.config["early_stop"])}
-            if "init_perturbation" in cell.plan:
-                hyper["init_perturbation"] = cell.plan["init_perturbation"]
-            if "data_seed" in cell.plan["task"]:  # traced: the group stacks its datasets (Program.stack_data)
+            for name, (section, _) in PLAN_TRACED.items():
+                table = cell.plan[section] if section else cell.plan
+                if name in table:
+                    hyper[name] = table[name]
+            if "data_seed" in hyper:  # the group stacks its datasets (Program.stack_data); thresholds per dataset
                 task = make_task(cell.plan["task"])
-                hyper.update(data_seed=cell.plan["task"]["data_seed"], trivial_loss=task.trivial_loss,
-                             target=task.target)
+                hyper.update(trivial_loss=float(task.trivial_loss), target=float(task.target))
             first = cell.config.get("first_seed", 0)  # a replicate block's seeds follow the blocks before it
             runs += [loop.Run(index, seed, hyper) for seed in range(first, first + cell.config["seeds"])]
         return runs
@@ -85,19 +93,22 @@ def group_cells(cells: list[Cell]) -> list[Group]:
     groups: dict[str, Group] = {}
     for cell in cells:
         plan = optim.static_plan(cell.plan)
-        if "init_perturbation" in plan:
-            plan["init_perturbation"] = True  # traced (Group.runs): every value > 0 shares one program
-        if "data_seed" in plan["task"]:
-            plan["task"]["data_seed"] = None  # traced (Group.runs): every dataset of one shape shares one program
+        for name, (section, blank) in PLAN_TRACED.items():
+            table = plan[section] if section else plan
+            if name in table:
+                table[name] = blank
         groups.setdefault(json.dumps(plan, sort_keys=True), Group(plan, [])).cells.append(cell)
     return list(groups.values())
 
 
 def suite_record(suite: Suite, out_dir) -> dict:
     """What suite.json holds: the validated suite beside its results (and its path as seen from out_dir)."""
-    return {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
-            "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
-            "cells": len(suite.cells)}
+    record = {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,
+              "settings": suite.settings, "experiments": suite.experiments, "claims": suite.claims,
+              "cells": len(suite.cells)}
+    if suite.plugins:  # what `reproduce` imports again, and what the run's code hash joins
+        record["plugins"] = [p.record() for p in suite.plugins]
+    return record
 
 
 def run_suite(suite: Suite, out_dir, shard=(0, 1),
@@ -203,7 +214,7 @@ def _train(suite: Suite, store: ResultsStore, group: Group, prepared: loop.Prepa
            quiet: loop.Quiet | None = None) -> list[dict]:
     """Trains one prepared group, adds its records to the store and returns them."""
     result = loop.train_group(prepared, on_chunk, quiet)
-    env = environment()
+    env = environment(suite.plugins)
     new = [cell_record(cell, [i for i, r in enumerate(result.runs) if r.cell_index == index], result, env,
                        suite.settings["trace_points"], make_task(cell.plan["task"]))
            for index, cell in enumerate(group.cells)]

@@ -17,7 +17,7 @@ CODE_PATHS = (*CODE_DIRS, "pyproject.toml")
 # The code that produces a record's numbers (reports, comparisons and the command line only read them).
 NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
     "spec/build", "engine/loop", "engine/flops", "records/metrics", "spec/optim", "engine/probe", "engine/program",
-    "records/cell", "engine/runner", "spec/schema", "spec/suite", "spec/settings")))
+    "records/cell", "engine/runner", "spec/schema", "spec/suite", "spec/settings", "spec/plugins")))
 
 
 def code_hash(root: Path) -> str:
@@ -26,6 +26,19 @@ def code_hash(root: Path) -> str:
     files = [p for d in NUMBER_CODE for p in ((root / d).rglob("*.py") if (root / d).is_dir() else [root / d])]
     for path in sorted(p for p in files if "__pycache__" not in p.parts):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def code_hash_with(base: str, plugins) -> str:
+    """The code hash of a run whose suite imports plugins: `base` (`code_hash`) joined with each plugin's name and
+    the sha256 of its source (`plugins`: suite.json's entries, or bench.spec.plugins.Plugin); `base` unchanged
+    without plugins, so a suite without plugins keeps the repository's code hash."""
+    entries = sorted((p["name"], p["sha256"]) if isinstance(p, dict) else (p.name, p.sha256) for p in plugins or ())
+    if not entries:
+        return base
+    digest = hashlib.sha256(base.encode())
+    for name, sha in entries:
+        digest.update(b"\0plugin\0" + name.encode() + b"\0" + sha.encode())
     return digest.hexdigest()
 
 
@@ -127,6 +140,9 @@ def provenance_differences(env: dict, current: dict) -> list[str]:
             for k in now if recorded[k] != now[k]]
 
 
-def environment() -> dict:
-    """Package version and code hash, library versions, CPU, accelerator, calibration, git commit, timestamp."""
-    return {**_static_env(), "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+def environment(plugins=()) -> dict:
+    """Package version and code hash (joined with the suite's `plugins`' sources: `code_hash_with`), library
+    versions, CPU, accelerator, calibration, git commit, timestamp."""
+    env = _static_env()
+    return {**env, "code_sha256": code_hash_with(env["code_sha256"], plugins),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -155,6 +155,10 @@ class ResultsStore:
         """
         from bench.records.validate import SCHEMA_VERSION
 
+        if provenance is not None and suite.get("plugins"):  # the run's code hash joins its plugins' sources
+            from bench.records.env import code_hash_with
+
+            provenance = {**provenance, "code_sha256": code_hash_with(provenance["code_sha256"], suite["plugins"])}
         store = cls.__new__(cls)
         store.dir, store.path = Path(out_dir), Path(out_dir) / RESULTS_FILE
         store.order = {cell_id: i for i, cell_id in enumerate(cell_ids)}
@@ -231,6 +235,13 @@ def _foreign(old: dict | None, suite: dict, records: list[dict], cell_ids: set) 
     others = [r for r in records if r["cell_id"] not in cell_ids]
     if not others:
         return None
+    now_plugins = {p["name"]: p["sha256"] for p in suite.get("plugins") or []}
+    edited = sorted({f"{name!r} (source sha256 {sha[:12]} -> {now_plugins[name][:12]})" for r in others
+                     for name, sha in (r["config"].get("plugins") or {}).items()
+                     if name in now_plugins and now_plugins[name] != sha})
+    if edited:  # a plugin's source is part of the identity of the cells that use it
+        return (f"holds {len(others)} records made with another version of plugin {', '.join(edited)}; they are "
+                "not reused")
     was, now = (old or {}).get("settings", {}), suite.get("settings", {})
     changed = [f"{k}={was.get(k)}" for k in ("seeds", "steps") if k in was and was.get(k) != now.get(k)]
     if changed:

@@ -252,6 +252,7 @@ SUITE = {
                 "primary": QUESTION, "secondary": [QUESTION]}],
     "experiments": Opt([dict]),
     "suite_from_out": Opt(str),
+    "plugins": Opt([{"name": str, "module": str, "sha256": str}]),  # bench.spec.plugins, imported again on reading
 }
 
 

@@ -5,21 +5,30 @@ A *plan* is the effective training recipe of a cell, a plain dict:
    "transforms": [{"name", **params}, ...], "skip_nonfinite": int,
    "aux_losses": [{"name", **params}, ...], "loss_scaling": None | {"mode", "scale", "period"}}
 A mitigation is a documented edit of the baseline plan; `combo` applies
-several. The learning rate, every transform and auxiliary-loss parameter and
-the loss scale and its period are *traced*: they are inputs of the compiled
-program, so sweeping them never recompiles.
+several. Which plan values are *traced* (inputs of the compiled program, so
+sweeping them never recompiles) and which are static (part of the program's
+identity) is declared once, at the Key that defines each (`Key(...,
+traced=True)`): the learning rate, the built-in transforms' and auxiliary
+losses' parameters and the loss scale and its period are traced; a plugin's
+transform may declare static ints or strings. `traced_values` and
+`static_plan` (the plan's two halves), `build`, `aux_loss` and
+`loss_scale_*` all read that declaration (`_slots`, `slot`).
+
+Every registry is written by the register_* functions, built-in entries and
+plugins' alike (bench.spec.register is the public API; docs/EXTENDING.md).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import inspect
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from bench.spec import plugins
 from bench.spec.build import init_powers
 from bench.spec.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
 
@@ -44,20 +53,21 @@ def _independent_weight_decay(weight_decay):
     return optax.add_decayed_weights(-weight_decay)
 
 
-# name -> (factory(**params), description); every parameter is traced. Transforms in AFTER_OPTIMIZER act on
-# the optimiser's update, the others on the gradient before it.
-TRANSFORMS = {
-    "clip_by_global_norm": (lambda max_norm: optax.clip_by_global_norm(max_norm),
-                            "rescale the gradient so its global norm is at most max_norm"),
-    "clip_by_value": (lambda max_value: optax.clip(max_value),
-                      "clip every gradient entry to [-max_value, max_value]"),
-    "adaptive_grad_clip": (lambda clipping: optax.adaptive_grad_clip(clipping),
-                           "clip each unit's gradient to clipping x its weight norm (Brock et al. 2021)"),
-    "weight_decay": (_independent_weight_decay,
-                     "independent weight decay: theta -= weight_decay * theta each step, independent of the "
-                     "learning rate and its schedule (Loshchilov and Hutter 2019; Wortsman et al. 2023)"),
-}
-AFTER_OPTIMIZER = frozenset({"weight_decay"})
+class Transform(NamedTuple):
+    """A gradient transformation: `factory(**params)` -> optax.GradientTransformation."""
+
+    factory: Callable
+    description: str
+    params: dict  # name -> Key (traced=True: an input of the compiled program; else part of its identity)
+    after_optimizer: bool = False  # acts on the optimiser's update (else on the gradient before it)
+
+
+class AuxLoss(NamedTuple):
+    """An auxiliary training loss: `fn(prediction, **params)` -> scalar added to the training loss."""
+
+    fn: Callable
+    description: str
+    params: dict  # name -> Key, as Transform's
 
 
 def _z_loss(pred, coefficient):
@@ -65,17 +75,22 @@ def _z_loss(pred, coefficient):
     return coefficient * jnp.mean(jax.nn.logsumexp(pred.astype(jnp.float32), axis=-1) ** 2)
 
 
-# name -> ((prediction, **params) -> scalar added to the training loss, description); parameters traced.
-AUX_LOSSES = {
-    "z_loss": (_z_loss, "coefficient x log^2 Z of the output softmax (Chowdhery et al. 2022)"),
-}
+# The registries (name -> entry); written only by the register_* functions below (bench.spec.register is the
+# public API over them), built-in entries and plugins' alike.
+TRANSFORMS: dict[str, Transform] = {}
+AUX_LOSSES: dict[str, AuxLoss] = {}
+MITIGATIONS: dict[str, "Mitigation"] = {}
 
 LOSS_SCALING_MODES = ("static", "dynamic")
+# The plan's loss_scaling table (and the loss_scaling mitigation's parameters).
+LOSS_SCALING_KEYS = {"mode": Key(str, "dynamic", choices=LOSS_SCALING_MODES),
+                     "scale": Key(float, 2.0**15, ge=1, traced=True),
+                     "period": Key(int, 2000, ge=1, traced=True)}
 
 
 # The range of every optimiser keyword that has one (any other keyword: its default's type, finite).
 OPTIMIZER_KEYS = {
-    "lr": Key(float, 0.01, gt=0, log_grid=True, doc="learning rate"),
+    "lr": Key(float, 0.01, gt=0, log_grid=True, doc="learning rate", traced=True),
     "warmup_steps": Key(int, 0, ge=0, doc="linear warm-up from 0 over this many steps"),
     "eps": Key(float, gt=0),
     "eps_root": Key(float, ge=0),
@@ -109,28 +124,64 @@ def optimizer_defaults(name: str) -> dict:
     return defaults
 
 
-def traced_values(plan: dict) -> dict[str, float]:
-    """The plan's traced hyperparameters, as a flat name -> value dict."""
-    values = {"lr": float(plan["optimizer"]["lr"])}
-    for group in ("transforms", "aux_losses"):
-        for i, t in enumerate(plan.get(group, [])):
-            values.update({f"{group}.{i}.{k}": float(v) for k, v in t.items() if k != "name"})
+# The plan's lists of registered entries, {"name", **params} each: list -> its registry.
+ENTRY_LISTS = {"transforms": TRANSFORMS, "aux_losses": AUX_LOSSES}
+
+
+def slot(section: str, key: str, index: int | None = None) -> str:
+    """The name of a traced plan value among a run's hyperparameters: `lr` (an optimiser key), `transforms.0.max_norm`
+    (an entry of a list), `loss_scaling.scale`."""
+    if section == "optimizer":
+        return key
+    return f"{section}.{index}.{key}" if index is not None else f"{section}.{key}"
+
+
+def _slots(plan: dict):
+    """(section, index, key, table) of every plan value whose Key is declared traced (bench.spec.schema.Key)."""
+    keys = optimizer_keys(plan["optimizer"]["name"])
+    for key in plan["optimizer"]:
+        if key in keys and keys[key].traced:
+            yield "optimizer", None, key, plan["optimizer"]
+    for section, registry in ENTRY_LISTS.items():
+        for i, entry in enumerate(plan.get(section, [])):
+            params = registry[entry["name"]].params
+            for key in entry:
+                if key != "name" and params[key].traced:
+                    yield section, i, key, entry
     if plan.get("loss_scaling"):
-        values.update({f"loss_scaling.{k}": float(plan["loss_scaling"][k]) for k in ("scale", "period")})
+        for key in plan["loss_scaling"]:
+            if LOSS_SCALING_KEYS[key].traced:
+                yield "loss_scaling", None, key, plan["loss_scaling"]
+
+
+def traced_values(plan: dict) -> dict[str, float]:
+    """The plan's traced hyperparameters, as a flat name -> value dict (every value a float)."""
+    values = {slot(section, key, i): float(table[key]) for section, i, key, table in _slots(plan)}
     values.update({f"model.{k}": float(plan["model"][k]) for k in init_powers(plan["task"], plan["model"])})
     return values
 
 
 def static_plan(plan: dict) -> dict:
-    """The plan with traced values blanked: equal static plans share a compiled program."""
+    """The plan with traced values blanked (None): equal static plans share a compiled program."""
     plan = copy.deepcopy(plan)
-    plan["optimizer"]["lr"] = None
-    for group in ("transforms", "aux_losses"):
-        plan[group] = [{k: (v if k == "name" else None) for k, v in t.items()} for t in plan.get(group, [])]
-    if plan.get("loss_scaling"):
-        plan["loss_scaling"] = {"mode": plan["loss_scaling"]["mode"], "scale": None, "period": None}
+    for _, _, key, table in list(_slots(plan)):
+        table[key] = None
     plan["model"].update(dict.fromkeys(init_powers(plan["task"], plan["model"])))
     return plan
+
+
+def entry_params(plan: dict, hyper: dict, section: str, index: int) -> dict:
+    """The parameters of entry `index` of a (static) plan's list: static ones from the plan, traced ones from
+    `hyper`."""
+    entry = plan[section][index]
+    params = ENTRY_LISTS[section][entry["name"]].params
+    return {k: hyper[slot(section, k, index)] if params[k].traced else v for k, v in entry.items() if k != "name"}
+
+
+def _value(plan: dict, hyper: dict, section: str, key: str):
+    """A plan table's value: from `hyper` when its Key is traced, else the plan's."""
+    spec = optimizer_keys(plan["optimizer"]["name"]).get(key) if section == "optimizer" else LOSS_SCALING_KEYS[key]
+    return hyper[slot(section, key)] if spec is not None and spec.traced else plan[section][key]
 
 
 def adaptive(plan: dict) -> bool:
@@ -144,20 +195,19 @@ def build(plan: dict, hyper: dict, lr_groups=None) -> optax.GradientTransformati
     `lr_groups` (from the model's `lr_groups`, or None): (param_labels, {group: multiplier}); each
     group's update is scaled by its multiplier, i.e. a per-group learning rate (optax.multi_transform).
     """
-    opt = dict(plan["optimizer"])
-    name, warmup = opt.pop("name"), opt.pop("warmup_steps")
-    opt.pop("lr")
-    lr = hyper["lr"]
+    opt = {k: _value(plan, hyper, "optimizer", k) for k in plan["optimizer"] if k != "name"}
+    name, warmup = plan["optimizer"]["name"], opt.pop("warmup_steps")
+    lr = opt.pop("lr")
     if warmup > 0:
         lr = optax.linear_schedule(0.0, lr, warmup)
     factory = OPTIMIZERS[name][0]
-    made = [(t["name"], TRANSFORMS[t["name"]][0](**{k: hyper[f"transforms.{i}.{k}"] for k in t if k != "name"}))
+    made = [(TRANSFORMS[t["name"]], TRANSFORMS[t["name"]].factory(**entry_params(plan, hyper, "transforms", i)))
             for i, t in enumerate(plan["transforms"])]
-    chain = [tx for name, tx in made if name not in AFTER_OPTIMIZER] + [factory(learning_rate=lr, **opt)]
+    chain = [tx for spec, tx in made if not spec.after_optimizer] + [factory(learning_rate=lr, **opt)]
     if lr_groups is not None:
         labels, multipliers = lr_groups
         chain.append(optax.multi_transform({g: optax.scale(m) for g, m in multipliers.items()}, labels))
-    chain += [tx for name, tx in made if name in AFTER_OPTIMIZER]
+    chain += [tx for spec, tx in made if spec.after_optimizer]
     tx = optax.chain(*chain)
     if plan["skip_nonfinite"] > 0:
         tx = optax.apply_if_finite(tx, plan["skip_nonfinite"])
@@ -168,14 +218,13 @@ def aux_loss(plan: dict, hyper: dict, pred):
     """The sum of the plan's auxiliary training losses on the prediction (0.0 when it has none)."""
     total = jnp.zeros((), jnp.float32)
     for i, term in enumerate(plan.get("aux_losses", [])):
-        fn = AUX_LOSSES[term["name"]][0]
-        total = total + fn(pred, **{k: hyper[f"aux_losses.{i}.{k}"] for k in term if k != "name"})
+        total = total + AUX_LOSSES[term["name"]].fn(pred, **entry_params(plan, hyper, "aux_losses", i))
     return total
 
 
 def loss_scale_init(plan: dict, hyper: dict) -> dict:
     """The loss-scaling state of a run: the current scale (1 without loss scaling) and finite steps in a row."""
-    scale = hyper["loss_scaling.scale"] if plan.get("loss_scaling") else 1.0
+    scale = _value(plan, hyper, "loss_scaling", "scale") if plan.get("loss_scaling") else 1.0
     return {"scale": jnp.asarray(scale, jnp.float32), "good_steps": jnp.zeros((), jnp.int32)}
 
 
@@ -189,7 +238,7 @@ def loss_scale_update(plan: dict, hyper: dict, state: dict, grads_finite):
     if not scaling or scaling["mode"] != "dynamic":
         return state, jnp.zeros((), bool)
     good = state["good_steps"] + 1
-    grow = good >= hyper["loss_scaling.period"]
+    grow = good >= _value(plan, hyper, "loss_scaling", "period")
     scale = jnp.where(grads_finite, jnp.where(grow, state["scale"] * 2.0, state["scale"]),
                       jnp.maximum(state["scale"] / 2.0, 1.0))
     good = jnp.where(grads_finite & ~grow, good, 0)
@@ -214,16 +263,69 @@ class Mitigation:
     lists: tuple = ()
 
 
-def _transform(name):
-    return lambda plan, p: plan["transforms"].append({"name": name, **p})
+def _check_params(kind: str, name: str, params: dict) -> dict:
+    """A registration's parameters: name -> Key; a transform's or auxiliary loss's traced one (a plan value) an
+    int or float with a default or REQUIRED."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{kind} {name!r}: params must be a dict of name -> Key")
+    for key, spec in params.items():
+        if not isinstance(spec, Key):
+            raise ValueError(f"{kind} {name!r}: parameter {key!r} must be a bench.spec.register.Key, got {spec!r}")
+        if key == "name" or not key.isidentifier():
+            raise ValueError(f"{kind} {name!r}: parameter name {key!r} is not allowed (an identifier, not 'name')")
+        if kind != "mitigation" and spec.traced and (spec.type not in (int, float) or spec.default is None):
+            raise ValueError(f"{kind} {name!r}: parameter {key!r} is traced, so it must be an int or float with a "
+                             "default (or REQUIRED)")
+    return dict(params)
 
 
-def _aux_loss(name):
-    return lambda plan, p: plan.setdefault("aux_losses", []).append({"name": name, **p})
+def _entry(section: str, name: str):
+    return lambda plan, p: plan.setdefault(section, []).append({"name": name, **p})
+
+
+def register_mitigation(name: str, description: str, params: dict, apply: Callable[[dict, dict], None],
+                        lists: tuple = ()) -> Mitigation:
+    """Registers a mitigation: `apply(plan, params)` edits a cell's plan in place (ValueError on a bad value);
+    `params` (name -> Key) are its suite keys, checked and defaulted before `apply` sees them."""
+    params = _check_params("mitigation", name, params)
+    if not callable(apply):
+        raise ValueError(f"mitigation {name!r}: apply must be a function (plan, params) -> None")
+    plugins.registering("mitigation", name, MITIGATIONS)
+    MITIGATIONS[name] = Mitigation(description, params, apply, tuple(lists))
+    return MITIGATIONS[name]
+
+
+def register_transform(name: str, factory: Callable, description: str, params: dict, *,
+                       after_optimizer: bool = False, mitigation: str | None = None) -> Transform:
+    """Registers an optax gradient transformation, `factory(**params)` -> optax.GradientTransformation, and the
+    mitigation of the same name that adds it to a plan's chain (before the optimiser, or after it where
+    `after_optimizer`); `mitigation` is that mitigation's description (default: `description`)."""
+    params = _check_params("transform", name, params)
+    if not callable(factory):
+        raise ValueError(f"transform {name!r}: factory must be a function (**params) -> optax.GradientTransformation")
+    plugins.registering("transform", name, TRANSFORMS)
+    plugins.registering("mitigation", name, MITIGATIONS)
+    TRANSFORMS[name] = Transform(factory, description, params, bool(after_optimizer))
+    register_mitigation(name, mitigation or description, params, _entry("transforms", name))
+    return TRANSFORMS[name]
+
+
+def register_aux_loss(name: str, fn: Callable, description: str, params: dict, *,
+                      mitigation: str | None = None) -> AuxLoss:
+    """Registers an auxiliary training loss, `fn(prediction, **params)` -> scalar added to the training loss, and
+    the mitigation of the same name that adds it to a plan."""
+    params = _check_params("aux_loss", name, params)
+    if not callable(fn):
+        raise ValueError(f"aux_loss {name!r}: fn must be a function (prediction, **params) -> scalar")
+    plugins.registering("aux_loss", name, AUX_LOSSES)
+    plugins.registering("mitigation", name, MITIGATIONS)
+    AUX_LOSSES[name] = AuxLoss(fn, description, params)
+    register_mitigation(name, mitigation or description, params, _entry("aux_losses", name))
+    return AUX_LOSSES[name]
 
 
 def _loss_scaling(plan, params):
-    plan["loss_scaling"] = {"mode": params["mode"], "scale": params["scale"], "period": params["period"]}
+    plan["loss_scaling"] = {key: params[key] for key in LOSS_SCALING_KEYS}
 
 
 def apply_mitigation(plan: dict, table: dict) -> None:
@@ -265,51 +367,58 @@ def _optimizer(plan, params):
     plan["optimizer"] = {"name": name, **optimizer_defaults(name), **kept}
 
 
-_POSITIVE = dict(type=float, gt=0)
-MITIGATIONS = {
-    "none": Mitigation("the baseline, unchanged", {}, lambda plan, p: None),
-    "clip_by_global_norm": Mitigation("optax.clip_by_global_norm before the optimiser",
-                                      {"max_norm": Key(default=1.0, **_POSITIVE)}, _transform("clip_by_global_norm")),
-    "clip_by_value": Mitigation("optax.clip (element-wise) before the optimiser",
-                                {"max_value": Key(default=1.0, **_POSITIVE)}, _transform("clip_by_value")),
-    "adaptive_grad_clip": Mitigation("optax.adaptive_grad_clip before the optimiser",
-                                     {"clipping": Key(default=0.01, **_POSITIVE)}, _transform("adaptive_grad_clip")),
-    "skip_nonfinite": Mitigation(
-        "optax.apply_if_finite: skip updates with NaN/Inf gradients (a non-finite loss or gradient "
-        "still counts as divergence)", {"max_consecutive_errors": Key(int, 5, ge=1)},
-        lambda plan, p: plan.update(skip_nonfinite=p["max_consecutive_errors"])),
-    "warmup": Mitigation("linear learning-rate warm-up from 0 over warmup_steps",
-                         {"warmup_steps": Key(int, 100, ge=1)},
-                         lambda plan, p: plan["optimizer"].update(warmup_steps=p["warmup_steps"])),
-    "init": Mitigation("another weight initialiser (model key init, optional weight_var and readout_scale)",
-                       {"init": Key(str), "weight_var": Key(float, None, gt=0),
-                        "readout_scale": Key(float, None, gt=0)}, _model_keys),
-    "activation": Mitigation("another activation function", {"activation": Key(str)}, _model_keys),
-    "norm": Mitigation("normalisation after each linear layer", {"norm": Key(str, "batch")}, _model_keys),
-    "residual": Mitigation("residual connections around hidden layers", {"residual": Key(bool, True)}, _model_keys),
-    "depth": Mitigation("another depth", {"depth": Key(int, ge=1)}, _model_keys),
-    "width": Mitigation("another width", {"width": Key(int, ge=1)}, _model_keys),
-    "optimizer": Mitigation("another optimiser (optax name; optional lr)",
-                            {"optimizer": Key(str, choices=tuple(OPTIMIZERS)),
-                             "lr": dataclasses.replace(OPTIMIZER_KEYS["lr"], default=None)}, _optimizer),
-    "weight_decay": Mitigation("independent weight decay (not scaled by the learning rate) after the optimiser",
-                               {"weight_decay": Key(default=1e-4, **_POSITIVE)}, _transform("weight_decay")),
-    "z_loss": Mitigation("auxiliary loss coefficient x log^2 Z of the output softmax (z-loss)",
-                         {"coefficient": Key(default=1e-4, **_POSITIVE)}, _aux_loss("z_loss")),
-    "loss_scaling": Mitigation(
-        "loss scaling: the loss x scale before the backward pass, gradients / scale after; dynamic: halve "
-        "and skip on overflow, double after `period` finite steps (jmp.DynamicLossScale)",
-        {"mode": Key(str, "dynamic", choices=LOSS_SCALING_MODES), "scale": Key(float, 2.0**15, ge=1),
-         "period": Key(int, 2000, ge=1)}, _loss_scaling),
-    "qk_norm": Mitigation("LayerNorm on attention queries and keys (transformer)", {"qk_norm": Key(bool, True)},
-                          _model_keys),
-    "parameterization": Mitigation("another parameterisation (standard, ntk, mup)",
-                                   {"parameterization": Key(str)}, _model_keys),
-    "dtype": Mitigation("another compute precision (float32, bfloat16, float16)", {"dtype": Key(str)}, _model_keys),
-    "attention_dtype": Mitigation("the attention logits and softmax in another precision (transformer; float32: "
-                                  "the usual upcast under a low-precision dtype)",
-                                  {"attention_dtype": Key(str, "float32")}, _model_keys),
-    "combo": Mitigation("several mitigations at once, applied in order: apply = [{name = ...}, ...]",
-                        {"apply": Key(list, of=dict, nonempty=True)}, _combo, lists=("apply",)),
-}
-
+_POSITIVE = dict(type=float, gt=0, traced=True)
+# The built-in entries, registered as a plugin registers its own (bench.spec.register), in `bench list` order.
+register_mitigation("none", "the baseline, unchanged", {}, lambda plan, p: None)
+register_transform("clip_by_global_norm", lambda max_norm: optax.clip_by_global_norm(max_norm),
+                   "rescale the gradient so its global norm is at most max_norm",
+                   {"max_norm": Key(default=1.0, **_POSITIVE)},
+                   mitigation="optax.clip_by_global_norm before the optimiser")
+register_transform("clip_by_value", lambda max_value: optax.clip(max_value),
+                   "clip every gradient entry to [-max_value, max_value]",
+                   {"max_value": Key(default=1.0, **_POSITIVE)},
+                   mitigation="optax.clip (element-wise) before the optimiser")
+register_transform("adaptive_grad_clip", lambda clipping: optax.adaptive_grad_clip(clipping),
+                   "clip each unit's gradient to clipping x its weight norm (Brock et al. 2021)",
+                   {"clipping": Key(default=0.01, **_POSITIVE)},
+                   mitigation="optax.adaptive_grad_clip before the optimiser")
+register_mitigation("skip_nonfinite", "optax.apply_if_finite: skip updates with NaN/Inf gradients (a non-finite loss "
+                    "or gradient still counts as divergence)", {"max_consecutive_errors": Key(int, 5, ge=1)},
+                    lambda plan, p: plan.update(skip_nonfinite=p["max_consecutive_errors"]))
+register_mitigation("warmup", "linear learning-rate warm-up from 0 over warmup_steps",
+                    {"warmup_steps": Key(int, 100, ge=1)},
+                    lambda plan, p: plan["optimizer"].update(warmup_steps=p["warmup_steps"]))
+register_mitigation("init", "another weight initialiser (model key init, optional weight_var and readout_scale)",
+                    {"init": Key(str), "weight_var": Key(float, None, gt=0),
+                     "readout_scale": Key(float, None, gt=0)}, _model_keys)
+register_mitigation("activation", "another activation function", {"activation": Key(str)}, _model_keys)
+register_mitigation("norm", "normalisation after each linear layer", {"norm": Key(str, "batch")}, _model_keys)
+register_mitigation("residual", "residual connections around hidden layers", {"residual": Key(bool, True)},
+                    _model_keys)
+register_mitigation("depth", "another depth", {"depth": Key(int, ge=1)}, _model_keys)
+register_mitigation("width", "another width", {"width": Key(int, ge=1)}, _model_keys)
+register_mitigation("optimizer", "another optimiser (optax name; optional lr)",
+                    {"optimizer": Key(str, choices=tuple(OPTIMIZERS)),
+                     "lr": dataclasses.replace(OPTIMIZER_KEYS["lr"], default=None)}, _optimizer)
+register_transform("weight_decay", _independent_weight_decay,
+                   "independent weight decay: theta -= weight_decay * theta each step, independent of the learning "
+                   "rate and its schedule (Loshchilov and Hutter 2019; Wortsman et al. 2023)",
+                   {"weight_decay": Key(default=1e-4, **_POSITIVE)}, after_optimizer=True,
+                   mitigation="independent weight decay (not scaled by the learning rate) after the optimiser")
+register_aux_loss("z_loss", _z_loss, "coefficient x log^2 Z of the output softmax (Chowdhery et al. 2022)",
+                  {"coefficient": Key(default=1e-4, **_POSITIVE)},
+                  mitigation="auxiliary loss coefficient x log^2 Z of the output softmax (z-loss)")
+register_mitigation("loss_scaling", "loss scaling: the loss x scale before the backward pass, gradients / scale after; "
+                    "dynamic: halve and skip on overflow, double after `period` finite steps (jmp.DynamicLossScale)",
+                    LOSS_SCALING_KEYS, _loss_scaling)
+register_mitigation("qk_norm", "LayerNorm on attention queries and keys (transformer)", {"qk_norm": Key(bool, True)},
+                    _model_keys)
+register_mitigation("parameterization", "another parameterisation (standard, ntk, mup)",
+                    {"parameterization": Key(str)}, _model_keys)
+register_mitigation("dtype", "another compute precision (float32, bfloat16, float16)", {"dtype": Key(str)},
+                    _model_keys)
+register_mitigation("attention_dtype", "the attention logits and softmax in another precision (transformer; float32: "
+                    "the usual upcast under a low-precision dtype)", {"attention_dtype": Key(str, "float32")},
+                    _model_keys)
+register_mitigation("combo", "several mitigations at once, applied in order: apply = [{name = ...}, ...]",
+                    {"apply": Key(list, of=dict, nonempty=True)}, _combo, lists=("apply",))

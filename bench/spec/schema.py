@@ -50,6 +50,10 @@ class Key:
       nonempty: a list must have at least one item.
       log_grid: a float that may also be a log-spaced grid table {min, max, per_decade}.
       doc: a few words for `bench list`.
+      traced: for a parameter of the training plan (an optimiser key, a transform's, an auxiliary loss's, the
+        loss scaling's): True, an input of the compiled program (a float32 however it is typed: sweeping it never
+        recompiles); False, part of the compiled program's identity (cells that differ in it compile apart).
+        bench/spec/optim.py derives both halves of a plan (`traced_values`, `static_plan`) from it.
     """
 
     type: Any
@@ -63,6 +67,7 @@ class Key:
     nonempty: bool = False
     log_grid: bool = False
     doc: str = ""
+    traced: bool = False
 
     def allowed(self) -> str:
         """What the key accepts, in words (for messages and `bench list`)."""

@@ -35,6 +35,9 @@ SETTINGS = {
                                   "past the first"),
     "init_perturbation": Key(float, 0.0, ge=0, le=1, doc="every initial parameter x (1 + this x N(0, 1)), drawn per "
                              "seed from its own key (imitates another machine's rounding); 0: none"),
+    "plugins": Key(list, [], of=str, doc="modules to import before the cells are made, each an importable module name "
+                   "or a .py file relative to the suite file: they register mitigations, transforms, model families "
+                   "and tasks (bench.spec.register; docs/EXTENDING.md)"),
 }
 
 

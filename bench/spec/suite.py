@@ -31,7 +31,7 @@ import math
 import typing
 from pathlib import Path
 
-from bench.spec import build, optim
+from bench.spec import build, optim, plugins
 from bench.spec.claim_schema import validate_claims
 from bench.spec.schema import REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value, slug
 from bench.spec.settings import MAX_RUNS, MAX_SEEDS, SETTINGS, read_toml  # noqa: F401 (MAX_SEEDS: re-exported)
@@ -84,6 +84,7 @@ class Suite:
     experiments: list[dict]
     cells: list[Cell]
     claims: list[dict]
+    plugins: tuple = ()  # bench.spec.plugins.Plugin, as loaded for this suite (suite.json records them)
 
 
 def _axis(path, key, value, spec: Key):
@@ -142,6 +143,44 @@ def _named(path, section, table, key, registry):
     return table[key]
 
 
+def _family_list(value) -> list:
+    """model.family as a list: one family, or the arms of a grid over families."""
+    return value if isinstance(value, list) else [value]
+
+
+def _families(path, table) -> list[str]:
+    """The experiment's model families: one name, or a list (a grid axis: each family an arm)."""
+    value = table.get("family")
+    if not isinstance(value, list):
+        return [_named(path, "model", table, "family", FAMILIES)]
+    if not value:
+        raise SuiteError(path, "model.family", "an empty list gives no cells")
+    for item in value:
+        if not isinstance(item, str):
+            raise SuiteError(path, "model.family", f"{item!r} is not allowed; allowed: names of "
+                             f"{', '.join(FAMILIES)}")
+        check_choice(path, "model.family", item, list(FAMILIES))
+    if len(set(value)) < len(value):
+        raise SuiteError(path, "model.family", "names a family twice; name each once")
+    return list(value)
+
+
+def _family_axes(path, own: dict, families: list[str]) -> dict[str, dict]:
+    """family -> its model key axes; with several families every key given must be a key of each."""
+    out = {}
+    for family in families:
+        cls = FAMILIES[family].Config
+        if len(families) > 1:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            for key in own:
+                if key not in fields:
+                    raise SuiteError(path, f"model.{key}", f"not a key of family {family!r} (model.family is a list, "
+                                     f"so every model key must belong to every family); allowed: "
+                                     f"{', '.join(sorted(fields))}")
+        out[family] = _dataclass_axes(path, "model", own, cls)
+    return out
+
+
 def _product(axes: dict) -> list[dict]:
     keys = list(axes)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
@@ -172,9 +211,10 @@ def _mitigation_axes(path, key, table, model_table):
         if param in spec.lists and isinstance(value, list) and not all(isinstance(v, list) for v in value):
             value = [value]  # one list-valued parameter (combo's `apply`), not a grid axis over its items
         axes[param] = [None] if value is None else _axis(path, f"{key}.{param}", value, param_spec)
-    family = FAMILIES.get(model_table.get("family"))
-    if family is not None and name == "init":
-        _weight_var_used(path, key, params, params, family.Config)
+    if name == "init":
+        for family in _family_list(model_table.get("family")):
+            if family in FAMILIES:
+                _weight_var_used(path, key, params, params, FAMILIES[family].Config)
     return name, axes
 
 
@@ -283,7 +323,7 @@ def _label(config, varying) -> str:
 
 def _lookup(config, dotted):
     section, key = dotted.split(".")
-    return config[section][key]
+    return config[section].get(key)
 
 
 def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
@@ -292,18 +332,19 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
     task_mod = TASKS[task_name]
     task_axes = _dataclass_axes(path, "task", {k: v for k, v in exp["task"].items() if k != "name"},
                                 task_mod.Config)
-    family = _named(path, "model", exp["model"], "family", FAMILIES)
-    model_cls = FAMILIES[family].Config
-    model_axes = _dataclass_axes(path, "model", {k: v for k, v in exp["model"].items() if k != "family"},
-                                 model_cls)
+    families = _families(path, exp["model"])
+    family_axes = _family_axes(path, {k: v for k, v in exp["model"].items() if k != "family"}, families)
     opt_name, opt_axes = _optimizer_axes(path, exp["optimizer"])
     seeds = exp["seeds"]
     steps = check_value(path, f"{exp['where']}.steps", exp["steps"] or task_mod.DEFAULT_STEPS, SETTINGS["steps"])
-    varying = [f"{s}.{k}" for s, axes in (("task", task_axes), ("model", model_axes), ("optimizer", opt_axes))
-               for k, v in axes.items() if len(v) > 1]
+    model_varying = ["family"] * (len(families) > 1) + list(dict.fromkeys(
+        k for axes in family_axes.values() for k, v in axes.items() if len(v) > 1))
+    varying = ([f"task.{k}" for k, v in task_axes.items() if len(v) > 1] + [f"model.{k}" for k in model_varying]
+               + [f"optimizer.{k}" for k, v in opt_axes.items() if len(v) > 1])
     mitigations = [(f"mitigation[{i}]", *_mitigation_axes(path, f"mitigation[{i}]", m, exp["model"]))
                    for i, m in enumerate(exp["mitigation"])]
-    n_cells = _size(task_axes) * _size(model_axes) * _size(opt_axes) * sum(_size(a) for _, _, a in mitigations)
+    models = [(family, m) for family in families for m in _product(family_axes[family])]  # family-major
+    n_cells = _size(task_axes) * len(models) * _size(opt_axes) * sum(_size(a) for _, _, a in mitigations)
     blocks = settings["replicates"]
     if runs_before + n_cells * seeds * blocks > MAX_RUNS:
         raise SuiteError(path, f"{exp['where']}.seeds", f"{n_cells} cells x {seeds} seeds x {blocks} replicate blocks "
@@ -312,11 +353,11 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
                          "seeds or a coarser grid, or split the suite")
     cells = []
     for block, (m_key, m_name, m_axes) in itertools.product(range(blocks), mitigations):
-        for t, m, o, mp in itertools.product(_product(task_axes), _product(model_axes), _product(opt_axes),
-                                             _product(m_axes)):
+        for t, (family, m), o, mp in itertools.product(_product(task_axes), models, _product(opt_axes),
+                                                       _product(m_axes)):
             config = {
                 "task": {"name": task_name, **_make_config(path, "task", task_mod.Config, t)},
-                "model": {"family": family, **_make_config(path, "model", model_cls, m)},
+                "model": {"family": family, **_make_config(path, "model", FAMILIES[family].Config, m)},
                 "optimizer": {"name": opt_name, **o},
                 "mitigation": {"name": m_name, **mp},
                 "seeds": seeds,
@@ -334,6 +375,9 @@ def _expand(path, settings, exp, runs_before: int) -> list[Cell]:
             if block:  # block 0 is the cell of a run without blocks (same id, same seeds)
                 config.update(replicate=block, first_seed=block * seeds)
             plan = _plan(path, m_key, config)
+            used = plugins.used(config, plan)
+            if used:  # a cell of a plugin's entries: the plugin's source is part of its identity
+                config["plugins"] = used
             label = _label(config, varying) + (f" block={block}" if block else "")
             cells.append(Cell(cell_id(config), settings["name"], exp["name"], label, config, plan))
     return cells
@@ -377,9 +421,12 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
     path = Path(path)
     raw = check_table(path, "top level", extended(path, read_toml(path)), TOP_LEVEL)
     settings = check_table(path, "suite", raw["suite"], SETTINGS)
+    # Before any name is looked up: a plugin's mitigations, transforms, families and tasks are named below.
+    loaded = plugins.load(settings["plugins"], path.parent, path)
+    fixed = ("name", "description", "seeds", "steps", "plugins")
     for key, value in (overrides or {}).items():
-        if key not in SETTINGS or key in ("name", "description", "seeds", "steps"):
-            allowed = [k for k in SETTINGS if k not in ("name", "description", "seeds", "steps")]
+        if key not in SETTINGS or key in fixed:
+            allowed = [k for k in SETTINGS if k not in fixed]
             raise SuiteError(path, f"--set {key}", f"not a [suite] setting that --set overrides; allowed: "
                              f"{', '.join(allowed)} (--seeds and --steps have their own flags)")
         settings[key] = check_value(path, f"--set {key}", value, SETTINGS[key])
@@ -388,8 +435,9 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
             settings[flag] = check_value(path, f"--{flag}", value, SETTINGS[flag])
     base = {k: raw[k] for k in ("task", "model", "optimizer", "mitigation") if raw[k] is not None}
     if "model" in base:
-        _weight_var_used(path, "model", base["model"], base["model"],
-                         getattr(FAMILIES.get(base["model"].get("family")), "Config", _NoInit))
+        for family in _family_list(base["model"].get("family")):
+            _weight_var_used(path, "model", base["model"], base["model"],
+                             FAMILIES[family].Config if isinstance(family, str) and family in FAMILIES else _NoInit)
     experiments = raw["experiment"] or [{"name": settings["name"]}]
     cells, resolved, names, slugs = [], [], {}, {}
     for i, table in enumerate(experiments):
@@ -414,8 +462,10 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
             if not exp[section]:
                 raise SuiteError(path, f"{where}.{section}" if raw["experiment"] else section,
                                  f"missing section; give a [{section}] table")
-            if section == "model" and exp[section].get(name_key) in FAMILIES:
-                _weight_var_used(path, f"{where}.model", own, exp[section], FAMILIES[exp[section][name_key]].Config)
+            if section == "model":
+                for family in _family_list(exp[section].get(name_key)):
+                    if isinstance(family, str) and family in FAMILIES:
+                        _weight_var_used(path, f"{where}.model", own, exp[section], FAMILIES[family].Config)
         exp["mitigation"] = exp["mitigation"] or base.get("mitigation") or [{"name": "none"}]
         # --seeds/--steps beat the experiment's own, which beat the suite's.
         exp["seeds"] = seeds or exp["seeds"] or settings["seeds"]
@@ -432,7 +482,7 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
                              "experiment instead")
         seen[c.cell_id] = c
     claims = validate_claims(path, raw["claim"], cells)
-    return Suite(str(path), settings["name"], settings, resolved, cells, claims)
+    return Suite(str(path), settings["name"], settings, resolved, cells, claims, loaded)
 
 
 class _NoInit:
