@@ -300,8 +300,8 @@ def check_memory(s, chosen) -> None:
             ("task.batch_size, seeds" if size["activations"] > size["params"] + size["optimizer"]
              else "model (width, depth), seeds")
         raise UsageError(f"{s.path}: {keys}: experiment {group.cells[0].experiment!r} needs about "
-                         f"{gib(size['total'])} for one compiled group of {len(group.runs)} runs ({gib(size['per_run'])}"
-                         f" a run: parameters {gib(size['params'])}, optimiser state {gib(size['optimizer'])}, "
+                         f"{gib(size['total'])} for one compiled group of {len(group.runs)} runs "
+                         f"({gib(size['per_run'])} a run: parameters {gib(size['params'])}, optimiser state {gib(size['optimizer'])}, "
                          f"activations {gib(size['activations'])}; data {gib(size['data'])}), more than the "
                          f"{gib(available)} of {where}; allowed: a group that fits (fewer seeds or grid points, a "
                          "smaller model or batch)")
