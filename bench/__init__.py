@@ -2,8 +2,8 @@
 the Python API (api) and the command line (__main__) on top (docs/REFERENCE.md, "Layout"; tests/test_layers.py).
 
 The API's functions are names of the package, imported when first used (so `python -m bench --help` imports no
-jax): `load(dir)` (a DataFrame, one row per cell x seed), `records(dir)`, `run(suite, out, **overrides)`,
-`cells(suite, **overrides)`, `suite(path, **overrides)`; see bench/api.py and docs/USAGE.md.
+jax): `load(dir)` (a DataFrame, one row per cell x seed), `records(dir)`, `run(path, out, **overrides)`,
+`cells(path, **overrides)`, `suite(path, **overrides)`; see bench/api.py and docs/USAGE.md.
 """
 import os
 
