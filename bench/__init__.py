@@ -2,7 +2,7 @@
 the Python API (api) and the command line (__main__) on top (docs/REFERENCE.md, "Layout"; tests/test_layers.py).
 
 The API's functions are names of the package, imported when first used (so `python -m bench --help` imports no
-jax): `load(dir)` (a DataFrame, one row per cell x seed), `records(dir)`, `run(path, out, **overrides)`,
+jax): `load(dir)` (a DataFrame, one row per cell x seed), `results(dir)`, `run(path, out, **overrides)`,
 `cells(path, **overrides)`, `suite(path, **overrides)`; see bench/api.py and docs/USAGE.md.
 """
 import os
@@ -14,7 +14,7 @@ _SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
 if _SCHEDULER_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_SCHEDULER_FLAG}=false".strip()
 
-__all__ = ["load", "records", "run", "cells", "suite", "UsageError"]
+__all__ = ["load", "results", "run", "cells", "suite", "UsageError"]
 
 
 def __getattr__(name):

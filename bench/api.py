@@ -22,7 +22,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-__all__ = ["load", "records", "run", "cells", "suite", "UsageError"]
+__all__ = ["load", "results", "run", "cells", "suite", "UsageError"]
 
 DEFAULT_SUITE = Path(__file__).parent / "suites" / "claims.toml"
 MAX_NAME = 100  # characters of a suite name used as the directory runs/NAME
@@ -54,7 +54,7 @@ def overrides(keywords: dict) -> dict:
 
 # ---- results -----------------------------------------------------------------------------------------------------
 
-def records(path) -> list[dict]:
+def results(path) -> list[dict]:
     """The results records (one dict per cell, docs/REFERENCE.md "Results records") of a run directory or a
     results.jsonl, each checked against its declared shape; UsageError on an unreadable or malformed file."""
     from bench.records import store
@@ -88,11 +88,11 @@ def load(path):
     trained, divergence_step, steps_to_converge (NaN: never converged), loss_0, final_train_loss,
     final_heldout_loss, final_validation_loss, final_heldout_metric, max_grad_norm, e2e_ratio@FRACTION.
 
-    Needs pandas (`pip install "gradbench[pandas]"`); without it, UsageError says so. `records(path)` gives the
+    Needs pandas (`pip install "gradbench[pandas]"`); without it, UsageError says so. `results(path)` gives the
     records themselves without pandas.
     """
     _pandas()  # before reading: a missing extra is said first
-    return to_frame(records(path))
+    return to_frame(results(path))
 
 
 def _pandas():
@@ -100,7 +100,7 @@ def _pandas():
         import pandas
     except ImportError:
         raise UsageError("pandas is not installed: `load` and `run` return a pandas DataFrame; install it with "
-                         "pip install \"gradbench[pandas]\" (or use records(path) / run(..., frame=False) for the "
+                         "pip install \"gradbench[pandas]\" (or use results(path) / run(..., frame=False) for the "
                          "plain records)") from None
     return pandas
 

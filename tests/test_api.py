@@ -22,7 +22,7 @@ VERSIONS = ("env.jax", "env.jaxlib", "env.flax", "env.optax", "env.numpy")
 def test_load_gives_one_row_per_cell_and_seed_with_throughput_versions_and_backend():
     pytest.importorskip("pandas")
     df = bench.load(CI)
-    recs = bench.records(CI)
+    recs = bench.results(CI)
     assert len(df) == sum(len(r["per_seed"]["diverged"]) for r in recs)
     for column in ("experiment", "label", "optimizer.lr", "mitigation.name", "seed", "diverged", "trained",
                    "throughput.steps_per_s", "env.backend", *VERSIONS):
@@ -47,12 +47,12 @@ def test_load_without_pandas_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
     with pytest.raises(bench.UsageError, match=r"pandas is not installed.*gradbench\[pandas\]"):
         bench.load(CI)
-    assert len(bench.records(CI)) == 6  # the records need no pandas
+    assert len(bench.results(CI)) == 6  # the records need no pandas
 
 
 def test_load_of_a_directory_without_results_is_one_line(tmp_path):
     with pytest.raises(bench.UsageError, match="no such file") as e:
-        bench.records(tmp_path)
+        bench.results(tmp_path)
     assert "\n" not in str(e.value)
 
 
@@ -194,7 +194,7 @@ def test_the_results_table_has_failed_and_converged_columns():
 
     from bench.reports import console
 
-    recs = bench.records(CI)
+    recs = bench.results(CI)
     table, more = console.results_table(recs)
     assert more is None and len(table.rows) == len(recs)
     text = _render(Console, table)
@@ -211,7 +211,7 @@ def test_a_big_suite_gets_one_row_per_arm_then_a_line_for_the_rest():
 
     from bench.reports import console
 
-    recs = bench.records(CI)
+    recs = bench.results(CI)
     table, more = console.results_table(recs, limit=4)  # 6 cells > 4: one row per arm (none, clipping)
     text = _render(Console, table)
     assert len(table.rows) == 2 and "none (3 cells)" in text and "(3 cells)" in text and "60" in text

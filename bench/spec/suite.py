@@ -385,7 +385,7 @@ def _split_overrides(path, overrides: dict, seeds, steps) -> tuple[dict, dict, i
     allowed_settings = [k for k in SETTINGS if k not in FIXED_SETTINGS]
     for name, value in overrides.items():
         flag = f"--set {name}"
-        section, dot, key = name.partition(".")
+        section, dot, key = str(name).partition(".")
         if not isinstance(name, str) or not name or (dot and (not key or "." in key)):
             raise SuiteError(path, flag, "expected KEY or SECTION.KEY (e.g. seeds=4, model.depth=8); allowed "
                              f"sections: suite, {', '.join(SECTIONS)}")
@@ -447,10 +447,11 @@ def _apply_overrides(path, experiments: list[dict], dotted: dict) -> None:
             name_key = NAME_KEYS[section]
             if key == name_key:
                 used = True
-                keys = _section_keys(section, {name_key: value})
-                if keys is None:
-                    registry = {"task": TASKS, "model": FAMILIES, "optimizer": optim.OPTIMIZERS}[section]
-                    check_choice(path, flag, value, list(registry))
+                registry = {"task": TASKS, "model": FAMILIES, "optimizer": optim.OPTIMIZERS}[section]
+                if not isinstance(value, str):
+                    raise SuiteError(path, flag, f"must be one name, one of {', '.join(registry)} (grid over "
+                                     "experiments instead)")
+                check_choice(path, flag, value, list(registry))
                 if exp[section].get(name_key) != value:  # another task / family / optimiser: its own defaults
                     exp[section] = {name_key: value}
                 continue
