@@ -101,7 +101,7 @@ def cmd_run(args) -> int:
                                             else "--cells")
         out_console.print(table)
         if more:
-            out_console.print(more, markup=False)
+            out_console.print(more, markup=False, soft_wrap=True)
     out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
     out_console.print(f"compiled {program.COMPILES['programs'] - compiles_before['programs']} programs in "
                       f"{program.COMPILES['seconds'] - compiles_before['seconds']:.1f} s"
@@ -154,7 +154,7 @@ def cmd_cells(args) -> int:
               f"{plan['run_steps']:,} run-steps at most (seeds that converge or diverge stop early), "
               f"{flops / 1e12:.3g} model TFLOP; the largest program needs about "
               f"{api.gib(largest['memory']['total'])} on each of {plan['devices']} device(s), which {fits} in the "
-              f"{api.gib(available)} of {where}. Nothing was compiled or trained.", markup=False)
+              f"{api.gib(available)} of {where}. Nothing was compiled or trained.", markup=False, soft_wrap=True)
     return 0
 
 
