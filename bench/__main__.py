@@ -127,15 +127,11 @@ def cmd_cells(args) -> int:
     from bench.reports import console
 
     overrides = _set_values(args.set)
-    if args.seeds is not None:
-        overrides["seeds"] = args.seeds
-    if args.steps is not None:
-        overrides["steps"] = args.steps
     from bench.spec.settings import read_toml
 
     read_toml(args.suite)  # a bad suite file is one line, before jax is imported
     _backend()
-    plan = api.cells(args.suite, **overrides)
+    plan = api.plan(api.load_suite(args.suite, args.seeds, args.steps, overrides))
     suite, programs, (available, where) = plan["suite"], plan["programs"], plan["available"]
     largest = max(programs, key=lambda p: p["memory"]["total"])
     if args.json:

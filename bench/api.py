@@ -107,15 +107,20 @@ def _pandas():
 
 # ---- a suite, its cells and their cost ---------------------------------------------------------------------------
 
-@_one_line
 def suite(path=DEFAULT_SUITE, **keywords):
     """A validated suite (bench.spec.suite.Suite: settings, resolved experiments, cells, claims) with the
     overrides applied (see the module's docstring); nothing is trained or compiled."""
+    return load_suite(path, overrides=overrides(keywords))
+
+
+@_one_line
+def load_suite(path=DEFAULT_SUITE, seeds=None, steps=None, overrides=None):
+    """`suite` with the command line's arguments: --seeds, --steps and the --set keys (dotted) as given."""
     from bench.spec import suite as suite_lib
     from bench.spec.settings import read_toml
 
     read_toml(path)  # a missing or malformed file is one line, before jax is imported
-    return suite_lib.load(path, overrides=overrides(keywords))
+    return suite_lib.load(path, seeds=seeds, steps=steps, overrides=overrides)
 
 
 def cells(path=DEFAULT_SUITE, **keywords) -> dict:
@@ -129,7 +134,11 @@ def cells(path=DEFAULT_SUITE, **keywords) -> dict:
       run_steps: the sum of the programs' run-steps (an upper bound: seeds that converge or diverge stop early);
       available: (bytes, where) of the memory a program may use here; devices: jax's local device count.
     """
-    s = suite(path, **keywords)
+    return plan(suite(path, **keywords))
+
+
+def plan(s) -> dict:
+    """`cells` of a validated suite."""
     import jax
 
     from bench.engine import runner
