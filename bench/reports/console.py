@@ -115,7 +115,7 @@ def _fmt(x, digits=3):
 
 TABLE_ROWS = 24  # rows of the table a run ends with (more cells: one row per arm; more arms: the first ones)
 COLUMNS = ("experiment", "cell", "diverged", "failed", "failed 95% CI", "converged", "median steps",
-           "held-out loss", "steps/s")
+           "held-out loss", "steps/s")  # failed: diverged or collapsed (did not train); converged: reached the target
 
 
 def _tally(records: list[dict]) -> dict:
@@ -140,19 +140,21 @@ def _row(experiment: str, name: str, records: list[dict]) -> list[str]:
 
 
 def _table(title: str, rows: list[list[str]], cell_column: str = "cell") -> Table:
-    table = Table(title=title, show_lines=False)
-    for column in COLUMNS:
+    """The rows under COLUMNS; with one experiment, its name goes to the title instead of a column."""
+    one = len({row[0] for row in rows}) == 1
+    table = Table(title=f"results{f' of {rows[0][0]}' if one and rows else ''}: {title}", show_lines=False)
+    for column in COLUMNS[1:] if one else COLUMNS:
         table.add_column(cell_column if column == "cell" else column,
                          justify="left" if column in ("experiment", "cell") else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(row[1:] if one else row))
     return table
 
 
 def summary_table(records: list[dict]) -> Table:
     """One row per cell: seeds diverged, failed (diverged or collapsed) with the failure rate's 95% interval,
     converged (reached the target), median steps to the target, held-out loss (median over seeds), steps/s."""
-    return _table("results: one row per cell (failed = diverged or collapsed: did not train)",
+    return _table("one row per cell (failed = diverged or collapsed: did not train)",
                   [_row(r["experiment"], r["label"], [r]) for r in records])
 
 
@@ -179,7 +181,7 @@ def results_table(records: list[dict], limit: int = TABLE_ROWS, more: str = "REP
     for r in records:
         arms.setdefault((r["experiment"], arm(r)), []).append(r)
     rows = [_row(experiment, f"{name} ({len(rs)} cells)", rs) for (experiment, name), rs in list(arms.items())[:limit]]
-    table = _table(f"results: {len(records)} cells, one row per arm, its seeds pooled over its cells (failed = "
+    table = _table(f"{len(records)} cells, one row per arm, its seeds pooled over its cells (failed = "
                    "diverged or collapsed: did not train)", rows, cell_column="arm")
     left = len(arms) - len(rows)
     return table, (f"{left} more arm{'s' if left > 1 else ''} ({sum(len(rs) for rs in list(arms.values())[limit:])} "
