@@ -1,6 +1,6 @@
 """The Python API: what `python -m bench` does, as functions that return data.
 
-    import bench                      # `import gradbench` once installed under that name
+    import bench
     df = bench.load("results/ci")     # pandas DataFrame: one row per cell x seed
     df = bench.run("bench/suites/example.toml", "runs/example", seeds=4, model__depth=8)
     plan = bench.cells("bench/suites/example.toml", optimizer__lr=[0.01, 0.1])
