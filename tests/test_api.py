@@ -214,7 +214,10 @@ def test_a_big_suite_gets_one_row_per_arm_then_a_line_for_the_rest():
     recs = bench.results(CI)
     table, more = console.results_table(recs, limit=4)  # 6 cells > 4: one row per arm (none, clipping)
     text = _render(Console, table)
-    assert len(table.rows) == 2 and "none (3 cells)" in text and "(3 cells)" in text and "60" in text
+    assert len(table.rows) == 2 and "arm" in text and "cells" in text and "/60" in text
+    assert [c.header for c in table.columns][:3] == ["arm", "cells", "diverged"]
+    assert list(table.columns[0].cells) == ["none", "clip_by_global_norm(max_norm=1.0)"]
+    assert list(table.columns[1].cells) == ["3", "3"]
     assert more == "every cell: see REPORT.md"
     table, more = console.results_table(recs, limit=1, more="runs/x/REPORT.md or --cells")
     assert len(table.rows) == 1 and more == "1 more arm (3 cells), see runs/x/REPORT.md or --cells"

@@ -140,12 +140,16 @@ def _row(experiment: str, name: str, records: list[dict]) -> list[str]:
 
 
 def _table(title: str, rows: list[list[str]], cell_column: str = "cell") -> Table:
-    """The rows under COLUMNS; with one experiment, its name goes to the title instead of a column."""
+    """The rows under COLUMNS (an arm's rows have its number of cells after its name); with one experiment, its
+    name goes to the title instead of a column."""
     one = len({row[0] for row in rows}) == 1
+    columns = list(COLUMNS)
+    if cell_column != "cell":  # an arm: its cells' count; no median steps (the cells' budgets and rates differ)
+        columns[1:2] = [cell_column, "cells"]
+        columns.remove("median steps")
     table = Table(title=f"results{f' of {rows[0][0]}' if one and rows else ''}: {title}", show_lines=False)
-    for column in COLUMNS[1:] if one else COLUMNS:
-        table.add_column(cell_column if column == "cell" else column,
-                         justify="left" if column in ("experiment", "cell") else "right")
+    for column in columns[1:] if one else columns:
+        table.add_column(column, justify="left" if column in ("experiment", "cell", cell_column) else "right")
     for row in rows:
         table.add_row(*(row[1:] if one else row))
     return table
@@ -172,15 +176,16 @@ def results_table(records: list[dict], limit: int = TABLE_ROWS, more: str = "REP
     """The table a run ends with, and a line saying what it left out (None: nothing).
 
     Up to `limit` cells: one row per cell (summary_table). More: one row per arm (experiment x mitigation with
-    its parameters), its seeds pooled over the arm's cells (every grid value and replicate block), the first
-    `limit` arms, then the line "N more arms ..., see MORE".
+    its parameters) with its number of cells, its seeds pooled over them (every grid value and replicate block;
+    no median steps), the first `limit` arms, then the line "N more arms ..., see MORE".
     """
     if len(records) <= limit:
         return summary_table(records), None
     arms: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         arms.setdefault((r["experiment"], arm(r)), []).append(r)
-    rows = [_row(experiment, f"{name} ({len(rs)} cells)", rs) for (experiment, name), rs in list(arms.items())[:limit]]
+    rows = [[*row[:2], str(len(rs)), *row[2:6], *row[7:]] for (experiment, name), rs in list(arms.items())[:limit]
+            for row in [_row(experiment, name, rs)]]
     table = _table(f"{len(records)} cells, one row per arm, its seeds pooled over its cells (failed = "
                    "diverged or collapsed: did not train)", rows, cell_column="arm")
     left = len(arms) - len(rows)
