@@ -2,7 +2,7 @@
 
     import bench
     df = bench.load("results/ci")     # pandas DataFrame: one row per cell x seed
-    df = bench.run("bench/suites/example.toml", "runs/example", seeds=4, model__depth=8)
+    df = bench.run("bench/suites/example.toml", "runs/example-deep", seeds=4, model__depth=8)
     plan = bench.cells("bench/suites/example.toml", optimizer__lr=[0.01, 0.1])
 
 Overrides are keyword arguments, one convention everywhere: each is a key of `python -m bench run --set`, with
