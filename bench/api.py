@@ -33,16 +33,19 @@ class UsageError(ValueError):
 
 
 def _one_line(function):
-    """Raises the suite layer's SuiteError as UsageError (a ValueError), message unchanged."""
+    """Raises the layers' bad-input errors (a suite's SuiteError, a results directory's StoreError, an unreadable
+    file's InputError) as UsageError (a ValueError), message unchanged."""
     import functools
 
     @functools.wraps(function)
     def wrapped(*args, **kwargs):
+        from bench.records.store import StoreError
+        from bench.spec.files import InputError
         from bench.spec.schema import SuiteError
 
         try:
             return function(*args, **kwargs)
-        except SuiteError as e:
+        except (SuiteError, StoreError, InputError) as e:
             raise UsageError(str(e)) from None
     return wrapped
 
@@ -174,7 +177,7 @@ def prepare(path=DEFAULT_SUITE, out=None, *, seeds=None, steps=None, overrides=N
     """Everything `bench run` checks before it trains, in its order: the flags and the suite file (before jax is
     imported), the overrides, the backend and a multi-process launch, the shard, each compiled group's memory,
     and the output directory (opened under its lock: another suite's or stale records are refused unless
-    `force`). Raises UsageError (or the store's StoreError, a ValueError) with one line; nothing is written.
+    `force`). Raises UsageError with one line; nothing is written.
     `overrides` are --set keys (dotted), as given."""
     from bench.spec.settings import read_toml
 

@@ -244,6 +244,8 @@ def test_run_from_python_then_the_command_ends_with_the_table(tmp_path, capsys):
     # An override that makes other cells is another suite for the directory: refused, one line.
     assert main(["run", str(path), "--out", str(out), "--quiet", "--no-report"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(bench.UsageError, match="not in this suite .*--set overrides changed"):
+        bench.run(path, out, report=False, frame=False)
     try:
         import pandas  # noqa: F401
     except ImportError:
