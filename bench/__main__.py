@@ -18,11 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-DEFAULT_SUITE = Path(__file__).parent / "suites" / "claims.toml"
-
-
-class UsageError(Exception):
-    """Bad command-line input (exit 2)."""
+from bench.api import DEFAULT_SUITE, UsageError, start_backend as _backend
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,20 +41,6 @@ def _count(key):
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return parse
-
-
-MAX_NAME = 100  # characters of a suite name used as the directory runs/NAME
-
-
-def _default_out(suite) -> Path:
-    """runs/NAME, refusing a name that is not one plain directory name."""
-    name = suite.name
-    if not name or len(name) > MAX_NAME or len(name.encode()) > 255 or any(c in name for c in "/\\\0") \
-            or ".." in name or name == ".":
-        raise UsageError(f"{suite.path}: suite.name: {name[:MAX_NAME]!r} cannot name the output directory "
-                         f"runs/NAME (1 to {MAX_NAME} characters without '/', '\\', '..' or NUL); rename the "
-                         "suite or give --out DIR")
-    return Path("runs") / name
 
 
 class _Interrupts:
@@ -85,129 +67,23 @@ class _Interrupts:
         self.requested = True
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard: expected i/n such as 0/4, got {text!r}") from None
-    if not 0 <= index < count:
-        raise UsageError(f"--shard: need 0 <= i < n, got {text!r}")
-    return index, count
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
-
-
-def _check_memory(suite, cells) -> None:
-    """Refuses (one line) a compiled group whose memory estimate exceeds the device's available memory.
-
-    The estimate (bench.spec.build.memory_estimate) is traced, not compiled; GRADBENCH_MEMORY_CHECK=0 skips it.
-    """
-    if os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
-        return
-    import jax
-
-    from bench.engine import runner
-    from bench.spec import build
-
-    available, where = build.available_memory()
-    devices = jax.local_device_count()
-    for group in runner.group_cells(cells):
-        per_device = -(-len(group.runs) // devices)
-        size = build.memory_estimate(group.plan, group.runs[0].hyper, per_device)
-        if size["total"] <= available:
-            continue
-        keys = "task.n_train" if size["data"] > size["total"] / 2 else \
-            ("task.batch_size, seeds" if size["activations"] > size["params"] + size["optimizer"]
-             else "model (width, depth), seeds")
-        raise UsageError(f"{suite.path}: {keys}: experiment {group.cells[0].experiment!r} needs about "
-                         f"{_gib(size['total'])} for one compiled group of {len(group.runs)} runs ({_gib(size['per_run'])}"
-                         f" a run: parameters {_gib(size['params'])}, optimiser state {_gib(size['optimizer'])}, "
-                         f"activations {_gib(size['activations'])}; data {_gib(size['data'])}), more than the "
-                         f"{_gib(available)} of {where}; allowed: a group that fits (fewer seeds or grid points, a "
-                         "smaller model or batch)")
-
-
-def _cluster() -> tuple[int, int]:
-    """(process, processes) of a multi-process launch (bench.engine.cluster), one line if it cannot start."""
-    from bench.engine import cluster
-
-    try:
-        return cluster.initialize()
-    except (ValueError, RuntimeError) as e:
-        described = " ".join(f"{k}={os.environ[k]}" for k in ("SLURM_JOB_ID", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS",
-                                                               "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-                             if os.environ.get(k))
-        raise UsageError(f"{described}: a multi-process launch, but jax.distributed could not start "
-                         f"({_first_line(e)}); allowed: a launch that names its coordinator (srun under SLURM, or "
-                         "JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID), or one process (unset "
-                         "SLURM_NTASKS)") from None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
-def _backend() -> None:
-    """Starts jax's backend; one line naming JAX_PLATFORMS if none can start (e.g. cuda on a machine without a GPU)."""
-    import jax
-
-    try:
-        jax.devices()
-    except Exception as e:  # noqa: BLE001 (jax raises RuntimeError, or an AssertionError for a missing plugin)
-        platforms = os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or ""
-        raise UsageError(f"JAX_PLATFORMS={platforms!r}: no jax backend could start here "
-                         f"({_first_line(e) if str(e).strip() else 'no such platform or no device for it'}); allowed: "
-                         "a platform this machine has a device and jax plugin for (cpu always), or JAX_PLATFORMS unset "
-                         "to let jax choose") from None
-
-
 def cmd_run(args) -> int:
-    from bench.spec.settings import read_toml
+    from bench import api
 
-    # Faults of the command line and of the suite file itself, before jax is imported (one line, fast).
-    if args.out is not None and not args.out.strip():
-        raise UsageError(f"--out {args.out!r}: an empty path; allowed: a directory (default: runs/SUITE_NAME)")
-    _shard(args.shard)
-    read_toml(args.suite)
-
-    from bench.engine import compile_cache, program, runner
+    # The flags and the suite file first (before jax is imported: one line, fast), then everything a run checks.
+    prepared = api.prepare(args.suite, args.out, seeds=args.seeds, steps=args.steps, overrides=_set_values(args.set),
+                           shard=args.shard, force=args.force, compile_cache=not args.no_compile_cache)
+    from bench.engine import program, runner
     from bench.records import store
     from bench.reports import console
-    from bench.spec import suite as suite_lib
 
-    cache = compile_cache.enable(not args.no_compile_cache)
-    # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS; before anything touches a JAX backend.
-    process, processes = _cluster()
-    _backend()
-    path = os.path.relpath(args.suite)  # as the user would type it again (reports quote it)
-    suite = suite_lib.load(args.suite if path.startswith("..") else path, seeds=args.seeds, steps=args.steps,
-                           overrides=_set_values(args.set))
-    index, count = _shard(args.shard)
-    groups = runner.group_count(suite.cells)  # shards deal whole compiled groups
-    if index >= groups:
-        raise UsageError(f"--shard {args.shard}: the suite's {len(suite.cells)} cells make {groups} compiled groups, "
-                         f"so shard {index} of {count} has none; use at most {groups} shards")
-    out = Path(args.out) if args.out else _default_out(suite)
-    from bench.engine import cluster
-
-    shard = cluster.compose((index, count), (process, processes))
-    cells = runner.shard_cells(suite.cells, shard)
-    _check_memory(suite, cells)  # before anything is compiled or written
-    # Opened here first so that a refused directory is one line, before any progress display starts.
-    from bench.records.env import provenance
-
-    # Records made under other code or library versions are never reused (refused, or with --force retrained).
-    store.ResultsStore.open(out, runner.suite_record(suite, out), [c.cell_id for c in suite.cells], args.force,
-                            provenance=provenance())
+    suite, out, cells, cache = prepared.suite, prepared.out, prepared.cells, prepared.cache
     err, out_console = Console(stderr=True), Console(width=None if sys.stdout.isatty() else 140)
     compiles_before = dict(program.COMPILES)
     try:
         shown = contextlib.nullcontext() if args.quiet else console.GroupProgress(err)
         with _Interrupts(out) as interrupts, shown as progress:
-            records = runner.run_suite(suite, out, shard, progress=progress,
-                                       stop=lambda: interrupts.requested)
+            records = api.train(prepared, progress=progress, stop=lambda: interrupts.requested)
     except runner.OutOfMemory as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -217,16 +93,23 @@ def cmd_run(args) -> int:
         print(f"interrupted: {len(kept)} of {len(cells)} cells are kept in {out / store.RESULTS_FILE} (the group in "
               "flight is not); rerun the same command to resume", file=sys.stderr)
         return 130
+    writes_report = prepared.processes == 1 and not args.no_report
     if args.cells:
         out_console.print(console.summary_table(records))
+    elif records:
+        table, more = console.results_table(records, more=f"{out / 'REPORT.md'} or --cells" if writes_report
+                                            else "--cells")
+        out_console.print(table)
+        if more:
+            out_console.print(more, markup=False, soft_wrap=True)
     out_console.print(f"{len(records)} records in {out / store.RESULTS_FILE}", markup=False)
     out_console.print(f"compiled {program.COMPILES['programs'] - compiles_before['programs']} programs in "
                       f"{program.COMPILES['seconds'] - compiles_before['seconds']:.1f} s"
                       f"{'' if cache is None else f' (persistent cache: {cache})'}", markup=False)
-    if processes > 1:
-        out_console.print(f"process {process} of {processes} done; once every process is, write the report with "
-                          f"`python -m bench report {out}`", markup=False)
-    elif not args.no_report:
+    if prepared.processes > 1:
+        out_console.print(f"process {prepared.process} of {prepared.processes} done; once every process is, write "
+                          f"the report with `python -m bench report {out}`", markup=False)
+    elif writes_report:
         from bench.reports import report
 
         judged = report.judge(out)  # once: REPORT.md and the console table show the same verdicts
@@ -234,6 +117,40 @@ def cmd_run(args) -> int:
         if judged and len(records) == len(suite.cells):
             out_console.print(console.verdict_table(judged))
         out_console.print(f"report: {written}", markup=False)
+    return 0
+
+
+def cmd_cells(args) -> int:
+    import json
+
+    from bench import api
+    from bench.reports import console
+
+    overrides = _set_values(args.set)
+    from bench.spec.settings import read_toml
+
+    read_toml(args.suite)  # a bad suite file is one line, before jax is imported
+    _backend()
+    plan = api.plan(api.load_suite(args.suite, args.seeds, args.steps, overrides))
+    suite, programs, (available, where) = plan["suite"], plan["programs"], plan["available"]
+    largest = max(programs, key=lambda p: p["memory"]["total"])
+    if args.json:
+        print(json.dumps({"suite": suite.name, "path": suite.path, "cells": plan["cells"], "programs": programs,
+                          "run_steps": plan["run_steps"], "devices": plan["devices"],
+                          "available_memory": {"bytes": available, "where": where}}, indent=1, allow_nan=False))
+        return 0
+    out = Console(width=None if sys.stdout.isatty() else 140)
+    by_id = {c.cell_id: c for c in suite.cells}
+    out.print(console.cells_table([(by_id[c["cell_id"]], c["program"]) for c in plan["cells"]]))
+    out.print(console.programs_table(programs))
+    runs = sum(p["runs"] for p in programs)
+    flops = sum(p["flops_per_run_step"] * p["run_steps"] for p in programs)
+    fits = "fits" if largest["memory"]["total"] <= available else "does NOT fit (run refuses it)"
+    out.print(f"{len(suite.cells)} cells, {runs:,} runs (cells x seeds) in {len(programs)} compiled programs; "
+              f"{plan['run_steps']:,} run-steps at most (seeds that converge or diverge stop early), "
+              f"{flops / 1e12:.3g} model TFLOP; the largest program needs about "
+              f"{api.gib(largest['memory']['total'])} on each of {plan['devices']} device(s), which {fits} in the "
+              f"{api.gib(available)} of {where}. Nothing was compiled or trained.", markup=False, soft_wrap=True)
     return 0
 
 
@@ -566,8 +483,15 @@ def version() -> str:
         return "gradbench (not installed: version unknown)"
 
 
+SET_HELP = ("override a key (repeatable): a bare KEY is a [suite] setting (init_perturbation=1e-6; seeds=4 and "
+            "steps=N are --seeds and --steps), SECTION.KEY a key of every experiment's task, model or optimizer "
+            "table, or a parameter of every mitigation that has it (model.depth=8, task.n_train=256, "
+            "mitigation.max_norm=2.0); a VALUE is read as TOML, a list is a grid axis (optimizer.lr=[0.01,0.1])")
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from bench.reports.console import TABLE_ROWS
     from bench.spec.schema import Key
     from bench.spec.settings import MAX_SEEDS, SETTINGS
 
@@ -587,16 +511,28 @@ def parser() -> argparse.ArgumentParser:
                      "library versions (jax, jaxlib, flax, optax, numpy, Python; their cells train again)")
     run.add_argument("--shard", default="0/1", help="run shard i of n (e.g. 0/4): whole compiled groups of cells, "
                      "dealt by cost (runs x steps), never one split")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="a [suite] setting, e.g. init_perturbation=1e-6 (repeatable)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     run.add_argument("--quiet", action="store_true", help="no progress display")
     run.add_argument("--no-report", action="store_true", help="do not write DIR/REPORT.md at the end")
-    run.add_argument("--cells", action="store_true", help="print the table of every cell at the end (default: "
-                     "the verdicts, when the suite has claims)")
+    run.add_argument("--cells", action="store_true", help="end with one row per cell, every cell (default: a "
+                     f"compact table, one row per cell up to {TABLE_ROWS} cells, else one per arm; then the verdicts, "
+                     "when the suite has claims)")
     run.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache "
                      "(default: $XDG_CACHE_HOME/gradbench/jax or ~/.cache/gradbench/jax; GRADBENCH_CACHE_DIR sets it, "
                      "GRADBENCH_COMPILE_CACHE=0 turns it off)")
     run.set_defaults(func=cmd_run)
+    cls = sub.add_parser("cells", help="list a suite's cells, its compiled programs and their cost, without "
+                         "training or compiling", description="The cells (experiment, label, seeds, steps, program), "
+                         "the compiled programs (cells that differ only in traced values share one) with their "
+                         "runs, run-steps, model FLOPs and memory estimate (traced abstractly, as run's memory check "
+                         "does). Exit status: 0, or 2 bad input.")
+    cls.add_argument("suite", nargs="?", default=str(DEFAULT_SUITE), help="suite TOML (default: the default suite)")
+    cls.add_argument("--seeds", type=seeds, help="seeds of every cell, as for run")
+    cls.add_argument("--steps", type=steps, help="step budget of every cell, as for run")
+    cls.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    cls.add_argument("--json", action="store_true", help="print one JSON object (cells, programs, run_steps, "
+                     "devices, available_memory)")
+    cls.set_defaults(func=cmd_cells)
     lst = sub.add_parser("list", help="list model families, tasks, initialisers, activations, optimizers, mitigations")
     lst.set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="write a Markdown report with plots and verdicts from a results directory")

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
 # layer -> the layers its modules may import (its own included). "cli" is bench/__main__.py, the command
-# line on top; "package" is bench/__init__.py, which stays free of imports so that `--help` is fast.
+# line on top; "api" is bench/api.py, the Python API beside it (the command line is built on it);
+# "package" is bench/__init__.py, which imports only the API, lazily (module __getattr__), so `--help` is fast.
 LAYERS = ("spec", "engine", "records", "analysis", "reports", "peers")
 ALLOWED = {
     "spec": {"spec"},
@@ -23,8 +24,9 @@ ALLOWED = {
     "analysis": {"analysis", "engine", "records", "spec"},
     "reports": {"reports", "analysis", "records", "spec"},
     "peers": {"peers", "engine", "spec"},
-    "cli": {"cli", "package", *LAYERS},
-    "package": set(),
+    "api": {"api", *LAYERS},
+    "cli": {"cli", "package", "api", *LAYERS},
+    "package": {"api"},
 }
 
 
@@ -43,6 +45,8 @@ def layer_of(module: str) -> str | None:
         return "package"
     if parts[1] == "__main__":
         return "cli"
+    if parts[1] == "api":
+        return "api"
     if parts[1] in LAYERS:
         return parts[1]
     if (BENCH / f"{parts[1]}.py").exists() or (BENCH / parts[1]).is_dir():

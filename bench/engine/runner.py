@@ -101,6 +101,29 @@ def group_cells(cells: list[Cell]) -> list[Group]:
     return list(groups.values())
 
 
+def cost(cells: list[Cell], devices: int = 1) -> list[dict]:
+    """What training the cells would take, per compiled group (one program), in run order; nothing is compiled or
+    trained (the model and optimiser are traced abstractly, as the run's memory check does).
+
+    Each: experiment, cells (ids), labels, runs (cells x seeds), steps (the group's budget), run_steps (runs x
+    steps: an upper bound, a seed that converges or diverges stops early), flops_per_run_step (model FLOPs of one
+    run's training step: 3 x the forward pass's matrix products, bench.engine.program.forward_flops) and memory
+    (bench.spec.build.memory_estimate for the runs one of `devices` devices holds: params, optimizer,
+    activations, data, per_run, total; bytes).
+    """
+    from bench.engine import program
+    from bench.spec import build
+
+    out = []
+    for group in group_cells(cells):
+        runs = len(group.runs)
+        out.append({"experiment": group.cells[0].experiment, "cells": [c.cell_id for c in group.cells],
+                    "labels": [c.label for c in group.cells], "runs": runs, "steps": group.steps,
+                    "run_steps": runs * group.steps, "flops_per_run_step": 3 * program.forward_flops(group.plan),
+                    "memory": build.memory_estimate(group.plan, group.runs[0].hyper, -(-runs // max(devices, 1)))})
+    return out
+
+
 def suite_record(suite: Suite, out_dir) -> dict:
     """What suite.json holds: the validated suite beside its results (and its path as seen from out_dir)."""
     record = {"path": suite.path, "suite_from_out": suite_from(out_dir, suite.path), "name": suite.name,

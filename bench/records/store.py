@@ -248,7 +248,8 @@ def _foreign(old: dict | None, suite: dict, records: list[dict], cell_ids: set) 
         return (f"was run with {', '.join(changed)} (this run: "
                 f"{', '.join(f'{k}={now.get(k)}' for k in ('seeds', 'steps'))}); its {len(others)} records are "
                 "of other cells")
-    return f"holds {len(others)} records of cells that are not in this suite (was the suite file edited?)"
+    return (f"holds {len(others)} records of cells that are not in this suite (were the suite file or the --set "
+            "overrides changed?)")
 
 
 def suite_from(out_dir, suite_path) -> str | None:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 from bench.spec import build, optim, plugins
 from bench.spec.claim_schema import validate_claims
-from bench.spec.schema import REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value, slug
+from bench.spec.schema import (REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value,
+                               slug, suggest)
 from bench.spec.settings import MAX_RUNS, MAX_SEEDS, SETTINGS, read_toml  # noqa: F401 (MAX_SEEDS: re-exported)
 from models import FAMILIES, common
 from tasks import TASKS
@@ -412,24 +413,123 @@ def _merged(base, top, key: str = ""):
     return top
 
 
+SECTIONS = ("task", "model", "optimizer", "mitigation")  # the sections a dotted --set key may name
+NAME_KEYS = {"task": "name", "model": "family", "optimizer": "name"}
+FIXED_SETTINGS = ("name", "description", "plugins")  # [suite] keys no --set overrides (plugins: loaded first)
+
+
+def _split_overrides(path, overrides: dict, seeds, steps) -> tuple[dict, dict, int | None, int | None]:
+    """--set KEY=VALUE pairs -> ([suite] settings, {(section, key): value}, seeds, steps).
+
+    A bare key (or suite.KEY) is a [suite] setting; `seeds` and `steps` are the --seeds and --steps flags (every
+    experiment's too). SECTION.KEY names a key of every experiment's [task], [model] or [optimizer] table, or a
+    parameter of every [[mitigation]] that has it.
+    """
+    settings, dotted = {}, {}
+    allowed_settings = [k for k in SETTINGS if k not in FIXED_SETTINGS]
+    for name, value in overrides.items():
+        flag = f"--set {name}"
+        section, dot, key = str(name).partition(".")
+        if not isinstance(name, str) or not name or (dot and (not key or "." in key)):
+            raise SuiteError(path, flag, "expected KEY or SECTION.KEY (e.g. seeds=4, model.depth=8); allowed "
+                             f"sections: suite, {', '.join(SECTIONS)}")
+        if not dot or section == "suite":
+            key = key if dot else name
+            if key not in allowed_settings:
+                raise SuiteError(path, flag, f"not a [suite] setting nor a SECTION.KEY; allowed: "
+                                 f"{', '.join(allowed_settings)}{suggest(key, allowed_settings)}, or a dotted key of "
+                                 f"{', '.join(SECTIONS)} (e.g. model.depth=8)")
+            value = check_value(path, flag, value, SETTINGS[key])
+            given = {"seeds": seeds, "steps": steps}.get(key)
+            if given is not None and given != value:
+                raise SuiteError(path, flag, f"{value} contradicts --{key} {given}; give one of the two")
+            if key == "seeds":
+                seeds = value
+            elif key == "steps":
+                steps = value
+            else:
+                settings[key] = value
+            continue
+        if section not in SECTIONS:
+            raise SuiteError(path, flag, f"unknown section {section!r}; allowed: suite, {', '.join(SECTIONS)}"
+                             f"{suggest(section, SECTIONS)}")
+        if section == "mitigation" and key == "name":
+            raise SuiteError(path, flag, "the arms are the suite's [[mitigation]] tables, so their names are not "
+                             "overridden; allowed: a parameter of a mitigation (e.g. mitigation.max_norm=2.0)")
+        dotted[(section, key)] = value
+    return settings, dotted, seeds, steps
+
+
+def _section_keys(section: str, table: dict) -> dict[str, Key] | None:
+    """The Keys of one experiment's section table (None: its task, family or optimiser is unknown)."""
+    name = table.get(NAME_KEYS[section])
+    if section == "optimizer":
+        return {"name": Key(str), **optim.optimizer_keys(name)} if name in optim.OPTIMIZERS else None
+    registry = TASKS if section == "task" else FAMILIES
+    return {NAME_KEYS[section]: Key(str), **_field_keys(registry[name].Config)} if name in registry else None
+
+
+def _apply_overrides(path, experiments: list[dict], dotted: dict) -> None:
+    """Sets every dotted --set key in every experiment that has it (a list is a grid axis); each value is checked
+    against its Key. A key no experiment has is refused, naming the keys allowed."""
+    first = sorted(dotted.items(), key=lambda item: item[0][1] != NAME_KEYS.get(item[0][0]))  # names first
+    for (section, key), value in first:
+        flag, used, allowed = f"--set {section}.{key}", False, {}
+        for exp in experiments:
+            if section == "mitigation":
+                tables = []
+                for table in exp["mitigation"]:
+                    spec = optim.MITIGATIONS.get(table.get("name"))
+                    params = spec.params if spec else {}
+                    allowed.update(params)
+                    if key in params:
+                        _axis(path, flag, value, params[key])
+                        table, used = {**table, key: value}, True
+                    tables.append(table)
+                exp["mitigation"] = tables
+                continue
+            name_key = NAME_KEYS[section]
+            if key == name_key:
+                used = True
+                registry = {"task": TASKS, "model": FAMILIES, "optimizer": optim.OPTIMIZERS}[section]
+                if not isinstance(value, str):
+                    raise SuiteError(path, flag, f"must be one name, one of {', '.join(registry)} (grid over "
+                                     "experiments instead)")
+                check_choice(path, flag, value, list(registry))
+                if exp[section].get(name_key) != value:  # another task / family / optimiser: its own defaults
+                    exp[section] = {name_key: value}
+                continue
+            keys = _section_keys(section, exp[section]) or {}
+            allowed.update(keys)
+            if key in keys:
+                _axis(path, flag, value, keys[key])
+                exp[section], used = {**exp[section], key: value}, True
+                if section == "model" and key in ("weight_var", "init"):
+                    _weight_var_used(path, "--set model", exp["model"], exp["model"],
+                                     FAMILIES[exp["model"]["family"]].Config)
+        if not used:
+            where = "mitigation" if section == "mitigation" else f"[{section}] table"
+            raise SuiteError(path, flag, f"no experiment's {where} has this key; allowed: "
+                             f"{', '.join(k for k in allowed if k != 'name') or 'none'}{suggest(key, allowed)}")
+
+
 def load(path, seeds: int | None = None, steps: int | None = None, overrides: dict | None = None) -> Suite:
     """Reads, validates and expands a suite file; raises SuiteError on bad input.
 
     `seeds` and `steps` (the command line's --seeds and --steps) override the suite's and every experiment's;
-    `overrides` (the command line's --set KEY=VALUE) override [suite] settings.
+    `overrides` (the command line's --set KEY=VALUE, a dict of KEY -> value) override a [suite] setting (a bare
+    key such as `init_perturbation`, or `seeds` and `steps`, which are --seeds and --steps), or, as a dotted
+    SECTION.KEY (`model.depth`, `optimizer.lr`, `task.n_train`, `mitigation.max_norm`), that key in every
+    experiment whose section has it, as if each experiment's table had said so (a list is a grid axis; naming
+    another task, family or optimiser starts from its defaults). Every value is checked as the TOML's would be.
     """
     path = Path(path)
     raw = check_table(path, "top level", extended(path, read_toml(path)), TOP_LEVEL)
     settings = check_table(path, "suite", raw["suite"], SETTINGS)
     # Before any name is looked up: a plugin's mitigations, transforms, families and tasks are named below.
     loaded = plugins.load(settings["plugins"], path.parent, path)
-    fixed = ("name", "description", "seeds", "steps", "plugins")
-    for key, value in (overrides or {}).items():
-        if key not in SETTINGS or key in fixed:
-            allowed = [k for k in SETTINGS if k not in fixed]
-            raise SuiteError(path, f"--set {key}", f"not a [suite] setting that --set overrides; allowed: "
-                             f"{', '.join(allowed)} (--seeds and --steps have their own flags)")
-        settings[key] = check_value(path, f"--set {key}", value, SETTINGS[key])
+    overridden, dotted, seeds, steps = _split_overrides(path, overrides or {}, seeds, steps)
+    settings.update(overridden)
     for flag, value in (("seeds", seeds), ("steps", steps)):
         if value is not None:
             settings[flag] = check_value(path, f"--{flag}", value, SETTINGS[flag])
@@ -439,7 +539,7 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
             _weight_var_used(path, "model", base["model"], base["model"],
                              FAMILIES[family].Config if isinstance(family, str) and family in FAMILIES else _NoInit)
     experiments = raw["experiment"] or [{"name": settings["name"]}]
-    cells, resolved, names, slugs = [], [], {}, {}
+    resolved, names, slugs = [], {}, {}
     for i, table in enumerate(experiments):
         where = f"experiment[{i}]" if raw["experiment"] else "suite"
         exp = check_table(path, where, table, EXPERIMENT)
@@ -472,8 +572,18 @@ def load(path, seeds: int | None = None, steps: int | None = None, overrides: di
         exp["steps"] = steps or exp["steps"] or settings["steps"]
         exp["early_stop"] = settings["early_stop"] if exp["early_stop"] is None else exp["early_stop"]
         exp["where"] = where
-        cells += _expand(path, settings, exp, sum(c.config["seeds"] for c in cells))
-        resolved.append({k: v for k, v in exp.items() if k != "where"})
+        resolved.append(exp)
+    _apply_overrides(path, resolved, dotted)
+    cells = []
+    for exp in resolved:
+        try:
+            cells += _expand(path, settings, exp, sum(c.config["seeds"] for c in cells))
+        except SuiteError as e:
+            if dotted:  # a value --set gave may be what breaks a rule that joins keys
+                given = ", ".join(f"{s}.{k}={v!r}" for (s, k), v in dotted.items())
+                e.args = (f"{e} (with --set {given})",)
+            raise
+    resolved = [{k: v for k, v in exp.items() if k != "where"} for exp in resolved]
     seen: dict[str, Cell] = {}
     for c in cells:
         if c.cell_id in seen:
