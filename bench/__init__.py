@@ -1,7 +1,9 @@
-"""Gradient-explosion benchmark harness, in layers: spec (suite -> cells) -> engine -> records -> analysis -> reports,
-the Python API (api) and the command line (__main__) on top (docs/REFERENCE.md, "Layout"; tests/test_layers.py).
+"""gradbench, the gradient-explosion benchmark harness, in layers: spec (suite -> cells) -> engine -> records ->
+analysis -> reports, the Python API (api) and the command line (cli) on top; the model families and tasks are
+gradbench.models and gradbench.tasks. In the repository the package is bench/ (models/ and tasks/ beside it),
+installed as gradbench (pyproject.toml) (docs/REFERENCE.md, "Layout"; tests/test_layers.py).
 
-The API's functions are names of the package, imported when first used (so `python -m bench --help` imports no
+The API's functions are names of the package, imported when first used (so `gradbench --help` imports no
 jax): `load(dir)` (a DataFrame, one row per cell x seed), `results(dir)`, `run(path, out, **overrides)`,
 `cells(path, **overrides)`, `suite(path, **overrides)`; see bench/api.py and docs/USAGE.md.
 """

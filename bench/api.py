@@ -1,11 +1,11 @@
-"""The Python API: what `python -m bench` does, as functions that return data.
+"""The Python API: what the `gradbench` command does, as functions that return data.
 
-    import bench
-    df = bench.load("results/ci")     # pandas DataFrame: one row per cell x seed
-    df = bench.run("bench/suites/example.toml", "runs/example-deep", seeds=4, model__depth=8)
-    plan = bench.cells("bench/suites/example.toml", optimizer__lr=[0.01, 0.1])
+    import gradbench
+    df = gradbench.load("results/ci")     # pandas DataFrame: one row per cell x seed
+    df = gradbench.run("bench/suites/example.toml", "runs/example-deep", seeds=4, model__depth=8)
+    plan = gradbench.cells("bench/suites/example.toml", optimizer__lr=[0.01, 0.1])
 
-Overrides are keyword arguments, one convention everywhere: each is a key of `python -m bench run --set`, with
+Overrides are keyword arguments, one convention everywhere: each is a key of `gradbench run --set`, with
 `__` for the dot (`model__depth=8` is `--set model.depth=8`; `**{"model.depth": 8}` says the same). A bare key is
 a [suite] setting (`seeds`, `steps`, `init_perturbation`, ...; `seeds` and `steps` are --seeds and --steps: every
 experiment's too); SECTION__KEY sets that key of every experiment's [task], [model] or [optimizer] table, or a
@@ -14,7 +14,7 @@ checked as the suite file's are.
 
 Bad input raises `UsageError` (a ValueError) whose message is the one line the command line prints (naming the
 file or flag, the key and what is allowed); nothing is written. Nothing here imports jax until it is called,
-so `import bench` stays fast. The command line (bench/__main__.py) is built on the same functions.
+so `import gradbench` stays fast. The command line (gradbench.cli) is built on the same functions.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def _one_line(function):
 
     @functools.wraps(function)
     def wrapped(*args, **kwargs):
-        from bench.records.store import StoreError
-        from bench.spec.files import InputError
-        from bench.spec.schema import SuiteError
+        from gradbench.records.store import StoreError
+        from gradbench.spec.files import InputError
+        from gradbench.spec.schema import SuiteError
 
         try:
             return function(*args, **kwargs)
@@ -60,7 +60,7 @@ def overrides(keywords: dict) -> dict:
 def results(path) -> list[dict]:
     """The results records (one dict per cell, docs/REFERENCE.md "Results records") of a run directory or a
     results.jsonl, each checked against its declared shape; UsageError on an unreadable or malformed file."""
-    from bench.records import store
+    from gradbench.records import store
 
     try:
         return store.read_results(path)
@@ -71,7 +71,7 @@ def results(path) -> list[dict]:
 def to_frame(recs: list[dict]):
     """Records -> a pandas DataFrame, one row per cell x seed (the tidy table, bench.reports.export.tidy_rows)."""
     pandas = _pandas()
-    from bench.reports.export import tidy_rows
+    from gradbench.reports.export import tidy_rows
 
     return pandas.DataFrame(tidy_rows(recs))
 
@@ -119,8 +119,8 @@ def suite(path=DEFAULT_SUITE, **keywords):
 @_one_line
 def load_suite(path=DEFAULT_SUITE, seeds=None, steps=None, overrides=None):
     """`suite` with the command line's arguments: --seeds, --steps and the --set keys (dotted) as given."""
-    from bench.spec import suite as suite_lib
-    from bench.spec.settings import read_toml
+    from gradbench.spec import suite as suite_lib
+    from gradbench.spec.settings import read_toml
 
     read_toml(path)  # a missing or malformed file is one line, before jax is imported
     return suite_lib.load(path, seeds=seeds, steps=steps, overrides=overrides)
@@ -144,8 +144,8 @@ def plan(s) -> dict:
     """`cells` of a validated suite."""
     import jax
 
-    from bench.engine import runner
-    from bench.spec import build
+    from gradbench.engine import runner
+    from gradbench.spec import build
 
     devices = jax.local_device_count()
     programs = runner.cost(s.cells, devices)
@@ -179,17 +179,17 @@ def prepare(path=DEFAULT_SUITE, out=None, *, seeds=None, steps=None, overrides=N
     and the output directory (opened under its lock: another suite's or stale records are refused unless
     `force`). Raises UsageError with one line; nothing is written.
     `overrides` are --set keys (dotted), as given."""
-    from bench.spec.settings import read_toml
+    from gradbench.spec.settings import read_toml
 
     if out is not None and not str(out).strip():
         raise UsageError(f"--out {str(out)!r}: an empty path; allowed: a directory (default: runs/SUITE_NAME)")
     parse_shard(shard)
     read_toml(path)
 
-    from bench.engine import cluster, compile_cache as cache_lib, runner
-    from bench.records import store
-    from bench.records.env import provenance
-    from bench.spec import suite as suite_lib
+    from gradbench.engine import cluster, compile_cache as cache_lib, runner
+    from gradbench.records import store
+    from gradbench.records.env import provenance
+    from gradbench.spec import suite as suite_lib
 
     cache = cache_lib.enable(compile_cache)
     # (0, 1) unless launched by SLURM or with JAX_COORDINATOR_ADDRESS; before anything touches a JAX backend.
@@ -217,14 +217,14 @@ def prepare(path=DEFAULT_SUITE, out=None, *, seeds=None, steps=None, overrides=N
 def train(prepared: Prepared, progress=None, stop=None) -> list[dict]:
     """Trains the prepared cells not yet in its directory (bench.engine.runner.run_suite); returns this process's
     records of the suite, in file order. Raises runner.OutOfMemory when a group did not fit (the others kept)."""
-    from bench.engine import runner
+    from gradbench.engine import runner
 
     return runner.run_suite(prepared.suite, prepared.out, prepared.shard, progress=progress, stop=stop)
 
 
 def run(path=DEFAULT_SUITE, out=None, *, force=False, report=True, progress=False, compile_cache=True, frame=True,
         **keywords):
-    """Runs a suite into `out` as `python -m bench run PATH --out OUT` does and returns its results.
+    """Runs a suite into `out` as `gradbench run PATH --out OUT` does and returns its results.
 
     Args:
       path: a suite file (default: the claims suite).
@@ -247,7 +247,7 @@ def run(path=DEFAULT_SUITE, out=None, *, force=False, report=True, progress=Fals
     if progress:
         from rich.console import Console
 
-        from bench.reports import console
+        from gradbench.reports import console
 
         shown = console.GroupProgress(Console(stderr=True))
     import contextlib
@@ -255,7 +255,7 @@ def run(path=DEFAULT_SUITE, out=None, *, force=False, report=True, progress=Fals
     with shown if shown is not None else contextlib.nullcontext():
         recs = train(prepared, progress=shown)
     if report and prepared.processes == 1:
-        from bench.reports import report as report_lib
+        from gradbench.reports import report as report_lib
 
         report_lib.write(prepared.out)
     return to_frame(recs) if frame else recs
@@ -298,8 +298,8 @@ def check_memory(s, chosen) -> None:
         return
     import jax
 
-    from bench.engine import runner
-    from bench.spec import build
+    from gradbench.engine import runner
+    from gradbench.spec import build
 
     available, where = build.available_memory()
     devices = jax.local_device_count()
@@ -321,7 +321,7 @@ def check_memory(s, chosen) -> None:
 
 def start_cluster() -> tuple[int, int]:
     """(process, processes) of a multi-process launch (bench.engine.cluster), one line if it cannot start."""
-    from bench.engine import cluster
+    from gradbench.engine import cluster
 
     try:
         return cluster.initialize()

@@ -18,10 +18,10 @@ description)} with a model method `diagnostics(x, train=..., shifts=None)`
 -> (prediction, {name: scalar}), the scalars reduced over training steps.
 A task whose examples are shaped (T,) gives integer tokens in [0, output_dim).
 """
-from models import mlp
-from models import resnet
-from models import rnn
-from models import transformer
+from gradbench.models import mlp
+from gradbench.models import resnet
+from gradbench.models import rnn
+from gradbench.models import transformer
 
 FAMILIES = {
     "mlp": mlp,

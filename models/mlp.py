@@ -18,7 +18,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 from flax import nnx
 
-from models import common
+from gradbench.models import common
 
 DESCRIPTION = "MLP: depth x width hidden layers, any activation, initialiser, norm, residual"
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from models import common
+from gradbench.models import common
 
 DESCRIPTION = "ResNet/CNN for images: stages x blocks of 3x3 convs, norm, residual on/off, global pooling"
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.nn import initializers as jinit
 
-from models import common
+from gradbench.models import common
 
 DESCRIPTION = "RNN: stacked tanh (Elman, any activation) / LSTM / GRU cells, recurrent initialiser"
 

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.nn import initializers as jinit
 
-from models import common
+from gradbench.models import common
 
 DESCRIPTION = "decoder-only Transformer: causal attention, pre/post/no LayerNorm, qk-norm, muP, mixed precision"
 

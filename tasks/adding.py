@@ -27,7 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "adding problem: sum of two marked values in a long sequence (MSE; RNN)"
 

@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "in-context associative recall: the value of a queried key from pairs in the context (Transformer)"
 

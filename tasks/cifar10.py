@@ -24,7 +24,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "CIFAR-10 from local pickle files (path or $CIFAR10_DIR; cross-entropy, accuracy; test batch held out)"
 

@@ -16,7 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "classification of noisy Gaussian clusters (cross-entropy, accuracy; held-out split)"
 

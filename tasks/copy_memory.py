@@ -30,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "copy memory: recall symbols after a long blank delay (cross-entropy, accuracy; RNN)"
 

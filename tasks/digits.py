@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.datasets import load_digits
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "scikit-learn's 8x8 handwritten digits as images (cross-entropy, accuracy; held-out split)"
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "next-token prediction on a random sparse Markov chain (cross-entropy; known entropy rate)"
 

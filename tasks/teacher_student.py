@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from tasks import base
+from gradbench.tasks import base
 
 DESCRIPTION = "regression on a random tanh teacher network (MSE; held-out split)"
 

@@ -15,7 +15,7 @@ os.environ["GRADBENCH_CACHE_DIR"] = TEST_CACHE
 
 
 def pytest_configure(config):
-    from bench.engine import compile_cache
+    from gradbench.engine import compile_cache
 
     compile_cache.enable()  # before this process compiles anything
 
@@ -70,7 +70,7 @@ def module_tmp(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One tiny run shared by the session: lr 0.05 (no seed diverges) and 0.5 (most do), 16 seeds, 30 steps."""
-    from bench.__main__ import main
+    from gradbench.cli import main
 
     directory = tmp_path_factory.mktemp("tiny_run")
     path = tiny_suite(directory, seeds=16, steps=30, lr="[0.05, 0.5]")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import bench
-from bench.__main__ import main
+import gradbench
+from gradbench.cli import main
 from tests.conftest import TINY, tiny_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,8 +21,8 @@ VERSIONS = ("env.jax", "env.jaxlib", "env.flax", "env.optax", "env.numpy")
 
 def test_load_gives_one_row_per_cell_and_seed_with_throughput_versions_and_backend():
     pytest.importorskip("pandas")
-    df = bench.load(CI)
-    recs = bench.results(CI)
+    df = gradbench.load(CI)
+    recs = gradbench.results(CI)
     assert len(df) == sum(len(r["per_seed"]["diverged"]) for r in recs)
     for column in ("experiment", "label", "optimizer.lr", "mitigation.name", "seed", "diverged", "trained",
                    "throughput.steps_per_s", "env.backend", *VERSIONS):
@@ -35,8 +35,8 @@ def test_load_gives_one_row_per_cell_and_seed_with_throughput_versions_and_backe
 
 def test_load_needs_neither_jax_nor_the_command_line():
     pytest.importorskip("pandas")
-    code = (f"import sys, bench\ndf = bench.load({str(CI)!r})\nprint(len(df), 'jax' in sys.modules, "
-            "'bench.__main__' in sys.modules)")
+    code = (f"import sys, gradbench\ndf = gradbench.load({str(CI)!r})\nprint(len(df), 'jax' in sys.modules, "
+            "'gradbench.cli' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -45,24 +45,24 @@ def test_load_needs_neither_jax_nor_the_command_line():
 
 def test_load_without_pandas_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
-    with pytest.raises(bench.UsageError, match=r"pandas is not installed.*gradbench\[pandas\]"):
-        bench.load(CI)
-    assert len(bench.results(CI)) == 6  # the records need no pandas
+    with pytest.raises(gradbench.UsageError, match=r"pandas is not installed.*gradbench\[pandas\]"):
+        gradbench.load(CI)
+    assert len(gradbench.results(CI)) == 6  # the records need no pandas
 
 
 def test_load_of_a_directory_without_results_is_one_line(tmp_path):
-    with pytest.raises(bench.UsageError, match="no such file") as e:
-        bench.results(tmp_path)
+    with pytest.raises(gradbench.UsageError, match="no such file") as e:
+        gradbench.results(tmp_path)
     assert "\n" not in str(e.value)
 
 
 def test_the_api_is_a_name_of_the_package_imported_lazily():
-    code = "import sys, bench\nprint('bench.api' in sys.modules, callable(bench.run), 'bench.api' in sys.modules)"
+    code = "import sys, gradbench\nprint('gradbench.api' in sys.modules, callable(gradbench.run), 'gradbench.api' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.split() == ["False", "True", "True"], proc.stderr[-2000:]
     with pytest.raises(AttributeError):
-        bench.no_such_function  # noqa: B018
+        gradbench.no_such_function  # noqa: B018
 
 
 # ---- --set with dotted keys, and the API's keywords ----------------------------------------------------------------
@@ -78,10 +78,10 @@ def test_set_a_dotted_key_changes_every_cell(tmp_path, capsys):
     deeper = _cells(capsys, path, "--set", "model.depth=3", "--set", "task.n_train=32")
     assert [c["label"] for c in plain["cells"]] == [c["label"] for c in deeper["cells"]] == ["none"]
     assert plain["cells"][0]["cell_id"] != deeper["cells"][0]["cell_id"]
-    s = bench.suite(path, model__depth=3, task__n_train=32)
+    s = gradbench.suite(path, model__depth=3, task__n_train=32)
     assert s.cells[0].config["model"]["depth"] == 3 and s.cells[0].config["task"]["n_train"] == 32
     assert s.cells[0].cell_id == deeper["cells"][0]["cell_id"]
-    assert bench.suite(path, **{"model.depth": 3, "task.n_train": 32}).cells[0].cell_id == s.cells[0].cell_id
+    assert gradbench.suite(path, **{"model.depth": 3, "task.n_train": 32}).cells[0].cell_id == s.cells[0].cell_id
 
 
 def test_set_a_list_is_a_grid_axis_and_seeds_is_the_seeds_flag(tmp_path, capsys):
@@ -104,7 +104,7 @@ def test_set_applies_to_the_experiments_whose_section_has_the_key(tmp_path):
         'lr = 0.01\n'))
     path = tmp_path / "two.toml"
     path.write_text(text)
-    s = bench.suite(path, optimizer__b1=0.8, model__width=4)
+    s = gradbench.suite(path, optimizer__b1=0.8, model__width=4)
     plain, adam = (c.config for c in s.cells)
     assert "b1" not in plain["optimizer"] and adam["optimizer"]["b1"] == 0.8
     assert plain["model"]["width"] == adam["model"]["width"] == 4
@@ -149,16 +149,16 @@ def test_set_seeds_that_contradicts_the_seeds_flag_is_refused(tmp_path, capsys):
 
 def test_the_api_raises_usage_error_with_the_same_line(tmp_path):
     path = tiny_suite(tmp_path, seeds=2, steps=20, lr="0.05")
-    with pytest.raises(bench.UsageError, match=r"--set model\.detph: .*did you mean 'depth'"):
-        bench.suite(path, model__detph=3)
+    with pytest.raises(gradbench.UsageError, match=r"--set model\.detph: .*did you mean 'depth'"):
+        gradbench.suite(path, model__detph=3)
     with pytest.raises(ValueError, match="no such file"):
-        bench.cells(tmp_path / "missing.toml")
+        gradbench.cells(tmp_path / "missing.toml")
 
 
 # ---- bench cells ---------------------------------------------------------------------------------------------------
 
 def test_cells_lists_cells_programs_and_cost_without_compiling(tmp_path, capsys):
-    from bench.engine import program
+    from gradbench.engine import program
 
     path = tiny_suite(tmp_path, seeds=3, steps=20, lr="[0.05, 0.5]",
                       extra='[[mitigation]]\nname = "none"\n[[mitigation]]\nname = "clip_by_global_norm"\n')
@@ -170,7 +170,7 @@ def test_cells_lists_cells_programs_and_cost_without_compiling(tmp_path, capsys)
                  "4 cells, 12 runs (cells x seeds) in 2 compiled programs", "240 run-steps",
                  "Nothing was compiled or trained"):
         assert word in out, out
-    plan = bench.cells(path, seeds=5)
+    plan = gradbench.cells(path, seeds=5)
     assert [p["runs"] for p in plan["programs"]] == [10, 10] and plan["run_steps"] == 400
     assert all(p["memory"]["total"] > 0 and p["flops_per_run_step"] > 0 for p in plan["programs"])
     assert [c["program"] for c in plan["cells"]] == [0, 0, 1, 1]
@@ -179,7 +179,7 @@ def test_cells_lists_cells_programs_and_cost_without_compiling(tmp_path, capsys)
 
 def test_cells_of_a_bad_suite_does_not_import_jax(tmp_path):
     (tmp_path / "s.toml").write_text("not toml [")
-    code = ("import sys\nfrom bench.__main__ import main\nrc = main(sys.argv[1:])\nprint('jax' in sys.modules, rc)")
+    code = ("import sys\nfrom gradbench.cli import main\nrc = main(sys.argv[1:])\nprint('jax' in sys.modules, rc)")
     for argv in (["cells", "s.toml"], ["cells", "missing.toml"], ["cells", "--help"]):
         proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True,
                               timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -192,9 +192,9 @@ def test_cells_of_a_bad_suite_does_not_import_jax(tmp_path):
 def test_the_results_table_has_failed_and_converged_columns():
     from rich.console import Console
 
-    from bench.reports import console
+    from gradbench.reports import console
 
-    recs = bench.results(CI)
+    recs = gradbench.results(CI)
     table, more = console.results_table(recs)
     assert more is None and len(table.rows) == len(recs)
     text = _render(Console, table)
@@ -209,9 +209,9 @@ def test_the_results_table_has_failed_and_converged_columns():
 def test_a_big_suite_gets_one_row_per_arm_then_a_line_for_the_rest():
     from rich.console import Console
 
-    from bench.reports import console
+    from gradbench.reports import console
 
-    recs = bench.results(CI)
+    recs = gradbench.results(CI)
     table, more = console.results_table(recs, limit=4)  # 6 cells > 4: one row per arm (none, clipping)
     text = _render(Console, table)
     assert len(table.rows) == 2 and "arm" in text and "cells" in text and "/60" in text
@@ -232,7 +232,7 @@ def _render(console_cls, table) -> str:
 def test_run_from_python_then_the_command_ends_with_the_table(tmp_path, capsys):
     path = tiny_suite(tmp_path, seeds=2, steps=20, lr="[0.05, 1e4]")
     out = tmp_path / "o"
-    recs = bench.run(path, out, report=False, frame=False, model__width=4)
+    recs = gradbench.run(path, out, report=False, frame=False, model__width=4)
     assert [r["label"] for r in recs] == ["none lr=0.05", "none lr=10000.0"]
     assert {r["config"]["model"]["width"] for r in recs} == {4}
     assert recs[1]["per_seed"]["diverged"] == [True, True]
@@ -244,11 +244,11 @@ def test_run_from_python_then_the_command_ends_with_the_table(tmp_path, capsys):
     # An override that makes other cells is another suite for the directory: refused, one line.
     assert main(["run", str(path), "--out", str(out), "--quiet", "--no-report"]) == 2
     assert capsys.readouterr().err.count("\n") == 1
-    with pytest.raises(bench.UsageError, match="not in this suite .*--set overrides changed"):
-        bench.run(path, out, report=False, frame=False)
+    with pytest.raises(gradbench.UsageError, match="not in this suite .*--set overrides changed"):
+        gradbench.run(path, out, report=False, frame=False)
     try:
         import pandas  # noqa: F401
     except ImportError:
         return
-    df = bench.run(path, out, report=False, model__width=4)
+    df = gradbench.run(path, out, report=False, model__width=4)
     assert len(df) == 4 and "throughput.steps_per_s" in df.columns

@@ -5,8 +5,8 @@ import re
 import tomllib
 from pathlib import Path
 
-from bench.records import store
-from bench.spec import suite
+from gradbench.records import store
+from gradbench.spec import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from bench.analysis import claims
-from bench.reports import verdicts
+from gradbench.analysis import claims
+from gradbench.reports import verdicts
 
 LRS = (0.01, 0.1, 1.0)
 BASE, CURE = {"name": "none"}, {"name": "clip_by_global_norm", "max_norm": 1.0}

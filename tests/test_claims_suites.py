@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.spec.claim_schema import matches
-from bench.engine import runner
-from bench.spec import suite
+from gradbench.spec.claim_schema import matches
+from gradbench.engine import runner
+from gradbench.spec import suite
 
 SUITES = Path(__file__).resolve().parents[1] / "bench" / "suites"
 

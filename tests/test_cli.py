@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.__main__ import main
+from gradbench.cli import main
 from tests.conftest import TINY, tiny_suite
 
 GOOD = dict(seeds=2, steps=20, lr="0.05", extra="# mitigations")

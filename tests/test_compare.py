@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
-from bench.analysis import compare
-from bench.records import store
+from gradbench.cli import main
+from gradbench.analysis import compare
+from gradbench.records import store
 
 
 @pytest.fixture(scope="module")
@@ -414,6 +414,6 @@ def test_a_nan_per_seed_value_ranks_last_and_json_stays_strict(run_dir, tmp_path
 
 
 def test_every_per_seed_key_compare_reads_is_declared_in_the_record_shape():
-    from bench.records import validate
+    from gradbench.records import validate
 
     assert set(compare.PER_SEED_KEYS) <= set(validate.CORE["per_seed"])

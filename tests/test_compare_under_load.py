@@ -14,7 +14,7 @@ def test_an_unchanged_run_under_load_does_not_regress(tmp_path):
            "GRADBENCH_CACHE_DIR": str(tmp_path / "cache"), "GRADBENCH_MEMORY_CHECK": "0"}
 
     def bench(*args):
-        return subprocess.run([sys.executable, "-m", "bench", *args], env=env, capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "gradbench", *args], env=env, capture_output=True, text=True,
                               timeout=600)
 
     run = ["run", str(ROOT / "bench/suites/ci.toml"), "--quiet", "--no-report", "--out"]

@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from bench.engine import program, runner
-from bench.records import metrics
-from bench.records.store import ResultsStore
-from bench.reports import report
-from bench.spec import suite
+from gradbench.engine import program, runner
+from gradbench.records import metrics
+from gradbench.records.store import ResultsStore
+from gradbench.reports import report
+from gradbench.spec import suite
 from tests.conftest import tiny_suite
 
 CLIP = """
@@ -190,7 +190,7 @@ def test_report_has_verdicts_tables_and_plots(first_run, module_tmp):
     assert (module_tmp / "a" / "plots" / "forest.png").read_bytes()[:4] == b"\x89PNG" and "(plots/forest.png)" in text
     assert "none lr=10000.0 | 1.00 [0.51, 1] | 4 | 0 |" in text  # 4/4 diverged, Wilson interval
     settings = json.loads((module_tmp / "a" / "suite.json").read_text())["settings"]
-    assert (f"Reproduce (paths relative to the directory of this report): `python -m bench run {first_run[0]} "
+    assert (f"Reproduce (paths relative to the directory of this report): `gradbench run {first_run[0]} "
             f"--seeds {settings['seeds']} --steps {settings['steps']} --out .`") in text
     for name in ("tiny-failure.png", "tiny-loss.png", "tiny-gradients.png"):
         png = module_tmp / "a" / "plots" / name
@@ -227,7 +227,7 @@ class _Order:
 
 
 def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(module_tmp):
-    from bench.engine import probe
+    from gradbench.engine import probe
 
     path = tiny_suite(module_tmp, name="init_sweep.toml", seeds=2, steps=20, extra=INIT_SWEEP)
     s = suite.load(path)

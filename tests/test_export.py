@@ -15,7 +15,7 @@ from pytest_benchmark import cli
 from pytest_benchmark.logger import Logger
 from pytest_benchmark.storage.file import FileStorage
 
-from bench.__main__ import main
+from gradbench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_a_faster_runner_moves_raw_steps_not_the_normalised_series(tiny_run, tmp
 
 
 def test_a_program_is_one_series_whatever_the_experiments_its_cells_belong_to():
-    from bench.reports import export
+    from gradbench.reports import export
 
     recs = [json.loads(line) for line in (ROOT / "results" / "claims" / "results.jsonl").read_text().splitlines()]
     groups = export.programs(recs)

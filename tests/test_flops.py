@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bench.engine import flops
+from gradbench.engine import flops
 
 
 def test_matmul_in_a_scan_counts_every_iteration():

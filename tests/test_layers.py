@@ -1,9 +1,10 @@
-"""The layering of bench/: imports point one way only (docs/REFERENCE.md, "Layout").
+"""The layering of bench/ (installed as the package gradbench): imports point one way only (docs/REFERENCE.md,
+"Layout").
 
-Every module under bench/ is parsed with `ast`; each of its imports of bench
+Every module under bench/ is parsed with `ast`; each of its imports of gradbench
 (absolute or relative, at the top or inside a function) is resolved to the
-layer it reaches and checked against ALLOWED. models/ and tasks/ never import
-bench at all.
+layer it reaches and checked against ALLOWED. models/ and tasks/
+(gradbench.models, gradbench.tasks) never import the harness at all.
 """
 import ast
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
-# layer -> the layers its modules may import (its own included). "cli" is bench/__main__.py, the command
+# layer -> the layers its modules may import (its own included). "cli" is bench/cli.py, the command
 # line on top; "api" is bench/api.py, the Python API beside it (the command line is built on it);
 # "package" is bench/__init__.py, which imports only the API, lazily (module __getattr__), so `--help` is fast.
 LAYERS = ("spec", "engine", "records", "analysis", "reports", "peers")
@@ -26,24 +27,33 @@ ALLOWED = {
     "peers": {"peers", "engine", "spec"},
     "api": {"api", *LAYERS},
     "cli": {"cli", "package", "api", *LAYERS},
+    "main": {"cli"},  # bench/__main__.py: `python -m gradbench` (and `python -m bench` in the repository)
     "package": {"api"},
 }
 
 
+FOLDERS = {"bench": ["gradbench"], "models": ["gradbench", "models"], "tasks": ["gradbench", "tasks"]}
+
+
 def module_name(path: Path, root: Path = ROOT) -> str:
-    """bench/spec/suite.py -> bench.spec.suite; bench/spec/__init__.py -> bench.spec."""
+    """bench/spec/suite.py -> gradbench.spec.suite; bench/spec/__init__.py -> gradbench.spec; models/mlp.py ->
+    gradbench.models.mlp (the installed names, pyproject.toml)."""
     parts = list(path.relative_to(root).with_suffix("").parts)
+    parts = FOLDERS[parts[0]] + parts[1:]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def layer_of(module: str) -> str | None:
-    """The layer of a module of bench (None: not bench)."""
+    """The layer of a module of the harness (None: not the harness: another package, or gradbench.models and
+    gradbench.tasks)."""
     parts = module.split(".")
-    if parts[0] != "bench":
+    if parts[0] != "gradbench" or (len(parts) > 1 and parts[1] in ("models", "tasks")):
         return None
     if len(parts) == 1:
         return "package"
     if parts[1] == "__main__":
+        return "main"
+    if parts[1] == "cli":
         return "cli"
     if parts[1] == "api":
         return "api"
@@ -72,7 +82,7 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[i
                 prefix = ".".join(base + ([node.module] if node.module else []))
             else:
                 prefix = node.module
-            # `from bench import store` imports the module bench.store; `from bench.x import name` reaches bench.x.
+            # `from gradbench import store` imports the module bench.store; `from gradbench.x import name` reaches bench.x.
             found += [(node.lineno, f"{prefix}.{alias.name}" if alias.name != "*" else prefix) for alias in node.names]
         elif isinstance(node, ast.Call):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
@@ -115,26 +125,26 @@ def test_imports_point_one_way_only():
 
 
 @pytest.mark.parametrize("directory", ["models", "tasks"])
-def test_models_and_tasks_never_import_bench(directory):
+def test_models_and_tasks_never_import_the_harness(directory):
     found = []
     for path in sorted((ROOT / directory).rglob("*.py")):
         module = module_name(path)
         found += [f"{path.relative_to(ROOT)}:{line}: imports {target}"
                   for line, target in imported_modules(path.read_text(), module, path.name == "__init__.py")
-                  if target.split(".")[0] == "bench"]
+                  if target.split(".")[0] == "bench" or layer_of(target) is not None]
     assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("module, source", [
-    ("bench.spec.claim_schema", "from bench.analysis.claims import EXPECT\n"),
-    ("bench.spec.suite", "def f():\n    from bench.records import metrics\n"),
-    ("bench.records.store", "from ..engine import runner\n"),
-    ("bench.engine.runner", "import bench.reports.console\n"),
-    ("bench.analysis.claims", "from bench.reports import report\n"),
-    ("bench.reports.report", "from bench.engine import probe\n"),
-    ("bench.peers.cases", "import importlib\nimportlib.import_module('bench.analysis.compare')\n"),
-    ("bench.spec.build", "from bench import __main__\n"),
-    ("bench.spec", "from . import schema\nfrom ..records import cell\n"),
+    ("gradbench.spec.claim_schema", "from gradbench.analysis.claims import EXPECT\n"),
+    ("gradbench.spec.suite", "def f():\n    from gradbench.records import metrics\n"),
+    ("gradbench.records.store", "from ..engine import runner\n"),
+    ("gradbench.engine.runner", "import gradbench.reports.console\n"),
+    ("gradbench.analysis.claims", "from gradbench.reports import report\n"),
+    ("gradbench.reports.report", "from gradbench.engine import probe\n"),
+    ("gradbench.peers.cases", "import importlib\nimportlib.import_module('gradbench.analysis.compare')\n"),
+    ("gradbench.spec.build", "from gradbench import cli\n"),
+    ("gradbench.spec", "from . import schema\nfrom ..records import cell\n"),
 ])
 def test_a_forbidden_import_is_found(module, source):
     """The checker itself: each of these breaks the layering, in the ways an import can be written."""
@@ -142,13 +152,14 @@ def test_a_forbidden_import_is_found(module, source):
 
 
 def test_allowed_imports_pass():
-    assert not violations("from bench.spec import build\nfrom . import metrics\nfrom .cell import read_extended\n",
-                          "bench.records.store")
-    assert not violations("from bench.analysis import claims\nfrom bench import __main__\n", "bench.__main__")
+    assert not violations("from gradbench.spec import build\nfrom . import metrics\nfrom .cell import read_extended\n",
+                          "gradbench.records.store")
+    assert not violations("from gradbench.analysis import claims\nfrom gradbench import api\n", "gradbench.cli")
+    assert not violations("from gradbench.cli import main\n", "gradbench.__main__")
 
 
 def test_the_claim_measures_the_spec_validates_are_the_ones_analysis_computes():
-    from bench.analysis import claims
-    from bench.spec import claim_schema
+    from gradbench.analysis import claims
+    from gradbench.spec import claim_schema
 
     assert set(claims.MEASURES) == set(claim_schema.MEASURES)

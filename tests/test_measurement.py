@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench.engine import loop, probe, program, runner
-from bench.spec import optim, suite
-from bench.spec.build import make_model, make_task
-from tasks import TASKS
+from gradbench.engine import loop, probe, program, runner
+from gradbench.spec import optim, suite
+from gradbench.spec.build import make_model, make_task
+from gradbench.tasks import TASKS
 
 # name -> (config overrides that keep it small, closed form of the trivial loss, tolerance of the closed form)
 TRIVIAL = {

@@ -1,4 +1,4 @@
-"""The memory estimate against a real out-of-memory: subprocesses of `python -m bench run` under RLIMIT_AS."""
+"""The memory estimate against a real out-of-memory: subprocesses of `gradbench run` under RLIMIT_AS."""
 import json
 import os
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.spec import build, suite
+from gradbench.spec import build, suite
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ jax.numpy.zeros(1).block_until_ready()
 used = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
 limit = used + int(float(sys.argv[1]) * 2**30)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from bench.__main__ import main
+from gradbench.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 BIG = TINY.format(seeds=16, steps=5, lr="0.05", extra="").replace("width = 8", "width = 2048").replace(
@@ -47,7 +47,7 @@ def test_estimate_of_the_big_suite_is_above_the_headroom_and_of_the_small_one_fa
     for text, low, high in ((BIG, 1.5, 3.0), (SMALL, 0, 0.05)):
         (tmp_path / "s.toml").write_text(text)
         cells = suite.load(tmp_path / "s.toml").cells
-        from bench.engine import runner
+        from gradbench.engine import runner
 
         group = runner.group_cells(cells)[0]
         total = build.memory_estimate(group.plan, group.runs[0].hyper, len(group.runs))["total"] / 2**30
@@ -89,8 +89,8 @@ def test_a_long_suite_keeps_only_a_few_compiled_programs_alive(tmp_path, monkeyp
     import gc
     import weakref
 
-    from bench.engine import program, runner
-    from bench.spec import suite
+    from gradbench.engine import program, runner
+    from gradbench.spec import suite
     from tests.conftest import tiny_suite
 
     monkeypatch.setattr(program, "MAX_PROGRAMS", 2)

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
-from bench.records import store
-from bench.reports import report
+from gradbench.cli import main
+from gradbench.records import store
+from gradbench.reports import report
 
 
 def split(run_dir, tmp_path, edit=None):
@@ -82,7 +82,7 @@ def test_reproduce_line_leaves_out_seeds_and_steps_that_experiments_set_themselv
     suite = {"path": "s.toml", "settings": {"seeds": 16, "steps": 200},
              "experiments": [{"name": "a", "seeds": 16, "steps": 2000}, {"name": "b", "seeds": 16, "steps": 200}]}
     # --steps 200 would retrain "a" for 200 steps; --seeds 16 is what every experiment ran with.
-    assert report.reproduce_command(suite, tmp_path, tmp_path / "R.md") == "python -m bench run s.toml --seeds 16 --out ."
+    assert report.reproduce_command(suite, tmp_path, tmp_path / "R.md") == "gradbench run s.toml --seeds 16 --out ."
 
 
 @pytest.mark.parametrize("output", ["REPORT.md", "docs/deep/REPORT.md"])

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench.records import metrics
+from gradbench.records import metrics
 
 NAN, INF = math.nan, math.inf
 

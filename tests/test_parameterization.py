@@ -3,8 +3,8 @@ import collections
 
 import pytest
 
-from bench.engine import runner
-from bench.spec import suite
+from gradbench.engine import runner
+from gradbench.spec import suite
 
 WIDTHS = (32, 128, 512)
 LRS = (0.0625, 0.125, 0.25, 0.5)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from bench.__main__ import main
-from bench.peers import cases
-from bench.spec import optim, suite
+from gradbench.cli import main
+from gradbench.peers import cases
+from gradbench.spec import optim, suite
 
 
 def test_without_torch_peers_is_one_line_and_exit_3(monkeypatch, capsys):
@@ -20,8 +20,8 @@ def test_torch_model_and_optimiser_match_the_suite_step_for_step(tmp_path):
     import optax
     from flax import nnx
 
-    from bench.peers import pytorch
-    from bench.spec.build import make_model, make_task
+    from gradbench.peers import pytorch
+    from gradbench.spec.build import make_model, make_task
 
     path = tmp_path / "case.toml"
     path.write_text(cases.MLP_CASE.format(seeds=1, steps=10, chunk=5, batch=8, depth=3, width=8))
@@ -81,8 +81,8 @@ def test_torch_model_has_the_suites_trainable_parameter_count(tmp_path, name):
     import jax
     from flax import nnx
 
-    from bench.peers import pytorch
-    from bench.spec.build import make_model, make_task
+    from gradbench.peers import pytorch
+    from gradbench.spec.build import make_model, make_task
 
     plan = _plan(tmp_path, TINY_CASES[name])
     model = make_model(plan["model"], make_task(plan["task"]), jax.random.key(0))
@@ -95,8 +95,8 @@ def test_torch_rnn_computes_the_suites_function(tmp_path):
     torch = pytest.importorskip("torch")
     import jax
 
-    from bench.peers import pytorch
-    from bench.spec.build import make_model, make_task
+    from gradbench.peers import pytorch
+    from gradbench.spec.build import make_model, make_task
 
     plan = _plan(tmp_path, TINY_CASES["rnn"])
     task = make_task(plan["task"])
@@ -118,7 +118,7 @@ def test_torch_rnn_computes_the_suites_function(tmp_path):
 
 def test_adding_batches_follow_the_task(tmp_path):
     torch = pytest.importorskip("torch")
-    from bench.peers import pytorch
+    from gradbench.peers import pytorch
 
     plan = _plan(tmp_path, TINY_CASES["rnn"])
     sample = pytorch._adding_batches(None, plan["task"], None)

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench.__main__ import main
-from bench.engine import program
-from bench.spec import suite
+from gradbench.cli import main
+from gradbench.engine import program
+from gradbench.spec import suite
 from tests.conftest import tiny_suite
 
 

@@ -1,5 +1,5 @@
 """Report figures: every series of a plot can be told apart."""
-from bench.reports import plots
+from gradbench.reports import plots
 
 
 def test_series_styles_are_pairwise_distinct_beyond_ten_series():
@@ -31,7 +31,7 @@ def _cell(activation, depth, weight_var, failure_rate):
 
 
 def test_a_two_factor_grid_is_drawn_as_maps_with_every_cell_annotated(tmp_path):
-    from bench.reports import figures
+    from gradbench.reports import figures
     records = [_cell(a, d, w, 0.5 if w > 2 else 0.0)
                for a in ("tanh", "relu") for d in (6, 24) for w in (0.5, 1.0, 2.0, 4.0, 8.0)]
     factors = figures.grid_factors(records)

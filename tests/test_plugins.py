@@ -18,7 +18,7 @@ EXAMPLE = ROOT / "examples" / "custom_mitigation"
 
 def bench(*args, cwd=ROOT):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "gradbench", *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=900)
 
 
@@ -28,7 +28,7 @@ def records(directory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory):
-    """The example suite run as a user runs it: `python -m bench run SUITE --out DIR`, no driver script."""
+    """The example suite run as a user runs it: `gradbench run SUITE --out DIR`, no driver script."""
     out = tmp_path_factory.mktemp("custom") / "run"
     done = bench("run", str(EXAMPLE / "suite.toml"), "--out", str(out), "--seeds", "2", "--steps", "100", "--quiet")
     assert done.returncode == 0, done.stderr
@@ -36,7 +36,7 @@ def example_run(tmp_path_factory):
 
 
 def test_the_example_runs_with_no_driver_and_its_entries_are_in_the_records_and_report(example_run):
-    from bench.records.env import code_hash
+    from gradbench.records.env import code_hash
 
     recs = records(example_run)
     by_label = {(r["experiment"], r["label"]): r for r in recs}
@@ -85,7 +85,7 @@ def test_the_example_runs_with_no_driver_and_its_entries_are_in_the_records_and_
 
 
 def test_builtin_cells_of_a_plugin_suite_keep_their_ids(tmp_path):
-    from bench.spec import suite
+    from gradbench.spec import suite
 
     text = (EXAMPLE / "suite.toml").read_text()
     with_plugin = suite.load(EXAMPLE / "suite.toml")
@@ -103,8 +103,8 @@ def test_builtin_cells_of_a_plugin_suite_keep_their_ids(tmp_path):
 
 
 def test_a_family_grid_refuses_a_key_one_family_lacks(tmp_path):
-    from bench.spec import suite
-    from bench.spec.schema import SuiteError
+    from gradbench.spec import suite
+    from gradbench.spec.schema import SuiteError
 
     path = tmp_path / "suite.toml"
     text = (EXAMPLE / "suite.toml").read_text().replace('"custom_ext.py"', f'"{EXAMPLE / "custom_ext.py"}"')
@@ -216,12 +216,12 @@ def test_editing_the_plugin_changes_the_code_hash_and_its_cell_is_rerun_not_reus
     ("clashing_plugin.py", ["suite.plugins", "transform 'clip_by_value' is already registered (built in)"]),
 ])
 def test_a_plugin_that_cannot_be_imported_is_one_line_exit_2_nothing_written(tmp_path, capsys, plugin, words):
-    from bench.__main__ import main
-    from bench.spec import optim
+    from gradbench.cli import main
+    from gradbench.spec import optim
 
     (tmp_path / "broken_plugin.py").write_text("import math\nx = 1 / 0\n")
     (tmp_path / "clashing_plugin.py").write_text(
-        "from bench.spec import register\nfrom bench.spec.register import Key\n"
+        "from gradbench.spec import register\nfrom gradbench.spec.register import Key\n"
         "register.mitigation('clashing_ok', 'registered first, then undone', {}, lambda plan, p: None)\n"
         "register.transform('clip_by_value', lambda: None, 'taken', {})\n")
     suite = _small_suite(tmp_path, plugin)
@@ -240,8 +240,8 @@ STATIC_PLUGIN = """
 import jax
 import jax.numpy as jnp
 import optax
-from bench.spec import register
-from bench.spec.register import Key
+from gradbench.spec import register
+from gradbench.spec.register import Key
 
 
 def factory(multiple, window):
@@ -270,9 +270,9 @@ register.transform("NAME", factory, "ema clip for a test",
 def test_a_static_int_transform_parameter_compiles_per_value_and_is_used_as_given(tmp_path):
     import jax.numpy as jnp
 
-    from bench.engine import runner
-    from bench.spec import optim, suite as suite_lib
-    from bench.spec.schema import SuiteError
+    from gradbench.engine import runner
+    from gradbench.spec import optim, suite as suite_lib
+    from gradbench.spec.schema import SuiteError
 
     name = f"static_ext_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(STATIC_PLUGIN.replace("NAME", name))

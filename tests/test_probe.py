@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench.__main__ import main
-from bench.engine import probe
+from gradbench.cli import main
+from gradbench.engine import probe
 
 TASK = {"name": "teacher_student", "input_dim": 16, "output_dim": 1, "teacher_width": 8, "n_train": 64,
         "n_heldout": 8, "noise": 0.1, "batch_size": 64, "target": 0.15, "data_seed": 0}
@@ -36,8 +36,8 @@ def test_linear_network_gradients_equal_the_hand_computation():
     cfg = mlp(depth=3, width=8, activation="linear", weight_var=1.0)
     task = dict(TASK, batch_size=4)
     result = probe.probe(task, cfg, seeds=1)
-    from bench.engine import program
-    from bench.spec.build import make_model, make_task
+    from gradbench.engine import program
+    from gradbench.spec.build import make_model, make_task
 
     t = make_task(task)
     k_init, k_data = program.seed_keys(0)

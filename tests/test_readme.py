@@ -9,7 +9,7 @@ README = (ROOT / "README.md").read_text()
 def test_the_two_commands_come_first_and_ci_runs_the_test_command():
     block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
     assert README.index("```bash") < README.index("\n## ")
-    assert block[0].endswith("pip install -e . && python -m bench run")
+    assert block[0].endswith("pip install -e . && gradbench run")
     assert block[1].endswith('pip install -e ".[test]" && python -m pytest -q')
     assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
-from bench.spec.schema import log_grid
+from gradbench.cli import main
+from gradbench.spec.schema import log_grid
 from tests.conftest import TINY
 
 GOOD = dict(seeds=2, steps=20, lr="0.05", extra="")
@@ -134,7 +134,7 @@ def test_log_spaced_grid_has_both_ends_and_exact_values():
 
 
 def test_grid_table_in_a_suite_expands_to_cells(tmp_path):
-    from bench.spec import suite
+    from gradbench.spec import suite
 
     path = tmp_path / "grid.toml"
     path.write_text(edit("lr = 0.05", "lr = { min = 0.01, max = 1.0, per_decade = 2 }"))
@@ -267,7 +267,7 @@ def test_bad_command_exits_2_in_one_line_and_writes_nothing(tmp_path, monkeypatc
 
 
 def test_command_line_seeds_and_steps_beat_an_experiments_own(tmp_path):
-    from bench.spec import suite
+    from gradbench.spec import suite
 
     path = suite_file(tmp_path, BASE + '\n[[experiment]]\nname = "own"\nseeds = 5\nsteps = 300\n')
     assert {(c.config["seeds"], c.config["steps"]) for c in suite.load(path).cells} == {(5, 300)}
@@ -275,7 +275,7 @@ def test_command_line_seeds_and_steps_beat_an_experiments_own(tmp_path):
 
 
 def test_plot_directory_is_created(tmp_path):
-    from bench.__main__ import _plot_path
+    from gradbench.cli import _plot_path
 
     _plot_path(str(tmp_path / "a" / "b" / "profile.png"))
     assert (tmp_path / "a" / "b").is_dir()
@@ -290,7 +290,7 @@ def test_list_shows_every_mitigation_parameter(capsys):
 
 
 def test_a_full_disk_keeps_the_old_results_file(tmp_path, monkeypatch):
-    from bench.records import store
+    from gradbench.records import store
 
     s = store.ResultsStore(tmp_path)
     s.add([{"cell_id": "a", "x": 1}])
@@ -333,7 +333,7 @@ def process_env(tmp_path_factory):
 
 
 def _start(args, env, cwd):
-    return subprocess.Popen([sys.executable, "-m", "bench", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "gradbench", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -412,7 +412,7 @@ SUBPROCESS_CASES = {  # name -> (suite text, extra arguments, words)
 def test_issue_23_refusals_as_real_processes(tmp_path, process_env, name):
     text, extra, words = SUBPROCESS_CASES[name]
     path = suite_file(tmp_path, text)
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--out", "o", "--quiet", *extra],
+    proc = subprocess.run([sys.executable, "-m", "gradbench", "run", str(path), "--out", "o", "--quiet", *extra],
                           env=process_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -423,7 +423,7 @@ def test_issue_23_refusals_as_real_processes(tmp_path, process_env, name):
 
 
 def test_grid_keeps_both_ends_and_values_are_canonical(tmp_path):
-    from bench.spec import suite
+    from gradbench.spec import suite
 
     grid = suite.load(suite_file(tmp_path, edit("lr = 0.05", "lr = { min = 1.0, max = 1.1, per_decade = 1 }")))
     assert [c.config["optimizer"]["lr"] for c in grid.cells] == [1.0, 1.1]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import main
-from bench.records import store
+from gradbench.cli import main
+from gradbench.records import store
 from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ def test_broken_suite_json_is_one_line_naming_the_key(done, tmp_path, capsys, na
 # ---- hangs: FIFOs, devices and huge files are refused at once ---------------------------------------------------
 
 def _bench(args, cwd, timeout=60, env=None):
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gradbench", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
 
@@ -262,7 +262,7 @@ def test_every_task_declares_the_bytes_its_data_takes(monkeypatch):
     import jax
     import numpy as np
 
-    from tasks import TASKS
+    from gradbench.tasks import TASKS
 
     for name, module in TASKS.items():
         if name == "cifar10":  # its data is files; bounded by their 60,000 images
@@ -278,13 +278,13 @@ def test_every_task_declares_the_bytes_its_data_takes(monkeypatch):
 
 
 def _fake_memory(monkeypatch, gib=8):
-    from bench.spec import build
+    from gradbench.spec import build
 
     monkeypatch.setattr(build, "available_memory", lambda: (gib * 2**30, "test memory"))
 
 
 def test_a_task_too_large_to_make_is_refused_before_it_is_made(tmp_path, monkeypatch, capsys):
-    import tasks.teacher_student as ts
+    import gradbench.tasks.teacher_student as ts
 
     _fake_memory(monkeypatch)
     made = []
@@ -318,7 +318,7 @@ def test_an_oversized_model_under_an_address_space_limit_is_one_line_not_an_abor
     path.write_text(TINY4.replace("width = 8", "width = 1048576"))
     limit = 16 * 2**30
 
-    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--out", "o", "--quiet"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "gradbench", "run", str(path), "--out", "o", "--quiet"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -372,7 +372,7 @@ def test_records_of_other_code_or_versions_are_not_resumed(done, tmp_path, capsy
     after = store.read_results(d)
     assert after[1] == kept  # the current record is reused as it was
     assert after[0]["env"]["timestamp"] >= kept["env"]["timestamp"]  # the stale one was trained again
-    from bench.records.env import provenance, provenance_differences
+    from gradbench.records.env import provenance, provenance_differences
 
     assert provenance_differences(after[0]["env"], provenance()) == []
 
@@ -436,7 +436,7 @@ def test_an_environment_without_its_backend_or_coordinator_is_one_line(tmp_path,
 ])
 def test_help_and_bad_input_do_not_import_jax(tmp_path, argv):
     (tmp_path / "s.toml").write_text("not toml [")
-    code = ("import sys\nfrom bench.__main__ import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+    code = ("import sys\nfrom gradbench.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n"
             "    rc = e.code\nprint('jax' in sys.modules, rc)")
     proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -444,7 +444,7 @@ def test_help_and_bad_input_do_not_import_jax(tmp_path, argv):
 
 
 def test_a_run_judges_its_verdicts_once(tmp_path, monkeypatch, capsys):
-    from bench.analysis import claims
+    from gradbench.analysis import claims
 
     calls = []
     real = claims.verdicts

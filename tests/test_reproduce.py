@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from bench.__main__ import main
-from bench.analysis import reproduce
-from bench.records import store
+from gradbench.cli import main
+from gradbench.analysis import reproduce
+from gradbench.records import store
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench.__main__ import main
-from bench.engine import probe, runner
-from bench.spec import suite
-from models import common, resnet
-from tasks import cifar10, digits
+from gradbench.cli import main
+from gradbench.engine import probe, runner
+from gradbench.spec import suite
+from gradbench.models import common, resnet
+from gradbench.tasks import cifar10, digits
 
 ROWS = 20  # images per fixture batch file
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.analysis import claims
-from bench.records import env, store
-from bench.reports import report
-from bench.reports import verdicts
-from bench.reports.verdicts import anchor
-from bench.spec.claim_schema import matches
+from gradbench.analysis import claims
+from gradbench.records import env, store
+from gradbench.reports import report
+from gradbench.reports import verdicts
+from gradbench.reports.verdicts import anchor
+from gradbench.spec.claim_schema import matches
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "claims"
@@ -22,10 +22,10 @@ BEYOND = ROOT / "results" / "transformer_stability"
 
 def test_results_md_matches_the_committed_results():
     if not (RESULTS / "results.jsonl").exists():
-        pytest.fail("results/claims/results.jsonl is missing: run `python -m bench run --out results/claims`")
+        pytest.fail("results/claims/results.jsonl is missing: run `gradbench run --out results/claims`")
     text, plots = report.render_all([RESULTS, BEYOND], ROOT / "RESULTS.md")
     assert (ROOT / "RESULTS.md").read_text() == text + "\n", (
-        "RESULTS.md is stale: run `python -m bench report results/claims --also results/transformer_stability "
+        "RESULTS.md is stale: run `gradbench report results/claims --also results/transformer_stability "
         "--output RESULTS.md`")
     for path in plots:
         assert Path(path).exists(), f"{path} is linked from RESULTS.md but missing"
@@ -62,7 +62,7 @@ OUTCOMES = ("diverged", "divergence_step", "steps_to_converge", "collapsed", "tr
 def cheapest_programs(records: list[dict], count: int) -> list[list[dict]]:
     """The `count` programs of the records that cost least to rerun (recorded compile seconds plus steps over
     steps/s), ties by their first cell id."""
-    from bench.reports.export import programs
+    from gradbench.reports.export import programs
 
     def cost(cells):
         t = cells[0]["throughput"]
@@ -88,7 +88,7 @@ def _same_numbers(recorded: dict, rerun: dict, exact: bool) -> list[str]:
 
 @pytest.mark.parametrize("source", list(PROGRAMS_RERUN), ids=lambda p: p.name)
 def test_committed_results_are_reproduced_at_head(source, tmp_path):
-    from bench.analysis import reproduce
+    from gradbench.analysis import reproduce
 
     records = store.read_results(source)
     here = env.environment()
@@ -115,8 +115,8 @@ def test_committed_results_are_reproduced_at_head(source, tmp_path):
     assert not failures, (
         f"{source.relative_to(ROOT)}: rerun at HEAD, these cells' per-seed numbers changed "
         f"({'bit for bit' if exact else 'beyond rounding, on another CPU model'}): {'; '.join(failures)}. If the "
-        "change is meant, regenerate: `python -m bench run --out results/claims` (and transformer_stability), then "
-        "`python -m bench report results/claims --also results/transformer_stability --output RESULTS.md`")
+        "change is meant, regenerate: `gradbench run --out results/claims` (and transformer_stability), then "
+        "`gradbench report results/claims --also results/transformer_stability --output RESULTS.md`")
 
 
 def test_committed_results_hold_no_uncommitted_code():

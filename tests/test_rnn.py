@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench import __main__ as cli
-from bench.engine import runner
-from bench.spec import suite
-from models import rnn
-from tasks import adding
+from gradbench import cli as cli
+from gradbench.engine import runner
+from gradbench.spec import suite
+from gradbench.models import rnn
+from gradbench.tasks import adding
 
 SEEDS = 2
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.engine import cluster, runner
-from bench.spec import suite
+from gradbench.engine import cluster, runner
+from gradbench.spec import suite
 from tests.conftest import tiny_suite
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ def test_four_devices_with_padding_equal_one_device(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "PYTHONPATH": str(ROOT), "GRADBENCH_COMPILE_CACHE": "1", "GRADBENCH_CACHE_DIR": str(tmp_path / "cache")}
     out = tmp_path / "four"
-    done = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--out", str(out), "--quiet",
+    done = subprocess.run([sys.executable, "-m", "gradbench", "run", str(path), "--out", str(out), "--quiet",
                            "--no-report"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     compiled = re.search(r"compiled (\d+) programs in ([\d.]+) s", done.stdout)
@@ -42,7 +42,7 @@ def test_four_devices_with_padding_equal_one_device(tmp_path):
 
 
 def test_cluster_launch_detection_and_shard_composition():
-    from bench.engine import cluster
+    from gradbench.engine import cluster
 
     assert not cluster.launched({})
     assert not cluster.launched({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"})  # one task: nothing to coordinate
@@ -75,7 +75,7 @@ def test_shards_deal_whole_compiled_groups_and_processes_split_a_shard(tmp_path)
 
 
 def test_compile_cache_directory_follows_the_environment(tmp_path):
-    from bench.engine import compile_cache
+    from gradbench.engine import compile_cache
 
     assert compile_cache.directory({"XDG_CACHE_HOME": "/x"}) == Path("/x/gradbench/jax")
     assert compile_cache.directory({"HOME": "/h"}).parts[-2:] == ("gradbench", "jax")

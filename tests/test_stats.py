@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from bench.analysis import claims, stats
+from gradbench.analysis import claims, stats
 
 
 def test_permutation_p_value_equals_a_brute_force_count():

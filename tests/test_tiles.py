@@ -3,8 +3,8 @@ it sits among them, or on whether finished runs are still computed; snapshots su
 import numpy as np
 import pytest
 
-from bench.engine import loop, program, runner
-from bench.spec import suite
+from gradbench.engine import loop, program, runner
+from gradbench.spec import suite
 from tests.conftest import tiny_suite
 
 

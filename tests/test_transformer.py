@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench import __main__ as cli
-from bench.analysis import claims
-from bench.spec.claim_schema import matches
-from bench.engine import probe, runner
-from bench.spec import optim, suite
-from bench.spec.build import make_task
-from models import mlp, transformer
-from tasks import assoc_recall, markov_lm
+from gradbench import cli as cli
+from gradbench.analysis import claims
+from gradbench.spec.claim_schema import matches
+from gradbench.engine import probe, runner
+from gradbench.spec import optim, suite
+from gradbench.spec.build import make_task
+from gradbench.models import mlp, transformer
+from gradbench.tasks import assoc_recall, markov_lm
 
 SUITES = Path(__file__).resolve().parent.parent / "bench" / "suites"
 
@@ -357,7 +357,7 @@ def test_higher_learning_rate_grows_attention_logits_in_the_shrunk_experiment(st
 
 
 def test_report_plots_every_model_diagnostic_against_step_and_learning_rate(stability, module_tmp):
-    from bench.reports import figures, report
+    from gradbench.reports import figures, report
 
     _, _, records = stability
     text = report.write(module_tmp / "stability", module_tmp / "REPORT.md").read_text()

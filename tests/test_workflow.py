@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from bench.__main__ import main, parser
-from bench.analysis import compare
-from bench.records import store
-from bench.spec import suite
+from gradbench.cli import main, parser
+from gradbench.analysis import compare
+from gradbench.records import store
+from gradbench.spec import suite
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "bench.yml"

@@ -23,10 +23,10 @@ from typing import Callable
 
 import numpy as np
 
-from bench.analysis import stats
-from bench.records import metrics
-from bench.records.cell import read_extended
-from bench.spec.claim_schema import matches
+from gradbench.analysis import stats
+from gradbench.records import metrics
+from gradbench.records.cell import read_extended
+from gradbench.spec.claim_schema import matches
 
 ALPHA = 0.05
 MIN_RATE_EFFECT = 0.25  # the margin of a difference of shares (reach, divergence)

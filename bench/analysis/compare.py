@@ -1,4 +1,4 @@
-"""Two runs of one suite -> per cell and metric: worse, better or unchanged (`python -m bench compare`).
+"""Two runs of one suite -> per cell and metric: worse, better or unchanged (`gradbench compare`).
 
 Records are paired by cell_id. Rates (divergence, and failure to train where
 records carry `per_seed.trained`) get Fisher's exact test on the seed counts;
@@ -33,7 +33,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from bench.analysis.stats import holm
+from gradbench.analysis.stats import holm
 
 ALPHA = 0.05
 THROUGHPUT_THRESHOLD = 0.8  # current / baseline steps/s below this is worse (above 1 / this: better)
@@ -119,7 +119,7 @@ def environment_lines(result: dict) -> list[str]:
 def load(path) -> list[dict]:
     """The records of a results file or run directory (any schema compare reads: bench.records.validate.CORE
     declares what compare reads of them); StoreError (a ValueError, one line naming the file, line and key)."""
-    from bench.records import store
+    from gradbench.records import store
 
     return store.read_results(path, oldest=1)
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bench.analysis import compare
-from bench.engine import runner
-from bench.records.store import SUITE_FILE, read_suite
-from bench.spec import plugins
-from bench.spec.suite import Cell, Suite, cell_id
+from gradbench.analysis import compare
+from gradbench.engine import runner
+from gradbench.records.store import SUITE_FILE, read_suite
+from gradbench.spec import plugins
+from gradbench.spec.suite import Cell, Suite, cell_id
 
 IDENTICAL, NOISE, DIFFERENT = "identical", "within noise", "different"
 SLOWER, FASTER, NOT_COMPARABLE = "slower", "faster", "not comparable"  # throughput only

@@ -18,8 +18,8 @@ from typing import Callable
 import jax
 import numpy as np
 
-from bench.engine.program import Program, padded_count, program, tile_runs
-from bench.spec.schema import SNAPSHOT_FRACTIONS
+from gradbench.engine.program import Program, padded_count, program, tile_runs
+from gradbench.spec.schema import SNAPSHOT_FRACTIONS
 
 
 MIN_TIMED = 3  # timed chunks per group at least (extra chunks, results discarded, make up the count)

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bench.engine import program
-from bench.records import metrics
-from bench.records.cell import json_extended, json_number
-from bench.spec.build import make_model, make_task
+from gradbench.engine import program
+from gradbench.records import metrics
+from gradbench.records.cell import json_extended, json_number
+from gradbench.spec.build import make_model, make_task
 
 
 DEFAULT_TASK = {"mlp": "teacher_student", "rnn": "adding", "resnet": "digits", "transformer": "markov_lm"}  # a task that fits each family

@@ -43,11 +43,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bench.engine import flops
-from bench.records import metrics
-from bench.spec import build, optim
-from bench.spec.build import make_model, make_task
-from bench.spec.schema import SNAPSHOT_FRACTIONS
+from gradbench.engine import flops
+from gradbench.records import metrics
+from gradbench.spec import build, optim
+from gradbench.spec.build import make_model, make_task
+from gradbench.spec.schema import SNAPSHOT_FRACTIONS
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
 COMPILES = {"programs": 0, "seconds": 0.0}  # Programs compiled in this process and their total compile seconds

@@ -8,14 +8,14 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from bench.engine import loop
-from bench.records import calibrate
-from bench.records.cell import cell_record
-from bench.records.env import environment
-from bench.records.store import ResultsStore, suite_from
-from bench.spec import optim
-from bench.spec.build import make_task
-from bench.spec.suite import Cell, Suite
+from gradbench.engine import loop
+from gradbench.records import calibrate
+from gradbench.records.cell import cell_record
+from gradbench.records.env import environment
+from gradbench.records.store import ResultsStore, suite_from
+from gradbench.spec import optim
+from gradbench.spec.build import make_task
+from gradbench.spec.suite import Cell, Suite
 
 
 def _levels(shard) -> list[tuple[int, int]]:
@@ -111,8 +111,8 @@ def cost(cells: list[Cell], devices: int = 1) -> list[dict]:
     (bench.spec.build.memory_estimate for the runs one of `devices` devices holds: params, optimizer,
     activations, data, per_run, total; bytes).
     """
-    from bench.engine import program
-    from bench.spec import build
+    from gradbench.engine import program
+    from gradbench.spec import build
 
     out = []
     for group in group_cells(cells):

@@ -151,8 +151,8 @@ def _rates(seconds: list[float], seed_steps: int) -> dict:
 
 def run_suite_side(case: Case) -> dict:
     """Trains the case's one-cell suite with the harness; its seed-steps/s and the cell's plan."""
-    from bench.engine import runner
-    from bench.spec import suite
+    from gradbench.engine import runner
+    from gradbench.spec import suite
 
     with tempfile.TemporaryDirectory(prefix="gradbench-peers-") as scratch:
         path = Path(scratch) / "case.toml"
@@ -171,8 +171,8 @@ def _torch_trainer(case: Case, plan: dict, threads: int, strategy: str):
     import torch
     import torch.nn.functional as F
 
-    from bench.peers import pytorch
-    from bench.spec.build import make_task
+    from gradbench.peers import pytorch
+    from gradbench.spec.build import make_task
 
     torch.set_num_threads(threads)
     task = make_task(plan["task"])

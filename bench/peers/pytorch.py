@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from bench.spec.build import make_task
+from gradbench.spec.build import make_task
 
 def _init_weight(weight, var: float, generator, truncated: bool = True) -> None:
     """Fills `weight` like JAX's variance_scaling with variance `var`: a normal truncated at two standard

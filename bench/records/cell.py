@@ -6,9 +6,9 @@ import warnings
 
 import numpy as np
 
-from bench.records import metrics
-from bench.records.validate import SCHEMA_VERSION  # declared beside the record's shape
-from bench.spec.schema import SNAPSHOT_FRACTIONS
+from gradbench.records import metrics
+from gradbench.records.validate import SCHEMA_VERSION  # declared beside the record's shape
+from gradbench.spec.schema import SNAPSHOT_FRACTIONS
 
 
 def json_number(x):

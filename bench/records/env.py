@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import subprocess
@@ -20,12 +21,30 @@ NUMBER_CODE = ("models", "tasks", *(f"bench/{m}.py" for m in (
     "records/cell", "engine/runner", "spec/schema", "spec/suite", "spec/settings", "spec/plugins")))
 
 
-def code_hash(root: Path) -> str:
-    """sha256 over the .py files of NUMBER_CODE (relative path and contents, sorted by path)."""
+def code_dirs(root: Path | None = None) -> dict[str, Path]:
+    """Each code folder of the repository (CODE_DIRS) -> where it is: under `root`, or where the installed
+    gradbench package has it (bench/ is installed as gradbench, models/ and tasks/ as gradbench.models and
+    gradbench.tasks)."""
+    if root is not None:
+        return {d: root / d for d in CODE_DIRS}
+    package = Path(__file__).resolve().parents[1]
+    return {"bench": package, **{d: Path(importlib.util.find_spec(f"gradbench.{d}").origin).parent
+                                 for d in ("models", "tasks")}}
+
+
+def code_hash(root: Path | None = None) -> str:
+    """sha256 over the .py files of NUMBER_CODE (path as in the repository and contents, sorted by path), in the
+    repository `root` or, by default, in the installed package (the same hash for an editable install and a
+    wheel of the same code)."""
+    dirs = code_dirs(root)
+    files = []
+    for entry in NUMBER_CODE:
+        top, _, rest = entry.partition("/")
+        found = [dirs[top] / rest] if rest else dirs[top].rglob("*.py")
+        files += [(f"{top}/{p.relative_to(dirs[top]).as_posix()}", p) for p in found if "__pycache__" not in p.parts]
     digest = hashlib.sha256()
-    files = [p for d in NUMBER_CODE for p in ((root / d).rglob("*.py") if (root / d).is_dir() else [root / d])]
-    for path in sorted(p for p in files if "__pycache__" not in p.parts):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for name, path in sorted(files):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -83,7 +102,7 @@ def _cuda_versions() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _static_env() -> dict:
-    from bench.records import calibrate
+    from gradbench.records import calibrate
 
     root = Path(__file__).resolve().parents[2]  # the repository: bench/records/env.py
 
@@ -96,7 +115,7 @@ def _static_env() -> dict:
     devices = jax.devices()
     return {
         "package_version": _version("gradbench"),
-        "code_sha256": code_hash(root),
+        "code_sha256": code_hash(),
         "versions": {p: metadata.version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy", "scipy")},
         "jax_plugins": _plugins(),
         "python": platform.python_version(),
@@ -125,8 +144,7 @@ LIBRARIES = ("jax", "jaxlib", "flax", "optax", "numpy")  # the libraries whose v
 def provenance() -> dict:
     """What a record's numbers depend on besides its config: the code hash, the libraries' versions and Python's
     (as `environment` records them; cheap: nothing is timed and no backend is started)."""
-    root = Path(__file__).resolve().parents[2]
-    return {"code_sha256": code_hash(root), "versions": {p: _version(p) for p in LIBRARIES},
+    return {"code_sha256": code_hash(), "versions": {p: _version(p) for p in LIBRARIES},
             "python": platform.python_version()}
 
 

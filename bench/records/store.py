@@ -9,8 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.spec import files
-from bench.records import validate
+from gradbench.spec import files
+from gradbench.records import validate
 
 RESULTS_FILE = "results.jsonl"
 SUITE_FILE = "suite.json"  # the validated suite beside its results: what reports and verdicts read
@@ -63,7 +63,7 @@ def read_suite(out_dir) -> dict:
         suite = validate.loads(files.read_bytes(path, "json").decode("utf-8"))
         validate.suite(suite)
     except FileNotFoundError:
-        raise StoreError(f"{path}: no such file (run `python -m bench run` first)") from None
+        raise StoreError(f"{path}: no such file (run `gradbench run` first)") from None
     except files.InputError as e:
         raise StoreError(str(e)) from None
     except json.JSONDecodeError as e:
@@ -153,10 +153,10 @@ class ResultsStore:
         gradbench (schema), are never reused: refused in one line naming the difference, or with `force`
         discarded, so their cells train again.
         """
-        from bench.records.validate import SCHEMA_VERSION
+        from gradbench.records.validate import SCHEMA_VERSION
 
         if provenance is not None and suite.get("plugins"):  # the run's code hash joins its plugins' sources
-            from bench.records.env import code_hash_with
+            from gradbench.records.env import code_hash_with
 
             provenance = {**provenance, "code_sha256": code_hash_with(provenance["code_sha256"], suite["plugins"])}
         store = cls.__new__(cls)
@@ -215,7 +215,7 @@ def _stale(records: list[dict], provenance: dict | None, schema: int) -> tuple[s
         return (f"{len(older)} records were written by an older gradbench (schema_version < {schema})", older)
     if provenance is None:
         return None
-    from bench.records.env import provenance_differences
+    from gradbench.records.env import provenance_differences
 
     diffs: dict[str, set] = {}
     for r in records:
@@ -335,7 +335,7 @@ def parse_records(text: str, file, oldest: int) -> list[dict]:
     """The records of a results file's text; StoreError naming the file, line and key for anything that is not a
     record (validate.CORE; validate.CURRENT for the current schema) of schema_version `oldest` or newer that this
     gradbench knows, or a second record of one cell."""
-    from bench.records.validate import SCHEMA_VERSION
+    from gradbench.records.validate import SCHEMA_VERSION
 
     records, lines = [], {}
     for number, line in enumerate(text.splitlines(), 1):
@@ -378,7 +378,7 @@ def read_results(path, oldest: int | None = None) -> list[dict]:
     Args:
       oldest: the oldest schema_version accepted (default: only the current one).
     """
-    from bench.records.validate import SCHEMA_VERSION
+    from gradbench.records.validate import SCHEMA_VERSION
 
     oldest = SCHEMA_VERSION if oldest is None else oldest
     path = Path(path)

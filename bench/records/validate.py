@@ -21,7 +21,7 @@ import json
 import math
 from typing import Any
 
-from bench.spec.claim_schema import EXPECT, MEASURES
+from gradbench.spec.claim_schema import EXPECT, MEASURES
 
 
 SCHEMA_VERSION = 2  # of the records bench/records/cell.py writes (CURRENT below)

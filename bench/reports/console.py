@@ -127,7 +127,7 @@ def _tally(records: list[dict]) -> dict:
 
 
 def _row(experiment: str, name: str, records: list[dict]) -> list[str]:
-    from bench.records.metrics import wilson_interval
+    from gradbench.records.metrics import wilson_interval
 
     t = _tally(records)
     n = t["seeds"]

@@ -1,4 +1,4 @@
-"""Results records -> what other tools read (`python -m bench export`).
+"""Results records -> what other tools read (`gradbench export`).
 
 Throughput is a property of a compiled program, not of a cell: the cells of
 one program (one `bench run` group, whose records carry one throughput

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.analysis import claims as claims_lib
-from bench.reports import plots
-from bench.spec import schema
+from gradbench.analysis import claims as claims_lib
+from gradbench.reports import plots
+from gradbench.spec import schema
 
 _lr = claims_lib.run_lr
 

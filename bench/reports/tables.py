@@ -1,8 +1,8 @@
 """Markdown tables of a results directory's cells and arms, and the number formats the reports share."""
 from __future__ import annotations
 
-from bench.analysis import claims as claims_lib
-from bench.reports.figures import median_e2e, variant
+from gradbench.analysis import claims as claims_lib
+from gradbench.reports.figures import median_e2e, variant
 
 
 def _fmt(x, digits=3, sign=""):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import math
 
-from bench.analysis import claims as claims_lib
-from bench.reports import plots
-from bench.reports.tables import _fmt, _selector, arms_table
-from bench.spec.claim_schema import matches
+from gradbench.analysis import claims as claims_lib
+from gradbench.reports import plots
+from gradbench.reports.tables import _fmt, _selector, arms_table
+from gradbench.spec.claim_schema import matches
 
 GLANCE = "## Answers at a glance"  # the heading of the first page's table, one row per claim
 FINDING_MAX = 320  # characters of a first-page finding

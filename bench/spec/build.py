@@ -11,8 +11,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from models import FAMILIES
-from tasks import TASKS
+from gradbench.models import FAMILIES
+from gradbench.tasks import TASKS
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,7 +268,7 @@ def memory_estimate(plan: dict, hyper: dict, n_runs: int) -> dict[str, int]:
     backward pass) or of one evaluation (twice the largest value the prediction makes on the largest split),
     whichever is larger. Once: the task's data (x2: a host and a device copy). total = data + runs x per run.
     """
-    from bench.spec import optim
+    from gradbench.spec import optim
 
     task = make_task(structure_task(plan["task"]))
     model_cfg = unit_scales(plan["model"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from bench.spec.schema import SNAPSHOT_FRACTIONS, Key, SuiteError, check_choice, check_table
+from gradbench.spec.schema import SNAPSHOT_FRACTIONS, Key, SuiteError, check_choice, check_table
 
 EXPECT = ("worse", "better")  # what the claim says the variant does
 # The measures a question may name: the keys of bench.analysis.claims.MEASURES, which computes them.

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bench.spec import plugins
-from bench.spec.build import init_powers
-from bench.spec.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
+from gradbench.spec import plugins
+from gradbench.spec.build import init_powers
+from gradbench.spec.schema import REQUIRED, Key  # noqa: F401  (REQUIRED: re-exported)
 
 # name -> (optax factory, defaults that differ from optax's, description)
 OPTIMIZERS = {

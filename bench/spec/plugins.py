@@ -25,7 +25,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from bench.spec.schema import SuiteError
+from gradbench.spec.schema import SuiteError
 
 KEY = "suite.plugins"
 

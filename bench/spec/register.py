@@ -2,8 +2,8 @@
 mitigations, optax gradient transforms, auxiliary losses, model families and tasks. The built-in entries are
 registered the same way (bench/spec/optim.py) or live in the same registries (models.FAMILIES, tasks.TASKS).
 
-    from bench.spec import register
-    from bench.spec.register import Key
+    from gradbench.spec import register
+    from gradbench.spec.register import Key
 
     register.transform("ema_clip", factory, "clip to a multiple of the gradient norm's EMA",
                        params={"multiple": Key(float, 2.0, gt=0, traced=True), "warmup": Key(int, 10, ge=1)})
@@ -18,8 +18,8 @@ walks through an example.
 from __future__ import annotations
 
 import dataclasses
-from bench.spec import optim, plugins
-from bench.spec.schema import REQUIRED, Key  # noqa: F401  (the types a plugin declares its parameters with)
+from gradbench.spec import optim, plugins
+from gradbench.spec.schema import REQUIRED, Key  # noqa: F401  (the types a plugin declares its parameters with)
 
 transform = optim.register_transform
 aux_loss = optim.register_aux_loss
@@ -46,7 +46,7 @@ def model_family(name: str, module) -> None:
     """Registers a model family: `module` (a module or any object) exports DESCRIPTION, a dataclass Config (its
     fields are the suite's [model] keys, CHOICES lists allowed strings) and Model (models/__init__.py says what
     Model must do; optional: lr_groups, DIAGNOSTICS)."""
-    from models import FAMILIES
+    from gradbench.models import FAMILIES
 
     _check_module("model family", name, module, FAMILY_EXPORTS)
     plugins.registering("family", name, FAMILIES)
@@ -56,7 +56,7 @@ def model_family(name: str, module) -> None:
 def task(name: str, module) -> None:
     """Registers a task: `module` exports DESCRIPTION, DEFAULT_STEPS, a dataclass Config (the suite's [task] keys),
     make(config) -> tasks.base.Task and data_bytes(config) (tasks/__init__.py)."""
-    from tasks import TASKS
+    from gradbench.tasks import TASKS
 
     _check_module("task", name, module, TASK_EXPORTS)
     plugins.registering("task", name, TASKS)

@@ -1,15 +1,15 @@
 """The [suite] settings and the reading of a suite file: what the command line needs before jax is imported.
 
 bench/spec/suite.py validates and expands the rest; this module imports neither jax nor the models and tasks,
-so `python -m bench --help` and a bad suite file's one-line error are fast.
+so `gradbench --help` and a bad suite file's one-line error are fast.
 """
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
-from bench.spec import files
-from bench.spec.schema import Key, SuiteError
+from gradbench.spec import files
+from gradbench.spec.schema import Key, SuiteError
 
 MAX_SEEDS = 10_000  # seeds of one cell
 MAX_RUNS = 1_000_000  # seeds x cells of one suite: every run's state is held in memory at once per group

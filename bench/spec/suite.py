@@ -31,13 +31,13 @@ import math
 import typing
 from pathlib import Path
 
-from bench.spec import build, optim, plugins
-from bench.spec.claim_schema import validate_claims
-from bench.spec.schema import (REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value,
+from gradbench.spec import build, optim, plugins
+from gradbench.spec.claim_schema import validate_claims
+from gradbench.spec.schema import (REQUIRED, Key, SuiteError, check_choice, check_keys, check_table, check_value,
                                slug, suggest)
-from bench.spec.settings import MAX_RUNS, MAX_SEEDS, SETTINGS, read_toml  # noqa: F401 (MAX_SEEDS: re-exported)
-from models import FAMILIES, common
-from tasks import TASKS
+from gradbench.spec.settings import MAX_RUNS, MAX_SEEDS, SETTINGS, read_toml  # noqa: F401 (MAX_SEEDS: re-exported)
+from gradbench.models import FAMILIES, common
+from gradbench.tasks import TASKS
 
 # top-level keys of a suite file
 TOP_LEVEL = {

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bench.spec import register
-from bench.spec.register import Key
-from models import common
+from gradbench.spec import register
+from gradbench.spec.register import Key
+from gradbench.models import common
 
 
 # --- the transform -----------------------------------------------------------------------------------------

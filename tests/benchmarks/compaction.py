@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from bench.engine import loop, runner
-from bench.spec import suite
+from gradbench.engine import loop, runner
+from gradbench.spec import suite
 
 SUITE = """
 [suite]

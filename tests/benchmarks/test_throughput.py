@@ -25,10 +25,10 @@ import optax
 import pytest
 from flax import nnx
 
-from bench.engine import loop, program
-from bench.records import calibrate
-from bench.spec import optim
-from bench.spec.build import make_model, make_task
+from gradbench.engine import loop, program
+from gradbench.records import calibrate
+from gradbench.spec import optim
+from gradbench.spec.build import make_model, make_task
 
 pytestmark = pytest.mark.benchmark
 STEPS = 100  # steps per chunk
