@@ -69,7 +69,7 @@ def results(path) -> list[dict]:
 
 
 def to_frame(recs: list[dict]):
-    """Records -> a pandas DataFrame, one row per cell x seed (the tidy table, bench.reports.export.tidy_rows)."""
+    """Records -> a pandas DataFrame, one row per cell x seed (the tidy table, gradbench.reports.export.tidy_rows)."""
     pandas = _pandas()
     from gradbench.reports.export import tidy_rows
 
@@ -111,7 +111,7 @@ def _pandas():
 # ---- a suite, its cells and their cost ---------------------------------------------------------------------------
 
 def suite(path=DEFAULT_SUITE, **keywords):
-    """A validated suite (bench.spec.suite.Suite: settings, resolved experiments, cells, claims) with the
+    """A validated suite (gradbench.spec.suite.Suite: settings, resolved experiments, cells, claims) with the
     overrides applied (see the module's docstring); nothing is trained or compiled."""
     return load_suite(path, overrides=overrides(keywords))
 
@@ -132,7 +132,7 @@ def cells(path=DEFAULT_SUITE, **keywords) -> dict:
     Returns a dict:
       suite: the validated suite (see `suite`);
       cells: one dict per cell in run order (cell_id, experiment, label, seeds, steps, program: its index);
-      programs: one dict per compiled program (bench.engine.runner.cost: experiment, cells, labels, runs,
+      programs: one dict per compiled program (gradbench.engine.runner.cost: experiment, cells, labels, runs,
         steps, run_steps, flops_per_run_step, memory: the bytes estimate per device, `total` among them);
       run_steps: the sum of the programs' run-steps (an upper bound: seeds that converge or diverge stop early);
       available: (bytes, where) of the memory a program may use here; devices: jax's local device count.
@@ -215,7 +215,7 @@ def prepare(path=DEFAULT_SUITE, out=None, *, seeds=None, steps=None, overrides=N
 
 
 def train(prepared: Prepared, progress=None, stop=None) -> list[dict]:
-    """Trains the prepared cells not yet in its directory (bench.engine.runner.run_suite); returns this process's
+    """Trains the prepared cells not yet in its directory (gradbench.engine.runner.run_suite); returns this process's
     records of the suite, in file order. Raises runner.OutOfMemory when a group did not fit (the others kept)."""
     from gradbench.engine import runner
 
@@ -238,7 +238,7 @@ def run(path=DEFAULT_SUITE, out=None, *, force=False, report=True, progress=Fals
 
     Returns the results of this suite's cells (of this process's part under SLURM). Ctrl-C stops between
     compiled calls and keeps every finished group (KeyboardInterrupt); a group that ran out of memory raises
-    bench.engine.runner.OutOfMemory after every other group has trained.
+    gradbench.engine.runner.OutOfMemory after every other group has trained.
     """
     if frame:
         _pandas()  # before training: a missing extra is said first
@@ -292,7 +292,7 @@ def gib(n: int) -> str:
 def check_memory(s, chosen) -> None:
     """Refuses (one line) a compiled group whose memory estimate exceeds the device's available memory.
 
-    The estimate (bench.spec.build.memory_estimate) is traced, not compiled; GRADBENCH_MEMORY_CHECK=0 skips it.
+    The estimate (gradbench.spec.build.memory_estimate) is traced, not compiled; GRADBENCH_MEMORY_CHECK=0 skips it.
     """
     if os.environ.get("GRADBENCH_MEMORY_CHECK", "1") == "0":
         return
@@ -320,7 +320,7 @@ def check_memory(s, chosen) -> None:
 
 
 def start_cluster() -> tuple[int, int]:
-    """(process, processes) of a multi-process launch (bench.engine.cluster), one line if it cannot start."""
+    """(process, processes) of a multi-process launch (gradbench.engine.cluster), one line if it cannot start."""
     from gradbench.engine import cluster
 
     try:

@@ -22,7 +22,7 @@ flags, code hash). Throughput measured on other machines (another CPU model or
 core count, backend, device kind or count) is reported, not judged, unless
 asked (`judge_across_machines`): neither yardstick nor CPU time carries a
 step's cost from one CPU model to another. Records are checked as they are
-read (`load`, against bench.records.validate): a record compare cannot judge
+read (`load`, against gradbench.records.validate): a record compare cannot judge
 is refused with one line naming the file, the line and the key.
 """
 from __future__ import annotations
@@ -117,7 +117,7 @@ def environment_lines(result: dict) -> list[str]:
 
 
 def load(path) -> list[dict]:
-    """The records of a results file or run directory (any schema compare reads: bench.records.validate.CORE
+    """The records of a results file or run directory (any schema compare reads: gradbench.records.validate.CORE
     declares what compare reads of them); StoreError (a ValueError, one line naming the file, line and key)."""
     from gradbench.records import store
 

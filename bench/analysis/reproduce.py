@@ -2,7 +2,7 @@
 
 Each record holds its canonical config (which hashes to its cell_id) and its
 plan, so a cell is rebuilt as it was and trained the normal way
-(bench.engine.runner). Per metric the rerun is `identical` (every per-seed value
+(gradbench.engine.runner). Per metric the rerun is `identical` (every per-seed value
 equal), `within noise` (not equal, but the tests of bench compare find no
 difference) or `different`. Throughput is reported, not judged: `within
 noise`, `slower` or `faster` against the threshold, or `not comparable` when
@@ -64,7 +64,7 @@ def suite_info(records: list[dict], results_path: Path) -> dict:
 
 
 def rerun(cells_: list[Cell], info: dict, out_dir, progress=None) -> list[dict]:
-    """Trains the cells again into `out_dir` (bench.engine.runner, as `bench run` does) and returns their new records."""
+    """Trains the cells again into `out_dir` (gradbench.engine.runner, as `bench run` does) and returns their new records."""
     suite = Suite(path=info["path"], name=cells_[0].suite, settings=info["settings"], experiments=[],
                   cells=cells_, claims=[], plugins=tuple(info.get("plugins", ())))
     return runner.run_suite(suite, out_dir, progress=progress)

@@ -38,7 +38,7 @@ def initialize(environ: Mapping[str, str] = os.environ) -> tuple[int, int]:
 def compose(shard: tuple[int, int], process: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """Shard i of n split further over P processes: process p runs part p of P of shard i of n.
 
-    Returns the levels that `bench.engine.runner.shard_cells` takes: it deals shard i's compiled groups (whole, by
+    Returns the levels that `gradbench.engine.runner.shard_cells` takes: it deals shard i's compiled groups (whole, by
     cost) over the P processes, so the P processes together run exactly the cells of shard i of n.
     """
     return tuple(shard), tuple(process)

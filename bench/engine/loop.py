@@ -1,5 +1,5 @@
 """The engine's host side: a group of runs prepared (its program compiled, its inputs on the devices) and
-trained chunk by chunk into per-run host arrays (`bench.engine.program` holds the compiled programs).
+trained chunk by chunk into per-run host arrays (`gradbench.engine.program` holds the compiled programs).
 
 The host only loops over chunks: for progress, timing, early stop and the
 explosion snapshots, taken between chunks at `SNAPSHOT_FRACTIONS` of
@@ -103,7 +103,7 @@ def snapshot_plan(budgets, chunk_steps: int) -> tuple[int, np.ndarray]:
 
 def _dtype(value):
     """A traced input's dtype: int32 for an integer (a budget, a data_seed), float32 for anything else (every
-    plan value the spec declares traced is a float: bench.spec.optim.traced_values)."""
+    plan value the spec declares traced is a float: gradbench.spec.optim.traced_values)."""
     return np.int32 if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) else np.float32
 
 

@@ -9,7 +9,7 @@ masked), so it neither poisons the others nor crashes the program.
 The run axis is sharded over every local device (a one-axis `Mesh`, the
 compiled programs given their shardings explicitly); a run count that the
 device count does not divide is padded with copies of the last run (by
-`bench.engine.loop`), whose results are dropped. Per-run results do not depend
+`gradbench.engine.loop`), whose results are dropped. Per-run results do not depend
 on the device count.
 
 Explosion is measured by a third program, called between chunks at the
@@ -142,7 +142,7 @@ def _scatter(tree, idx, rows):
 
 def run_mesh(n_runs: int) -> Mesh:
     """A one-axis mesh ("runs") over every local device, or over one device when their count does not
-    divide `n_runs` (`bench.engine.loop.prepare` pads the runs so that it does)."""
+    divide `n_runs` (`gradbench.engine.loop.prepare` pads the runs so that it does)."""
     devices = jax.local_devices()
     if n_runs % len(devices):
         devices = devices[:1]

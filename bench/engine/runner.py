@@ -27,7 +27,7 @@ def shard_cells(cells: list[Cell], shard) -> list[Cell]:
     """Cells of shard i of n: whole compiled groups, dealt greedily by cost (runs x steps, largest first, each
     to the shard with the least so far), never a group split; in file order.
 
-    shard: (i, n), or levels ((i, n), (p, P), ...): part p of P of shard i of n (`bench.engine.cluster.compose`).
+    shard: (i, n), or levels ((i, n), (p, P), ...): part p of P of shard i of n (`gradbench.engine.cluster.compose`).
     """
     groups = group_cells(cells)
     for index, count in _levels(shard):
@@ -46,7 +46,7 @@ def group_count(cells: list[Cell]) -> int:
     return len(group_cells(cells))
 
 
-# Plan values the engine traces beside those bench.spec.optim declares traced (`traced_values`): name -> (the plan
+# Plan values the engine traces beside those gradbench.spec.optim declares traced (`traced_values`): name -> (the plan
 # section holding it, None for the plan itself; what the static plan keeps in its place). init_perturbation: every
 # value > 0 shares one program (True: the program perturbs); data_seed: every dataset of one shape shares one (None:
 # the program stacks the group's datasets). Group.runs reads them, group_cells blanks them.
@@ -107,8 +107,8 @@ def cost(cells: list[Cell], devices: int = 1) -> list[dict]:
 
     Each: experiment, cells (ids), labels, runs (cells x seeds), steps (the group's budget), run_steps (runs x
     steps: an upper bound, a seed that converges or diverges stops early), flops_per_run_step (model FLOPs of one
-    run's training step: 3 x the forward pass's matrix products, bench.engine.program.forward_flops) and memory
-    (bench.spec.build.memory_estimate for the runs one of `devices` devices holds: params, optimizer,
+    run's training step: 3 x the forward pass's matrix products, gradbench.engine.program.forward_flops) and memory
+    (gradbench.spec.build.memory_estimate for the runs one of `devices` devices holds: params, optimizer,
     activations, data, per_run, total; bytes).
     """
     from gradbench.engine import program
@@ -140,7 +140,7 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
 
     Args:
       progress: None, or an object with begin([(group label, steps, runs)]), group(label, steps, runs) ->
-        on_chunk callback or None, and group_done(records of the group) (bench.reports.console.GroupProgress).
+        on_chunk callback or None, and group_done(records of the group) (gradbench.reports.console.GroupProgress).
       force: take over a directory holding another suite's records (they are discarded).
       stop: checked after every chunk and group; when it returns True the run raises KeyboardInterrupt
         there (between compiled calls), keeping every finished group.

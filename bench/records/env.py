@@ -50,7 +50,7 @@ def code_hash(root: Path | None = None) -> str:
 
 def code_hash_with(base: str, plugins) -> str:
     """The code hash of a run whose suite imports plugins: `base` (`code_hash`) joined with each plugin's name and
-    the sha256 of its source (`plugins`: suite.json's entries, or bench.spec.plugins.Plugin); `base` unchanged
+    the sha256 of its source (`plugins`: suite.json's entries, or gradbench.spec.plugins.Plugin); `base` unchanged
     without plugins, so a suite without plugins keeps the repository's code hash."""
     entries = sorted((p["name"], p["sha256"]) if isinstance(p, dict) else (p.name, p.sha256) for p in plugins or ())
     if not entries:

@@ -148,7 +148,7 @@ class ResultsStore:
     def open(cls, out_dir, suite: dict, cell_ids, force: bool = False, provenance: dict | None = None) -> ResultsStore:
         """Opens `out_dir` for a run of `suite` (its suite.json) whose cells are `cell_ids`; StoreError if refused.
 
-        Every record already there is validated (`parse_records`). With `provenance` (bench.records.env.provenance
+        Every record already there is validated (`parse_records`). With `provenance` (gradbench.records.env.provenance
         of this process), records made under another code hash, library or Python version, or by an older
         gradbench (schema), are never reused: refused in one line naming the difference, or with `force`
         discarded, so their cells train again.
@@ -373,7 +373,7 @@ def parse_records(text: str, file, oldest: int) -> list[dict]:
 
 def read_results(path, oldest: int | None = None) -> list[dict]:
     """The records of a results file or a run directory; StoreError (a ValueError, one line naming the file, line
-    and key) if unreadable, not records (bench.records.validate), of another schema, or two of one cell.
+    and key) if unreadable, not records (gradbench.records.validate), of another schema, or two of one cell.
 
     Args:
       oldest: the oldest schema_version accepted (default: only the current one).

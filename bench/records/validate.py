@@ -2,7 +2,7 @@
 
 Everything downstream (reports, verdicts, compare, export, merge, resume) trusts a record that passed here:
 a file that breaks a shape is refused in one line naming the file, the line, the key and what is allowed.
-This module is the one place a record's shape is declared (CORE, CURRENT, SUITE); bench.records.store applies
+This module is the one place a record's shape is declared (CORE, CURRENT, SUITE); gradbench.records.store applies
 it to every file it reads, so run (resume), merge, report, compare and export refuse the same things with the same
 words: `FILE: line N: KEY: VALUE; allowed: WHAT`, exit status 2, nothing written.
 
@@ -242,7 +242,7 @@ CURRENT = {
 QUESTION = {"experiment": str, "variant_experiment": (str, None), "baseline": dict, "variant": dict,
             "measure": OneOf(MEASURES), "expect": OneOf(EXPECT), "lr": (POSITIVE, None), "at": NUMBER,
             "label": (str, None)}
-# suite.json (bench.engine.runner.suite_record writes it; older ones may lack suite_from_out and experiments).
+# suite.json (gradbench.engine.runner.suite_record writes it; older ones may lack suite_from_out and experiments).
 SUITE = {
     "name": str,
     "path": str,
@@ -252,7 +252,7 @@ SUITE = {
                 "primary": QUESTION, "secondary": [QUESTION]}],
     "experiments": Opt([dict]),
     "suite_from_out": Opt(str),
-    "plugins": Opt([{"name": str, "module": str, "sha256": str}]),  # bench.spec.plugins, imported again on reading
+    "plugins": Opt([{"name": str, "module": str, "sha256": str}]),  # gradbench.spec.plugins, imported again on reading
 }
 
 

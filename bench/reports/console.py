@@ -194,7 +194,7 @@ def results_table(records: list[dict], limit: int = TABLE_ROWS, more: str = "REP
 
 
 def programs_table(rows: list[dict], available: tuple[int, str] | None = None) -> Table:
-    """`bench cells`: one row per compiled program (bench.engine.runner.cost): its experiment, cells, runs,
+    """`bench cells`: one row per compiled program (gradbench.engine.runner.cost): its experiment, cells, runs,
     steps, run-steps, model FLOPs and memory estimate."""
     table = Table(title="compiled programs (one per group of cells that differ only in traced values)")
     for column in ("program", "experiment", "cells", "runs", "steps", "run-steps", "model TFLOP", "memory"):
@@ -207,7 +207,7 @@ def programs_table(rows: list[dict], available: tuple[int, str] | None = None) -
 
 
 def cells_table(cells) -> Table:
-    """`bench cells`: one row per cell (bench.spec.suite.Cell): experiment, label, seeds, steps, program."""
+    """`bench cells`: one row per cell (gradbench.spec.suite.Cell): experiment, label, seeds, steps, program."""
     table = Table(title="cells")
     for column in ("experiment", "cell", "seeds", "steps", "program"):
         table.add_column(column, justify="left" if column in ("experiment", "cell") else "right")

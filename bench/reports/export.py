@@ -27,7 +27,7 @@ the program's throughput (raw and normalised) and the environment's versions,
 as CSV (`--output X.csv`; and X.parquet beside it where pyarrow is installed)
 or Parquet alone (`--output X.parquet`). tensorboard: per cell, its median
 loss and gradient-norm traces and per-seed scalars (tensorboardX, the
-`tensorboard` extra). Records are checked as they are read (bench.records.
+`tensorboard` extra). Records are checked as they are read (gradbench.records.
 validate): a throughput that is null or not above 0 is refused, never exported. No value is
 ever NaN or infinite in a JSON file (strict parsers reject the tokens): such
 values are null, or the entry is left out.

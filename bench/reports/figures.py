@@ -25,7 +25,7 @@ def variant(record: dict) -> str:
 
 def median_e2e(record: dict, fraction: float):
     """Median over seeds of the end-to-end gradient ratio at a snapshot, read as the verdicts read it
-    (`bench.analysis.claims.e2e_ratio`: 0/0 is total vanishing, a gradient that is not finite explosion)."""
+    (`gradbench.analysis.claims.e2e_ratio`: 0/0 is total vanishing, a gradient that is not finite explosion)."""
     values = claims_lib.e2e_ratio(record, fraction)
     return float(np.quantile(values, 0.5, method="lower")) if len(values) else None
 

@@ -23,7 +23,7 @@ import math
 from gradbench.spec.schema import SNAPSHOT_FRACTIONS, Key, SuiteError, check_choice, check_table
 
 EXPECT = ("worse", "better")  # what the claim says the variant does
-# The measures a question may name: the keys of bench.analysis.claims.MEASURES, which computes them.
+# The measures a question may name: the keys of gradbench.analysis.claims.MEASURES, which computes them.
 MEASURES = ("gradient", "gradient_distance", "reach", "reach_range", "steps", "heldout_loss", "overfitting_gap", "divergence",
             "critical_lr", "stable_lr", "lr_sensitivity", "max_attn_logit", "max_abs_log_z", "grad_zero_fraction")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 MIB = 2**20
 # Largest input accepted, by kind (the committed claims results are 41 MiB).
 LIMITS = {"suite": 16 * MIB, "json": 256 * MIB, "results": 4096 * MIB}
-# The files of a results directory that no report or export may replace (bench.records.store writes them).
+# The files of a results directory that no report or export may replace (gradbench.records.store writes them).
 PROTECTED = ("results.jsonl", "suite.json", "not_run.json", "results.jsonl.lock")
 
 

@@ -15,7 +15,7 @@ transform may declare static ints or strings. `traced_values` and
 `loss_scale_*` all read that declaration (`_slots`, `slot`).
 
 Every registry is written by the register_* functions, built-in entries and
-plugins' alike (bench.spec.register is the public API; docs/EXTENDING.md).
+plugins' alike (gradbench.spec.register is the public API; docs/EXTENDING.md).
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def _z_loss(pred, coefficient):
     return coefficient * jnp.mean(jax.nn.logsumexp(pred.astype(jnp.float32), axis=-1) ** 2)
 
 
-# The registries (name -> entry); written only by the register_* functions below (bench.spec.register is the
+# The registries (name -> entry); written only by the register_* functions below (gradbench.spec.register is the
 # public API over them), built-in entries and plugins' alike.
 TRANSFORMS: dict[str, Transform] = {}
 AUX_LOSSES: dict[str, AuxLoss] = {}
@@ -137,7 +137,7 @@ def slot(section: str, key: str, index: int | None = None) -> str:
 
 
 def _slots(plan: dict):
-    """(section, index, key, table) of every plan value whose Key is declared traced (bench.spec.schema.Key)."""
+    """(section, index, key, table) of every plan value whose Key is declared traced (gradbench.spec.schema.Key)."""
     keys = optimizer_keys(plan["optimizer"]["name"])
     for key in plan["optimizer"]:
         if key in keys and keys[key].traced:
@@ -270,7 +270,7 @@ def _check_params(kind: str, name: str, params: dict) -> dict:
         raise ValueError(f"{kind} {name!r}: params must be a dict of name -> Key")
     for key, spec in params.items():
         if not isinstance(spec, Key):
-            raise ValueError(f"{kind} {name!r}: parameter {key!r} must be a bench.spec.register.Key, got {spec!r}")
+            raise ValueError(f"{kind} {name!r}: parameter {key!r} must be a gradbench.spec.register.Key, got {spec!r}")
         if key == "name" or not key.isidentifier():
             raise ValueError(f"{kind} {name!r}: parameter name {key!r} is not allowed (an identifier, not 'name')")
         if kind != "mitigation" and spec.traced and (spec.type not in (int, float) or spec.default is None):
@@ -368,7 +368,7 @@ def _optimizer(plan, params):
 
 
 _POSITIVE = dict(type=float, gt=0, traced=True)
-# The built-in entries, registered as a plugin registers its own (bench.spec.register), in `bench list` order.
+# The built-in entries, registered as a plugin registers its own (gradbench.spec.register), in `bench list` order.
 register_mitigation("none", "the baseline, unchanged", {}, lambda plan, p: None)
 register_transform("clip_by_global_norm", lambda max_norm: optax.clip_by_global_norm(max_norm),
                    "rescale the gradient so its global norm is at most max_norm",

@@ -1,14 +1,14 @@
 """Plugins: Python modules a suite names in `[suite] plugins`, imported before its cells are made.
 
 A plugin registers mitigations (optax gradient transforms included), auxiliary losses, model families and tasks
-through `bench.spec.register`, the API the built-in entries use. This module imports them and keeps, per
+through `gradbench.spec.register`, the API the built-in entries use. This module imports them and keeps, per
 registered entry, the plugin that registered it (`ORIGINS`), so that:
 
 - a cell that uses a plugin's entry (its task, family, mitigation, or a transform or auxiliary loss its plan
   holds) carries `config["plugins"] = {plugin name: sha256 of its source}`: its cell_id changes when the
   plugin's source does (cells of built-in entries only have no such key, and keep their ids);
 - a run's code hash (`code_sha256` of its records) joins the source of every plugin of its suite
-  (bench.records.env.code_hash_with), so records made with another version of a plugin are never reused.
+  (gradbench.records.env.code_hash_with), so records made with another version of a plugin are never reused.
 
 A plugin is named as an importable module (`my_ext`, `pkg.ext`) or a `.py` file path relative to the suite
 file's directory (its name: the file's stem). The suite records the list (suite.json `plugins`: name, module

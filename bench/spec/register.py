@@ -1,6 +1,6 @@
 """The public registration API: what a plugin (a module a suite names in `[suite] plugins`) calls to add
 mitigations, optax gradient transforms, auxiliary losses, model families and tasks. The built-in entries are
-registered the same way (bench/spec/optim.py) or live in the same registries (models.FAMILIES, tasks.TASKS).
+registered the same way (bench/spec/optim.py) or live in the same registries (gradbench.models.FAMILIES, gradbench.tasks.TASKS).
 
     from gradbench.spec import register
     from gradbench.spec.register import Key
@@ -9,7 +9,7 @@ registered the same way (bench/spec/optim.py) or live in the same registries (mo
                        params={"multiple": Key(float, 2.0, gt=0, traced=True), "warmup": Key(int, 10, ge=1)})
     register.model_family("resmlp", resmlp_module)
 
-Parameters are Keys (bench.spec.schema): type, default (REQUIRED: the suite must give it), range, choices.
+Parameters are Keys (gradbench.spec.schema): type, default (REQUIRED: the suite must give it), range, choices.
 A transform's or auxiliary loss's parameter with `traced=True` is an input of the compiled program (a float32:
 sweeping it never recompiles); any other is static (part of the program's identity: each value compiles its
 own program). Names must be new: a plugin cannot replace a built-in entry or another plugin's. docs/EXTENDING.md
@@ -18,6 +18,7 @@ walks through an example.
 from __future__ import annotations
 
 import dataclasses
+
 from gradbench.spec import optim, plugins
 from gradbench.spec.schema import REQUIRED, Key  # noqa: F401  (the types a plugin declares its parameters with)
 

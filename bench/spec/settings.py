@@ -37,7 +37,7 @@ SETTINGS = {
                              "seed from its own key (imitates another machine's rounding); 0: none"),
     "plugins": Key(list, [], of=str, doc="modules to import before the cells are made, each an importable module name "
                    "or a .py file relative to the suite file: they register mitigations, transforms, model families "
-                   "and tasks (bench.spec.register; docs/EXTENDING.md)"),
+                   "and tasks (gradbench.spec.register; docs/EXTENDING.md)"),
 }
 
 

@@ -2,8 +2,8 @@
 
 Validation happens here, before any compute; everything downstream trusts the
 cells. Every key is stated once with its type, range and default (a
-`bench.spec.schema.Key`): the tables below for [suite] and [[experiment]],
-bench/spec/claim_schema.py for [[claim]], `bench.spec.optim` for optimiser keys and
+`gradbench.spec.schema.Key`): the tables below for [suite] and [[experiment]],
+bench/spec/claim_schema.py for [[claim]], `gradbench.spec.optim` for optimiser keys and
 mitigation parameters, and the model and task Config dataclasses (type hints,
 CHOICES, __post_init__) for [model] and [task]. Every float must be finite.
 
@@ -85,7 +85,7 @@ class Suite:
     experiments: list[dict]
     cells: list[Cell]
     claims: list[dict]
-    plugins: tuple = ()  # bench.spec.plugins.Plugin, as loaded for this suite (suite.json records them)
+    plugins: tuple = ()  # gradbench.spec.plugins.Plugin, as loaded for this suite (suite.json records them)
 
 
 def _axis(path, key, value, spec: Key):
