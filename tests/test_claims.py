@@ -174,6 +174,71 @@ def test_censored_and_grid_limited_effects_print_as_bounds_and_grid_steps():
     var = grid(CURE, [True] * 8)
     answer = judge(base + var, measure="stable_lr")["primary"]
     assert answer["bound"] == "≥"
-    assert verdicts.effect_text(answer) == "≥x100 (at least 2 grid steps), the same on every resample of seeds"
+    assert verdicts.effect_text(answer) == "≥x100 (at least 2 grid steps) [100, …]"  # open above: no upper end
     # Both arms censored at the top: nothing to compare.
     assert judge(grid(BASE, [True] * 8) + var, measure="stable_lr")["primary"]["word"] == claims.DEGENERATE
+
+
+def test_neither_arm_reaching_the_target_decides_nothing():
+    # Both arms train (no divergence, no collapse) but no seed of either reaches the target at any lr: a
+    # comparison of learning at the measure's floor can only come out "negligible", so it is degenerate.
+    base = grid(BASE, [True] * 16, reached=[False] * 16)
+    var = grid(CURE, [True] * 16, reached=[False] * 16)
+    for measure in ("reach_range", "reach"):
+        answer = judge(base + var, measure=measure)["primary"]
+        assert answer["word"] == claims.DEGENERATE, measure
+        assert answer["reason"] == "neither arm reaches the target, on any seed at any learning rate"
+    # One seed of one arm reaching it somewhere is a comparison again.
+    one = grid(CURE, [True] * 16, reached=[True] + [False] * 15)
+    assert judge(base + one, measure="reach_range")["primary"]["word"] != claims.DEGENERATE
+
+
+def test_a_range_that_reaches_the_end_of_the_grid_is_a_bound():
+    # Every variant seed reaches the target at every lr, the grid's top and bottom included: its range could go
+    # on beyond the grid, so the effect is a lower bound and its interval has no upper end.
+    base = [record(BASE, lr, [True] * 16, reached=[lr == 0.1] * 16) for lr in LRS]
+    answer = judge(base + grid(CURE, [True] * 16), measure="reach_range")["primary"]
+    assert answer["word"] == claims.YES and answer["bound"] == "≥"
+    assert verdicts.effect_text(answer) == "≥+2 decades [2, …]"  # 3 grid points against 1, one decade apart
+    # Both arms' median seeds at the grid's end: nothing to compare.
+    both = judge(grid(BASE, [True] * 16) + grid(CURE, [True] * 16), measure="reach_range")["primary"]
+    assert both["word"] == claims.DEGENERATE and "censored above" in both["reason"]
+
+
+def test_overfitting_is_read_at_the_same_training_loss():
+    # Seeds 0-7 reached the target (the training loss it names); 8-15 trained but stopped short: their gap
+    # is left out, never compared with the others'.
+    r = record(BASE, 0.01, [True] * 16, reached=[True] * 8 + [False] * 8)
+    gap = claims.MEASURES["overfitting_gap"].values(claims.Arm([r]), claims.Arm([r]),
+                                                      {"lr": None, "at": 0.0})[0]
+    assert np.allclose(gap[:8], 0.1) and np.isnan(gap[8:]).all()
+
+
+def test_a_ratio_of_zero_on_every_seed_prints_as_zero_not_as_a_bound():
+    # Equal weights: every variant seed's input-side gradient is exactly 0, so every ratio is 0 and the effect
+    # is x0, not the finite stand-in that decides the word.
+    base = grid(BASE, [True] * 16, e2e_init=list(np.linspace(20, 40, 16)))
+    zero = grid(CURE, [True] * 16, e2e_init=[0.0] * 16)
+    answer = judge(base + zero, measure="gradient", expect="worse")["primary"]
+    assert answer["word"] == claims.OPPOSITE and answer["every_seed"] == ["variant", "0"]
+    assert verdicts.effect_text(answer) == "x0 (every variant seed 0)"
+
+
+def test_a_ratio_that_could_not_be_computed_beside_layers_that_do_not_grow_has_no_value():
+    # The ratio is not a number: with a finite per-layer growth (float16 norms that could not be computed) it
+    # is no value; with a growth that is not finite either, explosion.
+    r = record(BASE, 0.01, [True] * 3, e2e_init=[math.nan] * 3)
+    r["explosion"]["per_seed"]["growth_per_layer"] = [[0.5] * 4, [math.nan] * 4, [0.0] * 4]
+    values = claims.e2e_ratio(r, 0.0)
+    assert np.isnan(values[0]) and np.isposinf(values[1]) and values[2] == 0.0
+
+
+def test_an_effect_at_the_margin_up_to_rounding_is_at_the_margin():
+    # One grid step wider, on a grid of rounded learning rates (0.0178, 0.0316, ...): whole steps, and an effect
+    # of one step that rounding puts a hair below the margin still reaches it.
+    lrs = [0.01, 0.0178, 0.0316, 0.0562, 0.1]
+    widths = claims.metrics.trained_width_decades(lrs, [[False, True, True, True, False], [True] * 5])
+    step = float(np.mean(np.diff(np.log10(lrs))))
+    assert widths.tolist() == [3 * step, 5 * step]
+    assert claims.word(step * (1 - 1e-14), 0.1, 0.4, 0.01, step) == claims.YES
+    assert claims.word(0.1, 0.05, step * (1 - 1e-14), 0.3, step) == claims.UNSETTLED  # the interval reaches it

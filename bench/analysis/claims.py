@@ -30,8 +30,10 @@ from gradbench.spec.claim_schema import matches
 
 ALPHA = 0.05
 MIN_RATE_EFFECT = 0.25  # the margin of a difference of shares (reach, divergence)
+LOSS_MARGIN = 0.1  # a difference of losses: (min_effect - 1) x LOSS_MARGIN x the trivial loss
 YES, NO, NEGLIGIBLE, OPPOSITE, UNSETTLED, DEGENERATE = "yes", "no", "negligible", "opposite", "unsettled", "degenerate"
 WORDS = (YES, NO, NEGLIGIBLE, OPPOSITE, UNSETTLED, DEGENERATE)
+LEARNING = ("reach", "reach_range", "steps")  # measures of learning: reaching the target
 
 
 def run_lr(record) -> float:
@@ -162,15 +164,17 @@ def e2e_ratio(record: dict, fraction: float) -> np.ndarray:
     """Per-seed end-to-end gradient ratio at a snapshot fraction.
 
     A ratio that is not a number is read from the layers' gradients: no gradient at the input side (0/0
-    included: every gradient zero) is total vanishing, ratio 0; a gradient that is not finite is explosion,
-    ratio infinity. At initialisation, an infinite ratio whose output-side gradient is exactly zero is
-    underflow, not explosion: NaN (no value).
+    included: every gradient zero) is total vanishing, ratio 0; a growth per layer that is not finite either is
+    explosion, ratio infinity; a finite one (a norm that could not be computed, e.g. in float16, beside layers
+    that do not grow) says nothing: NaN (no value). At initialisation, an infinite ratio whose output-side
+    gradient is exactly zero is underflow, not explosion: NaN.
     """
     k = record["explosion"]["fractions"].index(fraction)
     per_seed = record["explosion"]["per_seed"]
     values = np.array([read_extended(row[k]) for row in per_seed["e2e_ratio"]])
     growth = np.array([read_extended(row[k]) for row in per_seed["growth_per_layer"]])
-    values = np.where(np.isnan(values), np.where(growth == 0.0, 0.0, np.inf), values)
+    values = np.where(np.isnan(values), np.where(growth == 0.0, 0.0, np.where(np.isfinite(growth), np.nan, np.inf)),
+                      values)
     if k == 0 and "log10_preact_grad_init" in per_seed:
         underflow = np.array([bool(row) and read_extended(row[-1]) == -math.inf  # the output side's is zero
                               for row in per_seed["log10_preact_grad_init"]])
@@ -249,6 +253,14 @@ def _grid(fn, what: str):
     return values
 
 
+def _reach_censored(arm: Arm) -> list:
+    """Per seed, "above" where its width of learning rates reaching the target is a lower bound: it reached the
+    target at an end of the arm's grid, so the range may go on beyond it."""
+    reach = arm.reach()
+    edge = reach[:, 0] | reach[:, -1] if len(arm.lrs) > 1 else np.zeros(arm.n_seeds, bool)
+    return ["above" if e else None for e in edge]
+
+
 def _steps(record):
     steps = _as_float(record["per_seed"]["steps_to_converge"])
     return np.where(np.isnan(steps) | _bools(record, "diverged"), np.inf, steps)
@@ -261,9 +273,11 @@ def _heldout(record):
 
 
 def _gap(record):
+    """Held-out minus training loss of the seeds that reached the target: at the same training loss (a seed that
+    stopped short of it trained less far, which is no measure of overfitting; it is left out, never stood in)."""
     ps = record["per_seed"]
     gap = _as_float(ps["final_heldout_loss"]) - _as_float(ps["final_train_loss"])
-    return np.where(_bools(record, "trained"), gap, np.nan)
+    return np.where(reached(record), gap, np.nan)
 
 
 def _recorded(key):
@@ -277,15 +291,15 @@ MEASURES = {
     "gradient": Measure(_gradient, +1, training=False),
     "gradient_distance": Measure(lambda b, v, q: _gradient(b, v, q, distance=True), +1, training=False),
     "reach": Measure(_at(reached, "seeds reaching the target"), -1, rate=True, log_scale=False),
-    "reach_range": Measure(_grid(lambda a: (metrics.trained_width_decades(a.lrs, a.reach()), [None] * a.n_seeds),
+    "reach_range": Measure(_grid(lambda a: (metrics.trained_width_decades(a.lrs, a.reach()), _reach_censored(a)),
                                  "width in decades of the learning rates at which the seed reached the target"), -1,
                            log_scale=False, margin=None),
     "divergence": Measure(_at(lambda r: _bools(r, "diverged"), "diverged"), +1, rate=True, log_scale=False,
                           training=False),
     "steps": Measure(_at(_steps, "steps to the target (never: infinity)"), +1),
     "heldout_loss": Measure(_at(_heldout, "held-out loss (diverged: infinity)"), +1, training=False),
-    "overfitting_gap": Measure(_at(_gap, "held-out minus training loss, trained seeds"), +1, log_scale=False,
-                               margin=lambda min_effect, trivial: (min_effect - 1) * 0.1 * trivial),
+    "overfitting_gap": Measure(_at(_gap, "held-out minus training loss, seeds that reached the target"), +1, log_scale=False,
+                               margin=lambda min_effect, trivial: (min_effect - 1) * LOSS_MARGIN * trivial),
     "critical_lr": Measure(_grid(lambda a: metrics.critical_lr(a.lrs, a.flags("trained")),
                                  "largest grid learning rate at and below which the seed trained"), -1,
                            training=False, grid=True),
@@ -321,8 +335,11 @@ def word(effect: float, low: float, high: float, p: float, margin: float, alpha:
     yes: detected (p < alpha), as claimed, at least the margin; opposite: detected, the other way, at least the
     margin; negligible: the whole interval inside (-margin, margin), detected or not; no: the claimed effect of
     the margin's size excluded (the interval ends below it) but neither of those; else unsettled (a detected
-    effect below the margin whose interval reaches past it among them).
+    effect below the margin whose interval reaches past it among them). A value that differs from ±margin by
+    rounding alone is the margin (stats.ROUNDING): a range of whole grid steps one step wider is at the margin.
     """
+    effect, low, high = (next((m for m in (margin, -margin) if math.isclose(x, m, rel_tol=stats.ROUNDING)), x)
+                         for x in (effect, low, high))
     if p < alpha and effect >= margin:
         return YES
     if p < alpha and effect <= -margin:
@@ -359,6 +376,9 @@ def answer(base: list[dict], var: list[dict], q: dict, min_effect: float) -> dic
         return {**out, "word": DEGENERATE, "what": values[3],
                 "reason": " and ".join(never) + (" never train" if len(never) == 2 else " never trains")
                 + " (every seed fails at every learning rate)"}
+    if q["measure"] in LEARNING and not (b_arm.reach().any() or v_arm.reach().any()):
+        return {**out, "word": DEGENERATE, "what": values[3],
+                "reason": "neither arm reaches the target, on any seed at any learning rate"}
     paired = b_arm.seeds is not None and b_arm.seeds == v_arm.seeds
     if measure.rate:
         result = stats.compare_rates(values[0], values[1], paired=paired)
@@ -378,12 +398,13 @@ def answer(base: list[dict], var: list[dict], q: dict, min_effect: float) -> dic
         result["ratio_median"] = [float(np.nanmedian(r)) if np.isfinite(r).any() or np.isinf(r).any() else None
                                   for r in values[4]]
     censored = values[2]
-    if measure.grid and censored[0] and censored[0] == censored[1]:
+    if censored[0] and censored[0] == censored[1]:
         return {**out, **result, "word": DEGENERATE,
                 "reason": f"both arms' median seeds are censored {censored[0]} the grid"}
-    if measure.grid:
+    if any(censored):
         result["bound"] = {("above", None): "≤", (None, "below"): "≤", (None, "above"): "≥",
-                           ("below", None): "≥"}.get(tuple(censored), "~" if any(censored) else "")
+                           ("below", None): "≥"}.get(tuple(censored), "~")
+    if measure.grid:
         result["grid_step"] = _grid_step(b_arm.lrs)
     if not measure.rate and q["measure"] == "steps" and any(not np.isfinite(np.quantile(v, 0.5, method="lower"))
                                                               for v in values[:2]):

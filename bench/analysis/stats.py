@@ -199,6 +199,11 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     # most extreme finite value of both arms: the effect and its interval are then bounds, not estimates.
     up, down = np.isposinf(v).any() or np.isneginf(b).any(), np.isneginf(v).any() or np.isposinf(b).any()
     bound = "≥" if up and not down else "≤" if down and not up else "~" if up else ""
+    # An arm whose every value is infinite (every ratio 0 or infinite, no seed converged): the effect itself is
+    # infinite, not merely bounded; the finite stand-in still decides the word (conservatively), the report
+    # prints what the values are.
+    extreme = next(([arm, "0" if x[0] < 0 else "∞"] for arm, x in (("baseline", b), ("variant", v))
+                    if len(x) and np.isinf(x).all() and (x == x[0]).all()), None)
     rng = np.random.default_rng(0)
     bo, vo = _ordered(b, both), _ordered(v, both)
     if paired:
@@ -219,6 +224,7 @@ def compare(baseline, variant, *, log_scale: bool, censored=(None, None), paired
     return {**out, "p": p, "test": test, "paired": paired, "log_scale": log_scale, "effect_raw": effect,
             "ci_raw": [float(low), float(high)], "effect": transform(effect),
             "ci": [transform(low), transform(high)], "bound": bound, "note": note, "identical": identical,
+            "every_seed": extreme,
             "_resample": (bf, vf, bo, vo, strata if paired else None)}
 
 

@@ -189,12 +189,14 @@ def stable_lr(lrs, diverged_SxL) -> tuple[list[float], list[str | None]]:
 
 
 def trained_width_decades(lrs, trained_SxL) -> np.ndarray:
-    """Per seed, the width in decades of the learning rates at which it trained, each grid point counting as one
-    grid step (the mean log10 spacing): 0 when it trained nowhere, one step when at a single learning rate."""
+    """Per seed, the width in decades of the learning rates at which it trained, each grid point from the lowest
+    to the highest it trained at counting as one grid step (the mean log10 spacing, so a grid of rounded learning
+    rates gives whole steps): 0 when it trained nowhere, one step when at a single learning rate."""
     log_lrs = np.log10(np.asarray(lrs, np.float64))
     step = float(np.mean(np.diff(log_lrs))) if len(log_lrs) > 1 else 0.0
     trained = np.asarray(trained_SxL, bool)
-    return np.array([log_lrs[row].max() - log_lrs[row].min() + step if row.any() else 0.0 for row in trained])
+    return np.array([(np.flatnonzero(row)[-1] - np.flatnonzero(row)[0] + 1) * step if row.any() else 0.0
+                     for row in trained])
 
 
 def ema_update(ema, loss, smoothing):

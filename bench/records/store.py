@@ -237,7 +237,7 @@ def _foreign(old: dict | None, suite: dict, records: list[dict], cell_ids: set) 
         return None
     now_plugins = {p["name"]: p["sha256"] for p in suite.get("plugins") or []}
     edited = sorted({f"{name!r} (source sha256 {sha[:12]} -> {now_plugins[name][:12]})" for r in others
-                     for name, sha in (r["config"].get("plugins") or {}).items()
+                     for name, sha in ((r.get("config") or {}).get("plugins") or {}).items()
                      if name in now_plugins and now_plugins[name] != sha})
     if edited:  # a plugin's source is part of the identity of the cells that use it
         return (f"holds {len(others)} records made with another version of plugin {', '.join(edited)}; they are "

@@ -25,8 +25,10 @@ def variant(record: dict) -> str:
 
 def median_e2e(record: dict, fraction: float):
     """Median over seeds of the end-to-end gradient ratio at a snapshot, read as the verdicts read it
-    (`gradbench.analysis.claims.e2e_ratio`: 0/0 is total vanishing, a gradient that is not finite explosion)."""
+    (`gradbench.analysis.claims.e2e_ratio`: 0/0 is total vanishing, a gradient that is not finite explosion), over
+    the seeds that have one (None: none has)."""
     values = claims_lib.e2e_ratio(record, fraction)
+    values = values[~np.isnan(values)]  # seeds without a value (underflow, a norm not computed) left out
     return float(np.quantile(values, 0.5, method="lower")) if len(values) else None
 
 

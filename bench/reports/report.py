@@ -162,14 +162,18 @@ def render_all(results_dirs: list, output, judged: list | None = None) -> tuple[
         more, more_jobs = render(extra, output)
         more_lines = more.splitlines()
         main, theirs = _glance_span(lines), _glance_span(more_lines)
+        title = more_lines[0].removeprefix("# Results: ")
+        heading = f"Beyond the article: {title}"
         if main and theirs:
             last_row = max(i for i in range(*main) if lines[i].startswith("| ["))
-            lines[last_row + 1:last_row + 1] = [line for line in more_lines[slice(*theirs)]
-                                                if line.startswith("| [")]
+            source = os.path.relpath(extra, Path(output).parent)
+            lines[last_row + 1:last_row + 1] = [
+                f"| *{heading}: another run (`{source}`), its environment and seeds in "
+                f"[its section]({verdicts.anchor(heading)})* | | | |",
+                *[line for line in more_lines[slice(*theirs)] if line.startswith("| [")]]
             del more_lines[slice(*theirs)]
-        title = more_lines[0].removeprefix("# Results: ")
         demoted = ["#" + line if line.startswith("#") else line for line in more_lines[1:]]
-        lines += ["", f"## Beyond the article: {title}", *demoted]
+        lines += ["", f"## {heading}", *demoted]
         jobs.update(more_jobs)
     return "\n".join(lines), jobs
 

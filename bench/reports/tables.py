@@ -84,4 +84,8 @@ def arms_table(records: list[dict]) -> list[str]:
 
 
 def _selector(selector: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in selector.items())
+    """key=value, ...; a nested table in parentheses, a list of them joined by +."""
+    def value(v):
+        return f"({_selector(v)})" if isinstance(v, dict) else " + ".join(map(value, v)) if isinstance(v, list) \
+            else str(v)
+    return ", ".join(f"{k}={value(v)}" for k, v in selector.items())

@@ -15,7 +15,7 @@ FINDING_MAX = 320  # characters of a first-page finding
 VERDICT_MAX = 40  # characters of a first-page verdict cell
 FOREST = "forest.png"
 REACH = "reach.png"
-LEARNING = ("reach", "reach_range", "steps")  # measures whose arms are drawn as shares reaching the target
+
 
 
 def anchor(title: str) -> str:
@@ -30,13 +30,17 @@ def _number(x: float, ratio: bool) -> str:
 def effect_text(q: dict) -> str:
     """The effect of the variant against the baseline with its 95% interval: x a ratio, Δ a difference of shares,
     + or - a difference. A bound (infinite values in an arm, a median seed censored at the grid's end) is marked
-    ≥ or ≤ (~: both ways); an interval with no spread says so instead of printing [x, x]; a grid measure's
-    effect is said in grid steps."""
+    ≥ or ≤ (~: both ways), and its interval has no end on the open side (…); an interval with no spread says so
+    instead of printing [x, x]; a grid measure's effect is said in grid steps."""
     if q.get("effect") is None:
         return "–"
     if q.get("kind") == "rate":
         return f"Δ{q['effect']:+.2f} [{q['ci'][0]:+.2f}, {q['ci'][1]:+.2f}]"
     ratio = q["log_scale"]
+    if q.get("every_seed") and ratio:  # an arm all 0 or all infinite: the ratio is 0 or infinite, no interval
+        arm, value = q["every_seed"]
+        infinite = (value == "∞") == (arm == "variant")
+        return f"x{'∞' if infinite else '0'} (every {arm} seed {value})"
     text = q.get("bound", "") + _number(q["effect"], ratio) + q.get("unit", "")
     low, high = q["ci"]
     if "grid_step" in q and ratio and q["effect"] > 0:
@@ -44,9 +48,15 @@ def effect_text(q: dict) -> str:
         if abs(steps - round(steps)) < 1e-6 and round(steps) != 0:
             n = abs(round(steps))
             text += f" ({'at least ' if q.get('bound') else ''}{n} grid step{'s' if n > 1 else ''})"
-    if math.isclose(low, high, rel_tol=1e-12, abs_tol=0.0):
+    bound = q.get("bound", "")
+    if bound == "~":
+        return text + " (open both ways)"
+    if math.isclose(low, high, rel_tol=1e-12, abs_tol=0.0) and not bound:
         return text + ", the same on every resample of seeds"
-    return text + f" [{_number(low, ratio).lstrip('x+')}, {_number(high, ratio).lstrip('x+')}]"
+    ends = [_number(low, ratio).lstrip("x+"), _number(high, ratio).lstrip("x+")]
+    if bound:  # the side a bound leaves open has no end
+        ends[1 if bound == "≥" else 0] = "…"
+    return text + f" [{ends[0]}, {ends[1]}]"
 
 
 def verdict_cell(c: dict) -> str:
@@ -128,10 +138,14 @@ def forest_job(judged: list[dict], plot_dir) -> dict:
             rows.append({"label": f"{c['id']}. {c['title']}", "effect": None})
             continue
         low, high = sorted(scale(x) for x in q["ci_raw"])
+        effect = scale(q["effect_raw"])
+        if q.get("every_seed") and q["log_scale"]:  # an infinite ratio: at the axis' edge, with its interval
+            arm, value = q["every_seed"]
+            effect = low = high = scale(math.inf if (value == "∞") == (arm == "variant") else -math.inf)
         bound = q.get("bound", "")
         if bound in ("≥", "≤") and q["expected_sign"] < 0:  # oriented so that right is as the claim says
             bound = "≤" if bound == "≥" else "≥"
-        rows.append({"label": f"{c['id']}. {c['title']}"[:60], "effect": scale(q["effect_raw"]), "low": low,
+        rows.append({"label": f"{c['id']}. {c['title']}"[:60], "effect": effect, "low": low,
                      "high": high, "bound": bound,
                      "blocks": [scale(b.get("effect_raw")) for b in q.get("blocks", [])]})
     path = str(plot_dir / FOREST)
@@ -140,7 +154,8 @@ def forest_job(judged: list[dict], plot_dir) -> dict:
                    "95% interval in units of its margin (a ratio of 1.25, a difference of 0.25 in a share, one "
                    "grid step for a range of learning rates), right when the variant does what the claim says; "
                    "the grey band is the margin (negligible inside it); blue ticks are the replicate blocks' "
-                   "estimates.")}
+                   "estimates. The axis ends at 8 margins: an effect or interval end beyond it (an infinite ratio "
+                   "included) is drawn at the edge with an arrow.")}
 
 
 def reach_job(judged: list[dict], plot_dir) -> dict:
@@ -149,7 +164,7 @@ def reach_job(judged: list[dict], plot_dir) -> dict:
     panels = []
     for c in judged:
         q = c["primary"]
-        if q["measure"] in LEARNING and "arms" in q:
+        if q["measure"] in claims_lib.LEARNING and "arms" in q:
             arms = {side: (s["lrs"], [k / s["seeds"] for k in s["reached"]], s["tuned_lr"])
                     for side, s in q["arms"].items()}
             panels.append((f"{c['id']}. {q.get('label') or c['title']}", arms))
@@ -159,6 +174,13 @@ def reach_job(judged: list[dict], plot_dir) -> dict:
                                     "Per claim whose primary question is about learning, the share of seeds that "
                                     "reach the target at each learning rate, baseline (dashed) against variant; "
                                     "the marks on the axis are each arm's tuned learning rate.")}
+
+
+def _arm(q: dict, side: str) -> str:
+    """An arm's selector, with the experiment it comes from where the two arms come from different ones."""
+    other = q.get("variant_experiment")
+    where = f" (experiment {q['experiment'] if side == 'baseline' else other})" if other else ""
+    return cell(_selector(q[side]) + where)
 
 
 def mitigations_table(judged: list[dict]) -> list[str]:
@@ -178,7 +200,7 @@ def mitigations_table(judged: list[dict]) -> list[str]:
             speed = s["run_steps_per_s"]
             relative = "1" if side == "baseline" else f"{speed / base_speed:.2f}" if speed and base_speed else "–"
             steps = "never" if not math.isfinite(s["tuned_steps"]) else _fmt(s["tuned_steps"])
-            lines.append(f"| {c['id'] if side == 'baseline' else ''} | {side}: {_selector(q[side])} | "
+            lines.append(f"| {c['id'] if side == 'baseline' else ''} | {side}: {_arm(q, side)} | "
                          f"{_fmt(s['e2e_init'])} | {_fmt(s['tuned_lr'])} | {s['tuned_diverged']}/{s['seeds']} | "
                          f"{s['tuned_reached']}/{s['seeds']} "
                          f"| {steps} | {_fmt(s['reach_decades'])} | {relative} |")
@@ -189,7 +211,7 @@ def _question_row(name: str, q: dict) -> str:
     what = cell(q.get("what", "–"))
     p = f"{q['p']:.2g}" if q.get("p") is not None else "–"
     word = q["word"] + (f" ({q['reason']})" if q.get("reason") else "")
-    return (f"| {name} | {_selector(q['baseline'])} | {_selector(q['variant'])} | {q['expect']} | {what} | "
+    return (f"| {name} | {_arm(q, 'baseline')} | {_arm(q, 'variant')} | {q['expect']} | {what} | "
             f"{_medians(q) if 'n' in q and q.get('median') is not None else '–'} | {effect_text(q)} | "
             f"{q.get('test', '–')} | {p} | {word} |")
 
@@ -227,11 +249,14 @@ def how_to_read(min_effect: float, thresholds: dict) -> list[str]:
     return [
         "Effects: x a ratio (variant over baseline, Hodges-Lehmann), Δ a difference of shares of seeds, + or - a "
         "difference (in the unit named); ≥ or ≤ mark a bound, where infinite values (a seed that never reached "
-        "the target, a diverged one) or a seed censored at the grid's end leave one side open.",
+        "the target, a diverged one) or a seed censored at the grid's end leave one side open (its interval end "
+        "printed …).",
         "",
         "Each claim asks one pre-registered primary question in its own regime; its answer is one word, from the "
-        f"effect's 95% interval, an exact test (p < {claims_lib.ALPHA:g}) and a margin, the smallest effect that "
-        f"matters ({min_effect:g}x for a ratio, {claims_lib.MIN_RATE_EFFECT:g} for a difference of shares):",
+        f"effect's 95% interval, a rank test (p < {claims_lib.ALPHA:g}; exact, or from random sign patterns where "
+        f"the seeds are many) and a margin, the smallest effect that matters ({min_effect:g}x for a ratio, "
+        f"{claims_lib.MIN_RATE_EFFECT:g} for a difference of shares, one grid step for a range of learning rates, "
+        f"{(min_effect - 1) * claims_lib.LOSS_MARGIN:g} x the trivial loss for a difference of losses):",
         "",
         "- **yes**: detected, as the claim says, at least the margin;",
         "- **opposite**: detected, the other way, at least the margin;",
@@ -239,8 +264,8 @@ def how_to_read(min_effect: float, thresholds: dict) -> list[str]:
         "- **no**: the claimed effect of the margin's size is excluded, and neither of the above;",
         "- **unsettled**: none of these;",
         "- **degenerate**: the comparison cannot be made (an arm that fails on every seed at every learning "
-        "rate, both arms censored at one end of the grid, fewer than half the seeds reaching the target for "
-        "steps).",
+        "rate, neither arm reaching the target anywhere for a measure of learning, both arms censored at one "
+        "end of the grid, fewer than half the seeds reaching the target for steps).",
         "",
         "The suite runs its seeds as independent replicate blocks (seeds of their own and, past the first, every "
         "initial parameter x (1 + 1e-6 x N(0, 1))). A verdict is settled only when every block answers as the "
