@@ -132,13 +132,7 @@ def _load_file(spec: str, base: Path) -> Plugin:
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    try:
-        _execute(name, lambda: module_spec.loader.exec_module(module))
-    except BaseException as e:
-        sys.modules.pop(name, None)
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        raise _Refused(f"{spec!r} ({path}) cannot be imported: {_problem(e, files)}") from None
+    _import(name, lambda: module_spec.loader.exec_module(module), f"{spec!r} ({path})", files)
     return Plugin(name, spec, sha, files)
 
 
@@ -161,17 +155,20 @@ def _load_module(spec: str) -> Plugin:
     old = LOADED.get(spec)
     if old is not None and old.sha256 == sha and spec in sys.modules:
         return old
+    _import(spec, (lambda: importlib.reload(sys.modules[spec])) if spec in sys.modules
+            else (lambda: importlib.import_module(spec)), f"{spec!r} ({origin})", files)
+    return Plugin(spec, spec, sha, files)
+
+
+def _import(name: str, action, where: str, files) -> None:
+    """Runs a plugin's import (`_execute`); one that fails leaves no module behind and is refused in one line."""
     try:
-        if spec in sys.modules:
-            _execute(spec, lambda: importlib.reload(sys.modules[spec]))
-        else:
-            _execute(spec, lambda: importlib.import_module(spec))
+        _execute(name, action)
     except BaseException as e:
-        sys.modules.pop(spec, None)
+        sys.modules.pop(name, None)
         if isinstance(e, KeyboardInterrupt):
             raise
-        raise _Refused(f"{spec!r} ({origin}) cannot be imported: {_problem(e, files)}") from None
-    return Plugin(spec, spec, sha, files)
+        raise _Refused(f"{where} cannot be imported: {_problem(e, files)}") from None
 
 
 class _Refused(Exception):
