@@ -159,6 +159,8 @@ def test_a_verdict_is_settled_only_when_every_replicate_block_agrees():
     assert [b["word"] for b in c["primary"]["blocks"]] == [claims.YES, claims.YES]
     assert c["verdict"] == claims.YES and c["settled"] and c["primary"]["n"] == [32, 32]
     assert verdicts.agreement(c) == "2 of 2 blocks: yes, yes"
+    assert verdicts.agreement({**c, "primary": {**c["primary"], "word": claims.NO}}) == \
+        "0 of 2 blocks give the pooled no: yes, yes"
     # Block 1's cure reaches the target on 4 of 16 seeds only: pooled still yes, block 1 not, so unsettled.
     cure = grid(CURE, [True] * 16) + grid(CURE, [True] * 16, reached=[True] * 4 + [False] * 12, block=1)
     c = judge(base + cure)

@@ -74,7 +74,8 @@ def agreement(c: dict) -> str:
     if len(blocks) < 2:
         return "one block: not replicated"
     same = sum(b == c["primary"]["word"] for b in blocks)
-    return f"{same} of {len(blocks)} blocks: " + ", ".join(blocks)
+    pooled = "" if same == len(blocks) else f" give the pooled {c['primary']['word']}"
+    return f"{same} of {len(blocks)} blocks{pooled}: " + ", ".join(blocks)
 
 
 def _medians(q: dict) -> str:
@@ -109,6 +110,9 @@ def finding(c: dict) -> str:
                 f"{effect_text(q)}, p={q['p']:.2g}, {seeds} seeds")
         if q["word"] == claims_lib.DEGENERATE:
             text = f"degenerate: {q['reason']}; {text}"
+        elif q["measure"] not in claims_lib.LEARNING and "arms" in q and \
+                not any(sum(a["reached"]) for a in q["arms"].values()):
+            text += "; neither arm reaches the target at any learning rate"
     text = text if len(text) <= FINDING_MAX else text[:FINDING_MAX - 1] + "…"
     return cell(text)
 
@@ -128,6 +132,14 @@ def glance_table(judged: list[dict]) -> list[str]:
     return lines
 
 
+def _scaled_effect(q: dict, scale):
+    """An effect in margins; an infinite ratio (an arm all 0 or all infinite) at infinity, drawn at the edge."""
+    if q.get("every_seed") and q.get("log_scale"):
+        arm, value = q["every_seed"]
+        return scale(math.inf if (value == "∞") == (arm == "variant") else -math.inf)
+    return scale(q.get("effect_raw"))
+
+
 def forest_job(judged: list[dict], plot_dir) -> dict:
     """The forest plot of the primary effects, in margins, oriented so that right is what each claim says."""
     rows = []
@@ -138,16 +150,16 @@ def forest_job(judged: list[dict], plot_dir) -> dict:
             rows.append({"label": f"{c['id']}. {c['title']}", "effect": None})
             continue
         low, high = sorted(scale(x) for x in q["ci_raw"])
-        effect = scale(q["effect_raw"])
-        if q.get("every_seed") and q["log_scale"]:  # an infinite ratio: at the axis' edge, with its interval
-            arm, value = q["every_seed"]
-            effect = low = high = scale(math.inf if (value == "∞") == (arm == "variant") else -math.inf)
+        effect = _scaled_effect(q, scale)
+        if q.get("every_seed") and q["log_scale"]:
+            low = high = effect
         bound = q.get("bound", "")
         if bound in ("≥", "≤") and q["expected_sign"] < 0:  # oriented so that right is as the claim says
             bound = "≤" if bound == "≥" else "≥"
         rows.append({"label": f"{c['id']}. {c['title']}"[:60], "effect": effect, "low": low,
                      "high": high, "bound": bound,
-                     "blocks": [scale(b.get("effect_raw")) for b in q.get("blocks", [])]})
+                     "blocks": [_scaled_effect({**b, "log_scale": q["log_scale"]}, scale)
+                                for b in q.get("blocks", [])]})
     path = str(plot_dir / FOREST)
     return {path: (functools.partial(plots.forest), rows, "Primary effects, in margins",
                    "Each claim's primary effect (dot; a triangle for a bound, pointing the way it is open) and "
