@@ -74,7 +74,9 @@ def agreement(c: dict) -> str:
     if len(blocks) < 2:
         return "one block: not replicated"
     same = sum(b == c["primary"]["word"] for b in blocks)
-    pooled = "" if same == len(blocks) else f" give the pooled {c['primary']['word']}"
+    word = c["primary"]["word"]
+    pooled = "" if same == len(blocks) else " also unsettled" if word == claims_lib.UNSETTLED \
+        else f" give the pooled {word}"
     return f"{same} of {len(blocks)} blocks{pooled}: " + ", ".join(blocks)
 
 
