@@ -39,8 +39,7 @@ def effect_text(q: dict) -> str:
     ratio = q["log_scale"]
     if q.get("every_seed") and ratio:  # an arm all 0 or all infinite: the ratio is 0 or infinite, no interval
         arm, value = q["every_seed"]
-        infinite = (value == "∞") == (arm == "variant")
-        return f"x{'∞' if infinite else '0'} (every {arm} seed {value})"
+        return f"x{'∞' if _infinite_ratio(q) else '0'} (every {arm} seed {value})"
     text = q.get("bound", "") + _number(q["effect"], ratio) + q.get("unit", "")
     low, high = q["ci"]
     if "grid_step" in q and ratio and q["effect"] > 0:
@@ -134,11 +133,16 @@ def glance_table(judged: list[dict]) -> list[str]:
     return lines
 
 
+def _infinite_ratio(q: dict) -> bool:
+    """Whether an effect whose arm is all 0 or all infinite (`every_seed`) is an infinite ratio (else 0)."""
+    arm, value = q["every_seed"]
+    return (value == "∞") == (arm == "variant")
+
+
 def _scaled_effect(q: dict, scale):
     """An effect in margins; an infinite ratio (an arm all 0 or all infinite) at infinity, drawn at the edge."""
     if q.get("every_seed") and q.get("log_scale"):
-        arm, value = q["every_seed"]
-        return scale(math.inf if (value == "∞") == (arm == "variant") else -math.inf)
+        return scale(math.inf if _infinite_ratio(q) else -math.inf)
     return scale(q.get("effect_raw"))
 
 
