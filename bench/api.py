@@ -183,7 +183,7 @@ def prepare(path=DEFAULT_SUITE, out=None, *, seeds=None, steps=None, overrides=N
 
     if out is not None and not str(out).strip():
         raise UsageError(f"--out {str(out)!r}: an empty path; allowed: a directory (default: runs/SUITE_NAME)")
-    parse_shard(shard)
+    index, count = parse_shard(shard)
     read_toml(path)
 
     from gradbench.engine import cluster, compile_cache as cache_lib, runner
@@ -198,7 +198,6 @@ def prepare(path=DEFAULT_SUITE, out=None, *, seeds=None, steps=None, overrides=N
     relative = os.path.relpath(path)  # as the user would type it again (reports quote it)
     s = suite_lib.load(path if relative.startswith("..") else relative, seeds=seeds, steps=steps,
                        overrides=overrides)
-    index, count = parse_shard(shard)
     groups = runner.group_count(s.cells)  # shards deal whole compiled groups
     if index >= groups:
         raise UsageError(f"--shard {shard}: the suite's {len(s.cells)} cells make {groups} compiled groups, so "
@@ -304,8 +303,7 @@ def check_memory(s, chosen) -> None:
     available, where = build.available_memory()
     devices = jax.local_device_count()
     for group in runner.group_cells(chosen):
-        per_device = -(-len(group.runs) // devices)
-        size = build.memory_estimate(group.plan, group.runs[0].hyper, per_device)
+        size = group.memory(devices)
         if size["total"] <= available:
             continue
         keys = "task.n_train" if size["data"] > size["total"] / 2 else \
@@ -313,8 +311,9 @@ def check_memory(s, chosen) -> None:
              else "model (width, depth), seeds")
         raise UsageError(f"{s.path}: {keys}: experiment {group.cells[0].experiment!r} needs about "
                          f"{gib(size['total'])} for one compiled group of {len(group.runs)} runs "
-                         f"({gib(size['per_run'])} a run: parameters {gib(size['params'])}, optimiser state {gib(size['optimizer'])}, "
-                         f"activations {gib(size['activations'])}; data {gib(size['data'])}), more than the "
+                         f"({gib(size['per_run'])} a run: parameters {gib(size['params'])}, optimiser state "
+                         f"{gib(size['optimizer'])}, activations {gib(size['activations'])}; data "
+                         f"{gib(size['data'])}), more than the "
                          f"{gib(available)} of {where}; allowed: a group that fits (fewer seeds or grid points, a "
                          "smaller model or batch)")
 
@@ -326,9 +325,9 @@ def start_cluster() -> tuple[int, int]:
     try:
         return cluster.initialize()
     except (ValueError, RuntimeError) as e:
-        described = " ".join(f"{k}={os.environ[k]}" for k in ("SLURM_JOB_ID", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS",
-                                                               "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-                             if os.environ.get(k))
+        described = " ".join(f"{k}={os.environ[k]}" for k in (
+            "SLURM_JOB_ID", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+            if os.environ.get(k))
         raise UsageError(f"{described}: a multi-process launch, but jax.distributed could not start "
                          f"({first_line(e)}); allowed: a launch that names its coordinator (srun under SLURM, or "
                          "JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID), or one process (unset "

@@ -101,10 +101,12 @@ def snapshot_plan(budgets, chunk_steps: int) -> tuple[int, np.ndarray]:
     return length, (-(-due // length) * length).astype(np.int32)
 
 
-def _dtype(value):
-    """A traced input's dtype: int32 for an integer (a budget, a data_seed), float32 for anything else (every
-    plan value the spec declares traced is a float: gradbench.spec.optim.traced_values)."""
-    return np.int32 if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) else np.float32
+def _dtype(values) -> type:
+    """A traced input's dtype, from every run's value: int32 when all are integers (a budget, a data_seed), else
+    float32 (every plan value the spec declares traced is a float: gradbench.spec.optim.traced_values), so one run's
+    integral value never truncates another's."""
+    integral = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values)
+    return np.int32 if integral else np.float32
 
 
 @dataclasses.dataclass
@@ -164,7 +166,8 @@ def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Pre
     chunk_steps, snap_at = snapshot_plan([r.hyper["budget"] for r in padded], min(chunk_steps, steps))
     data_seeds = sorted({int(r.hyper["data_seed"]) for r in padded}) if "data_seed" in runs[0].hyper else [0]
     prog = program(plan, len(padded), chunk_steps, max(len(data_seeds), 2))
-    hyper = {k: np.asarray([r.hyper[k] for r in padded], _dtype(v)) for k, v in runs[0].hyper.items()}
+    columns = {k: [r.hyper[k] for r in padded] for k in runs[0].hyper}
+    hyper = {k: np.asarray(values, _dtype(values)) for k, values in columns.items()}
     if prog.per_run_data:  # each run's index into the stacked datasets
         hyper["dataset"] = np.searchsorted(data_seeds, hyper.pop("data_seed")).astype(np.int32)
     seeds = np.asarray([r.seed for r in padded], np.int32)

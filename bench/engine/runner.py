@@ -83,6 +83,12 @@ class Group:
     def steps(self) -> int:
         return max(c.config["steps"] for c in self.cells)
 
+    def memory(self, devices: int = 1) -> dict:
+        """gradbench.spec.build.memory_estimate for the runs one of `devices` devices holds (traced, not compiled)."""
+        from gradbench.spec import build
+
+        return build.memory_estimate(self.plan, self.runs[0].hyper, -(-len(self.runs) // max(devices, 1)))
+
     @property
     def label(self) -> str:
         return f"{self.cells[0].experiment}: " + "; ".join(c.label for c in self.cells)
@@ -112,7 +118,6 @@ def cost(cells: list[Cell], devices: int = 1) -> list[dict]:
     activations, data, per_run, total; bytes).
     """
     from gradbench.engine import program
-    from gradbench.spec import build
 
     out = []
     for group in group_cells(cells):
@@ -120,7 +125,7 @@ def cost(cells: list[Cell], devices: int = 1) -> list[dict]:
         out.append({"experiment": group.cells[0].experiment, "cells": [c.cell_id for c in group.cells],
                     "labels": [c.label for c in group.cells], "runs": runs, "steps": group.steps,
                     "run_steps": runs * group.steps, "flops_per_run_step": 3 * program.forward_flops(group.plan),
-                    "memory": build.memory_estimate(group.plan, group.runs[0].hyper, -(-runs // max(devices, 1)))})
+                    "memory": group.memory(devices)})
     return out
 
 
