@@ -5,11 +5,15 @@ import tempfile
 
 import pytest
 
-# One persistent compilation cache for the whole test run, in a temporary directory removed at its end: this process
-# and every `python -m bench` subprocess a test starts (they inherit the environment) reuse each other's compiled
-# programs, and no test reads or writes the user's cache. A cached program is the same executable, so no number
-# changes; tests that count compilations count programs built in their process, cached or not.
-TEST_CACHE = tempfile.mkdtemp(prefix="gradbench-test-cache-")
+# One persistent compilation cache for the whole test run, in a temporary directory removed at its end: this process,
+# the pytest-xdist workers it starts and every `python -m gradbench` subprocess a test starts (they all inherit the
+# environment) reuse each other's compiled programs, and no test reads or writes the user's cache. A cached program
+# is the same executable, so no number changes; tests that count compilations count programs built in their
+# process, cached or not. (A worker that reads an entry another is still writing gets an unreadable entry, which
+# JAX reports in a warning and compiles again.)
+if "GRADBENCH_TEST_CACHE" not in os.environ:  # the test run; its workers inherit the directory
+    os.environ["GRADBENCH_TEST_CACHE"] = tempfile.mkdtemp(prefix="gradbench-test-cache-")
+TEST_CACHE = os.environ["GRADBENCH_TEST_CACHE"]
 os.environ["GRADBENCH_COMPILE_CACHE"] = "1"
 os.environ["GRADBENCH_CACHE_DIR"] = TEST_CACHE
 
@@ -21,7 +25,8 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    shutil.rmtree(TEST_CACHE, ignore_errors=True)
+    if not hasattr(config, "workerinput"):  # the test run itself, not one of its xdist workers
+        shutil.rmtree(TEST_CACHE, ignore_errors=True)
 
 TINY = """
 [suite]

@@ -49,14 +49,18 @@ def test_a_suite_that_extends_another_merges_tables_and_experiments_by_name(tmp_
         suite.load(tmp_path / "loop.toml")
 
 
-def test_every_experiment_of_the_large_suite_trains_shrunk(tmp_path):
-    # 2 seeds, 3 steps, the first cell of every experiment: each family, task and size through the harness.
+def test_every_model_and_task_of_the_large_suite_trains_shrunk(tmp_path):
+    # 2 seeds, 3 steps, the first cell of every task, model family and layer structure (normalisation, skips)
+    # the suite trains: one program each through the harness (experiments that differ only in a scale, an
+    # optimiser or a mitigation train the same layers; those are tested on tiny suites).
     s = suite.load(SUITES / "claims_large.toml", seeds=2, steps=3)
     first = {}
     for cell in s.cells:
-        first.setdefault(cell.experiment, cell)
+        model = cell.plan["model"]
+        first.setdefault((cell.plan["task"]["name"], model["family"], model.get("norm"), model.get("residual")), cell)
+    assert {c.plan["model"]["family"] for c in first.values()} == {"mlp", "rnn", "resnet"} and len(first) == 8
     records = runner.run_suite(dataclasses.replace(s, cells=list(first.values())), tmp_path / "out")
-    assert [r["experiment"] for r in records] == list(first)
+    assert [r["experiment"] for r in records] == [c.experiment for c in first.values()]
     for r in records:
         assert len(r["per_seed"]["loss_0"]) == 2 and np.all(np.isfinite(r["per_seed"]["loss_0"]))
         assert r["explosion"]["e2e_ratio_init"][0] is not None

@@ -283,20 +283,22 @@ def train_group(prepared: Prepared,
     evaluation = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get(prog.evaluate(
         carry, hyper, data, jax.device_put(prog.table(~diverged & real), prog.runs_sharding))))
     host, arrays = jax.tree.map(lambda x: np.asarray(x)[:n_real], jax.device_get((carry, snaps)))
-    arrays.update({k: host[k] for k in ("loss_0", "kernel_rank_0", "diverged", "divergence_step", "converge_step",
-                                        "max_grad_norm", "skipped_steps")})
-    arrays.update({k: np.asarray(v) for k, v in host["diagnostics"].items()})
-    arrays["final_loss_scale"] = np.asarray(host["loss_scale"]["scale"])
+    arrays.update({**host.tally._asdict(), **host.diagnostics, "final_loss_scale": host.loss_scale["scale"],
+                   **evaluation})
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
     # the calls after it that ran with nothing compiling beside them, with extra (discarded) chunks, timed
-    # while no compile runs, when fewer than MIN_TIMED such calls were made.
+    # while no compile runs, when fewer than MIN_TIMED such calls were made. An extra chunk computes one tile
+    # per device and its time is scaled to the whole program's, as a compacted chunk's is (the tiles run one
+    # after another): timing costs a few tiles' steps, not a few chunks of every run.
     timed = chunk_times
     if len(timed) < MIN_TIMED:
+        table, count = prog.table()
+        one_tile = jax.device_put((table, np.minimum(count, 1)), prog.runs_sharding)
         with quiet.hold():
             for _ in range(MIN_TIMED - len(timed)):
                 clock = _Clock()
-                carry, *_ = jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, dispatched))
-                timed.append(clock.read())
+                carry, *_ = jax.block_until_ready(prog.chunk(carry, hyper, seeds, data, dispatched, one_tile))
+                timed.append(tuple(t * prog.max_tiles for t in clock.read()))
     # Per timed chunk steps/s: the median is the throughput, the quartiles its spread (a shared machine's noise).
     wall, cpu = np.asarray(timed).T
     rates, cpu_rates = chunk_steps / wall, chunk_steps / np.maximum(cpu, 1e-9)
@@ -304,15 +306,6 @@ def train_group(prepared: Prepared,
     q25, q75 = (float(q) for q in np.percentile(rates, [25, 75]))
     batch = prog.plan["task"].get("batch_size", 1)
     flops_per_step = prog.flops_per_run_step * len(runs) if prog.flops_per_run_step else None
-    arrays.update({
-        "final_train_loss": np.asarray(evaluation["train_eval"][0]),
-        "final_train_metric": np.asarray(evaluation["train_eval"][1]),
-        "final_validation_loss": np.asarray(evaluation["validation"][0]),
-        "final_validation_metric": np.asarray(evaluation["validation"][1]),
-        "final_heldout_loss": np.asarray(evaluation["heldout"][0]),
-        "final_heldout_metric": np.asarray(evaluation["heldout"][1]),
-        "final_kernel_rank": np.asarray(evaluation["kernel_rank"]),
-    })
     return GroupResult(
         runs=runs, arrays=arrays, param_names=prog.param_names,
         loss_trace=np.concatenate(losses, 1)[:, :steps], grad_norm_trace=np.concatenate(norms, 1)[:, :steps],

@@ -35,6 +35,7 @@ import functools
 import json
 import threading
 import time
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,32 @@ from gradbench.spec.schema import SNAPSHOT_FRACTIONS
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
 COMPILES = {"programs": 0, "seconds": 0.0}  # Programs compiled in this process and their total compile seconds
+
+class Tally(NamedTuple):
+    """A run's outcomes as it trains: per-run scalars that the group's result keeps under these names
+    (gradbench.engine.loop) and a record copies per seed (gradbench.records.validate.PER_SEED)."""
+
+    loss_0: jax.Array  # the training loss before the first update (whole training-evaluation set, training mode)
+    kernel_rank_0: jax.Array  # the unit rank at initialisation (metrics.kernel_rank)
+    diverged: jax.Array
+    divergence_step: jax.Array  # -1: never
+    converge_step: jax.Array  # -1: never
+    max_grad_norm: jax.Array  # over the steps it trained (a non-finite norm counts as infinite)
+    skipped_steps: jax.Array  # steps that dynamic loss scaling skipped
+
+
+class RunState(NamedTuple):
+    """One run's carry through training (a pytree: the programs vmap it over a tile's runs)."""
+
+    params: Any
+    rest: Any  # the model's other state (batch statistics)
+    opt_state: Any
+    ema: jax.Array  # the training loss's moving average, read for convergence
+    n_updates: jax.Array  # updates applied (the average's debiasing)
+    loss_scale: dict  # dynamic loss scaling (optim.loss_scale_*)
+    diagnostics: dict  # name -> its reduction over the steps trained (module docstring)
+    tally: Tally
+
 
 def seed_keys(seed):
     """One root key per seed, split once by purpose: (init, data)."""
@@ -220,7 +247,7 @@ class Program:
                 return _scatter(state, idx, rows)
 
             carry, traces = _over_tiles(table, count, (carry, traces), step)
-            return carry, traces, (carry["diverged"], carry["converge_step"])
+            return carry, traces, (carry.tally.diverged, carry.tally.converge_step)
 
         def measure(table, count, carry, snaps, hyper, seeds, snap_at, data, t):
             return _over_tiles(table, count, snaps, lambda out, idx: _scatter(out, idx, measure_tile(
@@ -299,15 +326,15 @@ class Program:
         # loss_0: the training loss before the first update on the whole training-evaluation set (in training
         # mode). It is recorded, not a threshold: thresholds are relative to the task's trivial loss.
         loss_0, (_, _, diag_0) = self._loss(params, rest, *data["train_eval"], True)
-        return {
-            "params": params, "rest": rest, "opt_state": optim.build(self.plan, hyper, self.lr_groups).init(params),
-            "loss_0": loss_0, "kernel_rank_0": metrics.kernel_rank(params), "ema": zero, "n_updates": jnp.zeros((), jnp.int32),
-            "diverged": jnp.zeros((), bool), "divergence_step": jnp.full((), -1, jnp.int32),
-            "converge_step": jnp.full((), -1, jnp.int32), "max_grad_norm": zero,
-            "diagnostics": {**diag_0, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
-                                                      zero if self.count_entries else jnp.full((), jnp.nan))},
-            "loss_scale": optim.loss_scale_init(self.plan, hyper), "skipped_steps": jnp.zeros((), jnp.int32),
-        }
+        never = jnp.full((), -1, jnp.int32)
+        return RunState(
+            params=params, rest=rest, opt_state=optim.build(self.plan, hyper, self.lr_groups).init(params),
+            ema=zero, n_updates=jnp.zeros((), jnp.int32), loss_scale=optim.loss_scale_init(self.plan, hyper),
+            diagnostics={**diag_0, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
+                                                   zero if self.count_entries else jnp.full((), jnp.nan))},
+            tally=Tally(loss_0=loss_0, kernel_rank_0=metrics.kernel_rank(params), diverged=jnp.zeros((), bool),
+                        divergence_step=never, converge_step=never, max_grad_norm=zero,
+                        skipped_steps=jnp.zeros((), jnp.int32)))
 
     def _empty_snapshots(self, n_runs: int) -> dict:
         n_snap = len(SNAPSHOT_FRACTIONS)
@@ -348,7 +375,7 @@ class Program:
     @staticmethod
     def _stopped(c, hyper):
         """Whether a run is done training early: it diverged, or converged when it stops there."""
-        return c["diverged"] | ((c["converge_step"] >= 0) & (hyper["stop_at_convergence"] > 0))
+        return c.tally.diverged | ((c.tally.converge_step >= 0) & (hyper["stop_at_convergence"] > 0))
 
     def _measure_one(self, c, snaps, hyper, seed, snap_at, data, t):
         """Takes the snapshots due at step `t` (where `snap_at == t`) on the parameters the run holds.
@@ -362,30 +389,30 @@ class Program:
         _, data_key = seed_keys(seed)
         x, y = self.task.sample(self._data(data, hyper), jax.random.fold_in(data_key, t))
         shifts = [jnp.zeros(s.shape, s.dtype) for s in self.preact_shapes]
-        scale = c["loss_scale"]["scale"]
+        scale = c.loss_scale["scale"]
         (grads, g_shifts), _ = jax.grad(self._objective, argnums=(2, 6), has_aux=True)(
-            hyper, scale, c["params"], c["rest"], x, y, shifts)
+            hyper, scale, c.params, c.rest, x, y, shifts)
         if self.plan.get("loss_scaling"):
             grads, g_shifts = jax.tree.map(lambda g: g / scale, (grads, g_shifts))
-        updates, _ = optim.build(self.plan, hyper, self.lr_groups).update(grads, c["opt_state"], c["params"])
+        updates, _ = optim.build(self.plan, hyper, self.lr_groups).update(grads, c.opt_state, c.params)
         leaf_norms = lambda tree: jnp.stack([jnp.linalg.norm(x) for x in jax.tree.leaves(tree)])  # noqa: E731
         stopped = self._stopped(c, hyper)
         at = snap_at == t
-        held_from = jnp.where(c["diverged"], c["divergence_step"],
-                              jnp.where(stopped, c["converge_step"] + 1, jnp.minimum(t, hyper["budget"])))
+        held_from = jnp.where(c.tally.diverged, c.tally.divergence_step,
+                              jnp.where(stopped, c.tally.converge_step + 1, jnp.minimum(t, hyper["budget"])))
         return {
             "snap_step": jnp.where(at, held_from, snaps["snap_step"]),
             "snap_log_preact_grad": jnp.where(at[:, None], jnp.stack([metrics.log_norm(g) for g in g_shifts]),
                                               snaps["snap_log_preact_grad"]),
-            "snap_weight_norm": jnp.where(at[:, None], leaf_norms(c["params"]), snaps["snap_weight_norm"]),
+            "snap_weight_norm": jnp.where(at[:, None], leaf_norms(c.params), snaps["snap_weight_norm"]),
             "snap_update_norm": jnp.where(at[:, None] & ~stopped, leaf_norms(updates), snaps["snap_update_norm"]),
         }
 
     def _step(self, hyper, tx, data_key, data, c, t):
         x, y = self.task.sample(data, jax.random.fold_in(data_key, t))
-        scale = c["loss_scale"]["scale"]
+        scale = c.loss_scale["scale"]
         (_, (loss, (_, rest, diag))), grads = jax.value_and_grad(self._objective, argnums=2, has_aux=True)(
-            hyper, scale, c["params"], c["rest"], x, y, None)
+            hyper, scale, c.params, c.rest, x, y, None)
         if self.plan.get("loss_scaling"):
             grads = jax.tree.map(lambda g: g / scale, grads)
         grads_finite = jnp.ones((), bool)  # only dynamic loss scaling, which counts entries, needs it
@@ -399,36 +426,36 @@ class Program:
         else:
             diag = {**diag, **dict.fromkeys(("grad_zero_fraction", "grad_nonfinite_fraction"),
                                             jnp.full((), jnp.nan))}
-        loss_scale, skip = optim.loss_scale_update(self.plan, hyper, c["loss_scale"], grads_finite)
+        loss_scale, skip = optim.loss_scale_update(self.plan, hyper, c.loss_scale, grads_finite)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, c["opt_state"], c["params"])
-        params = optax.apply_updates(c["params"], updates)
+        updates, opt_state = tx.update(grads, c.opt_state, c.params)
+        params = optax.apply_updates(c.params, updates)
 
         # A run is done once it diverged, ran its budget, or converged when it stops there: then
         # its results do not depend on which other runs share the program.
         active = ~self._stopped(c, hyper) & (t < hyper["budget"])
         # A step that dynamic loss scaling skips (non-finite gradients) is not divergence; its loss still counts.
         boom = active & metrics.exploded(loss, jnp.where(skip, 0.0, grad_norm), self._threshold(hyper, "trivial_loss"),
-                                         hyper["factor"], t, c["loss_0"])
+                                         hyper["factor"], t, c.tally.loss_0)
         keep = active & ~boom & ~skip
-        ema = jnp.where(keep, metrics.ema_update(c["ema"], loss, hyper["smoothing"]), c["ema"])
-        n_updates = c["n_updates"] + keep
+        ema = jnp.where(keep, metrics.ema_update(c.ema, loss, hyper["smoothing"]), c.ema)
+        n_updates = c.n_updates + keep
         smoothed = metrics.debiased(ema, hyper["smoothing"], n_updates)
-        converged = keep & (c["converge_step"] < 0) & (smoothed <= self._threshold(hyper, "target"))
+        converged = keep & (c.tally.converge_step < 0) & (smoothed <= self._threshold(hyper, "target"))
         pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, old)  # noqa: E731
         safe_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, jnp.inf)
-        carry = {
-            "params": pick(params, c["params"]), "rest": pick(rest, c["rest"]),
-            "opt_state": pick(opt_state, c["opt_state"]),
-            "loss_0": c["loss_0"], "kernel_rank_0": c["kernel_rank_0"], "ema": ema, "n_updates": n_updates,
-            "diverged": c["diverged"] | boom,
-            "divergence_step": jnp.where(boom, t, c["divergence_step"]),
-            "converge_step": jnp.where(converged, t, c["converge_step"]),
-            "max_grad_norm": jnp.where(active, jnp.maximum(c["max_grad_norm"], safe_norm), c["max_grad_norm"]),
-            "diagnostics": self._reduce(c["diagnostics"], diag, active),
-            "loss_scale": jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c["loss_scale"]),
-            "skipped_steps": c["skipped_steps"] + (active & ~boom & skip),
-        }
+        tally = c.tally
+        carry = RunState(
+            params=pick(params, c.params), rest=pick(rest, c.rest), opt_state=pick(opt_state, c.opt_state),
+            ema=ema, n_updates=n_updates,
+            loss_scale=jax.tree.map(lambda a, b: jnp.where(active & ~boom, a, b), loss_scale, c.loss_scale),
+            diagnostics=self._reduce(c.diagnostics, diag, active),
+            tally=tally._replace(
+                diverged=tally.diverged | boom,
+                divergence_step=jnp.where(boom, t, tally.divergence_step),
+                converge_step=jnp.where(converged, t, tally.converge_step),
+                max_grad_norm=jnp.where(active, jnp.maximum(tally.max_grad_norm, safe_norm), tally.max_grad_norm),
+                skipped_steps=tally.skipped_steps + (active & ~boom & skip)))
         traced = {k: jnp.where(active, diag[k], jnp.nan) for k in self.model_diagnostics}
         return carry, (jnp.where(active, loss, jnp.nan), jnp.where(active, grad_norm, jnp.nan), traced)
 
@@ -441,11 +468,11 @@ class Program:
     def _evaluate_one(self, carry, hyper, data):
         data = self._data(data, hyper)
         out = {}
-        for split in ("train_eval", "validation", "heldout"):
+        for split, name in (("train_eval", "train"), ("validation", "validation"), ("heldout", "heldout")):
             x, y = data[split]
-            loss, (pred, _, _) = self._loss(carry["params"], carry["rest"], x, y, False)
-            out[split] = (loss, self.task.metric(pred, y))
-        out["kernel_rank"] = metrics.kernel_rank(carry["params"])
+            loss, (pred, _, _) = self._loss(carry.params, carry.rest, x, y, False)
+            out[f"final_{name}_loss"], out[f"final_{name}_metric"] = loss, self.task.metric(pred, y)
+        out["final_kernel_rank"] = metrics.kernel_rank(carry.params)
         return out
 
     # Compiling and calling the programs -----------------------------------------

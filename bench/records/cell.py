@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 
 from gradbench.records import metrics
-from gradbench.records.validate import SCHEMA_VERSION  # declared beside the record's shape
+from gradbench.records.validate import PER_SEED, SCHEMA_VERSION  # declared beside the record's shape
 from gradbench.spec.schema import SNAPSHOT_FRACTIONS
 
 
@@ -86,26 +86,13 @@ def cell_record(cell, run_indices, group, env: dict, trace_points: int, task) ->
     diverged = [bool(d) for d in a["diverged"]]
     divergence_step = [int(s) if d else None for s, d in zip(a["divergence_step"], diverged)]
     steps = [int(s) if s >= 0 and not d else None for s, d in zip(a["converge_step"], diverged)]
-    alive = lambda key: [None if d else json_number(v) for v, d in zip(a[key], diverged)]  # noqa: E731
     per_seed = {
         "seed": [group.runs[i].seed for i in run_indices],
         "diverged": diverged,
         "divergence_step": divergence_step,
         "steps_to_converge": steps,
-        "loss_0": [json_number(v) for v in a["loss_0"]],
-        "final_train_loss": alive("final_train_loss"),
-        "final_heldout_loss": alive("final_heldout_loss"),
-        "final_train_metric": alive("final_train_metric"),
-        "final_heldout_metric": alive("final_heldout_metric"),
-        "final_validation_loss": alive("final_validation_loss"),
-        "final_validation_metric": alive("final_validation_metric"),
-        "max_grad_norm": [json_number(v) for v in a["max_grad_norm"]],
-        "kernel_rank_init": [json_number(v) for v in a["kernel_rank_0"]],
-        "kernel_rank_final": alive("final_kernel_rank"),
-        "grad_zero_fraction": [json_number(v) for v in a["grad_zero_fraction"]],
-        "grad_nonfinite_fraction": [json_number(v) for v in a["grad_nonfinite_fraction"]],
-        "skipped_steps": [int(v) for v in a["skipped_steps"]],
-        "final_loss_scale": [json_number(v) for v in a["final_loss_scale"]],
+        **{f.name: [None if f.alive and d else int(v) if f.kind is int else json_number(v)
+                    for v, d in zip(a[f.source], diverged)] for f in PER_SEED},
     }
     per_seed.update({name: [json_number(v) for v in a[name]] for name in group.diagnostics})
     outcomes = [metrics.outcome(d, loss, task.trivial_loss, collapse_fraction)

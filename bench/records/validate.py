@@ -195,6 +195,47 @@ def check(value, shape, where: str, seeds: int | None = None) -> None:
 NUM = Opt(NUMBER)  # a recorded number: null where it was not finite
 EXTENDED = Opt((NUMBER, INF))  # json_extended: a number, "inf"/"-inf", or null
 
+
+@dataclasses.dataclass(frozen=True)
+class SeedField:
+    """A per-seed value of a record copied from the engine: `per_seed[name]` holds the group's array `array`
+    (gradbench.engine.loop.GroupResult.arrays) for each seed, as an int or a number (null where not finite),
+    and null for a seed that diverged where `alive` (a diverged run has no final numbers)."""
+
+    name: str
+    array: str = ""  # default: the same name
+    kind: type = float
+    alive: bool = False
+
+    @property
+    def source(self) -> str:
+        return self.array or self.name
+
+    @property
+    def shape(self):
+        return Seeds(int if self.kind is int else NUM)
+
+
+# The per-seed values a record copies from its runs: bench/records/cell.py writes them in this order and CURRENT
+# requires them. A new per-seed quantity is a field of the engine's run state or evaluation
+# (gradbench.engine.program: RunState.tally, Program._evaluate_one) and one line here.
+PER_SEED = (
+    SeedField("loss_0"),
+    SeedField("final_train_loss", alive=True),
+    SeedField("final_heldout_loss", alive=True),
+    SeedField("final_train_metric", alive=True),
+    SeedField("final_heldout_metric", alive=True),
+    SeedField("final_validation_loss", alive=True),
+    SeedField("final_validation_metric", alive=True),
+    SeedField("max_grad_norm"),
+    SeedField("kernel_rank_init", "kernel_rank_0"),
+    SeedField("kernel_rank_final", "final_kernel_rank", alive=True),
+    SeedField("grad_zero_fraction"),
+    SeedField("grad_nonfinite_fraction"),
+    SeedField("skipped_steps", kind=int),
+    SeedField("final_loss_scale"),
+)
+
 # What every record of every schema version holds, and what compare reads of it (compare reads schema 1 too).
 # The engine always times a program and calibrates its yardsticks: a rate that is null, 0 or negative is a
 # damaged record. A per-seed value compare ranks may be a number, "inf"/"-inf" or null (ranked last).
@@ -226,9 +267,7 @@ CURRENT = {
         **CORE["per_seed"],
         "seed": Seeds(int), "divergence_step": Seeds(Opt(int)),
         "steps_to_converge": Seeds(Opt(int)), "collapsed": Seeds(bool), "trained": Seeds(bool),
-        **{k: Seeds(NUM) for k in ("loss_0", "final_train_loss", "final_heldout_loss", "final_train_metric",
-                                   "final_heldout_metric", "final_validation_loss", "final_validation_metric",
-                                   "max_grad_norm", "kernel_rank_init", "kernel_rank_final")},
+        **{f.name: f.shape for f in PER_SEED},
     },
     "explosion": {"axis": str, "fractions": [NUMBER], "per_seed": dict},
     "trace": {"step": [int], "loss": Seeds([NUM]), "grad_norm": Seeds([NUM])},
