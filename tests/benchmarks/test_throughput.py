@@ -1,6 +1,6 @@
 """Throughput benchmarks (pytest-benchmark; skipped in the normal test run).
 
-    python -m pytest tests/benchmarks -m benchmark --benchmark-enable --benchmark-columns=median,ops
+    python -m pytest tests/benchmarks -n 0 -m benchmark --benchmark-enable --benchmark-columns=median,ops
     python -m tests.benchmarks.test_throughput    # the same pairs interleaved, printed as ratios
 
 Pairs to read side by side (same group, one process):
