@@ -1,9 +1,9 @@
 """The compiled programs of a static plan: every run (seeds x learning rates x traced hyperparameters and
 initial scales) of the cells that share it trains in ONE program.
 
-Per run, a carry of pure pytrees (params, batch statistics, optimiser state
-and the divergence/convergence status) goes through `lax.scan` over a chunk
-of steps, `vmap`ped over runs. A run that diverges is frozen (its updates
+Per run, a carry (`RunState`: params, batch statistics, optimiser state and
+a `Tally` of the divergence/convergence status) goes through `lax.scan` over
+a chunk of steps, `vmap`ped over a tile of runs. A run that diverges is frozen (its updates
 masked), so it neither poisons the others nor crashes the program.
 
 The run axis is sharded over every local device (a one-axis `Mesh`, the
@@ -52,6 +52,7 @@ from gradbench.spec.schema import SNAPSHOT_FRACTIONS
 
 TRACE_COUNT = {"chunk": 0}  # incremented when a chunk program is traced; tests count compilations
 COMPILES = {"programs": 0, "seconds": 0.0}  # Programs compiled in this process and their total compile seconds
+
 
 class Tally(NamedTuple):
     """A run's outcomes as it trains: per-run scalars that the group's result keeps under these names
