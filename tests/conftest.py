@@ -59,10 +59,11 @@ lr = {lr}
 """
 
 
-def tiny_suite(tmp_path, name="suite.toml", seeds=4, steps=60, lr="[0.05, 1e4]", extra=""):
-    """Writes the tiny suite (optionally with extra TOML) and returns its path."""
+def tiny_suite(tmp_path, name="suite.toml", seeds=4, steps=60, lr="[0.05, 1e4]", extra="", suite_extra=""):
+    """Writes the tiny suite (optionally with extra TOML, and extra [suite] keys) and returns its path."""
     path = tmp_path / name
-    path.write_text(TINY.format(seeds=seeds, steps=steps, lr=lr, extra=extra))
+    text = TINY.format(seeds=seeds, steps=steps, lr=lr, extra=extra)
+    path.write_text(text.replace("\n[task]", f"{suite_extra}\n\n[task]", 1) if suite_extra else text)
     return path
 
 

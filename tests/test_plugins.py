@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_suite
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "custom_mitigation"
 
@@ -132,34 +134,8 @@ def test_report_reproduce_and_compare_work_on_plugin_results(example_run, tmp_pa
 
 
 def _small_suite(directory: Path, plugin: str) -> Path:
-    path = directory / "suite.toml"
-    path.write_text(f"""
-[suite]
-name = "edit"
-plugins = ["{plugin}"]
-seeds = 2
-steps = 40
-chunk_steps = 20
-trace_points = 10
-
-[task]
-name = "teacher_student"
-input_dim = 4
-teacher_width = 8
-n_train = 64
-n_heldout = 64
-batch_size = 8
-
-[model]
-family = "mlp"
-depth = 2
-width = 8
-activation = "tanh"
-
-[optimizer]
-name = "sgd"
-lr = 0.5
-
+    """The tiny suite at one learning rate, with the plugin and its mitigation beside no mitigation."""
+    return tiny_suite(directory, seeds=2, steps=40, lr="0.5", suite_extra=f'plugins = ["{plugin}"]', extra="""
 [[mitigation]]
 name = "none"
 
@@ -168,7 +144,6 @@ name = "ema_clip"
 multiple = 1.5
 window = 3
 """)
-    return path
 
 
 def test_editing_the_plugin_changes_the_code_hash_and_its_cell_is_rerun_not_reused(tmp_path):
