@@ -37,7 +37,11 @@ def train(group, runs, compact=True):
     return loop.train_group(loop.prepare(group.plan, runs, steps=40, chunk_steps=20), compact=compact)
 
 
-def test_a_run_gives_the_same_bits_alone_among_64_and_among_300_runs(group):
+@pytest.mark.parametrize("tile", [None, 1])  # the plan's own tile (16), and one run a tile (no vmap: large models)
+def test_a_run_gives_the_same_bits_alone_among_64_and_among_300_runs(group, tile, monkeypatch):
+    if tile:
+        monkeypatch.setenv("GRADBENCH_TILE_RUNS", str(tile))
+    assert program.tile_runs(group.plan) == (tile or 16)
     # Two probes: seed 7 at lr 0.05 (trains) and seed 11 at lr 0.5; each placed at different positions.
     probes = [r for r in group.runs if (r.seed, r.cell_index) in ((7, 0), (11, 1))]
     others = [r for r in group.runs if r not in probes]

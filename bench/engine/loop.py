@@ -146,7 +146,8 @@ class Prepared:
     budgets: np.ndarray  # per padded run: its step budget
 
 
-def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Prepared:
+def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
+            compiling: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Prepared:
     """Builds and compiles the program of one group and puts its inputs on the devices (no training).
 
     Args:
@@ -156,6 +157,9 @@ def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Pre
         stops training, so its final numbers are those at convergence).
       steps: the largest budget among the runs.
       chunk_steps: steps per compiled chunk (at most; see `snapshot_plan`).
+      compiling: wraps each step that compiles (`Quiet.compiling`): building the program, the initial
+        weights, and each of its four programs, so that a training thread timing extra chunks
+        (`Quiet.hold`) waits for one such step, not for the whole preparation.
 
     Thread-safe: the runner prepares the next groups in a background thread while one trains, so that
     compiling (one core on a CPU) overlaps training.
@@ -165,15 +169,17 @@ def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int) -> Pre
     padded = runs + [runs[-1]] * (padded_count(len(runs), tile_runs(plan)) - len(runs))
     chunk_steps, snap_at = snapshot_plan([r.hyper["budget"] for r in padded], min(chunk_steps, steps))
     data_seeds = sorted({int(r.hyper["data_seed"]) for r in padded}) if "data_seed" in runs[0].hyper else [0]
-    prog = program(plan, len(padded), chunk_steps, max(len(data_seeds), 2))
+    with compiling():
+        prog = program(plan, len(padded), chunk_steps, max(len(data_seeds), 2))
     columns = {k: [r.hyper[k] for r in padded] for k in runs[0].hyper}
     hyper = {k: np.asarray(values, _dtype(values)) for k, values in columns.items()}
     if prog.per_run_data:  # each run's index into the stacked datasets
         hyper["dataset"] = np.searchsorted(data_seeds, hyper.pop("data_seed")).astype(np.int32)
     seeds = np.asarray([r.seed for r in padded], np.int32)
-    inputs = (*jax.device_put((hyper, seeds, snap_at, prog.unit_state(seeds)), prog.runs_sharding),
-              jax.device_put(prog.stack_data(data_seeds), prog.replicated))
-    prog.compile_all(*inputs)
+    with compiling():
+        inputs = (*jax.device_put((hyper, seeds, snap_at, prog.unit_state(seeds)), prog.runs_sharding),
+                  jax.device_put(prog.stack_data(data_seeds), prog.replicated))
+    prog.compile_all(*inputs, compiling=compiling)
     return Prepared(prog, runs, steps, chunk_steps, inputs,
                     np.array([r.hyper["stop_at_convergence"] > 0 for r in padded]), sorted(set(snap_at.flat)),
                     hyper["budget"])

@@ -31,6 +31,7 @@ backward pass; a step it skips is counted, not treated as divergence.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import threading
@@ -118,10 +119,12 @@ def _over_runs(fn, in_axes, n_runs: int):
 # Runs per tile. Every run is computed in a tile of exactly `tile_runs(plan)` runs (`Program` docstring), a
 # number that depends on the backend and the model alone, never on the group around a run: at most
 # TILE_RUNS[backend], halved while a tile's step would exceed TILE_FLOPS[backend] model FLOPs. A larger tile
-# wastes less per-operation overhead (XLA:CPU's dominates on the suites' small models); a smaller one lets
-# finished runs be dropped at a finer grain and costs a group of few runs less (a tile is computed whole).
+# wastes less per-operation overhead (XLA:CPU's dominates on small models); a smaller one compiles faster, lets
+# finished runs be dropped at a finer grain and costs a group of few runs less (a tile is computed whole: one
+# seed alone pays for the tile). On a CPU, a run's throughput stops growing with the tile near 2e8 FLOPs a
+# tile-step (docs/PERFORMANCE.md, "Tiles").
 TILE_RUNS = {"cpu": 16, "gpu": 64, "tpu": 64}
-TILE_FLOPS = {"cpu": 1e9, "gpu": 1e11, "tpu": 1e11}
+TILE_FLOPS = {"cpu": 2e8, "gpu": 1e11, "tpu": 1e11}
 
 
 @functools.lru_cache(maxsize=None)
@@ -515,18 +518,22 @@ class Program:
             self._full = jax.device_put(self.table(), self.runs_sharding)
         return self._full
 
-    def compile_all(self, hyper, seeds, snap_at, unit_state, data) -> None:
-        """Compiles init, chunk, measure and evaluate for these inputs without running anything."""
+    def compile_all(self, hyper, seeds, snap_at, unit_state, data, compiling=contextlib.nullcontext) -> None:
+        """Compiles init, chunk, measure and evaluate for these inputs without running anything, each inside
+        `compiling()`."""
         table = self.full_table()
-        carry = jax.eval_shape(self._init, *table, hyper, seeds, unit_state, data)
+        with compiling():  # tracing takes a core too
+            carry = jax.eval_shape(self._init, *table, hyper, seeds, unit_state, data)
         carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding), carry)
         snaps = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.runs_sharding),
                              self._empty_snapshots(len(seeds)))
         step = jax.ShapeDtypeStruct((), jnp.int32)
-        self._compile("init", self._init, *table, hyper, seeds, unit_state, data)
-        self._compile("chunk", self._chunk, *table, carry, hyper, seeds, data, step)
-        self._compile("measure", self._measure, *table, carry, snaps, hyper, seeds, snap_at, data, step)
-        self._compile("evaluate", self._evaluate, *table, carry, hyper, data)
+        for name, jitted, args in (("init", self._init, (hyper, seeds, unit_state, data)),
+                                   ("chunk", self._chunk, (carry, hyper, seeds, data, step)),
+                                   ("measure", self._measure, (carry, snaps, hyper, seeds, snap_at, data, step)),
+                                   ("evaluate", self._evaluate, (carry, hyper, data))):
+            with compiling():
+                self._compile(name, jitted, *table, *args)
 
     def init(self, seeds, hyper, data, unit_state=None):
         """The initial carry of every run (`unit_state`: `unit_state(seeds)` on the devices, if made already)."""
@@ -568,7 +575,7 @@ def program(plan: dict, n_runs: int, chunk_steps: int, n_datasets: int = 1) -> P
     """The Program of a static plan, shared by every group with the same structure (while it is recent).
 
     n_datasets: where data_seed is traced, how many datasets the group's data stacks (a shape of its inputs)."""
-    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps, n_datasets)
+    key = (json.dumps(plan, sort_keys=True), n_runs, chunk_steps, n_datasets, tile_runs(plan))
     with _PROGRAMS_LOCK:
         if key not in _PROGRAMS:
             _PROGRAMS[key] = Program(plan, n_runs, chunk_steps)

@@ -177,8 +177,8 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
     quiet = loop.Quiet()
 
     def prepare(group):
-        with quiet.compiling():
-            return loop.prepare(group.plan, group.runs, steps=group.steps, chunk_steps=suite.settings["chunk_steps"])
+        return loop.prepare(group.plan, group.runs, steps=group.steps, chunk_steps=suite.settings["chunk_steps"],
+                            compiling=quiet.compiling)
 
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
     try:
