@@ -250,3 +250,32 @@ def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(
     ratios = {r["config"]["model"].get("weight_var"): r["explosion"]["e2e_ratio_init"][0]
               for r in records if r["experiment"] == "scales"}
     assert ratios[8.0] > ratios[2.0] > ratios[0.5]  # the scales really differ inside the one program
+
+
+def test_every_compile_of_a_preparation_is_one_step_inside_compiling(module_tmp, monkeypatch):
+    # The runner's compiling thread wraps each compiling step in Quiet.compiling, so that a training thread
+    # timing extra chunks (Quiet.hold) waits for the step in flight, not for the whole preparation.
+    import contextlib
+
+    from gradbench.engine import loop
+
+    quiet, steps = loop.Quiet(), []
+    original = program.Program._compile
+
+    def compile_inside(self, name, jitted, *args):
+        assert quiet.mark() is None, f"{name} compiled outside Quiet.compiling"
+        return original(self, name, jitted, *args)
+
+    @contextlib.contextmanager
+    def counted():
+        with quiet.compiling():
+            steps.append(len(steps))
+            yield
+
+    monkeypatch.setattr(program.Program, "_compile", compile_inside)
+    path = tiny_suite(module_tmp, name="quiet.toml", seeds=3, steps=21, lr="0.05")
+    group = runner.group_cells(suite.load(path).cells)[0]
+    prepared = loop.prepare(group.plan, group.runs, steps=21, chunk_steps=7, compiling=counted)
+    # the program, the initial weights, tracing, and each of the four programs: a step apiece
+    assert len(steps) == 7 and set(prepared.prog.compiled) == {"init", "chunk", "measure", "evaluate"}
+    assert quiet.mark() is not None  # nothing compiles once it is prepared
