@@ -36,26 +36,31 @@ class _Clock:
 
 
 class Quiet:
-    """Whether anything else runs while a group's chunks are timed: throughput is timed only on chunks that
-    ran with no other thread working beside them (on a CPU a compile or another group's training takes a
-    core that the timed chunks would otherwise use, and the process's CPU time counts every thread).
+    """Which threads work, so that timed chunks run alone and trainers leave the compile thread its core.
 
-    Every thread that works does it inside `busy()`: the compile thread each compile step, a trainer its
-    group. A trainer asks `mark()` before a chunk and `clean(mark)` after it; `hold()` waits until no other
-    thread is busy and keeps them from starting while it times extra chunks. A trainer lets a waiting
-    `hold()` in at its chunk boundaries with nothing in flight (`pause()`), so a hold waits for one compile
-    step or one chunk, not for a whole preparation or group.
+    Every thread that works does it inside `busy()`: the compile thread each compile step, a trainer
+    (`busy(train=True)`) its group. Throughput is timed only on chunks that ran with no other thread busy
+    beside them (on a CPU a compile or another group's training takes a core that the timed chunks would
+    otherwise use, and the process's CPU time counts every thread): a trainer asks `mark()` before a chunk
+    and `clean(mark)` after it, and `hold()` waits until no other thread is busy and keeps them from
+    starting while it times extra chunks. With `cores`, trainers keep to the cores a compile step leaves:
+    a trainer starts its group, or goes on past a chunk boundary, only while the busy threads fit the cores,
+    so compiling, which the next groups wait for, is never slowed by one trainer too many. A trainer checks
+    `should_pause()` at each chunk boundary and, if so, reads its chunk in flight and calls `pause()`; a
+    hold or a compile step thus waits for one chunk, not for a whole group.
     """
 
-    def __init__(self):
+    def __init__(self, cores: int | None = None):
+        self.cores = cores  # None: trainers are not limited
         self._cond = threading.Condition()
         self._busy = collections.Counter()  # thread -> how many busy() it is inside
+        self._trains: set[int] = set()  # the threads that are trainers
         self._changes = collections.Counter()  # thread -> times it started or stopped being busy
         self._holder, self._waiting = None, 0
 
-    def _others(self, me) -> tuple[bool, int]:
-        """(whether a thread other than `me` is busy, how often the others changed)"""
-        return (any(n for t, n in self._busy.items() if t != me),
+    def _others(self, me) -> tuple[int, int]:
+        """(how many threads other than `me` are busy, how often the others changed)"""
+        return (sum(1 for t, n in self._busy.items() if n and t != me),
                 sum(n for t, n in self._changes.items() if t != me))
 
     def _set(self, me, depth: int) -> None:
@@ -63,12 +68,20 @@ class Quiet:
         self._changes[me] += 1
         self._cond.notify_all()
 
+    def _may_train(self, me) -> bool:
+        """Whether trainer `me` may work now: no hold pending and, with `cores`, a core for it."""
+        return (self._holder is None and not self._waiting
+                and (self.cores is None or self._others(me)[0] < self.cores))
+
     @contextlib.contextmanager
-    def busy(self):
+    def busy(self, train: bool = False):
         me = threading.get_ident()
         with self._cond:
+            if train:
+                self._trains.add(me)
             if not self._busy[me]:
-                self._cond.wait_for(lambda: self._holder in (None, me) and not self._waiting)
+                self._cond.wait_for(lambda: self._may_train(me) if train else
+                                    self._holder in (None, me) and not self._waiting)
             self._set(me, self._busy[me] + 1)
         try:
             yield
@@ -76,19 +89,22 @@ class Quiet:
             with self._cond:
                 self._set(me, self._busy[me] - 1)
 
-    def wanted(self) -> bool:
-        """Whether a thread waits to hold."""
-        return bool(self._waiting)
-
-    def pause(self) -> None:
-        """Lets a thread waiting to hold in (this one not busy until it is done); nothing if none waits."""
+    def should_pause(self) -> bool:
+        """Whether this trainer should stop at its next chunk boundary: a thread waits to hold, or the busy
+        threads outnumber the cores."""
         me = threading.get_ident()
         with self._cond:
-            if not self._waiting:
+            return me in self._trains and not self._may_train(me)
+
+    def pause(self) -> None:
+        """Stops being busy until this trainer may work again (`should_pause`); at once if it may."""
+        me = threading.get_ident()
+        with self._cond:
+            if me not in self._trains or self._may_train(me):
                 return
             depth = self._busy[me]
             self._set(me, 0)
-            self._cond.wait_for(lambda: self._holder is None and not self._waiting)
+            self._cond.wait_for(lambda: self._may_train(me))
             self._set(me, depth)
 
     def mark(self) -> int | None:
@@ -100,7 +116,7 @@ class Quiet:
     def clean(self, mark: int | None) -> bool:
         """Whether no other thread was busy at any time since `mark`."""
         with self._cond:
-            return mark is not None and self._others(threading.get_ident()) == (False, mark)
+            return mark is not None and self._others(threading.get_ident()) == (0, mark)
 
     @contextlib.contextmanager
     def hold(self):
@@ -241,8 +257,8 @@ def train_group(prepared: Prepared,
     on_chunk: called after every chunk with (steps done, diverged, converged) per run; the host stops
     early once every run is done.
     quiet: tells which chunks ran with no other thread busy beside them (None: every chunk did); only those
-    are timed, and extra chunks timed under `quiet.hold()` make up MIN_TIMED. A thread waiting to hold
-    is let in (`quiet.pause()`) at the next chunk boundary: the chunk in flight is read, none dispatched.
+    are timed, and extra chunks timed under `quiet.hold()` make up MIN_TIMED. Where `quiet.should_pause()`
+    (a hold or a compile step waits), the chunk in flight is read, none dispatched, and `quiet.pause()` waits.
     compact: each chunk computes only the tiles of the runs still training (those that have not diverged,
     converged where they stop there, or run their budget), packed together; off: every run, every chunk.
     Either way every number is the same (a run that stopped is never changed again, and a run's numbers
@@ -301,7 +317,7 @@ def train_group(prepared: Prepared,
     read = 0  # steps whose results the host has read
     first = True
     while inflight:
-        if dispatched < steps and not quiet.wanted():
+        if dispatched < steps and not quiet.should_pause():
             dispatch()
         c = inflight.popleft()
         diverged, converge_step = (np.asarray(x) for x in c.status)
@@ -321,7 +337,7 @@ def train_group(prepared: Prepared,
             on_chunk(min(read, steps), diverged[:n_real], converge_step[:n_real] >= 0)
         if np.all(stopped[:n_real]):
             break  # a chunk still in flight changes nothing: every run is masked
-        if not inflight and dispatched < steps:  # drained for a thread waiting to hold
+        if not inflight and dispatched < steps:  # drained for a hold or a compile step (`Quiet.should_pause`)
             quiet.pause()
             dispatch()
     for t in due:  # the snapshots not yet taken (every run stopped early) measure the parameters the runs hold

@@ -166,7 +166,8 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
     # of the records' env are timed here, before any compile starts.
     calibrate.matmul_flops_per_s()
     calibrate.scan_flops_per_s()
-    quiet = loop.Quiet()
+    n_trainers = trainers()
+    quiet = loop.Quiet(cores=cpu_cores() if n_trainers > 1 else None)
     stopping = threading.Event()  # set when the run ends early: the trainers stop at their next chunk
 
     def check_stop():
@@ -187,11 +188,10 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
                 shown(*args)
             check_stop()
 
-        with quiet.busy():
+        with quiet.busy(train=True):
             return _train(suite, store, group, prepared, on_chunk, quiet)
 
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
-    n_trainers = trainers()
     trainer_pool = concurrent.futures.ThreadPoolExecutor(max_workers=n_trainers, thread_name_prefix="train")
     failed = []  # groups that ran out of memory: the others still train
     running = {}  # future -> group, training
@@ -244,13 +244,22 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
 
 AHEAD = 2  # groups compiled ahead of those training (compiling on one core overlaps training on the others)
 MAX_TRAINERS = 4  # groups trained at once on a CPU, at most (each holds its group's device memory)
+NOT_RUN_FILE = "not_run.json"  # the groups of the last run that could not run (out of memory)
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def trainers(backend: str | None = None) -> int:
     """Groups trained at once: on a CPU one per core up to MAX_TRAINERS (XLA:CPU runs a program of the suites'
-    small models on about one core, so a second group trains beside the first at nearly full speed), one on
-    an accelerator (its groups share the device). GRADBENCH_TRAINERS sets it. The order and number of groups
-    training at once change no number: each group is its own program."""
+    small models on about one core, so a second group trains beside the first at nearly full speed; while
+    a compile step runs, one trainer fewer works: `loop.Quiet`), one on an accelerator (its groups share the
+    device). GRADBENCH_TRAINERS sets it. How many groups train at once changes no number: each group is its
+    own program."""
     import os
 
     import jax
@@ -259,8 +268,7 @@ def trainers(backend: str | None = None) -> int:
         return max(1, int(os.environ["GRADBENCH_TRAINERS"]))
     if (backend or jax.default_backend()) != "cpu":
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)), MAX_TRAINERS))
-NOT_RUN_FILE = "not_run.json"  # the groups of the last run that could not run (out of memory)
+    return max(1, min(cpu_cores(), MAX_TRAINERS))
 
 
 class OutOfMemory(Exception):
