@@ -16,10 +16,6 @@ if "GRADBENCH_TEST_CACHE" not in os.environ:  # the test run; its workers inheri
 TEST_CACHE = os.environ["GRADBENCH_TEST_CACHE"]
 os.environ["GRADBENCH_COMPILE_CACHE"] = "1"
 os.environ["GRADBENCH_CACHE_DIR"] = TEST_CACHE
-# Several xdist workers already take a core each: each trains one group at a time (tests/test_trainers.py
-# sets its own count).
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    os.environ.setdefault("GRADBENCH_TRAINERS", "1")
 
 
 def pytest_configure(config):

@@ -252,29 +252,25 @@ def test_a_sweep_of_initial_scales_is_one_program_with_the_same_initial_weights(
     assert ratios[8.0] > ratios[2.0] > ratios[0.5]  # the scales really differ inside the one program
 
 
-def test_every_compile_of_a_preparation_is_one_step_inside_busy(module_tmp, monkeypatch):
-    # The runner's compile thread wraps each compiling step in Quiet.busy, so that a trainer timing extra
-    # chunks (Quiet.hold) waits for the step in flight, not for the whole preparation.
+def test_every_compile_of_a_preparation_is_one_step_inside_compiling(module_tmp, monkeypatch):
+    # The runner's compiling thread wraps each compiling step in Quiet.compiling, so that a training thread
+    # timing extra chunks (Quiet.hold) waits for the step in flight, not for the whole preparation.
     import contextlib
 
     from gradbench.engine import loop
 
-    quiet, steps, inside = loop.Quiet(), [], []
+    quiet, steps = loop.Quiet(), []
     original = program.Program._compile
 
     def compile_inside(self, name, jitted, *args):
-        assert inside, f"{name} compiled outside Quiet.busy"
+        assert quiet.mark() is None, f"{name} compiled outside Quiet.compiling"
         return original(self, name, jitted, *args)
 
     @contextlib.contextmanager
     def counted():
-        with quiet.busy():
+        with quiet.compiling():
             steps.append(len(steps))
-            inside.append(True)
-            try:
-                yield
-            finally:
-                inside.pop()
+            yield
 
     monkeypatch.setattr(program.Program, "_compile", compile_inside)
     path = tiny_suite(module_tmp, name="quiet.toml", seeds=3, steps=21, lr="0.05")
@@ -282,4 +278,4 @@ def test_every_compile_of_a_preparation_is_one_step_inside_busy(module_tmp, monk
     prepared = loop.prepare(group.plan, group.runs, steps=21, chunk_steps=7, compiling=counted)
     # the program, the initial weights, tracing, and each of the four programs: a step apiece
     assert len(steps) == 7 and set(prepared.prog.compiled) == {"init", "chunk", "measure", "evaluate"}
-    assert quiet.mark() is not None  # nothing is busy once it is prepared
+    assert quiet.mark() is not None  # nothing compiles once it is prepared

@@ -36,105 +36,52 @@ class _Clock:
 
 
 class Quiet:
-    """Which threads work, so that timed chunks run alone and trainers leave the compile thread its core.
+    """Whether anything else compiles while a group trains: throughput is timed only on chunks with nothing
+    compiling beside them (on a CPU a compile takes a core that training would otherwise use).
 
-    Every thread that works does it inside `busy()`: the compile thread each compile step, a trainer
-    (`busy(train=True)`) its group. Throughput is timed only on chunks that ran with no other thread busy
-    beside them (on a CPU a compile or another group's training takes a core that the timed chunks would
-    otherwise use, and the process's CPU time counts every thread): a trainer asks `mark()` before a chunk
-    and `clean(mark)` after it, and `hold()` waits until no other thread is busy and keeps them from
-    starting while it times extra chunks. With `cores`, trainers keep to the cores a compile step leaves:
-    a trainer starts its group, or goes on past a chunk boundary, only while the busy threads fit the cores,
-    so compiling, which the next groups wait for, is never slowed by one trainer too many. A trainer checks
-    `should_pause()` at each chunk boundary and, if so, reads its chunk in flight and calls `pause()`; a
-    hold or a compile step thus waits for one chunk, not for a whole group.
+    The compiling thread wraps each compile in `compiling()`; the training thread asks `mark()` before a
+    chunk and `clean(mark)` after it, and `hold()` keeps new compiles from starting (waiting for the one in
+    flight) while it times extra chunks.
     """
 
-    def __init__(self, cores: int | None = None):
-        self.cores = cores  # None: trainers are not limited
+    def __init__(self):
         self._cond = threading.Condition()
-        self._busy = collections.Counter()  # thread -> how many busy() it is inside
-        self._trains: set[int] = set()  # the threads that are trainers
-        self._changes = collections.Counter()  # thread -> times it started or stopped being busy
-        self._holder, self._waiting = None, 0
-
-    def _others(self, me) -> tuple[int, int]:
-        """(how many threads other than `me` are busy, how often the others changed)"""
-        return (sum(1 for t, n in self._busy.items() if n and t != me),
-                sum(n for t, n in self._changes.items() if t != me))
-
-    def _set(self, me, depth: int) -> None:
-        self._busy[me] = depth
-        self._changes[me] += 1
-        self._cond.notify_all()
-
-    def _may_train(self, me) -> bool:
-        """Whether trainer `me` may work now: no hold pending and, with `cores`, a core for it."""
-        return (self._holder is None and not self._waiting
-                and (self.cores is None or self._others(me)[0] < self.cores))
+        self._compiling = self._held = self._epoch = 0
 
     @contextlib.contextmanager
-    def busy(self, train: bool = False):
-        me = threading.get_ident()
+    def compiling(self):
         with self._cond:
-            if train:
-                self._trains.add(me)
-            if not self._busy[me]:
-                self._cond.wait_for(lambda: self._may_train(me) if train else
-                                    self._holder in (None, me) and not self._waiting)
-            self._set(me, self._busy[me] + 1)
+            self._cond.wait_for(lambda: not self._held)
+            self._compiling += 1
+            self._epoch += 1
         try:
             yield
         finally:
             with self._cond:
-                self._set(me, self._busy[me] - 1)
-
-    def should_pause(self) -> bool:
-        """Whether this trainer should stop at its next chunk boundary: a thread waits to hold, or the busy
-        threads outnumber the cores."""
-        me = threading.get_ident()
-        with self._cond:
-            return me in self._trains and not self._may_train(me)
-
-    def pause(self) -> None:
-        """Stops being busy until this trainer may work again (`should_pause`); at once if it may."""
-        me = threading.get_ident()
-        with self._cond:
-            if me not in self._trains or self._may_train(me):
-                return
-            depth = self._busy[me]
-            self._set(me, 0)
-            self._cond.wait_for(lambda: self._may_train(me))
-            self._set(me, depth)
+                self._compiling -= 1
+                self._epoch += 1
+                self._cond.notify_all()
 
     def mark(self) -> int | None:
-        """None while another thread is busy, else a token that `clean` checks."""
+        """None while something compiles, else a token that `clean` checks."""
         with self._cond:
-            busy, changes = self._others(threading.get_ident())
-            return None if busy else changes
+            return None if self._compiling else self._epoch
 
     def clean(self, mark: int | None) -> bool:
-        """Whether no other thread was busy at any time since `mark`."""
+        """Whether nothing compiled at any time since `mark`."""
         with self._cond:
-            return mark is not None and self._others(threading.get_ident()) == (0, mark)
+            return mark is not None and mark == self._epoch and not self._compiling
 
     @contextlib.contextmanager
     def hold(self):
-        me = threading.get_ident()
         with self._cond:
-            # Not busy while it waits: two threads asking at once do not wait on each other.
-            depth = self._busy[me]
-            self._set(me, 0)
-            self._waiting += 1
-            self._cond.wait_for(lambda: self._holder is None and not self._others(me)[0])
-            self._waiting -= 1
-            self._holder = me
-            self._set(me, depth)
+            self._held += 1
+            self._cond.wait_for(lambda: not self._compiling)
         try:
             yield
         finally:
             with self._cond:
-                self._holder = None
+                self._held -= 1
                 self._cond.notify_all()
 
 
@@ -210,7 +157,7 @@ def prepare(plan: dict, runs: list[Run], *, steps: int, chunk_steps: int,
         stops training, so its final numbers are those at convergence).
       steps: the largest budget among the runs.
       chunk_steps: steps per compiled chunk (at most; see `snapshot_plan`).
-      compiling: wraps each step that compiles (`Quiet.busy`): building the program, the initial
+      compiling: wraps each step that compiles (`Quiet.compiling`): building the program, the initial
         weights, and each of its four programs, so that a training thread timing extra chunks
         (`Quiet.hold`) waits for one such step, not for the whole preparation.
 
@@ -256,9 +203,8 @@ def train_group(prepared: Prepared,
 
     on_chunk: called after every chunk with (steps done, diverged, converged) per run; the host stops
     early once every run is done.
-    quiet: tells which chunks ran with no other thread busy beside them (None: every chunk did); only those
-    are timed, and extra chunks timed under `quiet.hold()` make up MIN_TIMED. Where `quiet.should_pause()`
-    (a hold or a compile step waits), the chunk in flight is read, none dispatched, and `quiet.pause()` waits.
+    quiet: tells which chunks ran with nothing compiling beside them (None: every chunk did); only those
+    are timed, and extra chunks timed under `quiet.hold()` make up MIN_TIMED.
     compact: each chunk computes only the tiles of the runs still training (those that have not diverged,
     converged where they stop there, or run their budget), packed together; off: every run, every chunk.
     Either way every number is the same (a run that stopped is never changed again, and a run's numbers
@@ -317,7 +263,7 @@ def train_group(prepared: Prepared,
     read = 0  # steps whose results the host has read
     first = True
     while inflight:
-        if dispatched < steps and not quiet.should_pause():
+        if dispatched < steps:
             dispatch()
         c = inflight.popleft()
         diverged, converge_step = (np.asarray(x) for x in c.status)
@@ -337,9 +283,6 @@ def train_group(prepared: Prepared,
             on_chunk(min(read, steps), diverged[:n_real], converge_step[:n_real] >= 0)
         if np.all(stopped[:n_real]):
             break  # a chunk still in flight changes nothing: every run is masked
-        if not inflight and dispatched < steps:  # drained for a hold or a compile step (`Quiet.should_pause`)
-            quiet.pause()
-            dispatch()
     for t in due:  # the snapshots not yet taken (every run stopped early) measure the parameters the runs hold
         snapshot(t)
     # A diverged run has no final numbers (its record says null): only the others are evaluated (the rest NaN).
@@ -349,8 +292,8 @@ def train_group(prepared: Prepared,
     arrays.update({**host.tally._asdict(), **host.diagnostics, "final_loss_scale": host.loss_scale["scale"],
                    **evaluation})
     # The first call of a compiled program pays one-off costs (on a GPU, seconds): throughput is timed on
-    # the calls after it that ran with no other thread busy beside them, with extra (discarded) chunks, timed
-    # while no other thread is busy (`Quiet.hold`), when fewer than MIN_TIMED such calls were made. An extra chunk computes one tile
+    # the calls after it that ran with nothing compiling beside them, with extra (discarded) chunks, timed
+    # while no compile runs, when fewer than MIN_TIMED such calls were made. An extra chunk computes one tile
     # per device and its time is scaled to the whole program's, as a compacted chunk's is (the tiles run one
     # after another): timing costs a few tiles' steps, not a few chunks of every run.
     timed = chunk_times

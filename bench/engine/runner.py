@@ -5,7 +5,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
-import threading
 from pathlib import Path
 from typing import Callable
 
@@ -146,61 +145,56 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
 
     Args:
       progress: None, or an object with begin([(group label, steps, runs)]), group(label, steps, runs) ->
-        on_chunk callback or None, and group_done(records of the group) (gradbench.reports.console.GroupProgress);
-        called from the trainer threads (`trainers`), group() as each group starts, in the suite's order.
+        on_chunk callback or None, and group_done(records of the group) (gradbench.reports.console.GroupProgress).
       force: take over a directory holding another suite's records (they are discarded).
       stop: checked after every chunk and group; when it returns True the run raises KeyboardInterrupt
-        there (between compiled calls), keeping every finished group (the groups in flight are not kept).
+        there (between compiled calls), keeping every finished group.
     """
     store = ResultsStore.open(out_dir, suite_record(suite, out_dir), [c.cell_id for c in suite.cells], force)
     cells = shard_cells(suite.cells, shard)
     todo = [c for c in cells if c.cell_id not in store.done()]
     groups = group_cells(todo)
 
-    if progress:
-        progress.begin([(g.label, g.steps, len(g.runs)) for g in groups])
-    # One background thread compiles the groups' programs in order while trainer threads train them, in order,
-    # a group each (`trainers`): on a CPU, compiling takes one core and a group of the suites' small models
-    # trains on about one more, so most compile time is hidden and the cores stay busy. Throughput is timed
-    # only on chunks with no other thread busy beside them (`loop.Quiet`), and the yardsticks (`calibrate`)
-    # of the records' env are timed here, before any compile starts.
-    calibrate.matmul_flops_per_s()
-    calibrate.scan_flops_per_s()
-    n_trainers = trainers()
-    quiet = loop.Quiet(cores=cpu_cores() if n_trainers > 1 else None)
-    stopping = threading.Event()  # set when the run ends early: the trainers stop at their next chunk
-
     def check_stop():
-        if stopping.is_set() or (stop is not None and stop()):
+        if stop is not None and stop():
             raise KeyboardInterrupt
 
-    def prepare(group):
-        return loop.prepare(group.plan, group.runs, steps=group.steps, chunk_steps=suite.settings["chunk_steps"],
-                            compiling=quiet.busy)
-
-    def train(group, prepared):
-        prepared = prepared.result()  # compiled in order: trainers start their groups in the suite's order
-        check_stop()
-        shown = progress.group(group.label, group.steps, group.runs) if progress else None
-
+    def chunk_callback(shown):
         def on_chunk(*args):
             if shown:
                 shown(*args)
             check_stop()
+        return on_chunk
 
-        with quiet.busy(train=True):
-            return _train(suite, store, group, prepared, on_chunk, quiet)
+    if progress:
+        progress.begin([(g.label, g.steps, len(g.runs)) for g in groups])
+    # One background thread compiles the groups' programs in order while the main thread trains: on a CPU,
+    # compiling takes one core and training about one more, so most compile time is hidden. Throughput is
+    # timed only on chunks with no compile beside them (`loop.Quiet`), and the yardsticks (`calibrate`) of
+    # the records' env are timed here, before any compile starts.
+    calibrate.matmul_flops_per_s()
+    calibrate.scan_flops_per_s()
+    quiet = loop.Quiet()
+
+    def prepare(group):
+        return loop.prepare(group.plan, group.runs, steps=group.steps, chunk_steps=suite.settings["chunk_steps"],
+                            compiling=quiet.compiling)
 
     compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
-    trainer_pool = concurrent.futures.ThreadPoolExecutor(max_workers=n_trainers, thread_name_prefix="train")
-    failed = []  # groups that ran out of memory: the others still train
-    running = {}  # future -> group, training
-
-    def finish(done):
-        for future in done:
-            group = running.pop(future)
+    try:
+        # At most AHEAD groups are prepared beyond the one training, and a trained group's program and device
+        # inputs are let go: memory stays that of a few groups however long the suite.
+        ready = {}
+        failed = []  # groups that ran out of memory: the others still train
+        for i, group in enumerate(groups):
+            check_stop()
+            for j in range(i, min(i + AHEAD + 1, len(groups))):
+                if j not in ready:
+                    ready[j] = compiler.submit(prepare, groups[j])
+            prepared = ready.pop(i)
+            on_chunk = chunk_callback(progress.group(group.label, group.steps, group.runs) if progress else None)
             try:
-                new = future.result()
+                new = _train(suite, store, group, prepared.result(), on_chunk, quiet)
             except Exception as e:  # noqa: BLE001 (only an out-of-memory is caught; anything else is raised)
                 if not out_of_memory(e):
                     raise
@@ -210,29 +204,8 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
                 continue
             if progress:
                 progress.group_done(new)
-
-    def wait(most: int):
-        while len(running) > most:
-            check_stop()
-            finish(concurrent.futures.wait(running, timeout=0.5,
-                                           return_when=concurrent.futures.FIRST_COMPLETED).done)
-
-    try:
-        # At most AHEAD groups are prepared beyond those training, and a trained group's program and device
-        # inputs are let go: memory stays that of a few groups however long the suite.
-        ready = {}
-        for i, group in enumerate(groups):
-            check_stop()
-            wait(n_trainers - 1)
-            for j in range(i, min(i + AHEAD + 1, len(groups))):
-                if j not in ready:
-                    ready[j] = compiler.submit(prepare, groups[j])
-            running[trainer_pool.submit(train, group, ready.pop(i))] = group
-        wait(0)
     finally:
-        stopping.set()
         compiler.shutdown(wait=False, cancel_futures=True)
-        trainer_pool.shutdown(wait=True, cancel_futures=True)
     not_run = Path(out_dir) / NOT_RUN_FILE
     if failed:
         not_run.write_text(json.dumps({"groups": failed}, indent=1) + "\n")
@@ -242,33 +215,8 @@ def run_suite(suite: Suite, out_dir, shard=(0, 1),
     return [by_id[c.cell_id] for c in cells if c.cell_id in by_id]
 
 
-AHEAD = 2  # groups compiled ahead of those training (compiling on one core overlaps training on the others)
-MAX_TRAINERS = 4  # groups trained at once on a CPU, at most (each holds its group's device memory)
+AHEAD = 2  # groups compiled ahead of the one training (compiling on one core overlaps training on the other)
 NOT_RUN_FILE = "not_run.json"  # the groups of the last run that could not run (out of memory)
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def trainers(backend: str | None = None) -> int:
-    """Groups trained at once: on a CPU one per core up to MAX_TRAINERS (XLA:CPU runs a program of the suites'
-    small models on about one core, so a second group trains beside the first at nearly full speed; while
-    a compile step runs, one trainer fewer works: `loop.Quiet`), one on an accelerator (its groups share the
-    device). GRADBENCH_TRAINERS sets it. How many groups train at once changes no number: each group is its
-    own program."""
-    import os
-
-    import jax
-
-    if os.environ.get("GRADBENCH_TRAINERS"):
-        return max(1, int(os.environ["GRADBENCH_TRAINERS"]))
-    if (backend or jax.default_backend()) != "cpu":
-        return 1
-    return max(1, min(cpu_cores(), MAX_TRAINERS))
 
 
 class OutOfMemory(Exception):

@@ -1,7 +1,6 @@
 """Terminal presentation: progress per group of cells, the cell table and the verdict table (rich)."""
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -34,11 +33,8 @@ class GroupProgress:
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
                                  console=console, transient=False)
         self.work: list[int] = []  # steps x runs of each group, in run order
-        self.done_work, self.index, self.start = 0, 0, time.perf_counter()
-        self.started: dict[str, tuple[float, int]] = {}  # label -> (when, work) of each group training
+        self.done_work, self.index, self.start, self.group_start = 0, 0, time.perf_counter(), 0.0
         self.suite_task = None
-        self.partial: dict[str, int] = {}  # label -> work done so far of each group training (live bars)
-        self.lock = threading.Lock()  # groups train in threads of their own
 
     def __enter__(self):
         if self.live:
@@ -64,9 +60,9 @@ class GroupProgress:
                                                      status="ETA ?")
 
     def group(self, label: str, total: int, runs):
-        """The on_chunk callback of the next group (groups may train at once: each has its own bar)."""
-        with self.lock:
-            self.started[label] = (time.perf_counter(), total * len(runs))
+        """The on_chunk callback of the next group."""
+        self.group_start = time.perf_counter()
+        self.label = label
         if not self.live:
             return None
         task = self.progress.add_task(label if len(label) < 70 else label[:67] + "...", total=total,
@@ -83,38 +79,31 @@ class GroupProgress:
             finished = int(np.sum(diverged | converged))
             self.progress.update(task, completed=done, count=f"steps {done}/{total}",
                                  status=f"seeds done {finished}/{len(runs)} diverged {int(np.sum(diverged))} | {rate}")
-            with self.lock:
-                self.partial[label] = done * len(runs)
-                if self.suite_task is not None:
-                    self.progress.update(self.suite_task, completed=self.done_work + sum(self.partial.values()),
-                                         status=f"ETA {_duration(self.eta(sum(self.partial.values())))}")
+            if self.suite_task is not None:
+                self.progress.update(self.suite_task, completed=self.done_work + done * len(runs),
+                                     status=f"ETA {_duration(self.eta(done * len(runs)))}")
 
         return on_chunk
 
     def group_done(self, records: list[dict]) -> None:
-        """Called with the records of a group just finished."""
-        label = f"{records[0]['experiment']}: " + "; ".join(r["label"] for r in records)  # as runner.Group.label
-        with self.lock:
-            group_start, work = self.started.pop(label, (self.start, 0))
-            self.partial.pop(label, None)
-            self.done_work += work
-            self.index += 1
-            index, n_groups = self.index, len(self.work)
-            if self.live:
-                if self.suite_task is not None:
-                    self.progress.update(self.suite_task, completed=self.done_work + sum(self.partial.values()),
-                                         count=f"groups {self.index}/{n_groups}",
-                                         status=f"ETA {_duration(self.eta())}")
-                return
+        """Called with the records of the group just finished."""
+        self.done_work += self.work[self.index] if self.index < len(self.work) else 0
+        self.index += 1
+        n_groups = len(self.work)
+        if self.live:
+            if self.suite_task is not None:
+                self.progress.update(self.suite_task, completed=self.done_work, count=f"groups {self.index}/{n_groups}",
+                                     status=f"ETA {_duration(self.eta())}")
+            return
         seeds = sum(len(r["per_seed"]["diverged"]) for r in records)
         diverged = sum(sum(r["per_seed"]["diverged"]) for r in records)
         trained = [t for r in records for t in r["per_seed"].get("trained") or []]
         failed = f", failed {sum(not t for t in trained)}" if trained else ""
         converged = sum(r["converged"] for r in records)
-        elapsed = time.perf_counter() - group_start
-        label = label if len(label) <= 120 else label[:117] + "..."
+        elapsed = time.perf_counter() - self.group_start
+        label = self.label if len(self.label) <= 120 else self.label[:117] + "..."
         self.console.print(
-            f"[group {index}/{n_groups}] {label}: {len(records)} cells, {seeds} seeds, diverged {diverged}"
+            f"[group {self.index}/{n_groups}] {label}: {len(records)} cells, {seeds} seeds, diverged {diverged}"
             f"{failed}, converged {converged}; {records[0]['throughput']['steps_per_s']:.0f} steps/s; "
             f"{elapsed:.1f} s; suite elapsed {_duration(time.perf_counter() - self.start)}, "
             f"ETA {_duration(self.eta())}", markup=False, highlight=False, soft_wrap=True)
