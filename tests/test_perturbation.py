@@ -26,6 +26,16 @@ def test_perturb_is_exact_at_zero_and_differs_per_seed():
     assert np.array_equal(one, program.perturb(params, 0, jnp.float32(1e-3))["w"])  # its own key: reproducible
 
 
+def test_perturb_deals_one_draw_over_the_leaves_in_order():
+    params = {"a": jnp.full((2, 3), 2.0), "b": jnp.full((2, 3), 2.0)}  # two leaves of one shape: distinct normals
+    out = program.perturb(params, 7, jnp.float32(1e-3))
+    key = jax.random.fold_in(jax.random.key(7), program.PERTURBATION_TAG)
+    normals = np.asarray(jax.random.normal(key, (12,), jnp.float32))
+    relative = np.concatenate([(np.asarray(out[k]) / 2.0 - 1).ravel() for k in ("a", "b")]) / 1e-3
+    np.testing.assert_allclose(relative, normals, atol=1e-3)
+    assert not np.allclose(out["a"], out["b"])
+
+
 def test_perturbation_enters_the_cell_id_only_when_nonzero(tmp_path):
     path = tiny_suite(tmp_path, seeds=2, steps=10, lr="0.05")
     plain = [c.cell_id for c in suite.load(path).cells]

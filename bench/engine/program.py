@@ -91,12 +91,16 @@ PERTURBATION_TAG = 0x9E7B  # folded into a seed's root key: the perturbation's k
 
 
 def perturb(params, seed, eps):
-    """Every parameter entry times (1 + eps x N(0, 1)), the normals drawn from the seed's own perturbation key
-    (one per leaf). eps is traced: eps = 0 leaves every entry bit for bit (x * 1.0 == x)."""
+    """Every parameter entry times (1 + eps x N(0, 1)), the normals drawn from the seed's own perturbation key in
+    one draw of as many normals as the parameters have entries, dealt to the leaves in order (one draw compiles
+    one random-bits kernel; a draw per leaf compiled one per leaf). eps is traced: eps = 0 leaves every entry bit
+    for bit (x * 1.0 == x)."""
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), PERTURBATION_TAG), len(leaves))
-    leaves = [(x.astype(jnp.float32) * (1 + eps * jax.random.normal(k, x.shape, jnp.float32))).astype(x.dtype)
-              for x, k in zip(leaves, keys)]
+    sizes = [x.size for x in leaves]
+    normals = jax.random.normal(jax.random.fold_in(jax.random.key(seed), PERTURBATION_TAG), (sum(sizes),), jnp.float32)
+    offsets = np.cumsum([0, *sizes])
+    leaves = [(x.astype(jnp.float32) * (1 + eps * normals[a:b].reshape(x.shape))).astype(x.dtype)
+              for x, a, b in zip(leaves, offsets[:-1], offsets[1:])]
     return jax.tree.unflatten(treedef, leaves)
 
 
@@ -125,6 +129,12 @@ def _over_runs(fn, in_axes, n_runs: int):
 # tile-step (docs/PERFORMANCE.md, "Tiles").
 TILE_RUNS = {"cpu": 16, "gpu": 64, "tpu": 64}
 TILE_FLOPS = {"cpu": 2e8, "gpu": 1e11, "tpu": 1e11}
+
+
+# XLA options each program is compiled with, per platform. On a CPU, LLVM's default optimisation level (2)
+# instead of XLA's aggressive one (3): the suites' programs are small and many, and at level 2 they compile 10-45%
+# faster and train no slower (docs/PERFORMANCE.md, "Compiling"). The level changes results in the last bits.
+COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 2}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,7 +232,8 @@ class Program:
         # Tiles: every program computes its runs in tiles of `tile` runs (a loop over the tiles that a table lists,
         # each tile a vmap over its runs), so a run's numbers do not depend on the run count or on which runs
         # share its tile; the chunk is given only the tiles of runs still training (`full_table`, `table`).
-        self.tile = tile_runs(plan, self.mesh.devices.flat[0].platform)
+        self.platform = self.mesh.devices.flat[0].platform
+        self.tile = tile_runs(plan, self.platform)
         self.n_runs, self.n_local = n_runs, n_runs // self.mesh.size
         self.max_tiles = -(-self.n_local // self.tile)
         per_tile = lambda fn, axes: _over_runs(fn, axes, self.tile)  # noqa: E731
@@ -487,7 +498,7 @@ class Program:
         COMPILES["programs"] += not self.compiled
         t0 = time.perf_counter()
         traced = jitted.trace(*args)
-        self.compiled[name] = traced.lower().compile()
+        self.compiled[name] = traced.lower().compile(compiler_options=COMPILER_OPTIONS.get(self.platform))
         seconds = time.perf_counter() - t0
         self.compile_s += seconds
         COMPILES["seconds"] += seconds
