@@ -80,7 +80,9 @@ def bare_chunk(p, batch_fn=None):
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    # compiled with the harness's options (gradbench.engine.program.COMPILER_OPTIONS): the harness's own cost alone
+    @functools.partial(jax.jit, donate_argnums=0,
+                       compiler_options=program.COMPILER_OPTIONS.get(jax.default_backend()))
     def chunk(carry, start):
         return jax.lax.scan(step, carry, start + jnp.arange(STEPS))
 
