@@ -1,6 +1,9 @@
 """Matplotlib figures for reports and the probe (PNG, labelled axes, log scales where data spans decades)."""
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+import os
 import textwrap
 import warnings
 
@@ -19,6 +22,31 @@ def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": a legend beside the axes is kept
     plt.close(fig)
+
+
+def _draw_one(path, fn, data, title) -> None:
+    try:
+        fn(data, path, title)
+    except OSError as e:  # a full disk, a read-only plots/: name the figure, not matplotlib's stream
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
+PARALLEL_FIGURES = 8  # from this many figures on, they are drawn by worker processes, one per core (at most 4)
+
+
+def draw(jobs: dict) -> None:
+    """Draws every figure of `jobs` (path -> (function, data, title, caption)). Each figure is independent and
+    drawing them is most of a report's time, so many are drawn in worker processes, one per core; the files are
+    the same either way."""
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4)
+    if len(jobs) < PARALLEL_FIGURES or workers < 2:
+        for path, (fn, data, title, _caption) in jobs.items():
+            _draw_one(path, fn, data, title)
+        return
+    # Fresh interpreters ("spawn"), not forks: the caller may be a process whose JAX threads a fork would copy.
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for done in [pool.submit(_draw_one, path, fn, data, title) for path, (fn, data, title, _) in jobs.items()]:
+            done.result()
 
 
 def series_styles(n: int) -> list[dict]:
