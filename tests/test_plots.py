@@ -1,4 +1,6 @@
 """Report figures: every series of a plot can be told apart."""
+import pytest
+
 from gradbench.reports import plots
 
 
@@ -47,3 +49,24 @@ def test_a_two_factor_grid_is_drawn_as_maps_with_every_cell_annotated(tmp_path):
     # at several learning rates, or over one factor, an experiment keeps its curves against the learning rate
     assert figures.grid_factors([dict(r, config={**r["config"], "optimizer": {"lr": 0.005 * (i % 2 + 1)}})
                                  for i, r in enumerate(records)]) is None
+
+
+def test_figures_drawn_in_worker_processes_are_the_files_drawn_in_one(tmp_path, monkeypatch):
+    series = {f"arm {i}": [(lr, 0.1 * i, 0.0, 0.2 * i) for lr in (1e-3, 1e-2, 1e-1)] for i in range(3)}
+    n = plots.PARALLEL_FIGURES
+    one, workers = ({str(tmp_path / d / f"f{i}.png"): (plots.failure_vs_lr, series, f"figure {i}", "")
+                     for i in range(n)} for d in ("one", "workers"))
+    for d in ("one", "workers"):
+        (tmp_path / d).mkdir()
+    monkeypatch.setattr(plots, "PARALLEL_FIGURES", n + 1)
+    plots.draw(one)  # one process: fewer figures than PARALLEL_FIGURES
+    monkeypatch.undo()
+    plots.draw(workers)  # worker processes (on a machine of at least 2 cores)
+    drawn = [sorted((tmp_path / d).iterdir()) for d in ("one", "workers")]
+    assert [p.name for p in drawn[0]] == [p.name for p in drawn[1]] and len(drawn[0]) == n
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*drawn))
+    # a figure a worker cannot write is named in the error, as when drawn in one process
+    bad = {**workers, str(tmp_path / "missing" / "x.png"): (plots.failure_vs_lr, series, "x", "")}
+    with pytest.raises(OSError) as info:
+        plots.draw(bad)
+    assert info.value.filename == str(tmp_path / "missing" / "x.png")

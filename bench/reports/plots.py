@@ -1,9 +1,10 @@
 """Matplotlib figures for reports and the probe (PNG, labelled axes, log scales where data spans decades)."""
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
+import pickle
+import subprocess
+import sys
 import textwrap
 import warnings
 
@@ -31,22 +32,50 @@ def _draw_one(path, fn, data, title) -> None:
         raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
 
+def _draw_share(share: list) -> BaseException | None:
+    """Draws (path, (function, data, title, caption)) items in order; the first error, or None."""
+    for path, (fn, data, title, _caption) in share:
+        try:
+            _draw_one(path, fn, data, title)
+        except Exception as e:  # noqa: BLE001 (given back to the process that asked for the figures)
+            return e
+    return None
+
+
 PARALLEL_FIGURES = 8  # from this many figures on, they are drawn by worker processes, one per core (at most 4)
 
 
 def draw(jobs: dict) -> None:
-    """Draws every figure of `jobs` (path -> (function, data, title, caption)). Each figure is independent and
-    drawing them is most of a report's time, so many are drawn in worker processes, one per core; the files are
-    the same either way."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4)
+    """Draws every figure of `jobs` (path -> (function, data, title, caption)); raises the first error.
+
+    Drawing is most of a report's time and each figure is independent, so from PARALLEL_FIGURES figures on
+    they are dealt to worker processes, one per core: fresh interpreters (`python -m gradbench.reports.plots`,
+    the figures pickled to their standard input), not forks of a process whose JAX threads a fork would copy,
+    nor multiprocessing's spawned children, which import the caller's main script again. The files are the
+    same either way.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(cores, 4, len(jobs) // 2)
+    items = list(jobs.items())
     if len(jobs) < PARALLEL_FIGURES or workers < 2:
-        for path, (fn, data, title, _caption) in jobs.items():
-            _draw_one(path, fn, data, title)
-        return
-    # Fresh interpreters ("spawn"), not forks: the caller may be a process whose JAX threads a fork would copy.
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for done in [pool.submit(_draw_one, path, fn, data, title) for path, (fn, data, title, _) in jobs.items()]:
-            done.result()
+        error = _draw_share(items)
+    else:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        procs = [subprocess.Popen([sys.executable, "-m", "gradbench.reports.plots"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, env=env) for _ in range(workers)]
+        for k, proc in enumerate(procs):
+            proc.stdin.write(pickle.dumps(items[k::workers]))
+            proc.stdin.close()
+        errors = []
+        for proc in procs:
+            out = proc.stdout.read()
+            if proc.wait() != 0 or not out:
+                errors.append(RuntimeError(f"a figure-drawing process ended with exit status {proc.returncode}"))
+            else:
+                errors.append(pickle.loads(out))
+        error = next((e for e in errors if e is not None), None)
+    if error is not None:
+        raise error
 
 
 def series_styles(n: int) -> list[dict]:
@@ -349,3 +378,7 @@ def reach_panels(panels: list[tuple[str, dict]], path, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+if __name__ == "__main__":  # a worker of `draw`: figures pickled on standard input, the first error on output
+    sys.stdout.buffer.write(pickle.dumps(_draw_share(pickle.load(sys.stdin.buffer))))
