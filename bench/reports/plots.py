@@ -63,16 +63,21 @@ def draw(jobs: dict) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         procs = [subprocess.Popen([sys.executable, "-m", "gradbench.reports.plots"], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, env=env) for _ in range(workers)]
-        for k, proc in enumerate(procs):
-            proc.stdin.write(pickle.dumps(items[k::workers]))
-            proc.stdin.close()
         errors = []
-        for proc in procs:
-            out = proc.stdout.read()
-            if proc.wait() != 0 or not out:
-                errors.append(RuntimeError(f"a figure-drawing process ended with exit status {proc.returncode}"))
-            else:
-                errors.append(pickle.loads(out))
+        try:
+            for k, proc in enumerate(procs):
+                proc.stdin.write(pickle.dumps(items[k::workers]))
+                proc.stdin.close()
+            for proc in procs:
+                out = proc.stdout.read()
+                if proc.wait() != 0 or not out:
+                    errors.append(RuntimeError(f"a figure-drawing process ended with exit status {proc.returncode}"))
+                else:
+                    errors.append(pickle.loads(out))
+        finally:  # interrupted: no worker outlives the report
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
         error = next((e for e in errors if e is not None), None)
     if error is not None:
         raise error
@@ -381,4 +386,8 @@ def reach_panels(panels: list[tuple[str, dict]], path, title: str = "") -> None:
 
 
 if __name__ == "__main__":  # a worker of `draw`: figures pickled on standard input, the first error on output
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl-C, or a report that went away, ends it without a traceback
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     sys.stdout.buffer.write(pickle.dumps(_draw_share(pickle.load(sys.stdin.buffer))))
