@@ -70,3 +70,12 @@ def test_figures_drawn_in_worker_processes_are_the_files_drawn_in_one(tmp_path, 
     with pytest.raises(OSError) as info:
         plots.draw(bad)
     assert info.value.filename == str(tmp_path / "missing" / "x.png")
+    # no process to be had: the figures are drawn in this one
+    def refuse(*args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(plots.subprocess, "Popen", refuse)
+    for p in drawn[1]:
+        p.unlink()
+    plots.draw(workers)
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))

@@ -56,13 +56,20 @@ def draw(jobs: dict) -> None:
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(cores, 4, len(jobs) // 2)
-    items = list(jobs.items())
-    if len(jobs) < PARALLEL_FIGURES or workers < 2:
+    items, procs = list(jobs.items()), []
+    if len(jobs) >= PARALLEL_FIGURES and workers >= 2 and sys.executable:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            for _ in range(workers):
+                procs.append(subprocess.Popen([sys.executable, "-m", "gradbench.reports.plots"], env=env,
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        except OSError:  # no process to be had (a process limit, an embedded interpreter): drawn here
+            for proc in procs:
+                proc.kill()
+            procs = []
+    if not procs:
         error = _draw_share(items)
     else:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        procs = [subprocess.Popen([sys.executable, "-m", "gradbench.reports.plots"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, env=env) for _ in range(workers)]
         errors = []
         try:
             for k, proc in enumerate(procs):
