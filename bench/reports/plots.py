@@ -52,18 +52,22 @@ def draw(jobs: dict) -> None:
     they are dealt to worker processes, one per core: fresh interpreters (`python -m gradbench.reports.plots`,
     the figures pickled to their standard input), not forks of a process whose JAX threads a fork would copy,
     nor multiprocessing's spawned children, which import the caller's main script again. The files are the
-    same either way.
+    same either way. A figure's own error is raised here; figures no worker could take (no process to be had,
+    a function that cannot be pickled, a worker that ended without an answer) are drawn in this process.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = min(cores, 4, len(jobs) // 2)
-    items, procs = list(jobs.items()), []
+    items, procs, shares = list(jobs.items()), [], []
     if len(jobs) >= PARALLEL_FIGURES and workers >= 2 and sys.executable:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
+            shares = [pickle.dumps(items[k::workers]) for k in range(workers)]
             for _ in range(workers):
                 procs.append(subprocess.Popen([sys.executable, "-m", "gradbench.reports.plots"], env=env,
                                               stdin=subprocess.PIPE, stdout=subprocess.PIPE))
-        except OSError:  # no process to be had (a process limit, an embedded interpreter): drawn here
+        except (OSError, pickle.PicklingError, AttributeError, TypeError):
+            # no process to be had (a process limit, an embedded interpreter), or a figure that cannot be
+            # pickled (a lambda): drawn here
             for proc in procs:
                 proc.kill()
             procs = []
@@ -72,15 +76,16 @@ def draw(jobs: dict) -> None:
     else:
         errors = []
         try:
+            for proc, share in zip(procs, shares):
+                try:
+                    proc.stdin.write(share)
+                    proc.stdin.close()
+                except BrokenPipeError:  # the worker ended first: its figures are drawn here below
+                    pass
             for k, proc in enumerate(procs):
-                proc.stdin.write(pickle.dumps(items[k::workers]))
-                proc.stdin.close()
-            for proc in procs:
                 out = proc.stdout.read()
-                if proc.wait() != 0 or not out:
-                    errors.append(RuntimeError(f"a figure-drawing process ended with exit status {proc.returncode}"))
-                else:
-                    errors.append(pickle.loads(out))
+                # a worker that ended without an answer (killed, or unable to start Python): its figures drawn here
+                errors.append(pickle.loads(out) if proc.wait() == 0 and out else _draw_share(items[k::workers]))
         finally:  # interrupted: no worker outlives the report
             for proc in procs:
                 if proc.poll() is None:
