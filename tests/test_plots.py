@@ -85,3 +85,9 @@ def test_figures_drawn_in_worker_processes_are_the_files_drawn_in_one(tmp_path, 
         p.unlink()
     plots.draw({path: (lambda *a: plots.failure_vs_lr(*a), *job[1:]) for path, job in workers.items()})
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
+    # workers that end without an answer (here: not Python at all): their figures are drawn here
+    for p in sorted((tmp_path / "workers").iterdir()):
+        p.unlink()
+    monkeypatch.setattr(plots.sys, "executable", "/bin/false")
+    plots.draw(workers)
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
