@@ -70,24 +70,22 @@ def test_figures_drawn_in_worker_processes_are_the_files_drawn_in_one(tmp_path, 
     with pytest.raises(OSError) as info:
         plots.draw(bad)
     assert info.value.filename == str(tmp_path / "missing" / "x.png")
-    # no process to be had: the figures are drawn in this one
+
+    def same_as_one(jobs) -> bool:
+        """Draws `jobs` into the emptied workers/ directory: the same files as drawn in one process?"""
+        for p in (tmp_path / "workers").iterdir():
+            p.unlink()
+        plots.draw(jobs)
+        return all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
+
+    # Figures no worker can take are drawn in this process: a function that cannot be pickled, ...
+    assert same_as_one({path: (lambda *a: plots.failure_vs_lr(*a), *job[1:]) for path, job in workers.items()})
+    # ... workers that end without an answer (here: not Python at all), ...
+    monkeypatch.setattr(plots.sys, "executable", "/bin/false")
+    assert same_as_one(workers)
+    # ... and no process to be had.
     def refuse(*args, **kwargs):
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     monkeypatch.setattr(plots.subprocess, "Popen", refuse)
-    for p in drawn[1]:
-        p.unlink()
-    plots.draw(workers)
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
-    # a figure function that cannot be pickled (a lambda) is drawn here too
-    monkeypatch.undo()
-    for p in sorted((tmp_path / "workers").iterdir()):
-        p.unlink()
-    plots.draw({path: (lambda *a: plots.failure_vs_lr(*a), *job[1:]) for path, job in workers.items()})
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
-    # workers that end without an answer (here: not Python at all): their figures are drawn here
-    for p in sorted((tmp_path / "workers").iterdir()):
-        p.unlink()
-    monkeypatch.setattr(plots.sys, "executable", "/bin/false")
-    plots.draw(workers)
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
+    assert same_as_one(workers)
