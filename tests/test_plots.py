@@ -65,11 +65,19 @@ def test_figures_drawn_in_worker_processes_are_the_files_drawn_in_one(tmp_path, 
     drawn = [sorted((tmp_path / d).iterdir()) for d in ("one", "workers")]
     assert [p.name for p in drawn[0]] == [p.name for p in drawn[1]] and len(drawn[0]) == n
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*drawn))
-    # a figure a worker cannot write is named in the error, as when drawn in one process
-    bad = {**workers, str(tmp_path / "missing" / "x.png"): (plots.failure_vs_lr, series, "x", "")}
+    # a figure a worker cannot write is named in the error, the first in the order of the jobs
+    missing = lambda name: {str(tmp_path / "missing" / name): (plots.failure_vs_lr, series, name, "")}  # noqa: E731
     with pytest.raises(OSError) as info:
-        plots.draw(bad)
+        plots.draw({**missing("x.png"), **workers, **missing("y.png")})
     assert info.value.filename == str(tmp_path / "missing" / "x.png")
+    # what a figure prints in a worker goes to standard error, not into the worker's answer
+    (tmp_path / "loud_figure.py").write_text("from gradbench.reports import plots\n\n\ndef draw(data, path, title):\n"
+                                             "    print('x' * 100000)\n    plots.failure_vs_lr(data, path, title)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import loud_figure
+
+    plots.draw({path: (loud_figure.draw, *job[1:]) for path, job in workers.items()})
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
 
     def same_as_one(jobs) -> bool:
         """Draws `jobs` into the emptied workers/ directory: the same files as drawn in one process?"""
