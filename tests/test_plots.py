@@ -1,7 +1,7 @@
-"""Report figures: every series of a plot can be told apart."""
+"""Report figures: every series of a plot can be told apart, and figures drawn in worker processes are the files drawn in one."""
 import pytest
 
-from gradbench.reports import plots
+from gradbench.reports import drawing, plots
 
 
 def test_series_styles_are_pairwise_distinct_beyond_ten_series():
@@ -53,22 +53,22 @@ def test_a_two_factor_grid_is_drawn_as_maps_with_every_cell_annotated(tmp_path):
 
 def test_figures_drawn_in_worker_processes_are_the_files_drawn_in_one(tmp_path, monkeypatch):
     series = {f"arm {i}": [(lr, 0.1 * i, 0.0, 0.2 * i) for lr in (1e-3, 1e-2, 1e-1)] for i in range(3)}
-    n = plots.PARALLEL_FIGURES
+    n = drawing.PARALLEL_FIGURES
     one, workers = ({str(tmp_path / d / f"f{i}.png"): (plots.failure_vs_lr, series, f"figure {i}", "")
                      for i in range(n)} for d in ("one", "workers"))
     for d in ("one", "workers"):
         (tmp_path / d).mkdir()
-    monkeypatch.setattr(plots, "PARALLEL_FIGURES", n + 1)
-    plots.draw(one)  # one process: fewer figures than PARALLEL_FIGURES
+    monkeypatch.setattr(drawing, "PARALLEL_FIGURES", n + 1)
+    drawing.draw(one)  # one process: fewer figures than PARALLEL_FIGURES
     monkeypatch.undo()
-    plots.draw(workers)  # worker processes (on a machine of at least 2 cores)
+    drawing.draw(workers)  # worker processes (on a machine of at least 2 cores)
     drawn = [sorted((tmp_path / d).iterdir()) for d in ("one", "workers")]
     assert [p.name for p in drawn[0]] == [p.name for p in drawn[1]] and len(drawn[0]) == n
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*drawn))
     # a figure a worker cannot write is named in the error, the first in the order of the jobs
     missing = lambda name: {str(tmp_path / "missing" / name): (plots.failure_vs_lr, series, name, "")}  # noqa: E731
     with pytest.raises(OSError) as info:
-        plots.draw({**missing("x.png"), **workers, **missing("y.png")})
+        drawing.draw({**missing("x.png"), **workers, **missing("y.png")})
     assert info.value.filename == str(tmp_path / "missing" / "x.png")
     # what a figure prints in a worker goes to standard error, not into the worker's answer
     (tmp_path / "loud_figure.py").write_text("from gradbench.reports import plots\n\n\ndef draw(data, path, title):\n"
@@ -76,24 +76,24 @@ def test_figures_drawn_in_worker_processes_are_the_files_drawn_in_one(tmp_path, 
     monkeypatch.syspath_prepend(str(tmp_path))
     import loud_figure
 
-    plots.draw({path: (loud_figure.draw, *job[1:]) for path, job in workers.items()})
+    drawing.draw({path: (loud_figure.draw, *job[1:]) for path, job in workers.items()})
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
 
     def same_as_one(jobs) -> bool:
         """Draws `jobs` into the emptied workers/ directory: the same files as drawn in one process?"""
         for p in (tmp_path / "workers").iterdir():
             p.unlink()
-        plots.draw(jobs)
+        drawing.draw(jobs)
         return all(a.read_bytes() == b.read_bytes() for a, b in zip(drawn[0], sorted((tmp_path / "workers").iterdir())))
 
     # Figures no worker can take are drawn in this process: a function that cannot be pickled, ...
     assert same_as_one({path: (lambda *a: plots.failure_vs_lr(*a), *job[1:]) for path, job in workers.items()})
     # ... workers that end without an answer (here: not Python at all), ...
-    monkeypatch.setattr(plots.sys, "executable", "/bin/false")
+    monkeypatch.setattr(drawing.sys, "executable", "/bin/false")
     assert same_as_one(workers)
     # ... and no process to be had.
     def refuse(*args, **kwargs):
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(plots.subprocess, "Popen", refuse)
+    monkeypatch.setattr(drawing.subprocess, "Popen", refuse)
     assert same_as_one(workers)

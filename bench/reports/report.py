@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gradbench.analysis import claims as claims_lib
 from gradbench.records.store import read_results, read_suite
-from gradbench.reports import plots, verdicts
+from gradbench.reports import drawing, verdicts
 from gradbench.reports.figures import plot_jobs
 from gradbench.reports.tables import arms_table, cells_table
 
@@ -192,7 +192,7 @@ def write(results_dir, output=None, also=(), judged: list | None = None) -> Path
     text, jobs = render_all([results_dir, *also], output, judged)
     for directory in (results_dir, *also):
         Path(directory, "plots").mkdir(parents=True, exist_ok=True)
-    plots.draw(jobs)
+    drawing.draw(jobs)
     drawn = {Path(path).resolve() for path in jobs}
     for directory in (results_dir, *also):
         for stale in Path(directory, "plots").glob("*.png"):
