@@ -1,4 +1,5 @@
-"""Report figures: every series of a plot can be told apart, and figures drawn in worker processes are the files drawn in one."""
+"""Report figures: every series of a plot can be told apart; figures drawn in worker processes are the files
+drawn in one."""
 import pytest
 
 from gradbench.reports import drawing, plots
